@@ -1,0 +1,1 @@
+"""jzad.backbone."""

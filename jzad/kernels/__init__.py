@@ -1,0 +1,37 @@
+"""Pure jitted kernels: distances, tiled nearest neighbour, selection, k-center greedy, sharding."""
+
+from jzad.kernels.distances import (
+    PRECISIONS,
+    dot_nt,
+    l2_normalize,
+    pairwise_cosine_distance,
+    pairwise_euclidean,
+    pairwise_sq_euclidean,
+    squared_norms,
+)
+from jzad.kernels.kcenter import kcenter_greedy, random_projection, sharded_kcenter_greedy
+from jzad.kernels.nearest import nearest_group_distance, sharded_nearest_group_distance
+from jzad.kernels.select import interval_bounds, interval_mean, largest_k, smallest_k
+from jzad.kernels.sharding import AXIS, device_mesh, map_row_shards
+
+__all__ = [
+    "AXIS",
+    "PRECISIONS",
+    "device_mesh",
+    "dot_nt",
+    "interval_bounds",
+    "interval_mean",
+    "kcenter_greedy",
+    "l2_normalize",
+    "largest_k",
+    "map_row_shards",
+    "nearest_group_distance",
+    "pairwise_cosine_distance",
+    "pairwise_euclidean",
+    "pairwise_sq_euclidean",
+    "random_projection",
+    "sharded_kcenter_greedy",
+    "sharded_nearest_group_distance",
+    "smallest_k",
+    "squared_norms",
+]

@@ -1,0 +1,128 @@
+"""k-center greedy coreset selection (PatchCore's coreset), whole loop inside jit.
+
+Starting from one point, repeatedly add the point farthest from everything selected so far (its distance to
+the nearest selected point is largest). Distances are squared Euclidean, evaluated elementwise as
+sum((x - center)^2) so a point's distance does not depend on how the rows are split over devices: the sharded
+and unsharded selections are identical. Ties pick the lowest index. Selected points are masked out, so the
+result never repeats an index even when the data holds duplicates.
+
+An optional Gaussian random projection to ``projection_dim`` dimensions speeds up wide features, as PatchCore
+does; it is deterministic given ``key``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
+
+from jzad.kernels.sharding import AXIS, device_mesh, num_shards_of, pad_rows, padded_size
+
+_SELECTED = -1.0
+
+
+def random_projection(x: jax.Array, projection_dim: int, key: jax.Array) -> jax.Array:
+    """Project (n, c) -> (n, projection_dim) with a Gaussian matrix scaled by 1/sqrt(projection_dim)."""
+    if projection_dim < 1:
+        raise ValueError(f"projection_dim must be >= 1, got {projection_dim}")
+    matrix = jax.random.normal(key, (x.shape[-1], projection_dim), jnp.float32)
+    return jnp.matmul(
+        x.astype(jnp.float32), matrix, precision=jax.lax.Precision.HIGHEST
+    ) / jnp.sqrt(jnp.float32(projection_dim))
+
+
+def _check_k(k: int, n: int) -> None:
+    if not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer in [1, {n}] for {n} points, got {k!r}")
+
+
+def _greedy_on_shards(points: jax.Array, valid: jax.Array, k: int, start_index: jax.Array, block: int):
+    """Per-device body: points (b, d) block, valid (b,) -> selected global indices (k,) (same on all).
+
+    Padding rows (valid False) hold -inf and selected rows -1, so neither is picked while a real point is left.
+    """
+    first_row = jax.lax.axis_index(AXIS).astype(jnp.int32) * block
+    local_ids = jnp.arange(block, dtype=jnp.int32)
+
+    def vector_at(global_index):
+        local = global_index - first_row
+        mine = (local >= 0) & (local < block)
+        row = points[jnp.clip(local, 0, block - 1)]
+        return jax.lax.psum(jnp.where(mine, row, 0.0), AXIS)
+
+    def distances_to(center):
+        return jnp.sum(jnp.square(points - center[None, :]), axis=-1)
+
+    def mark_selected(min_dist, global_index):
+        return jnp.where(local_ids + first_row == global_index, _SELECTED, min_dist)
+
+    start_index = start_index.astype(jnp.int32)
+    min_dist = jnp.where(valid, distances_to(vector_at(start_index)), -jnp.inf)
+    min_dist = mark_selected(min_dist, start_index)
+    selected = jnp.zeros((k,), jnp.int32).at[0].set(start_index)
+
+    def step(i, state):
+        min_dist, selected = state
+        local_best = jnp.argmax(min_dist).astype(jnp.int32)
+        best_values = jax.lax.all_gather(min_dist[local_best], AXIS)
+        best_indices = jax.lax.all_gather(local_best + first_row, AXIS)
+        chosen = best_indices[jnp.argmax(best_values)]
+        min_dist = jnp.minimum(min_dist, distances_to(vector_at(chosen)))
+        min_dist = mark_selected(min_dist, chosen)
+        return min_dist, selected.at[i].set(chosen)
+
+    _, selected = jax.lax.fori_loop(1, k, step, (min_dist, selected))
+    return selected
+
+
+@partial(jax.jit, static_argnames=("k", "mesh", "projection_dim"))
+def sharded_kcenter_greedy(
+    x: jax.Array,
+    k: int,
+    mesh: Mesh,
+    start_index: int | jax.Array = 0,
+    *,
+    projection_dim: int | None = None,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """k-center greedy over the rows of x (n, c) split across ``mesh``: -> (k,) int32 indices in pick order.
+
+    ``start_index`` is the first pick (traced, so changing it does not recompile). With ``projection_dim``
+    the distances are computed on a random projection drawn from ``key``.
+    """
+    n = x.shape[0]
+    _check_k(k, n)
+    points = x.astype(jnp.float32)
+    if projection_dim is not None:
+        if key is None:
+            raise ValueError("projection_dim needs a PRNG key (key=jax.random.key(seed))")
+        points = random_projection(points, projection_dim, key)
+    total = padded_size(n, mesh)
+    block = total // num_shards_of(mesh)
+    valid = jnp.arange(total) < n
+    body = partial(_greedy_on_shards, k=k, block=block)
+    run = jax.shard_map(
+        lambda p, v, s: body(p, v, start_index=s),
+        mesh=mesh,
+        in_specs=(PartitionSpec(AXIS), PartitionSpec(AXIS), PartitionSpec()),
+        out_specs=PartitionSpec(),
+        check_vma=False,
+    )
+    start = jnp.clip(jnp.asarray(start_index, jnp.int32), 0, n - 1)
+    return run(pad_rows(points, total), valid, start)
+
+
+def kcenter_greedy(
+    x: jax.Array,
+    k: int,
+    start_index: int | jax.Array = 0,
+    *,
+    projection_dim: int | None = None,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """k-center greedy on one device: the one-shard mesh through the same code as the sharded kernel."""
+    return sharded_kcenter_greedy(
+        x, k, device_mesh(1), start_index, projection_dim=projection_dim, key=key
+    )

@@ -1,0 +1,67 @@
+"""Selection along an axis: smallest/largest k with indices, and the interval average.
+
+The interval average is MuSc's aggregation: the mean of the values whose rank (ascending) lies in
+[floor(lo * n), floor(hi * n)), with at least one value kept. MuSc's "lowest 30%" of n = N - 1 other images is
+interval (0.0, 0.3), i.e. k = max(1, floor(0.3 * n)) smallest values.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+
+def _last_axis(x: jax.Array, axis: int) -> jax.Array:
+    return jnp.moveaxis(x, axis, -1)
+
+
+@partial(jax.jit, static_argnames=("k", "axis"))
+def largest_k(x: jax.Array, k: int, axis: int = -1) -> tuple[jax.Array, jax.Array]:
+    """The k largest values along ``axis`` in descending order, with their indices.
+
+    Output shapes replace the size of ``axis`` by k (axis moved to the end). Ties keep the lower index first.
+    """
+    n = x.shape[axis]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] for an axis of size {n}, got {k}")
+    return jax.lax.top_k(_last_axis(x, axis), k)
+
+
+@partial(jax.jit, static_argnames=("k", "axis"))
+def smallest_k(x: jax.Array, k: int, axis: int = -1) -> tuple[jax.Array, jax.Array]:
+    """The k smallest values along ``axis`` in ascending order, with their indices (axis moved to the end)."""
+    values, indices = largest_k(-x, k, axis)
+    return -values, indices
+
+
+def interval_bounds(n: int, lo: float, hi: float) -> tuple[int, int]:
+    """Rank bounds [start, stop) for the fractional interval [lo, hi) of n sorted values.
+
+    start = floor(lo * n), stop = floor(hi * n), raised to start + 1 when that would keep nothing.
+    """
+    if n < 1:
+        raise ValueError(f"interval needs at least one value, got an axis of size {n}")
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"interval must satisfy 0 <= lo < hi <= 1, got ({lo}, {hi})")
+    start = min(math.floor(lo * n), n - 1)
+    stop = min(max(math.floor(hi * n), start + 1), n)
+    return start, stop
+
+
+@partial(jax.jit, static_argnames=("lo", "hi", "axis"))
+def interval_mean(x: jax.Array, lo: float = 0.0, hi: float = 0.3, axis: int = -1) -> jax.Array:
+    """Mean of the values ranked in [lo, hi) along ``axis`` (see ``interval_bounds`` for the count rule).
+
+    (..., n, ...) -> (...) with ``axis`` removed. +inf entries sort last, so masking a value with +inf removes
+    it as long as the interval does not reach it.
+    """
+    n = x.shape[axis]
+    start, stop = interval_bounds(n, lo, hi)
+    if start == 0:
+        values, _ = smallest_k(x, stop, axis)
+    else:
+        values = jnp.sort(_last_axis(x, axis), axis=-1)[..., start:stop]
+    return jnp.mean(values, axis=-1)
