@@ -1,0 +1,317 @@
+"""MuSc: zero-shot anomaly scoring of unlabeled images by mutual scoring (Li et al., ICLR 2024).
+
+Stages, each a pure function over arrays that works under jit (names follow the paper):
+- ``lnamd``: local neighbourhood aggregation with multiple degrees. Joint layer norm of each image's
+  (h, w, C) token map (no affine, eps 1e-5), r x r average pooling (stride 1, zero padding counted in the
+  mean), L2 normalisation of every patch vector.
+- ``mutual_scores`` (MSM): every patch p of image i against every other image j, d_j(p) = min_q ||z_ip - z_jq||;
+  the patch score is the mean of the k smallest d_j(p) over j != i, k = max(1, floor(0.3 (N - 1))). The k >= 1
+  guard is our deviation for tiny sets (N < 5), where the paper's k would be 0.
+- ``rscin``: re-scoring with the constrained image-level neighbourhood: min-max normalised image scores
+  smoothed over each image's k most similar images (by CLIP image embedding), averaged over the windows.
+- ``score_musc``: the whole method over the tapped layers of one set; layers and r values are scored
+  separately and their maps averaged (no Gaussian smoothing), image score = max of the map.
+
+Memory: MSM runs over blocks of query images against the pool through the tiled nearest-neighbour kernel,
+so it needs about block * M * N floats besides the features, for any N. With a mesh the query images are
+split over devices; the pool is replicated. The same code runs one shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from jzad.kernels.distances import check_precision, l2_normalize
+from jzad.kernels.nearest import nearest_group_distance
+from jzad.kernels.select import interval_bounds, smallest_k
+from jzad.kernels.sharding import device_mesh, map_row_shards
+
+LAYER_NORM_EPS = 1e-5
+MODES = ("zero_shot", "few_shot", "plus")
+
+
+@dataclass(frozen=True)
+class MuScConfig:
+    """Static configuration of MuSc (hashable, so it can be a static jit argument).
+
+    r_list: aggregation degrees (odd window sizes) of LNAMD. interval: the fractional rank interval of the
+    other images' distances averaged by MSM (paper: lowest 30%). windows: RsCIN neighbourhood sizes
+    (MVTec AD / BTAD [1, 2, 3]; VisA [1, 8, 9]). mode: "zero_shot" (test images only), "few_shot" (normal
+    reference images added to the scoring pool) or "plus" (MuSc+: each patch scored by its nearest
+    reference patch only). image_block: query images per MSM step (memory ~ image_block * M * N floats).
+    query_tile, group_tile: tiles of the nearest-neighbour kernel. precision: "fp32" or "bf16" GEMMs.
+    map_size: side of the upsampled maps (the input image size) whose max is the image score, as in the
+    reference; None takes the max over the patch grid.
+    """
+
+    r_list: tuple[int, ...] = (1, 3, 5)
+    interval: tuple[float, float] = (0.0, 0.3)
+    windows: tuple[int, ...] = (1, 2, 3)
+    mode: str = "zero_shot"
+    image_block: int = 1
+    query_tile: int = 2048
+    group_tile: int = 8
+    precision: str = "fp32"
+    map_size: int | None = None
+
+    def __post_init__(self):
+        if not self.r_list or any(r < 1 or r % 2 == 0 for r in self.r_list):
+            raise ValueError(f"r_list: expected odd window sizes >= 1, got {self.r_list}")
+        lo, hi = self.interval
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"interval: expected 0 <= lo < hi <= 1, got {self.interval}")
+        if not self.windows or any(k < 1 for k in self.windows):
+            raise ValueError(f"windows: expected sizes >= 1, got {self.windows}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
+        if self.image_block < 1:
+            raise ValueError(f"image_block: expected >= 1, got {self.image_block}")
+        check_precision(self.precision)
+        if self.map_size is not None and self.map_size < 1:
+            raise ValueError(f"map_size: expected a positive image side or None, got {self.map_size}")
+
+
+@dataclass(frozen=True)
+class MuScResult:
+    """Outputs of ``score_musc`` for N images on an h x w patch grid.
+
+    patch_scores (N, h, w): mean MSM score over layers and degrees. image_scores_raw (N,): max of the map
+    upsampled to ``map_size``. image_scores (N,): after RsCIN (the raw scores when RsCIN is off).
+    """
+
+    patch_scores: jax.Array
+    image_scores_raw: jax.Array
+    image_scores: jax.Array
+    stage_seconds: dict = field(default_factory=dict)
+
+
+def tokens_to_grid(tokens: jax.Array) -> jax.Array:
+    """(N, 1 + h*w, C) ViT tokens with CLS first -> (N, h, w, C) patch grid (square grids only)."""
+    n, count, c = tokens.shape
+    side = int(round((count - 1) ** 0.5))
+    if side * side != count - 1:
+        raise ValueError(f"tokens: expected (N, 1 + h*w, C) with a square h*w grid, got {tokens.shape}")
+    return tokens[:, 1:, :].reshape(n, side, side, c)
+
+
+def joint_layer_norm(grid: jax.Array, eps: float = LAYER_NORM_EPS) -> jax.Array:
+    """Normalise each image's whole (h, w, C) map to zero mean, unit variance (biased), no affine."""
+    x = grid.astype(jnp.float32)
+    mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2, 3), keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def average_pool(grid: jax.Array, r: int) -> jax.Array:
+    """r x r mean over (N, h, w, C), stride 1, zero padding r // 2 counted in the mean (count_include_pad)."""
+    if r == 1:
+        return grid
+    pad = r // 2
+    summed = jax.lax.reduce_window(
+        grid, 0.0, jax.lax.add, (1, r, r, 1), (1, 1, 1, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0))
+    )
+    return summed / float(r * r)
+
+
+@partial(jax.jit, static_argnames=("r",))
+def lnamd(grid: jax.Array, r: int) -> jax.Array:
+    """LNAMD of one layer: (N, h, w, C) patch tokens -> (N, h*w, C) aggregated, L2-normalised features."""
+    if grid.ndim != 4:
+        raise ValueError(f"lnamd: expected tokens (N, h, w, C), got shape {grid.shape}")
+    if r < 1 or r % 2 == 0:
+        raise ValueError(f"lnamd: r must be an odd window size >= 1, got {r}")
+    pooled = average_pool(joint_layer_norm(grid), r)
+    n, h, w, c = pooled.shape
+    return l2_normalize(pooled.reshape(n, h * w, c))
+
+
+def _interval_mean_of_smallest(distances: jax.Array, start: int, stop: int) -> jax.Array:
+    """Mean of ranks [start, stop) along the last axis (+inf entries rank last)."""
+    values, _ = smallest_k(distances, stop)
+    return jnp.mean(values[..., start:stop], axis=-1)
+
+
+def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start: int, stop: int):
+    """Per-device MSM body: a block of query images against the replicated pool -> (b, M) scores."""
+
+    def block_fn(query_images, first_row, pool):
+        rows, m, c = query_images.shape
+        b = min(config.image_block, rows)
+        steps = -(-rows // b)
+        padded = jnp.pad(query_images, ((0, steps * b - rows), (0, 0), (0, 0)))
+        pool_ids = jnp.arange(pool.shape[0])
+
+        def one_step(step):
+            images = jax.lax.dynamic_slice_in_dim(padded, step * b, b)
+            dist = nearest_group_distance(
+                images.reshape(b * m, c),
+                pool,
+                query_tile=config.query_tile,
+                group_tile=config.group_tile,
+                precision=config.precision,
+            ).reshape(b, m, -1)
+            if exclude_self:
+                image_ids = first_row + step * b + jnp.arange(b)
+                is_self = (image_ids[:, None] == pool_ids[None, :]) & (pool_ids[None, :] < num_test)
+                dist = jnp.where(is_self[:, None, :], jnp.inf, dist)
+            return _interval_mean_of_smallest(dist, start, stop)
+
+        scores = jax.lax.map(one_step, jnp.arange(steps))
+        return scores.reshape(steps * b, m)[:rows]
+
+    return block_fn
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def mutual_scores(
+    features: jax.Array,
+    config: MuScConfig = MuScConfig(),
+    mesh: Mesh | None = None,
+    references: jax.Array | None = None,
+) -> jax.Array:
+    """MSM patch scores of one (layer, r): features (N, M, C) -> (N, M).
+
+    zero_shot: pool = the N test images, each image excluded against itself, k from N - 1 others.
+    few_shot: pool = test images + references (R, M, C); k from N - 1 + R others.
+    plus: pool = references only; the score is the nearest reference patch distance (k = 1).
+    ``mesh`` splits the query images over devices (None = one device, same code path).
+    """
+    if features.ndim != 3:
+        raise ValueError(f"mutual_scores: expected features (N, M, C), got shape {features.shape}")
+    num_test = features.shape[0]
+    mode = config.mode
+    if mode in ("few_shot", "plus"):
+        if references is None or references.ndim != 3 or references.shape[1:] != features.shape[1:]:
+            got = None if references is None else references.shape
+            raise ValueError(
+                f"mutual_scores: mode {mode!r} needs references (R, M, C) matching features "
+                f"{features.shape[1:]}, got {got}"
+            )
+    elif references is not None:
+        raise ValueError("mutual_scores: references are only used by modes 'few_shot' and 'plus'")
+    if mode == "plus":
+        pool, exclude_self, start, stop = references, False, 0, 1
+    else:
+        pool = features if mode == "zero_shot" else jnp.concatenate([features, references], axis=0)
+        others = pool.shape[0] - 1
+        if others < 1:
+            raise ValueError(f"mutual_scores: needs at least 2 images in the pool, got {pool.shape[0]}")
+        exclude_self = True
+        start, stop = interval_bounds(others, *config.interval)
+    mesh = device_mesh(1) if mesh is None else mesh
+    block_fn = _msm_block_fn(config, num_test, exclude_self, start, stop)
+    return map_row_shards(block_fn, mesh, features.astype(jnp.float32), pool.astype(jnp.float32))
+
+
+@partial(jax.jit, static_argnames=("windows",))
+def rscin(image_scores: jax.Array, image_embeds: jax.Array, windows: tuple[int, ...] = (1, 2, 3)) -> jax.Array:
+    """RsCIN re-scoring: (N,) scores and (N, D) image embeddings -> (N,) re-scored.
+
+    s = min-max normalised scores (all zeros when the scores are constant); W = F F^T over L2-normalised
+    embeddings; per window k keep each row's k largest entries (self included), divide by their sum, and
+    smooth s with them; the result is the mean over the windows. A window larger than N is clamped to N.
+    """
+    if image_scores.ndim != 1 or image_embeds.ndim != 2 or image_embeds.shape[0] != image_scores.shape[0]:
+        raise ValueError(
+            f"rscin: expected scores (N,) and embeddings (N, D), got {image_scores.shape} and {image_embeds.shape}"
+        )
+    s = image_scores.astype(jnp.float32)
+    span = jnp.max(s) - jnp.min(s)
+    s = jnp.where(span > 0, (s - jnp.min(s)) / jnp.where(span > 0, span, 1.0), 0.0)
+    f = l2_normalize(image_embeds.astype(jnp.float32))
+    similarity = jnp.matmul(f, f.T, precision=jax.lax.Precision.HIGHEST)
+    n = s.shape[0]
+    smoothed = []
+    for k in windows:
+        values, indices = jax.lax.top_k(similarity, min(k, n))
+        weights = values / jnp.sum(values, axis=-1, keepdims=True)
+        smoothed.append(jnp.sum(weights * s[indices], axis=-1))
+    return jnp.mean(jnp.stack(smoothed), axis=0)
+
+
+def bilinear_matrix(out_size: int, in_size: int) -> jax.Array:
+    """(out_size, in_size) weights of 1-D linear interpolation with align_corners=True."""
+    if in_size == 1:
+        return jnp.ones((out_size, 1), jnp.float32)
+    pos = jnp.arange(out_size, dtype=jnp.float32) * ((in_size - 1) / max(out_size - 1, 1))
+    low = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, in_size - 2)
+    frac = pos - low
+    rows = jnp.arange(out_size)
+    weights = jnp.zeros((out_size, in_size), jnp.float32)
+    weights = weights.at[rows, low].add(1.0 - frac)
+    return weights.at[rows, low + 1].add(frac)
+
+
+@partial(jax.jit, static_argnames=("size",))
+def upsample(patch_scores: jax.Array, size: int | tuple[int, int]) -> jax.Array:
+    """Bilinear upsampling with align_corners=True: (N, h, w) -> (N, H, W), as two small matmuls."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    _, h, w = patch_scores.shape
+    rows = bilinear_matrix(out_h, h)
+    cols = bilinear_matrix(out_w, w)
+    hp = jax.lax.Precision.HIGHEST
+    return jnp.einsum("Hh,nhw,Ww->nHW", rows, patch_scores.astype(jnp.float32), cols, precision=hp)
+
+
+@partial(jax.jit, static_argnames=("size",))
+def max_of_upsampled(patch_scores: jax.Array, size: int | None) -> jax.Array:
+    """(N, h, w) -> (N,) max of each map after ``upsample`` to ``size`` (patch-grid max when None)."""
+    if size is None:
+        return jnp.max(patch_scores, axis=(1, 2))
+    return jax.lax.map(lambda one: jnp.max(upsample(one[None], size)), patch_scores)
+
+
+def layer_features(layer_tokens: tuple[jax.Array, ...], r_list: tuple[int, ...]) -> list[jax.Array]:
+    """LNAMD features for every (layer, r): list of (N, h*w, C), layers outer, degrees inner."""
+    return [lnamd(tokens_to_grid(tokens), r) for tokens in layer_tokens for r in r_list]
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def musc_patch_scores(
+    layer_tokens: tuple[jax.Array, ...],
+    config: MuScConfig = MuScConfig(),
+    mesh: Mesh | None = None,
+    reference_tokens: tuple[jax.Array, ...] | None = None,
+) -> jax.Array:
+    """Mean MSM map over layers x degrees: L tapped layers of (N, 1 + h*w, C) -> (N, h, w)."""
+    if not layer_tokens:
+        raise ValueError("musc_patch_scores: expected at least one tapped layer")
+    n, count, _ = layer_tokens[0].shape
+    side = int(round((count - 1) ** 0.5))
+    if reference_tokens is not None and len(reference_tokens) != len(layer_tokens):
+        raise ValueError(
+            f"reference_tokens: expected {len(layer_tokens)} layers like layer_tokens, got {len(reference_tokens)}"
+        )
+    total = jnp.zeros((n, side * side), jnp.float32)
+    for index, tokens in enumerate(layer_tokens):
+        grid = tokens_to_grid(tokens)
+        ref_grid = None if reference_tokens is None else tokens_to_grid(reference_tokens[index])
+        for r in config.r_list:
+            refs = None if ref_grid is None else lnamd(ref_grid, r)
+            total = total + mutual_scores(lnamd(grid, r), config, mesh, refs)
+    return (total / (len(layer_tokens) * len(config.r_list))).reshape(n, side, side)
+
+
+def score_musc(
+    layer_tokens: tuple[jax.Array, ...],
+    image_embeds: jax.Array | None,
+    config: MuScConfig = MuScConfig(),
+    mesh: Mesh | None = None,
+    reference_tokens: tuple[jax.Array, ...] | None = None,
+) -> MuScResult:
+    """MuSc over one set: tapped tokens (L x (N, 1 + h*w, C)) and image embeddings (N, D) -> MuScResult.
+
+    The image score is the max of the map upsampled to ``config.map_size`` (computed one image at a time, so
+    the full-size maps of the set are never held at once). ``image_embeds`` None skips RsCIN.
+    """
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise ValueError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+    patch = musc_patch_scores(tuple(layer_tokens), config, mesh, None if reference_tokens is None else tuple(reference_tokens))
+    raw = max_of_upsampled(patch, config.map_size)
+    scores = raw if image_embeds is None else rscin(raw, image_embeds, config.windows)
+    return MuScResult(patch_scores=patch, image_scores_raw=raw, image_scores=scores)
