@@ -105,14 +105,15 @@ def test_lnamd_rejects_even_r_and_bad_rank():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("n", [2, 5, 11])
-def test_mutual_scores_match_per_image_loop(seed, n):
+@pytest.mark.parametrize("schedule", ["rows", "pairs"])
+def test_mutual_scores_match_per_image_loop(seed, n, schedule):
     rng = np.random.default_rng(seed)
     features = np_lnamd(rng.normal(size=(n, 5, 5, 9)), 1).astype(np.float32)
-    config = MuScConfig(image_block=2, query_tile=7, group_tile=3)
+    config = MuScConfig(image_block=2, query_tile=7, group_tile=3, schedule=schedule, pair_tile=3)
     got = mutual_scores(features, config)
     assert np.isfinite(np.asarray(got)).all()
     np.testing.assert_allclose(got, np_mutual_scores(features), atol=1e-5)
-    wide = MuScConfig(interval=(0.2, 0.9))
+    wide = MuScConfig(interval=(0.2, 0.9), schedule=schedule)
     np.testing.assert_allclose(mutual_scores(features, wide), np_mutual_scores(features, 0.2, 0.9), atol=1e-5)
 
 
@@ -137,16 +138,27 @@ def test_few_shot_and_plus_modes_match_numpy():
         mutual_scores(features, MuScConfig(mode="plus"))
 
 
+def test_auto_schedule_falls_back_to_rows_when_the_pair_buffer_is_too_big():
+    from jzad.methods.musc import resolve_schedule
+
+    assert resolve_schedule(MuScConfig(), 200, 1369) == "pairs"
+    assert resolve_schedule(MuScConfig(), 2000, 1369) == "rows"
+    assert resolve_schedule(MuScConfig(mode="few_shot"), 10, 9) == "rows"
+    with pytest.raises(ValueError, match="zero_shot"):
+        resolve_schedule(MuScConfig(mode="plus", schedule="pairs"), 10, 9)
+
+
 def test_mutual_scores_need_two_images():
     with pytest.raises(ValueError, match="at least 2"):
         mutual_scores(np.ones((1, 4, 3), np.float32))
 
 
 @pytest.mark.parametrize("shards", [3, 8])
-def test_mutual_scores_sharded_equal_unsharded(shards):
+@pytest.mark.parametrize("schedule", ["rows", "pairs"])
+def test_mutual_scores_sharded_equal_unsharded(shards, schedule):
     rng = np.random.default_rng(5)
     features = np_lnamd(rng.normal(size=(13, 3, 3, 7)), 1).astype(np.float32)
-    config = MuScConfig(image_block=2)
+    config = MuScConfig(image_block=2, schedule=schedule)
     single = np.asarray(mutual_scores(features, config, device_mesh(1)))
     sharded = np.asarray(mutual_scores(features, config, device_mesh(shards)))
     np.testing.assert_array_equal(sharded, single)

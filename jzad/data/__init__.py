@@ -1,1 +1,46 @@
-"""jzad.data."""
+"""jzad.data: dataset readers, image and mask decoding, stratified subsets, synthetic sets.
+
+I/O lives here, at the edge: readers list files into an `ImageSet`, `load_images` / `load_masks` turn them
+into NumPy arrays that the methods and metrics consume. Nothing here imports torch or transformers.
+"""
+
+from jzad.data.decode import load_image, load_images, open_image, resize_rgb
+from jzad.data.imageset import ImageSet
+from jzad.data.masks import (
+    DEFAULT_MASK_RULES,
+    DEFAULT_MASK_THRESHOLDS,
+    MASK_RULES,
+    binarize_mask,
+    load_mask,
+    load_masks,
+    load_set_masks,
+    resize_binary_mask,
+)
+from jzad.data.readers import DATASETS, IMAGE_EXTENSIONS, MASK_EXTENSIONS, list_categories, read_dataset
+from jzad.data.subsets import stratified_subsets
+from jzad.data.synthetic import DEFECT_KINDS, make_synthetic_set, write_synthetic_mvtec
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_MASK_RULES",
+    "DEFAULT_MASK_THRESHOLDS",
+    "DEFECT_KINDS",
+    "IMAGE_EXTENSIONS",
+    "ImageSet",
+    "MASK_EXTENSIONS",
+    "MASK_RULES",
+    "binarize_mask",
+    "list_categories",
+    "load_image",
+    "load_images",
+    "load_mask",
+    "load_masks",
+    "load_set_masks",
+    "make_synthetic_set",
+    "open_image",
+    "read_dataset",
+    "resize_binary_mask",
+    "resize_rgb",
+    "stratified_subsets",
+    "write_synthetic_mvtec",
+]

@@ -24,15 +24,16 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
-from jzad.kernels.distances import check_precision, l2_normalize
+from jzad.kernels.distances import check_precision, dot_nt, l2_normalize
 from jzad.kernels.nearest import nearest_group_distance
 from jzad.kernels.select import interval_bounds, smallest_k
 from jzad.kernels.sharding import device_mesh, map_row_shards
 
 LAYER_NORM_EPS = 1e-5
 MODES = ("zero_shot", "few_shot", "plus")
+SCHEDULES = ("auto", "rows", "pairs")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class MuScConfig:
     query_tile, group_tile: tiles of the nearest-neighbour kernel. precision: "fp32" or "bf16" GEMMs.
     map_size: side of the upsampled maps (the input image size) whose max is the image score, as in the
     reference; None takes the max over the patch grid.
+    schedule: MSM work order. "rows": each block of query images against the whole pool (memory
+    ~ image_block * M * N floats, any N). "pairs" (zero_shot only): one distance block between image tiles a
+    and b serves both directions (row minima score a against b, column minima b against a), half the FLOPs,
+    but holds an (N, M, N) buffer per device. "auto": "pairs" when that buffer fits ``pair_buffer_bytes``
+    and the mode is zero_shot, else "rows". pair_tile: images per tile of the "pairs" schedule.
     """
 
     r_list: tuple[int, ...] = (1, 3, 5)
@@ -58,6 +64,9 @@ class MuScConfig:
     group_tile: int = 8
     precision: str = "fp32"
     map_size: int | None = None
+    schedule: str = "auto"
+    pair_tile: int = 2
+    pair_buffer_bytes: int = 2 << 30
 
     def __post_init__(self):
         if not self.r_list or any(r < 1 or r % 2 == 0 for r in self.r_list):
@@ -72,6 +81,10 @@ class MuScConfig:
         if self.image_block < 1:
             raise ValueError(f"image_block: expected >= 1, got {self.image_block}")
         check_precision(self.precision)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
+        if self.pair_tile < 1:
+            raise ValueError(f"pair_tile: expected >= 1, got {self.pair_tile}")
         if self.map_size is not None and self.map_size < 1:
             raise ValueError(f"map_size: expected a positive image side or None, got {self.map_size}")
 
@@ -167,6 +180,69 @@ def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start: 
     return block_fn
 
 
+def resolve_schedule(config: MuScConfig, num_images: int, patches: int) -> str:
+    """The MSM schedule ``config.schedule`` means for N images of M patches ("rows" or "pairs")."""
+    if config.schedule == "pairs" and config.mode != "zero_shot":
+        raise ValueError(f"schedule 'pairs' supports mode 'zero_shot' only, got mode {config.mode!r}")
+    if config.schedule != "auto":
+        return config.schedule
+    padded = -(-num_images // config.pair_tile) * config.pair_tile
+    fits = padded * patches * padded * 4 <= config.pair_buffer_bytes
+    return "pairs" if config.mode == "zero_shot" and fits else "rows"
+
+
+def _pair_list(num_tiles: int, num_shards: int) -> jax.Array:
+    """Tile pairs (a <= b) dealt round-robin to shards: (shards, pairs per shard, 2) int32.
+
+    The list is padded by repeating pair (0, 0), whose second evaluation writes the same values again.
+    """
+    pairs = [(a, b) for a in range(num_tiles) for b in range(a, num_tiles)]
+    per_shard = -(-len(pairs) // num_shards)
+    pairs += [(0, 0)] * (per_shard * num_shards - len(pairs))
+    table = jnp.asarray(pairs, jnp.int32).reshape(per_shard, num_shards, 2)
+    return jnp.swapaxes(table, 0, 1)
+
+
+def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, start: int, stop: int) -> jax.Array:
+    """Zero-shot MSM with the symmetric schedule: (N, M, C) -> (N, M); see ``MuScConfig.schedule``."""
+    n, m, c = features.shape
+    t = min(config.pair_tile, n)
+    tiles = -(-n // t)
+    padded = tiles * t
+    tile_rows = jnp.pad(features, ((0, padded - n), (0, 0), (0, 0))).reshape(tiles, t * m, c)
+    tile_norms = jnp.sum(jnp.square(tile_rows), axis=-1)
+    shards = int(mesh.shape["data"])
+    pairs = _pair_list(tiles, shards)
+
+    def per_device(device_pairs, rows, norms):
+        def one_pair(buffer, pair):
+            a, b = pair[0], pair[1]
+            cross = dot_nt(rows[a], rows[b], config.precision)
+            sq = norms[a][:, None] + norms[b][None, :] - 2.0 * cross
+            blocks = sq.reshape(t, m, t, m)
+            a_vs_b = jnp.min(blocks, axis=3)
+            b_vs_a = jnp.transpose(jnp.min(blocks, axis=1), (1, 2, 0))
+            buffer = jax.lax.dynamic_update_slice(buffer, a_vs_b, (a * t, 0, b * t))
+            return jax.lax.dynamic_update_slice(buffer, b_vs_a, (b * t, 0, a * t)), None
+
+        empty = jnp.full((padded, m, padded), jnp.inf, jnp.float32)
+        filled, _ = jax.lax.scan(one_pair, empty, device_pairs[0])
+        return jax.lax.pmin(filled, "data")
+
+    run = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(PartitionSpec("data"), PartitionSpec(), PartitionSpec()),
+        out_specs=PartitionSpec(),
+        check_vma=False,
+    )
+    squared = run(pairs, tile_rows, tile_norms)[:n, :, :n]
+    ids = jnp.arange(n)
+    squared = jnp.where((ids[:, None] == ids[None, :])[:, None, :], jnp.inf, squared)
+    distances = jnp.sqrt(jnp.maximum(squared, 0.0))
+    return _interval_mean_of_smallest(distances, start, stop)
+
+
 @partial(jax.jit, static_argnames=("config", "mesh"))
 def mutual_scores(
     features: jax.Array,
@@ -204,6 +280,8 @@ def mutual_scores(
         exclude_self = True
         start, stop = interval_bounds(others, *config.interval)
     mesh = device_mesh(1) if mesh is None else mesh
+    if resolve_schedule(config, num_test, features.shape[1]) == "pairs":
+        return _pairs_mutual_scores(features.astype(jnp.float32), config, mesh, start, stop)
     block_fn = _msm_block_fn(config, num_test, exclude_self, start, stop)
     return map_row_shards(block_fn, mesh, features.astype(jnp.float32), pool.astype(jnp.float32))
 
