@@ -223,3 +223,20 @@ def test_device_mesh_rejects_too_many_shards():
         device_mesh(len(jax.devices()) + 1)
     with pytest.raises(ValueError, match="num_shards"):
         device_mesh(0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kth_smallest_and_sum_smallest_match_numpy_with_ties_negatives_and_inf(seed):
+    from jzad.kernels import kth_smallest, sum_smallest
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(9, 41)).astype(np.float32)
+    x[:, ::7] = np.round(x[:, ::7])
+    x[0, :5] = 0.5
+    x[1, 3] = np.inf
+    x[2, :] = -0.0
+    for k in (1, 7, 12, 41):
+        ordered = np.sort(x, axis=1)
+        np.testing.assert_array_equal(np.asarray(kth_smallest(x, k)), ordered[:, k - 1])
+        np.testing.assert_allclose(sum_smallest(x, k)[2:], ordered[2:, :k].sum(1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sum_smallest(x, 40)[1], np.sort(x[1])[:40].sum(), rtol=1e-5)

@@ -11,7 +11,7 @@ from jzad.kernels.distances import (
 )
 from jzad.kernels.kcenter import kcenter_greedy, random_projection, sharded_kcenter_greedy
 from jzad.kernels.nearest import nearest_group_distance, sharded_nearest_group_distance
-from jzad.kernels.select import interval_bounds, interval_mean, largest_k, smallest_k
+from jzad.kernels.select import interval_bounds, interval_mean, kth_smallest, largest_k, smallest_k, sum_smallest
 from jzad.kernels.sharding import AXIS, device_mesh, map_row_shards
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "dot_nt",
     "interval_bounds",
     "interval_mean",
+    "kth_smallest",
     "kcenter_greedy",
     "l2_normalize",
     "largest_k",
@@ -34,4 +35,5 @@ __all__ = [
     "sharded_nearest_group_distance",
     "smallest_k",
     "squared_norms",
+    "sum_smallest",
 ]

@@ -51,6 +51,54 @@ def interval_bounds(n: int, lo: float, hi: float) -> tuple[int, int]:
     return start, stop
 
 
+def _order_keys(x: jax.Array) -> jax.Array:
+    """int32 keys with the order of the float32 values (IEEE bits, negatives flipped)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+
+
+def _from_order_keys(keys: jax.Array) -> jax.Array:
+    bits = jnp.where(keys < 0, keys ^ jnp.int32(0x7FFFFFFF), keys)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("k",))
+def kth_smallest(x: jax.Array, k: int) -> jax.Array:
+    """The k-th smallest value (1-based) along the last axis: (..., n) -> (...), exact.
+
+    Bisection over the 32-bit order keys of float32 (32 counting passes, no sort): on CPU about twice as
+    fast as top_k for MuSc's k = 0.3 n, and it parallelises over rows on accelerators.
+    """
+    n = x.shape[-1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    keys = _order_keys(x)
+    lo = jnp.min(keys, axis=-1)
+    hi = jnp.max(keys, axis=-1)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)
+        enough = jnp.sum(keys <= mid[..., None], axis=-1) >= k
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    return _from_order_keys(lo)
+
+
+@partial(jax.jit, static_argnames=("k",))
+def sum_smallest(x: jax.Array, k: int) -> jax.Array:
+    """Sum of the k smallest values along the last axis, (..., n) -> (...), via ``kth_smallest``.
+
+    Values below the k-th smallest t are summed and the remaining count is filled with t, so ties are
+    exact. +inf entries count as the largest values.
+    """
+    t = kth_smallest(x, k)
+    below = x < t[..., None]
+    count = jnp.sum(below, axis=-1)
+    return jnp.sum(jnp.where(below, x, 0.0), axis=-1) + (k - count).astype(x.dtype) * t
+
+
 @partial(jax.jit, static_argnames=("lo", "hi", "axis"))
 def interval_mean(x: jax.Array, lo: float = 0.0, hi: float = 0.3, axis: int = -1) -> jax.Array:
     """Mean of the values ranked in [lo, hi) along ``axis`` (see ``interval_bounds`` for the count rule).
@@ -61,7 +109,7 @@ def interval_mean(x: jax.Array, lo: float = 0.0, hi: float = 0.3, axis: int = -1
     n = x.shape[axis]
     start, stop = interval_bounds(n, lo, hi)
     if start == 0:
-        values, _ = smallest_k(x, stop, axis)
+        return sum_smallest(_last_axis(x, axis).astype(jnp.float32), stop) / stop
     else:
         values = jnp.sort(_last_axis(x, axis), axis=-1)[..., start:stop]
     return jnp.mean(values, axis=-1)

@@ -28,12 +28,13 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jzad.kernels.distances import check_precision, dot_nt, l2_normalize
 from jzad.kernels.nearest import nearest_group_distance
-from jzad.kernels.select import interval_bounds, smallest_k
+from jzad.kernels.select import interval_bounds, smallest_k, sum_smallest
 from jzad.kernels.sharding import device_mesh, map_row_shards
 
 LAYER_NORM_EPS = 1e-5
 MODES = ("zero_shot", "few_shot", "plus")
 SCHEDULES = ("auto", "rows", "pairs")
+TARGET_BLOCK_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class MuScConfig:
     other images' distances averaged by MSM (paper: lowest 30%). windows: RsCIN neighbourhood sizes
     (MVTec AD / BTAD [1, 2, 3]; VisA [1, 8, 9]). mode: "zero_shot" (test images only), "few_shot" (normal
     reference images added to the scoring pool) or "plus" (MuSc+: each patch scored by its nearest
-    reference patch only). image_block: query images per MSM step (memory ~ image_block * M * N floats).
+    reference patch only). image_block: query images per MSM step (memory ~ image_block * M * N floats);
+    None picks enough images for about ``TARGET_BLOCK_ROWS`` query rows per GEMM (1 image at M = 1369).
     query_tile, group_tile: tiles of the nearest-neighbour kernel. precision: "fp32" or "bf16" GEMMs.
     map_size: side of the upsampled maps (the input image size) whose max is the image score, as in the
     reference; None takes the max over the patch grid.
@@ -52,20 +54,21 @@ class MuScConfig:
     ~ image_block * M * N floats, any N). "pairs" (zero_shot only): one distance block between image tiles a
     and b serves both directions (row minima score a against b, column minima b against a), half the FLOPs,
     but holds an (N, M, N) buffer per device. "auto": "pairs" when that buffer fits ``pair_buffer_bytes``
-    and the mode is zero_shot, else "rows". pair_tile: images per tile of the "pairs" schedule.
+    and the mode is zero_shot, else "rows". pair_tile: images per tile of the "pairs" schedule
+    (None: as for image_block, so small grids do not pay a loop step per image pair).
     """
 
     r_list: tuple[int, ...] = (1, 3, 5)
     interval: tuple[float, float] = (0.0, 0.3)
     windows: tuple[int, ...] = (1, 2, 3)
     mode: str = "zero_shot"
-    image_block: int = 1
+    image_block: int | None = None
     query_tile: int = 2048
     group_tile: int = 8
     precision: str = "fp32"
     map_size: int | None = None
     schedule: str = "auto"
-    pair_tile: int = 2
+    pair_tile: int | None = None
     pair_buffer_bytes: int = 2 << 30
 
     def __post_init__(self):
@@ -78,12 +81,12 @@ class MuScConfig:
             raise ValueError(f"windows: expected sizes >= 1, got {self.windows}")
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        if self.image_block < 1:
+        if self.image_block is not None and self.image_block < 1:
             raise ValueError(f"image_block: expected >= 1, got {self.image_block}")
         check_precision(self.precision)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
-        if self.pair_tile < 1:
+        if self.pair_tile is not None and self.pair_tile < 1:
             raise ValueError(f"pair_tile: expected >= 1, got {self.pair_tile}")
         if self.map_size is not None and self.map_size < 1:
             raise ValueError(f"map_size: expected a positive image side or None, got {self.map_size}")
@@ -145,6 +148,8 @@ def lnamd(grid: jax.Array, r: int) -> jax.Array:
 
 def _interval_mean_of_smallest(distances: jax.Array, start: int, stop: int) -> jax.Array:
     """Mean of ranks [start, stop) along the last axis (+inf entries rank last)."""
+    if start == 0:
+        return sum_smallest(distances, stop) / stop
     values, _ = smallest_k(distances, stop)
     return jnp.mean(values[..., start:stop], axis=-1)
 
@@ -154,7 +159,7 @@ def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start: 
 
     def block_fn(query_images, first_row, pool):
         rows, m, c = query_images.shape
-        b = min(config.image_block, rows)
+        b = min(images_per_step(config.image_block, m), rows)
         steps = -(-rows // b)
         padded = jnp.pad(query_images, ((0, steps * b - rows), (0, 0), (0, 0)))
         pool_ids = jnp.arange(pool.shape[0])
@@ -180,13 +185,21 @@ def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start: 
     return block_fn
 
 
+def images_per_step(requested: int | None, patches: int) -> int:
+    """Images per MSM step: ``requested``, or enough for about TARGET_BLOCK_ROWS patch rows when None."""
+    if requested is not None:
+        return requested
+    return max(1, TARGET_BLOCK_ROWS // patches)
+
+
 def resolve_schedule(config: MuScConfig, num_images: int, patches: int) -> str:
     """The MSM schedule ``config.schedule`` means for N images of M patches ("rows" or "pairs")."""
     if config.schedule == "pairs" and config.mode != "zero_shot":
         raise ValueError(f"schedule 'pairs' supports mode 'zero_shot' only, got mode {config.mode!r}")
     if config.schedule != "auto":
         return config.schedule
-    padded = -(-num_images // config.pair_tile) * config.pair_tile
+    tile = images_per_step(config.pair_tile, patches)
+    padded = -(-num_images // tile) * tile
     fits = padded * patches * padded * 4 <= config.pair_buffer_bytes
     return "pairs" if config.mode == "zero_shot" and fits else "rows"
 
@@ -206,7 +219,7 @@ def _pair_list(num_tiles: int, num_shards: int) -> jax.Array:
 def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, start: int, stop: int) -> jax.Array:
     """Zero-shot MSM with the symmetric schedule: (N, M, C) -> (N, M); see ``MuScConfig.schedule``."""
     n, m, c = features.shape
-    t = min(config.pair_tile, n)
+    t = min(images_per_step(config.pair_tile, m), n)
     tiles = -(-n // t)
     padded = tiles * t
     tile_rows = jnp.pad(features, ((0, padded - n), (0, 0), (0, 0))).reshape(tiles, t * m, c)
