@@ -1,0 +1,179 @@
+"""Weights: the catalogue, porting PyTorch CLIP checkpoints to orbax folders, and finding them again.
+
+- ``port(src, name, ...)``: a local file/folder (or a Hugging Face id when the hub is reachable) ->
+  weights/<name>/ with params, manifest.json and tokenizer files. Also ``python -m jzad.weights port``.
+- ``open_checkpoint(name_or_path)``: what the run command and ``load_image_encoder`` use: a ported
+  folder, a ported name under the weights folder, a catalogue name (ported on first use from the hub
+  when reachable), a raw checkpoint file/folder (ported in memory) or a Hugging Face id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jzad.backbone.clip import check_taps
+from jzad.backbone.config import CLIPConfig, default_taps
+from jzad.backbone.port import LoadedCheckpoint, load_checkpoint
+from jzad.weights.catalogue import (
+    WEIGHTS_ENV,
+    CatalogueEntry,
+    catalogue_entry,
+    load_catalogue,
+    repo_weights_dir,
+    weights_dir,
+)
+from jzad.weights.hub import download_hf, hub_offline, looks_like_hf_id
+from jzad.weights.store import (
+    MANIFEST,
+    PortedCheckpoint,
+    list_ported,
+    load_ported,
+    read_manifest,
+    save_ported,
+    sha256_file,
+)
+
+__all__ = [
+    "WEIGHTS_ENV",
+    "CatalogueEntry",
+    "OpenedCheckpoint",
+    "PortedCheckpoint",
+    "catalogue_entry",
+    "download_hf",
+    "hub_offline",
+    "list_ported",
+    "load_catalogue",
+    "load_ported",
+    "open_checkpoint",
+    "port",
+    "read_manifest",
+    "repo_weights_dir",
+    "save_ported",
+    "sha256_file",
+    "weights_dir",
+]
+
+
+def _catalogue_or_none(name: str) -> CatalogueEntry | None:
+    catalogue = load_catalogue()
+    return catalogue.get(name.lower())
+
+
+def _read_source(src: str | Path, arch, port_hint: str | None) -> tuple[LoadedCheckpoint, str]:
+    path = Path(src).expanduser()
+    if path.exists():
+        return load_checkpoint(path, arch=arch), str(path.resolve())
+    if isinstance(src, str) and looks_like_hf_id(src):
+        folder = download_hf(src, port_hint=port_hint)
+        return load_checkpoint(folder, arch=arch), src
+    raise FileNotFoundError(
+        f"{src} is neither an existing checkpoint file/folder nor a Hugging Face model id (owner/name)"
+    )
+
+
+def port(
+    src: str | Path,
+    name: str,
+    arch=None,
+    activation: str | None = None,
+    image_size: int | None = None,
+    taps=None,
+    weights_dir_override: str | Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Port src to <weights dir>/<name>/ and return that folder.
+
+    src: an OpenAI .pt, an OpenCLIP/HF state dict file, a Hugging Face folder, or a Hugging Face id
+    (downloaded only when the hub is reachable). For a catalogue name, arch defaults to the catalogue's
+    (checked tensor by tensor) and the run defaults (image size, activation, taps) come from it; the
+    explicit arguments override them. The params are stored at the native size.
+    """
+    entry = _catalogue_or_none(name)
+    if arch is None and entry is not None:
+        arch = entry.architecture
+    checkpoint, source = _read_source(src, arch, entry.port_hint() if entry else None)
+    if entry is not None:
+        activation = activation or entry.run_activation
+        image_size = image_size or entry.run_image_size
+        taps = taps if taps is not None else entry.taps
+    return save_ported(
+        checkpoint,
+        name,
+        weights_dir(weights_dir_override),
+        image_size=image_size,
+        activation=activation,
+        taps=taps,
+        source=source,
+        force=force,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class OpenedCheckpoint:
+    """Native config + params of a checkpoint and its default run settings, wherever it came from."""
+
+    config: CLIPConfig
+    params: dict
+    image_size: int
+    activation: str
+    taps: tuple[int, ...]
+    tokenizer_dir: Path | None
+    origin: str
+
+
+def _from_ported(ported: PortedCheckpoint) -> OpenedCheckpoint:
+    taps = check_taps(ported.taps, ported.config.vision.layers)
+    return OpenedCheckpoint(
+        ported.config, ported.params, ported.image_size, ported.activation, taps, ported.tokenizer_dir, str(ported.path)
+    )
+
+
+def _from_loaded(loaded: LoadedCheckpoint, origin: str) -> OpenedCheckpoint:
+    config = loaded.config
+    return OpenedCheckpoint(
+        config,
+        loaded.params,
+        config.vision.image_size,
+        config.activation,
+        default_taps(config),
+        loaded.tokenizer_dir,
+        origin,
+    )
+
+
+def open_checkpoint(name_or_path: str | Path, arch=None, weights_dir_override: str | Path | None = None) -> OpenedCheckpoint:
+    """Find and load a checkpoint by name or path (see the module docstring for the order).
+
+    A catalogue name that is not ported yet is fetched from its Hugging Face id and ported into the
+    weights folder when the hub is reachable; offline this raises ConnectionError with the command that
+    ports a local file. Unknown names raise ValueError listing catalogue and ported names.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir() and (path / MANIFEST).is_file():
+            return _from_ported(load_ported(path))
+        return _from_loaded(load_checkpoint(path, arch=arch), str(path.resolve()))
+    folder = weights_dir(weights_dir_override)
+    if "/" not in text and (folder / text / MANIFEST).is_file():
+        return _from_ported(load_ported(folder / text))
+    entry = _catalogue_or_none(text) if "/" not in text else None
+    if entry is not None:
+        if (folder / entry.name / MANIFEST).is_file():
+            return _from_ported(load_ported(folder / entry.name))
+        if entry.hf_id is None:
+            raise FileNotFoundError(
+                f"{entry.name} is not ported in {folder} and has no Hugging Face source; port it with "
+                f"`{entry.port_hint()}`"
+            )
+        target = port(entry.hf_id, entry.name, weights_dir_override=folder)
+        return _from_ported(load_ported(target))
+    if looks_like_hf_id(text):
+        loaded, source = _read_source(text, arch, None)
+        return _from_loaded(loaded, source)
+    ported = ", ".join(list_ported(folder)) or "none"
+    raise ValueError(
+        f"unknown checkpoint {text!r}: not a file or folder, not ported in {folder} (ported: {ported}), "
+        f"not in the catalogue ({', '.join(load_catalogue())}) and not a Hugging Face id"
+    )

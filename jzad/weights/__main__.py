@@ -1,0 +1,88 @@
+"""Command line: ``python -m jzad.weights port SRC --name NAME [...]`` and ``python -m jzad.weights list``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jzad.backbone.config import ACTIVATIONS
+
+
+def _port(args) -> int:
+    from jzad.weights import port, read_manifest
+
+    taps = tuple(int(t) for t in args.taps.split(",")) if args.taps else None
+    target = port(
+        args.src,
+        args.name,
+        arch=args.arch,
+        activation=args.activation,
+        image_size=args.image_size,
+        taps=taps,
+        weights_dir_override=args.weights_dir,
+        force=args.force,
+    )
+    manifest = read_manifest(target)
+    config = manifest["config"]
+    vision = config["vision"]
+    print(f"ported {manifest['source']['path']} -> {target}")
+    print(
+        f"  architecture {manifest['architecture'] or 'custom'}: width {vision['width']}, layers {vision['layers']}, "
+        f"heads {vision['heads']}, patch {vision['patch_size']}, native {vision['image_size']}px, "
+        f"embed {config['embed_dim']}, text tower {'yes' if config['text'] else 'no'}"
+    )
+    print(
+        f"  run defaults: {manifest['image_size']}px, {manifest['activation']}, taps {manifest['taps']}; "
+        f"tokenizer {'copied' if manifest['tokenizer'] else 'absent'}"
+    )
+    return 0
+
+
+def _list(args) -> int:
+    from jzad.weights import list_ported, load_catalogue, weights_dir
+
+    folder = weights_dir(args.weights_dir)
+    catalogue = load_catalogue()
+    ported = list_ported(folder)
+    print(f"weights folder: {folder}")
+    print(f"{'name':<20} {'architecture':<20} {'ported':<7} {'run size':<9} {'activation':<11} source")
+    for name, entry in catalogue.items():
+        source = entry.hf_id or f"{entry.source.get('openclip_name')} ({entry.source.get('pretrained')})"
+        state = "yes" if name in ported else "no"
+        print(
+            f"{name:<20} {entry.architecture:<20} {state:<7} {entry.run_image_size:<9} {entry.run_activation:<11} {source}"
+        )
+    for name, manifest in ported.items():
+        if name not in catalogue:
+            print(
+                f"{name:<20} {manifest.get('architecture') or 'custom':<20} {'yes':<7} {manifest['image_size']:<9} "
+                f"{manifest['activation']:<11} {manifest['source']['path']}"
+            )
+    return 0
+
+
+def main(argv=None) -> int:
+    """Parse argv and run the sub-command; errors print one line and exit 2."""
+    parser = argparse.ArgumentParser(prog="python -m jzad.weights", description="Port and list CLIP checkpoints.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    port = sub.add_parser("port", help="port a PyTorch CLIP checkpoint to weights/<name>/")
+    port.add_argument("src", help="OpenAI .pt, OpenCLIP/HF state dict, HF folder, or HF id (needs the hub)")
+    port.add_argument("--name", required=True, help="folder name under the weights dir (catalogue names get defaults)")
+    port.add_argument("--arch", help="named architecture to check the tensors against (e.g. ViT-L-14-336)")
+    port.add_argument("--activation", choices=ACTIVATIONS, help="default run activation recorded in the manifest")
+    port.add_argument("--image-size", type=int, help="default run image size recorded in the manifest")
+    port.add_argument("--taps", help="default taps, comma-separated 1-based blocks (e.g. 6,12,18,24)")
+    port.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR or the repo's weights/)")
+    port.add_argument("--force", action="store_true", help="replace an existing ported folder")
+    listing = sub.add_parser("list", help="list the catalogue and which checkpoints are ported")
+    listing.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR or the repo's weights/)")
+    args = parser.parse_args(argv)
+    try:
+        return _port(args) if args.command == "port" else _list(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

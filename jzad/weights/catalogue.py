@@ -1,0 +1,104 @@
+"""The catalogue of supported checkpoints (weights/catalogue.json) and where ported weights live.
+
+Each entry names its source (OpenAI name and file, Hugging Face id, or OpenCLIP name + pretrained tag),
+its architecture, the blocks MuSc taps, its native input size and the recommended run size/activation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jzad
+from jzad.backbone.config import ACTIVATIONS, get_architecture
+
+WEIGHTS_ENV = "JZAD_WEIGHTS_DIR"
+
+
+def repo_weights_dir() -> Path:
+    """The repository's top-level weights/ folder (next to the jzad package)."""
+    return Path(jzad.__file__).resolve().parents[1] / "weights"
+
+
+def weights_dir(override: str | Path | None = None) -> Path:
+    """Where ported checkpoints live: override, else $JZAD_WEIGHTS_DIR, else the repo's weights/ (absolute)."""
+    if override is not None:
+        return Path(override).expanduser().resolve()
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return repo_weights_dir()
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One supported checkpoint: source, architecture, MuSc taps, native and recommended run settings."""
+
+    name: str
+    architecture: str
+    source: dict
+    native_image_size: int
+    activation: str
+    taps: tuple[int, ...]
+    run_image_size: int
+    run_activation: str
+    notes: str = ""
+
+    @property
+    def hf_id(self) -> str | None:
+        """The Hugging Face model id of the source, if it has one."""
+        return self.source.get("hf_id")
+
+    def port_hint(self) -> str:
+        """How to port this checkpoint from a local file."""
+        file = self.source.get("openai_file") or f"{self.source.get('openclip_name', self.name)}.bin"
+        arch = "" if self.source.get("kind") == "openai" else f" --arch {self.architecture}"
+        return f"python -m jzad.weights port /path/to/{file} --name {self.name}{arch}"
+
+
+def _entry(name: str, data: dict, path: Path) -> CatalogueEntry:
+    try:
+        entry = CatalogueEntry(
+            name=name,
+            architecture=data["architecture"],
+            source=dict(data["source"]),
+            native_image_size=int(data["native_image_size"]),
+            activation=data["activation"],
+            taps=tuple(int(t) for t in data["taps"]),
+            run_image_size=int(data["run_image_size"]),
+            run_activation=data["run_activation"],
+            notes=data.get("notes", ""),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: catalogue entry {name!r} is malformed ({err!r})") from err
+    arch = get_architecture(entry.architecture)
+    if entry.native_image_size != arch.vision.image_size:
+        raise ValueError(f"{path}: {name!r} native_image_size differs from {entry.architecture}'s")
+    if entry.activation not in ACTIVATIONS or entry.run_activation not in ACTIVATIONS:
+        raise ValueError(f"{path}: {name!r} activations must be in {ACTIVATIONS}")
+    if any(t < 1 or t > arch.vision.layers for t in entry.taps):
+        raise ValueError(f"{path}: {name!r} taps {entry.taps} outside 1..{arch.vision.layers}")
+    return entry
+
+
+def load_catalogue(path: str | Path | None = None) -> dict[str, CatalogueEntry]:
+    """name -> CatalogueEntry from catalogue.json (default: the repo's weights/catalogue.json)."""
+    path = Path(path) if path is not None else repo_weights_dir() / "catalogue.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"weights catalogue {path} not found")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"cannot parse weights catalogue {path}: {err}") from err
+    return {name: _entry(name, entry, path) for name, entry in data.items()}
+
+
+def catalogue_entry(name: str, catalogue: dict[str, CatalogueEntry] | None = None) -> CatalogueEntry:
+    """The catalogue entry called name (case-insensitive); unknown names raise ValueError listing the known."""
+    catalogue = load_catalogue() if catalogue is None else catalogue
+    key = name.lower()
+    if key not in catalogue:
+        raise ValueError(f"unknown checkpoint name {name!r}; the catalogue has: {', '.join(catalogue)}")
+    return catalogue[key]

@@ -1,0 +1,86 @@
+"""The command line end to end: the demo, outputs, --shards equality, real photos, errors."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jzad.run import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY = ["--backbone", "random-tiny", "--image-size", "64", "--quiet"]
+METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pro")
+
+
+def read_scores(path: Path) -> dict:
+    with open(path, newline="") as f:
+        return {row["name"]: float(row["score"]) for row in csv.DictReader(f)}
+
+
+def test_demo_run_writes_every_output(tmp_path, capsys):
+    assert main(TINY + ["--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "RANDOM weights" in printed and "synthetic" in printed
+    for stage in ("extract", "lnamd", "msm", "rscin", "upsample"):
+        assert f"| {stage}" in printed
+    results = json.loads((tmp_path / "results.json").read_text())
+    metrics = results["categories"][0]["metrics"]
+    assert all(metrics[m] is not None and 0.0 <= metrics[m] <= 1.0 for m in METRICS)
+    assert results["backbone"]["origin"].startswith("random:")
+    scores = read_scores(tmp_path / "scores_synthetic.csv")
+    assert len(scores) == 28 and all(np.isfinite(list(scores.values())))
+    assert len(list((tmp_path / "heatmaps" / "synthetic").glob("*.png"))) == 28
+
+
+def test_shards_give_identical_scores(tmp_path):
+    for shards in ("1", "8"):
+        assert main(TINY + ["--no-heatmaps", "--shards", shards, "--out", str(tmp_path / shards)]) == 0
+    one = read_scores(tmp_path / "1" / "scores_synthetic.csv")
+    eight = read_scores(tmp_path / "8" / "scores_synthetic.csv")
+    assert one == eight
+
+
+def test_subsets_and_few_shot_modes_run(tmp_path):
+    assert main(TINY + ["--no-heatmaps", "--subsets", "2", "--out", str(tmp_path / "s")]) == 0
+    assert main(TINY + ["--no-heatmaps", "--mode", "plus", "--shots", "4", "--out", str(tmp_path / "p")]) == 0
+    for name in ("s", "p"):
+        scores = read_scores(tmp_path / name / "scores_synthetic.csv")
+        assert len(scores) == 28 and all(np.isfinite(list(scores.values())))
+
+
+@pytest.mark.parametrize("dataset,root,category", [
+    ("mtd", SHARED / "mtd", "all"),
+    ("mvtec", SHARED / "mvtec_subset", "hazelnut"),
+])
+def test_real_photos_end_to_end(tmp_path, dataset, root, category):
+    if not root.is_dir():
+        pytest.skip(f"{root} is not present on this machine")
+    outputs = {}
+    for shards in ("1", "8"):
+        out = tmp_path / shards
+        args = TINY + ["--data", str(root), "--dataset", dataset, "--category", category, "--shards", shards,
+                       "--out", str(out), "--no-heatmaps", "--batch-size", "32", "--taps", "2,4", "--r-list", "1,3"]
+        assert main(args) == 0
+        outputs[shards] = out
+    results = json.loads((outputs["1"] / "results.json").read_text())
+    for entry in results["categories"]:
+        assert all(entry["metrics"][m] is not None for m in METRICS), entry
+    for csv_path in outputs["1"].glob("scores_*.csv"):
+        assert read_scores(csv_path) == read_scores(outputs["8"] / csv_path.name)
+
+
+def test_bad_arguments_give_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--data"):
+        main(TINY + ["--data", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="--shards"):
+        main(TINY + ["--shards", "999"])
+    with pytest.raises(SystemExit, match="--shots"):
+        main(TINY + ["--mode", "few_shot"])
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    for option in ("--method", "--data", "--dataset", "--category", "--backbone", "--weights", "--image-size",
+                   "--shards", "--precision", "--out"):
+        assert option in help_text
