@@ -261,7 +261,7 @@ def build_encoder(args: argparse.Namespace):
         try:
             encoder = load_image_encoder(source, image_size=args.image_size, taps=args.taps,
                                          activation=args.activation, dtype=dtype)
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, ConnectionError, ValueError) as err:
             raise SystemExit(
                 f"--backbone/--weights: could not load {source!r}: {err}\n"
                 "Port a checkpoint you have with `python -m jzad.weights port FILE --name vit-l-14-336`, pass "

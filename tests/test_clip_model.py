@@ -52,7 +52,8 @@ def test_architecture_fields():
     assert (l336.vision.width, l336.vision.layers, l336.vision.heads, l336.vision.patch_size) == (1024, 24, 16, 14)
     assert l336.vision.grid_size == 24 and l336.embed_dim == 768 and l336.activation == "quick_gelu"
     plus = ARCHITECTURES["ViT-B-16-plus-240"]
-    assert (plus.vision.width, plus.vision.heads, plus.embed_dim, plus.text.width, plus.activation) == (896, 14, 640, 640, "gelu")
+    fields = (plus.vision.width, plus.vision.heads, plus.embed_dim, plus.text.width, plus.activation)
+    assert fields == (896, 14, 640, 640, "gelu")
     assert default_taps(l336) == (6, 12, 18, 24) and default_taps(ARCHITECTURES["ViT-B-16"]) == (3, 6, 9, 12)
     assert architecture_name(l336) == "ViT-L-14-336"
     assert architecture_name(l336.replace(text=None)) == "ViT-L-14-336"
@@ -72,10 +73,12 @@ def _numpy_vision_forward(params, images, config):
     p, width, heads = config.vision.patch_size, config.vision.width, config.vision.heads
     batch, size = images.shape[0], images.shape[1]
     g = size // p
-    patches = images.astype(np.float64).reshape(batch, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(batch, g * g, -1)
+    patches = images.astype(np.float64).reshape(batch, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(batch, g * g, -1)
     kernel = vis["conv1"]["kernel"].reshape(-1, width)
     x = patches @ kernel
-    x = np.concatenate([np.broadcast_to(vis["class_embedding"], (batch, 1, width)), x], axis=1) + vis["positional_embedding"]
+    cls = np.broadcast_to(vis["class_embedding"], (batch, 1, width))
+    x = np.concatenate([cls, x], axis=1) + vis["positional_embedding"]
 
     def ln(v, prm):
         mu = v.mean(-1, keepdims=True)
@@ -155,7 +158,8 @@ def test_encode_text_pooling_rules(tiny):
     ids[:, 5] = 519
     ids[:, 6:] = 0
     argmax = encode_text(params, ids, config)
-    eos_config = config.replace(text=type(config.text)(**{**config.text.__dict__, "pooling": "eos", "eos_token_id": 519}))
+    eos_text = type(config.text)(**{**config.text.__dict__, "pooling": "eos", "eos_token_id": 519})
+    eos_config = config.replace(text=eos_text)
     np.testing.assert_allclose(np.asarray(encode_text(params, ids, eos_config)), np.asarray(argmax), atol=1e-6)
     # Causal: tokens after the pooled one do not change the embedding.
     changed = ids.copy()
@@ -225,7 +229,7 @@ def test_preprocess_matches_independent_path():
 
 
 def _bytes_to_unicode():
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     codes, extra = printable[:], 0
     for b in range(256):
         if b not in printable:
@@ -254,7 +258,8 @@ def test_tokenize_from_local_files(tokenizer_dir):
     assert tok.vocab_size == 518 and tok.eos_id == vocab["<|endoftext|>"] and tok.bos_id == vocab["<|startoftext|>"]
     ids, eot = tokenize(tok, ["A photo of a CAT", "cat"], context_length=10)
     assert ids.dtype == np.int32 and ids.shape == (2, 10)
-    expected = [vocab["<|startoftext|>"], vocab["a</w>"], vocab["ph"], vocab["ot"], vocab["o</w>"], vocab["o"], vocab["f</w>"], vocab["a</w>"], vocab["cat</w>"], vocab["<|endoftext|>"]]
+    pieces = ["<|startoftext|>", "a</w>", "ph", "ot", "o</w>", "o", "f</w>", "a</w>", "cat</w>", "<|endoftext|>"]
+    expected = [vocab[piece] for piece in pieces]
     assert ids[0].tolist() == expected
     assert ids[1, :3].tolist() == [vocab["<|startoftext|>"], vocab["cat</w>"], vocab["<|endoftext|>"]]
     assert eot.tolist() == [9, 2]

@@ -220,7 +220,8 @@ def test_vision_only_hf_models(tmp_path):
     vision_config = model.config.vision_config
 
     plain = transformers.CLIPVisionModel(vision_config).eval()
-    plain.load_state_dict({k.removeprefix("vision_model."): v for k, v in model.state_dict().items() if k.startswith("vision_model.")})
+    prefix = "vision_model."
+    plain.load_state_dict({k.removeprefix(prefix): v for k, v in model.state_dict().items() if k.startswith(prefix)})
     plain.save_pretrained(tmp_path / "plain")
     loaded = load_checkpoint(tmp_path / "plain")
     assert loaded.config.text is None and loaded.config.embed_dim is None
@@ -278,7 +279,8 @@ def test_mapping_tables_both_ways(tmp_path):
         hf_state["vision_model.encoder.layers.1.self_attn.q_proj.weight"].T,
     )
     np.testing.assert_array_equal(
-        params["visual"]["conv1"]["kernel"][1, 2, 0], hf_state["vision_model.embeddings.patch_embedding.weight"][:, 0, 1, 2]
+        params["visual"]["conv1"]["kernel"][1, 2, 0],
+        hf_state["vision_model.embeddings.patch_embedding.weight"][:, 0, 1, 2],
     )
 
 
@@ -336,7 +338,8 @@ def test_wrong_shape_names_key_and_shapes(tmp_path, good_state):
         embed_dim=16,
     )
     torch.save(state, tmp_path / "tiny.pt")
-    with pytest.raises(ValueError, match=r"'visual\.transformer\.resblocks\.0\.mlp\.c_fc\.weight' has shape \(48, 32\).*\(64, 32\)"):
+    key = r"'visual\.transformer\.resblocks\.0\.mlp\.c_fc\.weight'"
+    with pytest.raises(ValueError, match=key + r" has shape \(48, 32\).*\(64, 32\)"):
         load_checkpoint(tmp_path / "tiny.pt", arch=wider)
     with pytest.raises(ValueError, match=r"'visual\.conv1\.weight' has shape \(32, 3, 4, 4\).*\(768, 3, 16, 16\)"):
         load_checkpoint(tmp_path / "tiny.pt", arch="ViT-B/16")

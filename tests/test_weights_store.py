@@ -11,6 +11,7 @@ import transformers
 
 from jzad.backbone import encode_image, load_checkpoint, load_clip, load_image_encoder
 from jzad.weights import (
+    HubUnavailableError,
     catalogue_entry,
     load_catalogue,
     load_ported,
@@ -130,7 +131,8 @@ def test_image_encoder_from_ported_name(hf_folder, tmp_path, monkeypatch):
 
 def test_cli_port_and_list(hf_folder, tmp_path, capsys):
     folder, _ = hf_folder
-    assert weights_cli(["port", str(folder), "--name", "cli-tiny", "--image-size", "20", "--weights-dir", str(tmp_path)]) == 0
+    args = ["port", str(folder), "--name", "cli-tiny", "--image-size", "20", "--weights-dir", str(tmp_path)]
+    assert weights_cli(args) == 0
     out = capsys.readouterr().out
     assert "cli-tiny" in out and "width 32, layers 2, heads 4, patch 4, native 16px" in out
     assert load_ported(tmp_path / "cli-tiny").image_size == 20
@@ -158,10 +160,27 @@ def test_catalogue_entries_and_lookup():
 
 def test_offline_hub_errors_name_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConnectionError, match=r"HF_HUB_OFFLINE.*python -m jzad\.weights port /path/to/ViT-L-14-336px\.pt --name vit-l-14-336"):
+    fix = r"python -m jzad\.weights port /path/to/ViT-L-14-336px\.pt --name vit-l-14-336"
+    with pytest.raises(HubUnavailableError, match=r"HF_HUB_OFFLINE.*" + fix) as caught:
         open_checkpoint("vit-l-14-336", weights_dir_override=tmp_path)
+    assert isinstance(caught.value, ConnectionError) and isinstance(caught.value, FileNotFoundError)
     with pytest.raises(ConnectionError, match=r"cannot download openai/clip-vit-base-patch16"):
         port("openai/clip-vit-base-patch16", "b16", weights_dir_override=tmp_path)
     with pytest.raises(ValueError, match=r"unknown checkpoint 'no-such-model'"):
         open_checkpoint("no-such-model", weights_dir_override=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_hub_file_choice():
+    """Which files a hub download asks for: safetensors first, shard patterns, a clear error otherwise."""
+    from jzad.weights.hub import _pick_weights, looks_like_hf_id
+
+    assert _pick_weights(["config.json", "pytorch_model.bin", "model.safetensors"]) == ["model.safetensors"]
+    assert _pick_weights(["pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin"]) == [
+        "pytorch_model.bin.index.json",
+        "pytorch_model-*.bin",
+    ]
+    with pytest.raises(ValueError, match="no CLIP weights file"):
+        _pick_weights(["config.json", "tf_model.h5"])
+    assert looks_like_hf_id("openai/clip-vit-large-patch14-336")
+    assert not looks_like_hf_id("/abs/file.pt") and not looks_like_hf_id("vit-l-14-336")

@@ -118,7 +118,8 @@ def load_clip(
     activation = activation or opened.activation
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    params, config = with_image_size(opened.params, opened.config.replace(activation=activation), image_size or opened.image_size)
+    config = opened.config.replace(activation=activation)
+    params, config = with_image_size(opened.params, config, image_size or opened.image_size)
     tokenizer = None
     if config.text is not None and opened.tokenizer_dir is not None:
         tokenizer = load_tokenizer(opened.tokenizer_dir, vocab_size=config.text.vocab_size)
@@ -170,4 +171,5 @@ def init_random_encoder(
     if image_size is not None:
         config = config.replace(vision=type(config.vision)(**{**config.vision.__dict__, "image_size": int(image_size)}))
     params = init_clip(config, seed)
-    return ImageEncoder(config, params, taps, dtype, origin=f"random:{arch if isinstance(arch, str) else 'config'}:{seed}")
+    origin = f"random:{arch if isinstance(arch, str) else 'config'}:{seed}"
+    return ImageEncoder(config, params, taps, dtype, origin=origin)

@@ -396,7 +396,9 @@ def infer_config(
                     f"{what}: visual.proj projects to {embed_dim} but text_projection to {text_embed}"
                 )
             embed_dim = text_embed if embed_dim is None else embed_dim
-    return CLIPConfig(vision=vision, text=text, embed_dim=embed_dim, activation=activation, layer_norm_eps=layer_norm_eps)
+    return CLIPConfig(
+        vision=vision, text=text, embed_dim=embed_dim, activation=activation, layer_norm_eps=layer_norm_eps
+    )
 
 
 # ---------------------------------------------------------------- file readers
@@ -475,7 +477,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
                 raw = torch.load(str(path), map_location="cpu", weights_only=True)
                 fmt = "torch"
         except Exception as err:
-            raise ValueError(f"cannot read PyTorch checkpoint {path} (damaged, truncated or not a state dict): {err}") from err
+            raise ValueError(
+                f"cannot read PyTorch checkpoint {path} (damaged, truncated or not a state dict): {err}"
+            ) from err
     state = _unwrap(dict(raw) if not isinstance(raw, dict) else raw, path)
     return {k: _to_numpy(v, k, path) for k, v in state.items()}, fmt
 

@@ -23,7 +23,7 @@ from jzad.weights.catalogue import (
     repo_weights_dir,
     weights_dir,
 )
-from jzad.weights.hub import download_hf, hub_offline, looks_like_hf_id
+from jzad.weights.hub import HubUnavailableError, download_hf, hub_offline, looks_like_hf_id
 from jzad.weights.store import (
     MANIFEST,
     PortedCheckpoint,
@@ -37,6 +37,7 @@ from jzad.weights.store import (
 __all__ = [
     "WEIGHTS_ENV",
     "CatalogueEntry",
+    "HubUnavailableError",
     "OpenedCheckpoint",
     "PortedCheckpoint",
     "catalogue_entry",
@@ -142,11 +143,14 @@ def _from_loaded(loaded: LoadedCheckpoint, origin: str) -> OpenedCheckpoint:
     )
 
 
-def open_checkpoint(name_or_path: str | Path, arch=None, weights_dir_override: str | Path | None = None) -> OpenedCheckpoint:
+def open_checkpoint(
+    name_or_path: str | Path, arch=None, weights_dir_override: str | Path | None = None
+) -> OpenedCheckpoint:
     """Find and load a checkpoint by name or path (see the module docstring for the order).
 
     A catalogue name that is not ported yet is fetched from its Hugging Face id and ported into the
-    weights folder when the hub is reachable; offline this raises ConnectionError with the command that
+    weights folder when the hub is reachable; offline this raises HubUnavailableError (a ConnectionError
+    and FileNotFoundError) with the command that
     ports a local file. Unknown names raise ValueError listing catalogue and ported names.
     """
     text = str(name_or_path)

@@ -50,7 +50,8 @@ def _list(args) -> int:
         source = entry.hf_id or f"{entry.source.get('openclip_name')} ({entry.source.get('pretrained')})"
         state = "yes" if name in ported else "no"
         print(
-            f"{name:<20} {entry.architecture:<20} {state:<7} {entry.run_image_size:<9} {entry.run_activation:<11} {source}"
+            f"{name:<20} {entry.architecture:<20} {state:<7} {entry.run_image_size:<9} "
+            f"{entry.run_activation:<11} {source}"
         )
     for name, manifest in ported.items():
         if name not in catalogue:

@@ -1,8 +1,8 @@
 """Fetching a Hugging Face CLIP checkpoint (config, weights, tokenizer files) when the hub is reachable.
 
 huggingface_hub is imported lazily. Offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) or on a network error
-the caller gets a ConnectionError that says how to port a local file instead. Nothing here runs in tests
-except the offline refusal.
+the caller gets a HubUnavailableError (ConnectionError) that says how to port a local file instead.
+Nothing here runs in tests except the offline refusal.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ from pathlib import Path
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TRUE = {"1", "true", "yes", "on"}
 EXAMPLE_PORT = "python -m jzad.weights port /path/to/ViT-L-14-336px.pt --name vit-l-14-336"
+
+
+class HubUnavailableError(ConnectionError, FileNotFoundError):
+    """The weights are not on this machine and the hub cannot be used (offline or unreachable).
+
+    Both a ConnectionError and a FileNotFoundError, so callers catching either see it."""
 
 
 def looks_like_hf_id(text: str) -> bool:
@@ -36,7 +42,13 @@ def _offline_message(repo_id: str, reason: str, hint: str | None) -> str:
 
 
 def _pick_weights(files: list[str]) -> list[str]:
-    for candidate in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"):
+    candidates = (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    )
+    for candidate in candidates:
         if candidate in files:
             if candidate.endswith(".index.json"):
                 stem = candidate.removesuffix(".index.json").rsplit(".", 1)
@@ -60,11 +72,11 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 def download_hf(repo_id: str, port_hint: str | None = None) -> Path:
     """Download config.json, the weights and the tokenizer files of repo_id; return the local folder.
 
-    Raises ConnectionError (offline or network failure) with port instructions, ValueError for an
-    unknown repository.
+    Raises HubUnavailableError (a ConnectionError and FileNotFoundError; offline or network failure) with
+    port instructions, ValueError for an unknown repository.
     """
     if hub_offline():
-        raise ConnectionError(_offline_message(repo_id, "the hub is disabled (HF_HUB_OFFLINE=1)", port_hint))
+        raise HubUnavailableError(_offline_message(repo_id, "the hub is disabled (HF_HUB_OFFLINE=1)", port_hint))
     import huggingface_hub
     from huggingface_hub import errors
 
@@ -82,4 +94,4 @@ def download_hf(repo_id: str, port_hint: str | None = None) -> Path:
     except errors.RepositoryNotFoundError as err:
         raise ValueError(f"{repo_id} is not a Hugging Face model id the hub knows: {err}") from err
     except (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError, OSError, *_transport_errors()) as err:
-        raise ConnectionError(_offline_message(repo_id, f"the hub is not reachable ({err})", port_hint)) from err
+        raise HubUnavailableError(_offline_message(repo_id, f"the hub is not reachable ({err})", port_hint)) from err

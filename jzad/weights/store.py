@@ -141,7 +141,11 @@ def save_ported(
         "taps": list(taps),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jzad_version": jzad.__version__,
-        "params": {"dir": PARAMS_DIR, "files": _hash_tree(target / PARAMS_DIR), "tree": _tree_shapes(checkpoint.params)},
+        "params": {
+            "dir": PARAMS_DIR,
+            "files": _hash_tree(target / PARAMS_DIR),
+            "tree": _tree_shapes(checkpoint.params),
+        },
         "tokenizer": tokenizer,
     }
     (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
