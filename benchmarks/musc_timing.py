@@ -1,0 +1,1050 @@
+"""MuSc timing harness: JAX (jzad) against the PyTorch reference, stage by stage, in one run.
+
+    python -m benchmarks.musc_timing --backbone vit-b-16@224 --n 50 --precision fp32 --repeats 3 \\
+        --scaling 25,50,100 --max-seconds 300
+
+Per-image breakdown by stage for both implementations (MuSc paper Tables 6/13: feature extraction, LNAMD,
+MSM, upsample, RsCIN), on random weights of the backbone's real shapes and random images:
+- JAX: every stage is compiled ahead of time (``jit(...).lower(...).compile()``, compile seconds reported
+  apart), run once as warm-up, then timed ``--repeats`` times; ``jax.block_until_ready`` before every clock
+  read; the median is reported. The whole scoring is also timed as one fused program (``score_musc``).
+- Reference (``benchmarks.reference_torch``): transformers CLIP with the same weights, then the per-image
+  ``torch.cdist`` MuSc of the original code (cdist's default mm mode unless --cdist-mode says otherwise);
+  ``torch.cuda.synchronize`` around every stage on CUDA; a warm-up on a few images; median of repeats.
+- Parity: max abs difference of the taps, embeddings, patch scores, maps and image scores (JAX vs reference).
+- FSLC at the same N on the same features (unless --no-fslc; needs ``jzad.methods.fslc``): stages
+  features (LNAMD, taps concatenated), init, expand, filter, score, upsample for both implementations,
+  Otsu filtering, parity, roofline; the MuSc-vs-FSLC comparison of the FSLC paper's Table 4.
+- Scaling (--scaling): time and peak memory of the scoring stages (LNAMD, MSM, upsample, RsCIN) against N
+  for both, on random tokens of the backbone's shape (extraction is per image and does not grow with N).
+  The reference stops at the first N where it runs out of memory (torch.cuda.OutOfMemoryError /
+  MemoryError, recorded); either implementation stops growing N when the last measured run, extrapolated
+  quadratically to the next N, would exceed --max-seconds. The table says which and why.
+- Roofline: FLOPs and bytes of every stage from the shapes (``benchmarks.roofline``), measured device
+  ceilings (large fp32/bf16 matmuls, a streaming copy), time over floor.
+- Memory: JAX compiled ``memory_analysis()`` per program; measured peak device memory per implementation
+  (GPU: torch.cuda.max_memory_allocated, XLA peak_bytes_in_use; CPU: peak RSS growth via /proc VmHWM after
+  malloc_trim). The 1-minute load average is sampled during the run and stored with the device.
+
+Output: markdown tables on stdout and ``<out>/musc_<platform>_<backbone>_N<n>.json`` (device, versions,
+shapes, every number, date). ``benchmarks/report.py`` turns the JSON files into the README section.
+On CPU, --shards K needs XLA_FLAGS=--xla_force_host_platform_device_count=K set before Python starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from benchmarks import report, roofline  # noqa: E402
+from jzad.backbone import encode_image, init_random_encoder  # noqa: E402
+from jzad.backbone.config import CLIPConfig, default_taps, get_architecture  # noqa: E402
+from jzad.kernels import device_mesh  # noqa: E402
+from jzad.methods.musc import (  # noqa: E402
+    MuScConfig,
+    lnamd,
+    mutual_scores,
+    resolve_schedule,
+    rscin,
+    score_musc,
+    tokens_to_grid,
+    upsample,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MUSC_STAGES = ("extract", "lnamd", "msm", "upsample", "rscin")
+SCORING_STAGES = ("lnamd", "msm", "upsample", "rscin")
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
+DEFAULT_CDIST_MODE = "use_mm_for_euclid_dist_if_necessary"
+REFERENCE_WARMUP_IMAGES = 4
+
+
+# --------------------------------------------------------------------------------------------- backbone
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone shape to time: ``label`` as given ("vit-b-16@224"), the vision-only CLIPConfig at the run's
+    image size (random weights of these shapes are used), the 1-based tapped blocks."""
+
+    label: str
+    arch: str
+    config: CLIPConfig
+    taps: tuple[int, ...]
+
+    @property
+    def image_size(self) -> int:
+        return self.config.vision.image_size
+
+    @property
+    def grid(self) -> int:
+        return self.config.vision.grid_size
+
+    @property
+    def slug(self) -> str:
+        """File-name form of the label: lower case, "@" and "/" as "-"."""
+        return self.label.lower().replace("@", "-").replace("/", "-")
+
+    def vit_shape(self) -> roofline.VitShape:
+        v = self.config.vision
+        return roofline.VitShape(v.width, v.layers, v.mlp_dim, v.patch_size, v.image_size, self.config.embed_dim)
+
+
+def parse_backbone(spec: str, activation: str | None = None) -> BackboneSpec:
+    """"<architecture>[@<image size>]" -> BackboneSpec ("vit-b-16@224", "vit-l-14@518", "tiny@32").
+
+    The architecture is any name ``jzad.backbone.config.get_architecture`` knows; the size defaults to the
+    architecture's own and must be a multiple of the patch size. The MLP activation defaults to the
+    architecture's, except at a resized input, where MuSc runs exact GELU (DESIGN); ``activation`` overrides.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"--backbone: expected '<architecture>@<image size>', got {spec!r}")
+    name, _, size_text = spec.strip().partition("@")
+    arch = get_architecture(name)
+    native = arch.vision.image_size
+    try:
+        size = int(size_text) if size_text else native
+    except ValueError as err:
+        raise ValueError(f"--backbone {spec!r}: the image size after '@' must be an integer") from err
+    patch = arch.vision.patch_size
+    if size < patch or size % patch:
+        raise ValueError(f"--backbone {spec!r}: image size {size} must be a positive multiple of patch size {patch}")
+    act = activation or (arch.activation if size == native else "gelu")
+    vision = type(arch.vision)(**{**arch.vision.__dict__, "image_size": size})
+    config = CLIPConfig(vision=vision, text=None, embed_dim=arch.embed_dim, activation=act,
+                        layer_norm_eps=arch.layer_norm_eps)
+    return BackboneSpec(spec.strip(), name, config, default_taps(config))
+
+
+def torch_clip_model(params: dict, config: CLIPConfig, device):
+    """transformers ``CLIPVisionModelWithProjection`` holding the same weights as the Flax params tree."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from jzad.backbone.port import flax_to_openai, openai_to_hf
+
+    v = config.vision
+    hf_config = CLIPVisionConfig(
+        hidden_size=v.width, intermediate_size=v.mlp_dim, num_hidden_layers=v.layers, num_attention_heads=v.heads,
+        image_size=v.image_size, patch_size=v.patch_size, projection_dim=config.embed_dim,
+        hidden_act=config.activation, layer_norm_eps=config.layer_norm_eps,
+    )
+    model = CLIPVisionModelWithProjection(hf_config)
+    state = openai_to_hf(flax_to_openai(params, config))
+    model.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True)
+    return model.eval().to(device)
+
+
+# --------------------------------------------------------------------------------------------- clocks, memory
+
+
+def _timed(fn, *args):
+    """(result, seconds) of fn(*args); the result is ready on device when the clock is read."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def _memory_analysis(compiled) -> dict:
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    keys = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "peak_memory_in_bytes")
+    return {k: int(getattr(stats, k)) for k in keys if hasattr(stats, k)}
+
+
+def compile_program(fn, *args) -> dict:
+    """AOT-compile fn for args (arrays or ShapeDtypeStructs): {"run", "compile_s", "memory"}."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return {"run": compiled, "compile_s": time.perf_counter() - start, "memory": _memory_analysis(compiled)}
+
+
+def _proc_status(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"/proc/self/status has no {field} line")
+
+
+def _release_free_heap() -> bool:
+    """Return freed heap pages to the OS (glibc malloc_trim), so memory a block reuses from earlier work
+    shows up as RSS growth again; False where the C library has no malloc_trim."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+class PeakMemory:
+    """Peak memory growth of the enclosed block on one device ("bytes", "method" after exit).
+
+    torch on CUDA: max_memory_allocated after reset_peak_memory_stats, minus what was allocated before.
+    JAX on an accelerator: XLA's peak_bytes_in_use (a process-lifetime peak: it cannot be reset) minus
+    bytes_in_use before. CPU (both): peak resident set growth, VmHWM after resetting it through
+    /proc/self/clear_refs, minus VmRSS before, with freed heap pages first returned to the OS (malloc_trim)
+    so reused memory counts; without /proc, the growth of ru_maxrss (a lower bound).
+    """
+
+    def __init__(self, framework: str, device: str):
+        if framework not in ("jax", "torch"):
+            raise ValueError(f"framework: expected 'jax' or 'torch', got {framework!r}")
+        self.framework = framework
+        self.device = device
+        self.bytes = None
+        self.method = None
+
+    def __enter__(self):
+        if self.framework == "torch" and self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.method = "torch.cuda.max_memory_allocated - allocated before"
+        elif self.framework == "jax" and self.device != "cpu" and jax.devices()[0].memory_stats():
+            self._base = jax.devices()[0].memory_stats()["bytes_in_use"]
+            self.method = "XLA peak_bytes_in_use (process lifetime) - bytes_in_use before"
+        elif os.access("/proc/self/clear_refs", os.W_OK):
+            trimmed = _release_free_heap()
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+            self._base = _proc_status("VmRSS")
+            self.method = ("peak RSS growth (" + ("malloc_trim, then " if trimmed else "")
+                           + "VmHWM after clear_refs - VmRSS before)")
+        else:
+            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.method = "ru_maxrss growth (lower bound)"
+        return self
+
+    def __exit__(self, *exc):
+        if self.method.startswith("torch"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.method.startswith("XLA"):
+            peak = jax.devices()[0].memory_stats()["peak_bytes_in_use"]
+        elif self.method.startswith("peak RSS"):
+            peak = _proc_status("VmHWM")
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.bytes = max(int(peak - self._base), 0)
+        return False
+
+    def as_dict(self) -> dict:
+        return {"peak_bytes": self.bytes, "method": self.method}
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every ``interval`` seconds while a run lasts (a shared machine's
+    contention is part of what a CPU timing means); ``summary()`` gives min / median / max and the count."""
+
+    def __init__(self, interval: float = 5.0):
+        import threading
+
+        self.samples = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self):
+        if self.samples:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        return False
+
+    def summary(self) -> dict | None:
+        if not self.samples:
+            return None
+        return {"min": min(self.samples), "median": statistics.median(self.samples), "max": max(self.samples),
+                "samples": len(self.samples), "cores": os.cpu_count()}
+
+
+def _stage_summary(runs: list[dict], n: int, compile_s: dict | None) -> dict:
+    """Per-stage medians over repeats: {"stages": {stage: {...}}, "total_median_s", "total_runs_s"}."""
+    stages = {}
+    for stage in runs[0]:
+        values = [run[stage] for run in runs]
+        median = statistics.median(values)
+        stages[stage] = {
+            "compile_s": None if compile_s is None else compile_s.get(stage, 0.0),
+            "median_s": median,
+            "runs_s": values,
+            "per_image_ms": 1e3 * median / n,
+        }
+    totals = [sum(run.values()) for run in runs]
+    return {"stages": stages, "total_median_s": statistics.median(totals), "total_runs_s": totals,
+            "total_per_image_ms": 1e3 * statistics.median(totals) / n}
+
+
+def _max_abs(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+# --------------------------------------------------------------------------------------------- JAX side
+
+
+def _batches(n: int, batch: int) -> list[tuple[int, int]]:
+    return [(start, min(start + batch, n)) for start in range(0, n, batch)]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def build_scoring_programs(n: int, m: int, c: int, d: int, spec_grid: int, musc: MuScConfig, mesh,
+                           num_layers: int) -> dict:
+    """Compiled JAX scoring stages for N images of M = h*w patches: lnamd per r, msm (accumulating), upsample
+    (maps, their max, the mean patch scores), rscin. Tokens (N, 1 + M, C), embeddings (N, D)."""
+    f32 = jnp.float32
+    tokens = jax.ShapeDtypeStruct((n, 1 + m, c), f32)
+    feats = jax.ShapeDtypeStruct((n, m, c), f32)
+    total = jax.ShapeDtypeStruct((n, m), f32)
+    raw = jax.ShapeDtypeStruct((n,), f32)
+    embeds = jax.ShapeDtypeStruct((n, d), f32)
+    count = num_layers * len(musc.r_list)
+    size = musc.map_size
+
+    def upsample_stage(acc):
+        patch = acc / count
+        maps = upsample(patch.reshape(n, spec_grid, spec_grid), size)
+        return patch, maps, jnp.max(maps, axis=(1, 2))
+
+    programs = {f"lnamd_r{r}": compile_program(lambda t, r=r: lnamd(tokens_to_grid(t), r), tokens)
+                for r in musc.r_list}
+    programs["msm"] = compile_program(lambda acc, f: acc + mutual_scores(f, musc, mesh), total, feats)
+    programs["upsample"] = compile_program(upsample_stage, total)
+    programs["rscin"] = compile_program(lambda s, e: rscin(s, e, musc.windows), raw, embeds)
+    return programs
+
+
+def jax_scoring_pass(programs: dict, tokens: tuple, embeds, r_list: tuple[int, ...]) -> tuple[dict, dict]:
+    """One timed pass of the compiled scoring stages -> (outputs, {stage: seconds}).
+
+    (layer, r) pairs run one after another like the reference (LNAMD then MSM), so only one feature set
+    (N, M, C) is alive at a time; MSM adds each map into the running total.
+    """
+    seconds = dict.fromkeys(SCORING_STAGES, 0.0)
+    n, t, _ = tokens[0].shape
+    total = jax.block_until_ready(jnp.zeros((n, t - 1), jnp.float32))
+    for layer in tokens:
+        for r in r_list:
+            feats, dt = _timed(programs[f"lnamd_r{r}"]["run"], layer)
+            seconds["lnamd"] += dt
+            total, dt = _timed(programs["msm"]["run"], total, feats)
+            seconds["msm"] += dt
+            del feats
+    (patch, maps, raw), seconds["upsample"] = _timed(programs["upsample"]["run"], total)
+    scores, seconds["rscin"] = _timed(programs["rscin"]["run"], raw, embeds)
+    return {"patch_scores": patch, "maps": maps, "image_scores_raw": raw, "image_scores": scores}, seconds
+
+
+def _scoring_compile_seconds(programs: dict) -> dict:
+    lnamd_s = sum(p["compile_s"] for name, p in programs.items() if name.startswith("lnamd"))
+    return {"lnamd": lnamd_s, "msm": programs["msm"]["compile_s"], "upsample": programs["upsample"]["compile_s"],
+            "rscin": programs["rscin"]["compile_s"]}
+
+
+def _program_memory(programs: dict) -> dict:
+    return {name: p["memory"] for name, p in programs.items()}
+
+
+def time_jax_musc(spec: BackboneSpec, params: dict, images: np.ndarray, musc: MuScConfig, mesh, batch: int,
+                  dtype: str, repeats: int, fused: bool, platform_name: str) -> dict:
+    """JAX MuSc end to end on N images (B, S, S, 3): compile, warm-up, ``repeats`` timed passes.
+
+    Returns {"summary", "outputs" (last pass), "taps"/"embeds" (last pass), "memory", "programs", "fused"}.
+    """
+    n = images.shape[0]
+    shards = int(mesh.shape["data"])
+    batch = _round_up(min(batch, n), shards)
+    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    placed = []
+    for start, stop in _batches(n, batch):
+        chunk = images[start:stop]
+        padded = _round_up(len(chunk), shards)
+        if padded > len(chunk):
+            chunk = np.concatenate([chunk, np.zeros((padded - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+        placed.append((stop - start, jax.device_put(chunk, data_sharding)))
+    jax.block_until_ready([p for _, p in placed])
+
+    config, taps = spec.config, spec.taps
+    extract_programs = {}
+    for _, chunk in placed:
+        if chunk.shape[0] not in extract_programs:
+            extract_programs[chunk.shape[0]] = compile_program(
+                lambda p, x: encode_image(p, x, config, taps, dtype), params, chunk
+            )
+
+    def extract():
+        outs = [(rows, extract_programs[chunk.shape[0]]["run"](params, chunk)) for rows, chunk in placed]
+        layers = tuple(jnp.concatenate([o[0][i][:rows] for rows, o in outs]) for i in range(len(taps)))
+        embeds = jnp.concatenate([o[1][:rows] for rows, o in outs])
+        return layers, embeds
+
+    m = spec.grid**2
+    c = spec.config.vision.width
+    d = spec.config.embed_dim
+    programs = build_scoring_programs(n, m, c, d, spec.grid, musc, mesh, len(taps))
+    compile_s = {"extract": sum(p["compile_s"] for p in extract_programs.values()), **_scoring_compile_seconds(programs)}
+
+    (layers, embeds), _ = _timed(extract)
+    jax_scoring_pass(programs, layers, embeds, musc.r_list)
+    runs = []
+    memory = None
+    for index in range(repeats):
+        meter = PeakMemory("jax", platform_name)
+        with meter:
+            (layers, embeds), extract_s = _timed(extract)
+            outputs, seconds = jax_scoring_pass(programs, layers, embeds, musc.r_list)
+        if index == 0:
+            memory = meter.as_dict()
+        runs.append({"extract": extract_s, **seconds})
+    result = {
+        "summary": _stage_summary(runs, n, compile_s),
+        "outputs": outputs,
+        "taps": layers,
+        "embeds": embeds,
+        "memory": memory,
+        "programs": {**{f"extract_b{k}": p["memory"] for k, p in extract_programs.items()},
+                     **_program_memory(programs)},
+    }
+    if fused:
+        result["fused"] = _time_fused(layers, embeds, musc, mesh, repeats, n)
+    return result
+
+
+def _time_fused(layers: tuple, embeds, musc: MuScConfig, mesh, repeats: int, n: int) -> dict:
+    """The scoring as one compiled program (``score_musc``: LNAMD, MSM, max of the upsampled maps, RsCIN)."""
+
+    def fused(toks, emb):
+        res = score_musc(toks, emb, musc, mesh)
+        return res.patch_scores, res.image_scores_raw, res.image_scores
+
+    program = compile_program(fused, layers, embeds)
+    jax.block_until_ready(program["run"](layers, embeds))
+    runs = []
+    for _ in range(repeats):
+        out, seconds = _timed(program["run"], layers, embeds)
+        runs.append(seconds)
+    median = statistics.median(runs)
+    return {"compile_s": program["compile_s"], "median_s": median, "runs_s": runs, "per_image_ms": 1e3 * median / n,
+            "memory": program["memory"], "outputs": {"patch_scores": out[0].reshape(n, -1),
+                                                     "image_scores_raw": out[1], "image_scores": out[2]}}
+
+
+# --------------------------------------------------------------------------------------------- reference side
+
+
+def _reference_module():
+    from benchmarks import reference_torch
+
+    return reference_torch
+
+
+def reference_extract(model, images, batch: int, taps: tuple[int, ...]):
+    """Taps (list of (N, 1 + M, C)) and embeddings (N, D) of a transformers CLIP over images (N, 3, S, S)."""
+    import torch
+
+    ref = _reference_module()
+    outs = [ref.clip_forward_reference(model, images[s:e], taps) for s, e in _batches(images.shape[0], batch)]
+    layers = [torch.cat([o[0][i] for o in outs]) for i in range(len(taps))]
+    return layers, torch.cat([o[1] for o in outs])
+
+
+def reference_pass(model, images, batch: int, taps, musc: MuScConfig, cdist_mode: str, device: str):
+    """One timed pass of the reference (extraction + musc_reference) -> (result dict, {stage: seconds})."""
+    ref = _reference_module()
+    timer = ref.StageTimer()
+    with timer.stage("extract", device):
+        layers, embeds = reference_extract(model, images, batch, taps)
+    result = ref.musc_reference(layers, embeds, musc.r_list, musc.interval, musc.windows, musc.map_size,
+                                cdist_mode, None, timer)
+    result["taps"], result["embeds"] = layers, embeds
+    return result, {stage: timer.seconds[stage] for stage in MUSC_STAGES}
+
+
+def time_reference_musc(model, images_np: np.ndarray, spec: BackboneSpec, musc: MuScConfig, batch: int,
+                        cdist_mode: str, repeats: int, device: str) -> dict:
+    """Reference MuSc end to end: warm-up on a few images, then ``repeats`` timed passes over all N."""
+    import torch
+
+    n = images_np.shape[0]
+    images = torch.from_numpy(np.ascontiguousarray(images_np.transpose(0, 3, 1, 2))).to(device)
+    warm = min(n, REFERENCE_WARMUP_IMAGES)
+    with torch.no_grad():
+        reference_pass(model, images[:warm], batch, spec.taps, musc, cdist_mode, device)
+        runs, memory = [], None
+        for index in range(repeats):
+            meter = PeakMemory("torch", device)
+            with meter:
+                result, seconds = reference_pass(model, images, batch, spec.taps, musc, cdist_mode, device)
+            if index == 0:
+                memory = meter.as_dict()
+            runs.append(seconds)
+    return {"summary": _stage_summary(runs, n, None), "outputs": result, "memory": memory}
+
+
+# --------------------------------------------------------------------------------------------- breakdown
+
+
+def parity_report(jax_run: dict, ref_run: dict) -> dict:
+    """Max abs differences JAX - reference of taps, embeddings, patch scores, maps, raw and final image scores."""
+    ours, theirs = jax_run["outputs"], ref_run["outputs"]
+    parity = {
+        "taps_max_abs": max(_max_abs(a, _to_numpy(b)) for a, b in zip(jax_run["taps"], theirs["taps"])),
+        "taps_max_magnitude": max(float(np.max(np.abs(_to_numpy(b)))) for b in theirs["taps"]),
+        "embeds_max_abs": _max_abs(jax_run["embeds"], _to_numpy(theirs["embeds"])),
+        "patch_scores_max_abs": _max_abs(ours["patch_scores"], _to_numpy(theirs["patch_scores"])),
+        "maps_max_abs": _max_abs(ours["maps"], _to_numpy(theirs["maps"])),
+        "image_scores_raw_max_abs": _max_abs(ours["image_scores_raw"], _to_numpy(theirs["image_scores_raw"])),
+        "image_scores_max_abs": _max_abs(ours["image_scores"], _to_numpy(theirs["image_scores"])),
+    }
+    if "fused" in jax_run:
+        fused = jax_run["fused"]["outputs"]
+        parity["fused_patch_scores_max_abs"] = _max_abs(fused["patch_scores"], _to_numpy(theirs["patch_scores"]))
+        parity["fused_image_scores_max_abs"] = _max_abs(fused["image_scores"], _to_numpy(theirs["image_scores"]))
+    return parity
+
+
+def _strip(run: dict) -> dict:
+    out = {"summary": run["summary"], "memory": run["memory"]}
+    if "programs" in run:
+        out["program_memory"] = run["programs"]
+    if "fused" in run:
+        out["fused"] = {k: v for k, v in run["fused"].items() if k != "outputs"}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- scaling
+
+
+def run_guarded(fn, *args):
+    """(fn(*args), None), or (None, "ExceptionName: message") when fn runs out of memory.
+
+    Only out-of-memory errors are caught (torch.cuda.OutOfMemoryError, MemoryError); anything else raises.
+    """
+    import torch
+
+    try:
+        return fn(*args), None
+    except (torch.cuda.OutOfMemoryError, MemoryError) as err:
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
+
+
+def _to_torch(x, device: str):
+    """A torch view of a JAX array (DLPack, no copy) when both live on the same device, else a copy."""
+    import torch
+
+    where = next(iter(x.devices())).platform
+    if (device == "cpu" and where == "cpu") or (device.startswith("cuda") and where == "gpu"):
+        return torch.from_dlpack(x)
+    return torch.from_numpy(np.array(x)).to(device)
+
+
+def _scaling_tokens(spec: BackboneSpec, n: int, seed: int):
+    """Random normal tokens L x (N, 1 + M, C) and embeddings (N, D), generated on device by one program."""
+    shapes = tuple((n, spec.grid**2 + 1, spec.config.vision.width) for _ in spec.taps)
+
+    def generate(key):
+        keys = jax.random.split(key, len(shapes) + 1)
+        tokens = tuple(jax.random.normal(k, s, jnp.float32) for k, s in zip(keys[:-1], shapes))
+        return tokens, jax.random.normal(keys[-1], (n, spec.config.embed_dim), jnp.float32)
+
+    return jax.block_until_ready(jax.jit(generate)(jax.random.key(seed + n)))
+
+
+def _next_allowed(seconds: float, n: int, next_n: int, max_seconds: float | None) -> str | None:
+    """None when the next N fits the budget, else the reason (quadratic extrapolation of the last run)."""
+    if max_seconds is None:
+        return None
+    predicted = seconds * (next_n / n) ** 2
+    if predicted <= max_seconds:
+        return None
+    return (f"time budget: N={n} took {seconds:.1f} s, N={next_n} predicted {predicted:.0f} s "
+            f"> --max-seconds {max_seconds:g}")
+
+
+def run_scaling(spec: BackboneSpec, sizes: tuple[int, ...], musc: MuScConfig, mesh, repeats: int,
+                max_seconds: float | None, seed: int, torch_device: str, cdist_mode: str,
+                platform_name: str) -> list[dict]:
+    """Scoring time and peak memory against N for JAX and the reference; one row per N (see module doc)."""
+    import torch
+
+    ref = _reference_module()
+    stopped = {"jax": None, "reference": None}
+    rows = []
+    m, c, d = spec.grid**2, spec.config.vision.width, spec.config.embed_dim
+    for index, n in enumerate(sizes):
+        row = {"n": n}
+        tokens, embeds = _scaling_tokens(spec, n, seed)
+        if stopped["jax"] is None:
+            programs = build_scoring_programs(n, m, c, d, spec.grid, musc, mesh, len(spec.taps))
+            jax_scoring_pass(programs, tokens, embeds, musc.r_list)
+            runs, memory = [], None
+            for rep in range(repeats):
+                meter = PeakMemory("jax", platform_name)
+                with meter:
+                    _, seconds = jax_scoring_pass(programs, tokens, embeds, musc.r_list)
+                memory = meter.as_dict() if rep == 0 else memory
+                runs.append(seconds)
+            summary = _stage_summary(runs, n, _scoring_compile_seconds(programs))
+            msm_memory = programs["msm"]["memory"]
+            row["jax"] = {"status": "ok", "summary": summary, "memory": memory, "msm_program_memory": msm_memory,
+                          "schedule": resolve_schedule(musc, n, m)}
+            del programs
+        else:
+            row["jax"] = {"status": "skipped", "reason": stopped["jax"]}
+        if stopped["reference"] is None:
+            layers = [_to_torch(t, torch_device) for t in tokens]
+            emb = _to_torch(embeds, torch_device)
+
+            def reference_runs():
+                with torch.no_grad():
+                    warm = min(n, REFERENCE_WARMUP_IMAGES)
+                    ref.musc_reference([t[:warm] for t in layers], emb[:warm], musc.r_list, musc.interval,
+                                       musc.windows, musc.map_size, cdist_mode)
+                    runs, memory = [], None
+                    for rep in range(repeats):
+                        timer = ref.StageTimer()
+                        meter = PeakMemory("torch", torch_device)
+                        with meter:
+                            ref.musc_reference(layers, emb, musc.r_list, musc.interval, musc.windows,
+                                               musc.map_size, cdist_mode, None, timer)
+                        memory = meter.as_dict() if rep == 0 else memory
+                        runs.append({stage: timer.seconds[stage] for stage in SCORING_STAGES})
+                    return runs, memory
+
+            outcome, error = run_guarded(reference_runs)
+            if error is not None:
+                row["reference"] = {"status": "out of memory", "error": error}
+                stopped["reference"] = f"out of memory at N={n}"
+            else:
+                runs, memory = outcome
+                row["reference"] = {"status": "ok", "summary": _stage_summary(runs, n, None), "memory": memory}
+            del layers, emb
+            if torch_device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        else:
+            row["reference"] = {"status": "skipped", "reason": stopped["reference"]}
+        if index + 1 < len(sizes):
+            for impl in ("jax", "reference"):
+                if stopped[impl] is None and row[impl]["status"] == "ok":
+                    stopped[impl] = _next_allowed(row[impl]["summary"]["total_median_s"], n, sizes[index + 1],
+                                                  max_seconds)
+        del tokens, embeds
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- FSLC
+
+
+FSLC_STAGES = ("features", "init", "expand", "filter", "score", "upsample")
+
+
+def fslc_available() -> bool:
+    """Whether ``jzad.methods.fslc`` is installed in this tree (the FSLC comparison needs it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("jzad.methods.fslc") is not None
+
+
+@dataclass(frozen=True)
+class FslcSizes:
+    """FSLC sizes shared by both implementations: S init images, M0 init coreset, k patches per expanded
+    image, X filter fraction, b neighbours, LNAMD window r (features = the taps' LNAMD concatenated)."""
+
+    init_images: int
+    init_coreset: int
+    per_image: int
+    filter_fraction: float = 0.3
+    b: int = 9
+    r: int = 3
+
+
+def fslc_sizes(n: int, m: int, init_images: int, init_coreset: int, per_image: int) -> FslcSizes:
+    """The requested sizes, capped to what N images of M patches allow (S <= N - 1, M0 <= S M, k <= M)."""
+    s = min(init_images, n - 1)
+    return FslcSizes(s, min(init_coreset, s * m), min(per_image, m))
+
+
+def _fslc_config(sizes: FslcSizes, precision: str, map_size: int):
+    from jzad.methods.fslc import FSLCConfig
+
+    return FSLCConfig(combine="concat", r_list=(sizes.r,), num_init_images=sizes.init_images,
+                      init_coreset_size=sizes.init_coreset, expand_per_image=sizes.per_image,
+                      filter_fraction=sizes.filter_fraction, n_wanted="otsu", b=sizes.b, precision=precision,
+                      map_size=map_size)
+
+
+def jax_fslc_pass(programs: dict | None, layers: tuple, embeds, config, mesh, grid: int):
+    """One pass of JAX FSLC stage by stage -> (outputs, {stage: seconds}, programs).
+
+    With ``programs`` None each stage is compiled (AOT, on the previous stage's real outputs) and run once
+    as warm-up; the compiled programs are returned for the timed passes.
+    """
+    from jzad.methods import fslc
+
+    n = embeds.shape[0]
+    fns = {
+        "features": lambda toks: fslc.fslc_features(toks, config)[0],
+        "init": lambda f, e: fslc.fslc_init(f, e, config, mesh),
+        "expand": lambda f, core, images, patches: fslc.fslc_expand(f, core, images, patches, config, mesh),
+        "filter": lambda f, core: fslc.fslc_filter(f, core, config, mesh),
+        "score": lambda f, core, valid: fslc.fslc_score(f, core, valid, config, mesh),
+        "upsample": lambda patch: upsample(patch.reshape(n, grid, grid), config.map_size),
+    }
+    fresh = programs is None
+    programs = {} if fresh else programs
+    seconds = {}
+
+    def stage(name, *args):
+        if fresh:
+            programs[name] = compile_program(fns[name], *args)
+        out, seconds[name] = _timed(programs[name]["run"], *args)
+        return out
+
+    features = stage("features", layers)
+    init = stage("init", features, embeds)
+    expanded = stage("expand", features, init.coreset, init.image_indices, init.patch_indices)
+    filtered = stage("filter", features, expanded.coreset)
+    scored = stage("score", features, filtered.coreset, filtered.valid)
+    maps = stage("upsample", scored.patch_scores)
+    outputs = {"patch_scores": scored.patch_scores, "image_scores": scored.image_scores, "maps": maps,
+               "coreset_size": int(filtered.size), "expanded_size": int(expanded.coreset.shape[0]),
+               "init_images": np.asarray(init.image_indices)}
+    return outputs, seconds, programs
+
+
+def time_jax_fslc(layers: tuple, embeds, sizes: FslcSizes, precision: str, map_size: int, mesh, grid: int,
+                  repeats: int) -> dict:
+    """JAX FSLC on the JAX features: compile + warm-up pass, then ``repeats`` timed passes."""
+    config = _fslc_config(sizes, precision, map_size)
+    _, _, programs = jax_fslc_pass(None, layers, embeds, config, mesh, grid)
+    runs = []
+    for _ in range(repeats):
+        outputs, seconds, _ = jax_fslc_pass(programs, layers, embeds, config, mesh, grid)
+        runs.append(seconds)
+    compile_s = {name: p["compile_s"] for name, p in programs.items()}
+    return {"summary": _stage_summary(runs, embeds.shape[0], compile_s), "outputs": outputs,
+            "program_memory": _program_memory(programs)}
+
+
+def reference_fslc_pass(layers: list, embeds, sizes: FslcSizes, map_size: int, cdist_mode: str, device: str):
+    """One timed pass of the reference FSLC (features, then fslc_reference) -> (result, {stage: seconds})."""
+    ref = _reference_module()
+    timer = ref.StageTimer()
+    with timer.stage("features", device):
+        features = ref.fslc_features(layers, sizes.r)
+    result = ref.fslc_reference(embeds, features, sizes.init_images, sizes.init_coreset, sizes.per_image,
+                                sizes.filter_fraction, "otsu", sizes.b, map_size, 0, 256, cdist_mode, timer)
+    return result, {stage: timer.seconds[stage] for stage in FSLC_STAGES}
+
+
+def time_reference_fslc(layers: list, embeds, sizes: FslcSizes, map_size: int, cdist_mode: str, repeats: int,
+                        device: str) -> dict:
+    """Reference FSLC on the reference features: one untimed warm-up pass, then ``repeats`` timed passes."""
+    import torch
+
+    with torch.no_grad():
+        reference_fslc_pass(layers, embeds, sizes, map_size, cdist_mode, device)
+        runs = []
+        for _ in range(repeats):
+            result, seconds = reference_fslc_pass(layers, embeds, sizes, map_size, cdist_mode, device)
+            runs.append(seconds)
+    return {"summary": _stage_summary(runs, embeds.shape[0], None), "outputs": result}
+
+
+def fslc_comparison(jax_run: dict, ref_run: dict, spec: BackboneSpec, sizes: FslcSizes, precision: str,
+                    mesh, cdist_mode: str, repeats: int, device: str) -> dict:
+    """FSLC for both implementations on the MuSc run's features (same N), parity and roofline."""
+    n = jax_run["embeds"].shape[0]
+    ours = time_jax_fslc(jax_run["taps"], jax_run["embeds"], sizes, precision, spec.image_size, mesh, spec.grid,
+                         repeats)
+    theirs = time_reference_fslc(ref_run["outputs"]["taps"], ref_run["outputs"]["embeds"], sizes, spec.image_size,
+                                 cdist_mode, repeats, device)
+    a, b = ours["outputs"], theirs["outputs"]
+    parity = {
+        "patch_scores_max_abs": _max_abs(a["patch_scores"], _to_numpy(b["patch_scores"])),
+        "image_scores_max_abs": _max_abs(a["image_scores"], _to_numpy(b["image_scores"])),
+        "maps_max_abs": _max_abs(a["maps"], _to_numpy(b["maps"])),
+        "coreset_size_jax": a["coreset_size"],
+        "coreset_size_reference": int(b["coreset"].shape[0]),
+        "init_images_equal": bool(np.array_equal(a["init_images"], _to_numpy(b["init_images"]))),
+    }
+    m = spec.grid**2
+    channels = len(spec.taps) * spec.config.vision.width
+    costs = {"features": {"flops": len(spec.taps) * roofline.lnamd_flops(n, m, spec.config.vision.width, sizes.r),
+                          "bytes": len(spec.taps) * roofline.lnamd_bytes(n, m, spec.config.vision.width),
+                          "rate": "fp32"},
+             **roofline.fslc_stage_costs(n, m, channels, spec.config.embed_dim, sizes.init_images,
+                                         sizes.init_coreset, sizes.per_image, a["coreset_size"]),
+             "upsample": {"flops": roofline.upsample_flops(n, spec.image_size, spec.image_size),
+                          "bytes": roofline.upsample_bytes(n, m, spec.image_size, spec.image_size), "rate": "fp32"}}
+    return {"status": "ok", "stages": list(FSLC_STAGES), "sizes": sizes.__dict__,
+            "expanded_size": a["expanded_size"], "jax": {k: v for k, v in ours.items() if k != "outputs"},
+            "reference": {"summary": theirs["summary"]}, "parity": parity, "costs": costs}
+
+
+# --------------------------------------------------------------------------------------------- metadata
+
+
+def _versions() -> dict:
+    import flax
+    import jaxlib
+    import torch
+    import transformers
+
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+            "torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _commit() -> str | None:
+    if shutil.which("git") is None:
+        return None
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                         capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_name() -> str:
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _device_info(torch_device: str, shards: int) -> dict:
+    import torch
+
+    device = jax.devices()[0]
+    info = {"platform": device.platform, "kind": device.device_kind, "jax_devices": len(jax.devices()),
+            "shards": shards, "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_device": torch_device,
+            "torch_threads": torch.get_num_threads()}
+    if torch_device.startswith("cuda"):
+        info["torch_device_name"] = torch.cuda.get_device_name(torch_device)
+    return info
+
+
+def _default_torch_device() -> str:
+    import torch
+
+    return "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 25,50,100, got {text!r}") from err
+    if not values or values[0] < 2:
+        raise argparse.ArgumentTypeError(f"expected image counts >= 2, got {text!r}")
+    return tuple(values)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.musc_timing", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="vit-l-14@518",
+                        help="<architecture>@<image size>: vit-b-16@224, vit-l-14@518, vit-b-16-plus-240@240, tiny@32")
+    parser.add_argument("--activation", choices=("quick_gelu", "gelu"), default=None,
+                        help="MLP activation (default: the architecture's; exact gelu at a resized input)")
+    parser.add_argument("--n", type=_positive_int, default=200, help="images in the set (>= 2)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                        help="JAX encoder and MSM matmul precision (the reference always runs fp32)")
+    parser.add_argument("--shards", type=_positive_int, default=1, help="devices of the 1-D JAX mesh")
+    parser.add_argument("--repeats", type=_positive_int, default=3, help="timed passes (median reported)")
+    parser.add_argument("--batch", type=_positive_int, default=8, help="images per feature-extraction batch")
+    parser.add_argument("--schedule", choices=("auto", "rows", "pairs"), default="auto", help="JAX MSM schedule")
+    parser.add_argument("--cdist-mode", default=DEFAULT_CDIST_MODE,
+                        help="torch.cdist compute_mode of the reference (default: cdist's own default, as MuSc)")
+    parser.add_argument("--no-fused", action="store_true", help="skip timing the fused one-program JAX scoring")
+    parser.add_argument("--no-fslc", action="store_true", help="skip the FSLC comparison at the same N")
+    parser.add_argument("--fslc-init-images", type=_positive_int, default=10, help="FSLC S (capped at N - 1)")
+    parser.add_argument("--fslc-coreset", type=_positive_int, default=1000, help="FSLC M0 (capped at S * M)")
+    parser.add_argument("--fslc-per-image", type=_positive_int, default=10, help="FSLC patches added per image")
+    parser.add_argument("--scaling", type=_int_list, default=None, help="image counts of the scaling run, 25,50,100")
+    parser.add_argument("--scaling-repeats", type=_positive_int, default=1, help="timed passes per scaling N")
+    parser.add_argument("--max-seconds", type=float, default=600.0,
+                        help="stop growing N once a run (extrapolated to the next N) exceeds this many seconds")
+    parser.add_argument("--ceiling-size", type=_positive_int, default=None,
+                        help="matmul side for the device ceiling (default 2048 on CPU, 8192 otherwise)")
+    parser.add_argument("--copy-mib", type=_positive_int, default=256, help="MiB streamed for the copy bandwidth")
+    parser.add_argument("--torch-device", default=None, help="device of the reference (default: cuda on GPU, else cpu)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="", help="free text stored with the results (machine load, ...)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory of the results JSON")
+    return parser
+
+
+def main(argv=None) -> dict:
+    """Run the harness (see the module doc), print the tables, write the JSON; returns the payload."""
+    args = build_parser().parse_args(argv)
+    if args.n < 2:
+        raise ValueError(f"--n: MuSc needs at least 2 images, got {args.n}")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise ValueError(f"--max-seconds: expected a positive number of seconds, got {args.max_seconds}")
+    spec = parse_backbone(args.backbone, args.activation)
+    with LoadSampler() as load:
+        payload = measure(args, spec, argv)
+    payload["device"]["load_average"] = load.summary()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"musc_{payload['device']['platform']}_{spec.slug}_N{args.n}.json"
+    path.write_text(report.dumps(payload))
+    print(report.render_run(payload))
+    print(f"wrote {path}")
+    payload["path"] = str(path)
+    return payload
+
+
+def measure(args: argparse.Namespace, spec: BackboneSpec, argv) -> dict:
+    """Every measurement of one harness run -> the results payload (not yet written)."""
+    mesh = device_mesh(args.shards)
+    platform_name = jax.devices()[0].platform
+    torch_device = args.torch_device or _default_torch_device()
+    import torch
+
+    torch.manual_seed(args.seed)
+    m, c, d = spec.grid**2, spec.config.vision.width, spec.config.embed_dim
+    musc = MuScConfig(precision=args.precision, map_size=spec.image_size, schedule=args.schedule)
+    params = init_random_encoder(spec.config, taps=spec.taps, seed=args.seed).params
+    model = torch_clip_model(params, spec.config, torch_device)
+    images = np.random.default_rng(args.seed).normal(size=(args.n, spec.image_size, spec.image_size, 3))
+    images = images.astype(np.float32)
+
+    jax_run = time_jax_musc(spec, params, images, musc, mesh, args.batch, PRECISIONS[args.precision],
+                            args.repeats, not args.no_fused, platform_name)
+    ref_run = time_reference_musc(model, images, spec, musc, args.batch, args.cdist_mode, args.repeats,
+                                  torch_device)
+    parity = parity_report(jax_run, ref_run)
+    if args.no_fslc:
+        fslc = {"status": "not run", "reason": "--no-fslc"}
+    elif not fslc_available():
+        fslc = {"status": "not run", "reason": "jzad.methods.fslc is not installed"}
+    else:
+        sizes = fslc_sizes(args.n, m, args.fslc_init_images, args.fslc_coreset, args.fslc_per_image)
+        fslc = fslc_comparison(jax_run, ref_run, spec, sizes, args.precision, mesh, args.cdist_mode, args.repeats,
+                               torch_device)
+    del model, jax_run["taps"], jax_run["outputs"], ref_run["outputs"]
+
+    scaling = None
+    if args.scaling:
+        scaling = run_scaling(spec, args.scaling, musc, mesh, args.scaling_repeats, args.max_seconds, args.seed,
+                              torch_device, args.cdist_mode, platform_name)
+
+    ceiling_size = args.ceiling_size or (2048 if platform_name == "cpu" else 8192)
+    ceilings = roofline.measure_ceilings(ceiling_size, args.copy_mib, 5, torch_device)
+    shape = roofline.MuscShape(args.n, m, c, len(spec.taps), musc.r_list, d, spec.image_size, spec.image_size,
+                               musc.windows)
+    costs = roofline.musc_stage_costs(shape, spec.vit_shape(), min(args.batch, args.n), spec.config.vision.heads,
+                                      args.precision)
+    floors = roofline.stage_floors(costs, ceilings)
+    rows = {}
+    for stage, cost in costs.items():
+        jax_s = jax_run["summary"]["stages"][stage]["median_s"]
+        ref_s = ref_run["summary"]["stages"][stage]["median_s"]
+        rows[stage] = {**cost, "floor_s": floors[stage], "jax_s": jax_s, "reference_s": ref_s,
+                       "jax_over_floor": jax_s / floors[stage], "reference_over_floor": ref_s / floors[stage]}
+
+    if fslc["status"] == "ok":
+        fslc_floors = roofline.stage_floors(fslc["costs"], ceilings)
+        fslc["roofline"] = {}
+        for stage, cost in fslc["costs"].items():
+            jax_s = fslc["jax"]["summary"]["stages"][stage]["median_s"]
+            ref_s = fslc["reference"]["summary"]["stages"][stage]["median_s"]
+            fslc["roofline"][stage] = {**cost, "floor_s": fslc_floors[stage], "jax_s": jax_s, "reference_s": ref_s,
+                                       "jax_over_floor": jax_s / fslc_floors[stage],
+                                       "reference_over_floor": ref_s / fslc_floors[stage]}
+        del fslc["costs"]
+
+    payload = {
+        "kind": "musc_timing",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": "python -m benchmarks.musc_timing " + " ".join(sys.argv[1:] if argv is None else argv),
+        "note": args.note,
+        "device": _device_info(torch_device, args.shards),
+        "versions": _versions(),
+        "commit": _commit(),
+        "config": {
+            "backbone": spec.label, "architecture": spec.arch, "activation": spec.config.activation,
+            "image_size": spec.image_size, "patch_size": spec.config.vision.patch_size, "grid": spec.grid,
+            "width": c, "layers": spec.config.vision.layers, "heads": spec.config.vision.heads,
+            "mlp_dim": spec.config.vision.mlp_dim, "embed_dim": d, "taps": list(spec.taps), "n": args.n, "m": m,
+            "precision": args.precision, "reference_precision": "fp32", "shards": args.shards,
+            "repeats": args.repeats, "batch": args.batch, "r_list": list(musc.r_list),
+            "interval": list(musc.interval), "windows": list(musc.windows), "map_size": musc.map_size,
+            "schedule": args.schedule, "schedule_resolved": resolve_schedule(musc, args.n, m),
+            "cdist_mode": args.cdist_mode, "seed": args.seed, "weights": "random (init_random_encoder), real shapes",
+            "images": "random normal (N, S, S, 3)", "reference_warmup_images": REFERENCE_WARMUP_IMAGES,
+        },
+        "stages": list(MUSC_STAGES),
+        "jax": _strip(jax_run),
+        "reference": _strip(ref_run),
+        "parity": parity,
+        "ceilings": ceilings,
+        "roofline": rows,
+        "scaling": scaling,
+        "scaling_config": None if scaling is None else {
+            "sizes": list(args.scaling), "repeats": args.scaling_repeats, "max_seconds": args.max_seconds,
+            "inputs": "random normal tokens of the backbone's shape; scoring stages only"},
+        "fslc": fslc,
+    }
+    return payload
+
+
+if __name__ == "__main__":
+    main()
