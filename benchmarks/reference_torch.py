@@ -376,6 +376,17 @@ def fslc_init(
 
 
 @torch.no_grad()
+def _check_coreset_inputs(coreset: torch.Tensor, patch_features: torch.Tensor, cdist_mode: str):
+    """Validate a (K, C) coreset against (N, M, C) patch features; returns (N, M, C, K)."""
+    _check_ndim("coreset", coreset, 2, "(K, C)")
+    _check_ndim("patch_features", patch_features, 3, "(N, M, C)")
+    _check_cdist_mode(cdist_mode)
+    n, m, c = patch_features.shape
+    if coreset.shape[1] != c:
+        raise ValueError(f"coreset: expected {c} channels like patch_features, got {tuple(coreset.shape)}")
+    return n, m, c, coreset.shape[0]
+
+
 def fslc_expand(
     coreset: torch.Tensor,
     patch_features: torch.Tensor,
@@ -392,12 +403,7 @@ def fslc_expand(
     dist(dM, M_{i-1}) = min over the set; ties keep the lower patch index). Within one image the distances
     are taken against M_{i-1} only. ``added`` holds the flattened (N * M) indices of the appended patches.
     """
-    _check_ndim("coreset", coreset, 2, "(K, C)")
-    _check_ndim("patch_features", patch_features, 3, "(N, M, C)")
-    _check_cdist_mode(cdist_mode)
-    n, m, c = patch_features.shape
-    if coreset.shape[1] != c:
-        raise ValueError(f"coreset: expected {c} channels like patch_features, got {tuple(coreset.shape)}")
+    n, m, _, _ = _check_coreset_inputs(coreset, patch_features, cdist_mode)
     if not isinstance(per_image, int) or not 1 <= per_image <= m:
         raise ValueError(f"per_image: expected an integer in [1, {m}], got {per_image!r}")
     order = [int(i) for i in remaining]
@@ -479,13 +485,7 @@ def fslc_filter(
     ``n_wanted`` points with the lowest a_f (stable: ties keep the lower index). ``n_wanted="otsu"`` keeps
     Otsu's low class of a_f (``otsu_threshold`` with ``bins``).
     """
-    _check_ndim("coreset", coreset, 2, "(K, C)")
-    _check_ndim("patch_features", patch_features, 3, "(N, M, C)")
-    _check_cdist_mode(cdist_mode)
-    n, m, c = patch_features.shape
-    size = coreset.shape[0]
-    if coreset.shape[1] != c:
-        raise ValueError(f"coreset: expected {c} channels like patch_features, got {tuple(coreset.shape)}")
+    n, m, c, size = _check_coreset_inputs(coreset, patch_features, cdist_mode)
     if not 0.0 < float(interval_fraction) <= 1.0:
         raise ValueError(f"interval_fraction: expected X in (0, 1], got {interval_fraction!r}")
     _, count = interval_bounds(n, 0.0, float(interval_fraction))
@@ -527,16 +527,10 @@ def fslc_score(
     the distance from the test patch f* to that coreset point, ||f* - f||. (Read literally as the point's
     own score, every coreset point's s(f) would be 0 and w = 1 - exp(s(f*)) / b could go negative.) N_b(f*)
     are the b coreset points nearest to f*, the nearest one (at distance s(f*)) included, so
-    w = 1 - 1 / sum_{i<=b} exp(d_i - d_1) with d_1 <= ... <= d_b, in [0, 1 - 1/b]. b must be >= 2 (b = 1
+    w = 1 - 1 / sum_{i<=b} exp(d_i - d_1) with d_1 <= ... <= d_b, in [1 - 1/b, 1). b must be >= 2 (b = 1
     gives w = 0 for every image).
     """
-    _check_ndim("coreset", coreset, 2, "(K, C)")
-    _check_ndim("patch_features", patch_features, 3, "(N, M, C)")
-    _check_cdist_mode(cdist_mode)
-    n, m, c = patch_features.shape
-    size = coreset.shape[0]
-    if coreset.shape[1] != c:
-        raise ValueError(f"coreset: expected {c} channels like patch_features, got {tuple(coreset.shape)}")
+    n, m, c, size = _check_coreset_inputs(coreset, patch_features, cdist_mode)
     if not isinstance(b, int) or not 2 <= b <= size:
         raise ValueError(f"b: expected an integer in [2, {size}] (coreset size), got {b!r}")
     points = coreset.float()

@@ -157,7 +157,8 @@ def load_category(args: argparse.Namespace, category: str, size: int, clock: Sta
 
 
 def extract_features(encoder, images: np.ndarray, batch_size: int, clock: StageClock, progress: Progress):
-    """Run the backbone over uint8 images in fixed-size batches (the last one padded, so no retrace).
+    """Run the backbone over uint8 images batch by batch (``ImageEncoder.encode_batches`` pads the last one,
+    so one shape is compiled), timing each batch and advancing the progress bar.
 
     Returns (taps: tuple of (N, 1 + h*w, C) arrays, embeds (N, D)).
     """
@@ -169,15 +170,11 @@ def extract_features(encoder, images: np.ndarray, batch_size: int, clock: StageC
     batch = min(batch_size, n)
     tap_parts, embed_parts = [], []
     for first in range(0, n, batch):
-        chunk = images[first:first + batch]
-        real = chunk.shape[0]
-        if real < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
-        pixels = preprocess_images(list(chunk), images.shape[1])
-        taps, embeds = clock.run("extract", encoder, jnp.asarray(pixels))
-        tap_parts.append([t[:real] for t in taps])
-        embed_parts.append(embeds[:real])
-        progress.update(real, "extract")
+        pixels = preprocess_images(list(images[first:first + batch]), images.shape[1])
+        taps, embeds = clock.run("extract", encoder.encode_batches, pixels, batch)
+        tap_parts.append(taps)
+        embed_parts.append(embeds)
+        progress.update(len(pixels), "extract")
     taps = tuple(jnp.concatenate([part[i] for part in tap_parts]) for i in range(len(tap_parts[0])))
     return taps, jnp.concatenate(embed_parts)
 
@@ -281,10 +278,11 @@ def method_config(args: argparse.Namespace, size: int):
 
         windows = args.windows if args.windows is not None else (
             VISA_WINDOWS if args.dataset == "visa" else DEFAULT_WINDOWS)
+        active = tuple(w for w in windows if w > 0)
         return MuScConfig(
-            r_list=args.r_list, interval=args.interval, windows=tuple(w for w in windows if w > 0) or (1,),
+            r_list=args.r_list, interval=args.interval, windows=active or (1,),
             mode=args.mode, precision=args.precision, map_size=size, schedule=args.schedule,
-        ), tuple(w for w in windows if w > 0)
+        ), active
     from jzad.methods.fslc import FSLCConfig
 
     return FSLCConfig(precision=args.precision), ()

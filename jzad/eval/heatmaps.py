@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jzad.eval.metrics import as_binary_labels
+
 _GAP = 4
 _CONTOUR_RGB = (0, 255, 0)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -116,14 +118,7 @@ def _as_masks(masks, shape: tuple | None = None) -> np.ndarray:
         raise ValueError(f"masks: expected an (N, H, W) array, got shape {g.shape}")
     if shape is not None and g.shape != tuple(shape):
         raise ValueError(f"masks: shape {g.shape} does not match maps {tuple(shape)}")
-    if g.dtype == np.bool_:
-        return g
-    if not (np.issubdtype(g.dtype, np.integer) or np.issubdtype(g.dtype, np.floating)):
-        raise ValueError(f"masks: expected bool or 0/1 values, got dtype {g.dtype}")
-    b = g != 0
-    if not np.all(g[b] == 1):
-        raise ValueError("masks: expected only the values 0 and 1 (binarise masks first)")
-    return b
+    return as_binary_labels(g, "masks", g.shape)
 
 
 def sanitize_name(name: str) -> str:

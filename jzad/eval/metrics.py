@@ -45,7 +45,7 @@ def _as_scores(x, name: str, ndim: int) -> np.ndarray:
     return a
 
 
-def _as_binary(x, name: str, shape: tuple) -> np.ndarray:
+def as_binary_labels(x, name: str, shape: tuple) -> np.ndarray:
     """Validate a {0, 1} label array of the given shape and return it as bool."""
     a = np.asarray(x)
     if a.shape != shape:
@@ -126,7 +126,7 @@ def image_metrics(scores, labels) -> dict:
     ``precision_recall_curve``. Returns ``{"auroc": float, "ap": float, "f1_max": float}``.
     """
     s = _as_scores(scores, "scores", 1)
-    y = _as_binary(labels, "labels", s.shape)
+    y = as_binary_labels(labels, "labels", s.shape)
     return _curve_metrics(*_threshold_counts(s, y), "image_metrics")
 
 
@@ -137,7 +137,7 @@ def pixel_metrics(maps, masks) -> dict:
     Same definitions and tie handling as ``image_metrics``. Returns ``{"auroc", "ap", "f1_max"}``.
     """
     m = _as_scores(maps, "maps", 3)
-    g = _as_binary(masks, "masks", m.shape)
+    g = as_binary_labels(masks, "masks", m.shape)
     return _curve_metrics(*_threshold_counts(m, g), "pixel_metrics")
 
 
@@ -305,7 +305,7 @@ def aupro(maps, masks, max_fpr: float = 0.3, convention: str = "mvtec") -> float
         raise ValueError(f"max_fpr: expected a value in (0, 1], got {max_fpr}")
     max_fpr = float(max_fpr)
     m = _as_scores(maps, "maps", 3)
-    g = _as_binary(masks, "masks", m.shape)
+    g = as_binary_labels(masks, "masks", m.shape)
     regions, n_regions = label_regions(g)
     n_normal = int(g.size - np.count_nonzero(g))
     if n_regions == 0:

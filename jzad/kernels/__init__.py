@@ -11,7 +11,15 @@ from jzad.kernels.distances import (
 )
 from jzad.kernels.kcenter import kcenter_greedy, random_projection, sharded_kcenter_greedy
 from jzad.kernels.nearest import nearest_group_distance, sharded_nearest_group_distance
-from jzad.kernels.select import interval_bounds, interval_mean, kth_smallest, largest_k, smallest_k, sum_smallest
+from jzad.kernels.select import (
+    interval_bounds,
+    interval_mean,
+    kth_smallest,
+    largest_k,
+    mean_of_ranks,
+    smallest_k,
+    sum_smallest,
+)
 from jzad.kernels.sharding import AXIS, device_mesh, map_row_shards
 
 __all__ = [
@@ -26,6 +34,7 @@ __all__ = [
     "l2_normalize",
     "largest_k",
     "map_row_shards",
+    "mean_of_ranks",
     "nearest_group_distance",
     "pairwise_cosine_distance",
     "pairwise_euclidean",

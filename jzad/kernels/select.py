@@ -99,6 +99,18 @@ def sum_smallest(x: jax.Array, k: int) -> jax.Array:
     return jnp.sum(jnp.where(below, x, 0.0), axis=-1) + (k - count).astype(x.dtype) * t
 
 
+def mean_of_ranks(x: jax.Array, start: int, stop: int) -> jax.Array:
+    """Mean of the values ranked [start, stop) (ascending, 0-based) along the last axis: (..., n) -> (...).
+
+    start == 0 uses the exact ``sum_smallest`` (no sort); otherwise the ``stop`` smallest are selected and
+    the first ``start`` dropped. +inf entries rank last.
+    """
+    if start == 0:
+        return sum_smallest(x.astype(jnp.float32), stop) / stop
+    values, _ = smallest_k(x, stop)
+    return jnp.mean(values[..., start:stop], axis=-1)
+
+
 @partial(jax.jit, static_argnames=("lo", "hi", "axis"))
 def interval_mean(x: jax.Array, lo: float = 0.0, hi: float = 0.3, axis: int = -1) -> jax.Array:
     """Mean of the values ranked in [lo, hi) along ``axis`` (see ``interval_bounds`` for the count rule).
@@ -106,10 +118,5 @@ def interval_mean(x: jax.Array, lo: float = 0.0, hi: float = 0.3, axis: int = -1
     (..., n, ...) -> (...) with ``axis`` removed. +inf entries sort last, so masking a value with +inf removes
     it as long as the interval does not reach it.
     """
-    n = x.shape[axis]
-    start, stop = interval_bounds(n, lo, hi)
-    if start == 0:
-        return sum_smallest(_last_axis(x, axis).astype(jnp.float32), stop) / stop
-    else:
-        values = jnp.sort(_last_axis(x, axis), axis=-1)[..., start:stop]
-    return jnp.mean(values, axis=-1)
+    start, stop = interval_bounds(x.shape[axis], lo, hi)
+    return mean_of_ranks(_last_axis(x, axis), start, stop)

@@ -28,7 +28,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jzad.kernels.distances import check_precision, dot_nt, l2_normalize
 from jzad.kernels.nearest import nearest_group_distance
-from jzad.kernels.select import interval_bounds, smallest_k, sum_smallest
+from jzad.kernels.select import interval_bounds, mean_of_ranks
 from jzad.kernels.sharding import device_mesh, map_row_shards
 
 LAYER_NORM_EPS = 1e-5
@@ -146,14 +146,6 @@ def lnamd(grid: jax.Array, r: int) -> jax.Array:
     return l2_normalize(pooled.reshape(n, h * w, c))
 
 
-def _interval_mean_of_smallest(distances: jax.Array, start: int, stop: int) -> jax.Array:
-    """Mean of ranks [start, stop) along the last axis (+inf entries rank last)."""
-    if start == 0:
-        return sum_smallest(distances, stop) / stop
-    values, _ = smallest_k(distances, stop)
-    return jnp.mean(values[..., start:stop], axis=-1)
-
-
 def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start: int, stop: int):
     """Per-device MSM body: a block of query images against the replicated pool -> (b, M) scores."""
 
@@ -177,7 +169,7 @@ def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start: 
                 image_ids = first_row + step * b + jnp.arange(b)
                 is_self = (image_ids[:, None] == pool_ids[None, :]) & (pool_ids[None, :] < num_test)
                 dist = jnp.where(is_self[:, None, :], jnp.inf, dist)
-            return _interval_mean_of_smallest(dist, start, stop)
+            return mean_of_ranks(dist, start, stop)
 
         scores = jax.lax.map(one_step, jnp.arange(steps))
         return scores.reshape(steps * b, m)[:rows]
@@ -253,7 +245,7 @@ def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, st
     ids = jnp.arange(n)
     squared = jnp.where((ids[:, None] == ids[None, :])[:, None, :], jnp.inf, squared)
     distances = jnp.sqrt(jnp.maximum(squared, 0.0))
-    return _interval_mean_of_smallest(distances, start, stop)
+    return mean_of_ranks(distances, start, stop)
 
 
 @partial(jax.jit, static_argnames=("config", "mesh"))
