@@ -35,15 +35,22 @@ def _listen() -> None:
 
 
 class StageClock:
-    """Accumulates run seconds and compile seconds per named stage."""
+    """Accumulates run seconds and compile seconds per named stage.
 
-    def __init__(self) -> None:
+    on_start(stage), when given, is called as each timed call begins (a progress display shows the stage that
+    is running, including long device calls that report nothing until they finish).
+    """
+
+    def __init__(self, on_start: Callable[[str], None] | None = None) -> None:
         _listen()
         self.run_seconds: dict[str, float] = defaultdict(float)
         self.compile_seconds: dict[str, float] = defaultdict(float)
+        self.on_start = on_start
 
     def run(self, stage: str, fn: Callable, *args, **kwargs):
         """fn(*args, **kwargs) timed as ``stage``; the result is ready on device when this returns."""
+        if self.on_start is not None:
+            self.on_start(stage)
         compiled_before = _compile_seconds[0]
         start = time.perf_counter()
         result = jax.block_until_ready(fn(*args, **kwargs))

@@ -32,6 +32,7 @@ def test_demo_run_writes_every_output(tmp_path, capsys):
     scores = read_scores(tmp_path / "scores_synthetic.csv")
     assert len(scores) == 28 and all(np.isfinite(list(scores.values())))
     assert len(list((tmp_path / "heatmaps" / "synthetic").glob("*.png"))) == 28
+    assert (tmp_path / "summary_synthetic.png").is_file() and results["status"] == "complete"
 
 
 def test_shards_give_identical_scores(tmp_path):
@@ -72,12 +73,11 @@ def test_real_photos_end_to_end(tmp_path, dataset, root, category):
 
 
 def test_bad_arguments_give_clear_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="--data"):
-        main(TINY + ["--data", str(tmp_path / "missing")])
-    with pytest.raises(SystemExit, match="--shards"):
-        main(TINY + ["--shards", "999"])
-    with pytest.raises(SystemExit, match="--shots"):
-        main(TINY + ["--mode", "few_shot"])
+    for args, fragment in ((["--data", str(tmp_path / "missing")], "--data"), (["--shards", "999"], "--shards"),
+                           (["--mode", "few_shot"], "--shots")):
+        assert main(TINY + args + ["--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = capsys.readouterr().out

@@ -9,7 +9,8 @@ import pytest
 import torch
 import transformers
 
-from jzad.backbone import encode_image, load_checkpoint, load_clip, load_image_encoder
+from jzad.backbone import encode_image, load_checkpoint
+from jzad.features import load_clip, load_image_encoder
 from jzad.weights import (
     HubUnavailableError,
     catalogue_entry,
@@ -149,10 +150,9 @@ def test_catalogue_entries_and_lookup():
     catalogue = load_catalogue()
     assert set(catalogue) == {"vit-b-32", "vit-b-16", "vit-l-14", "vit-l-14-336", "vit-b-16-plus-240"}
     musc = catalogue_entry("ViT-L-14-336")
-    assert musc.taps == (6, 12, 18, 24) and musc.run_image_size == 518 and musc.run_activation == "gelu"
-    assert musc.native_image_size == 336 and musc.hf_id == "openai/clip-vit-large-patch14-336"
-    assert catalogue_entry("vit-b-16").taps == (3, 6, 9, 12)
-    assert catalogue_entry("vit-b-16-plus-240").source["pretrained"] == "laion400m_e32"
+    assert musc.native_image_size == 336 and musc.activation == "quick_gelu"
+    assert musc.hf_id == "openai/clip-vit-large-patch14-336"
+    assert catalogue_entry("vit-b-16-plus-240").source["pretrained"] == "laion400m_e31"
     with pytest.raises(ValueError, match="unknown checkpoint name 'vit-z'.*vit-l-14-336"):
         catalogue_entry("vit-z")
     assert (repo_weights_dir() / "catalogue.json").is_file()

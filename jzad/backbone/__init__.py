@@ -17,7 +17,7 @@ from jzad.backbone.config import (
     default_taps,
     get_architecture,
 )
-from jzad.backbone.encoder import ImageEncoder, init_random_encoder, load_clip, load_image_encoder
+from jzad.backbone.encoder import ImageEncoder, init_random_encoder
 from jzad.backbone.port import flax_to_openai, hf_to_openai, load_checkpoint, openai_to_flax, openai_to_hf
 from jzad.backbone.posembed import resize_position_embedding, with_image_size
 from jzad.backbone.preprocess import CLIP_MEAN, CLIP_STD, preprocess_images
@@ -44,8 +44,6 @@ __all__ = [
     "init_clip",
     "init_random_encoder",
     "load_checkpoint",
-    "load_clip",
-    "load_image_encoder",
     "load_tokenizer",
     "openai_to_flax",
     "openai_to_hf",

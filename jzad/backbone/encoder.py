@@ -1,22 +1,20 @@
-"""The image encoder the method pipelines use: a vision-only CLIP at a fixed run size, taps and dtype.
+"""``ImageEncoder``: a vision-only CLIP at a fixed run size, taps and dtype (params on device).
 
-``load_image_encoder`` finds weights by name or path (see ``jzad.weights.open_checkpoint``), resizes the
-position embeddings once to the run size and keeps only the vision tower on device. Calling the encoder
-runs one jitted function whose static arguments are the (hashable) config, taps and dtype, so repeated
-calls with the same batch shape never retrace.
+Calling the encoder runs one jitted function whose static arguments are the (hashable) config, taps and dtype,
+so repeated calls with the same batch shape never retrace. Loading one by name or path lives in
+``jzad.features`` (it needs ``jzad.weights``, a layer above this one).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jzad.backbone.clip import _check_dtype, check_taps, encode_image, init_clip
-from jzad.backbone.config import ACTIVATIONS, CLIPConfig, get_architecture
+from jzad.backbone.config import CLIPConfig, get_architecture
 from jzad.backbone.posembed import with_image_size
 
 
@@ -93,64 +91,6 @@ class ImageEncoder:
             embed_parts.append(None if embeds is None else embeds[:real])
         taps = tuple(jnp.concatenate([part[i] for part in tap_parts]) for i in range(len(self.taps)))
         return taps, (None if embed_parts[0] is None else jnp.concatenate(embed_parts))
-
-
-def _vision_only(params: dict, config: CLIPConfig) -> tuple[dict, CLIPConfig]:
-    return {"visual": params["visual"]}, config.replace(text=None)
-
-
-def load_clip(
-    name_or_path: str | Path,
-    image_size: int | None = None,
-    activation: str | None = None,
-    arch=None,
-    weights_dir: str | Path | None = None,
-):
-    """Full CLIP (both towers) by name or path -> (params, config, tokenizer or None).
-
-    image_size / activation default to the checkpoint's run defaults (manifest or native); the position
-    embeddings are resized once. The tokenizer is loaded when the checkpoint folder has its files.
-    """
-    from jzad.backbone.tokenizer import load_tokenizer
-    from jzad.weights import open_checkpoint
-
-    opened = open_checkpoint(name_or_path, arch=arch, weights_dir_override=weights_dir)
-    activation = activation or opened.activation
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    config = opened.config.replace(activation=activation)
-    params, config = with_image_size(opened.params, config, image_size or opened.image_size)
-    tokenizer = None
-    if config.text is not None and opened.tokenizer_dir is not None:
-        tokenizer = load_tokenizer(opened.tokenizer_dir, vocab_size=config.text.vocab_size)
-    return jax.device_put(params), config, tokenizer
-
-
-def load_image_encoder(
-    name_or_path: str | Path,
-    image_size: int | None = None,
-    taps=None,
-    activation: str | None = None,
-    dtype: str = "float32",
-    arch=None,
-    weights_dir: str | Path | None = None,
-    with_embedding: bool = True,
-) -> ImageEncoder:
-    """An ImageEncoder from a catalogue name, ported name/folder, checkpoint file/folder or HF id.
-
-    None arguments take the checkpoint's run defaults (for vit-l-14-336: 518 px, "gelu", taps 6/12/18/24;
-    for a raw file: native size, its activation, each quarter of the depth).
-    """
-    from jzad.weights import open_checkpoint
-
-    opened = open_checkpoint(name_or_path, arch=arch, weights_dir_override=weights_dir)
-    activation = activation or opened.activation
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    params, config = _vision_only(opened.params, opened.config.replace(activation=activation))
-    params, config = with_image_size(params, config, image_size or opened.image_size)
-    taps = opened.taps if taps is None else taps
-    return ImageEncoder(config, jax.device_put(params), taps, dtype, with_embedding, origin=opened.origin)
 
 
 def init_random_encoder(

@@ -17,10 +17,15 @@ from jzad.data.masks import (
     resize_binary_mask,
 )
 from jzad.data.readers import DATASETS, IMAGE_EXTENSIONS, MASK_EXTENSIONS, list_categories, read_dataset
-from jzad.data.subsets import stratified_subsets
+from jzad.data.sources import ArrayImages, FileImages, prefetch_batches
+from jzad.data.subsets import official_subsets, stratified_subsets
 from jzad.data.synthetic import DEFECT_KINDS, make_synthetic_set, write_synthetic_mvtec
 
 __all__ = [
+    "ArrayImages",
+    "FileImages",
+    "official_subsets",
+    "prefetch_batches",
     "DATASETS",
     "DEFAULT_MASK_RULES",
     "DEFAULT_MASK_THRESHOLDS",

@@ -130,6 +130,24 @@ def image_metrics(scores, labels) -> dict:
     return _curve_metrics(*_threshold_counts(s, y), "image_metrics")
 
 
+def roc_pr_curves(scores, labels) -> dict:
+    """ROC and precision-recall curve points of image scores (N,) and 0/1 labels (N,), thresholds descending.
+
+    Returns fpr and tpr starting at (0, 0), and precision and recall (one point per distinct score), each
+    float64, computed from the same counts as ``image_metrics``.
+    """
+    s = _as_scores(scores, "scores", 1)
+    y = as_binary_labels(labels, "labels", s.shape)
+    tps, fps = _threshold_counts(s, y)
+    n_pos, n_neg = max(int(tps[-1]), 1), max(int(fps[-1]), 1)
+    return {
+        "fpr": np.concatenate(([0.0], fps / n_neg)),
+        "tpr": np.concatenate(([0.0], tps / n_pos)),
+        "precision": tps / (tps + fps),
+        "recall": tps / n_pos,
+    }
+
+
 def pixel_metrics(maps, masks) -> dict:
     """Pixel-level AUROC, AP and F1-max pooled over every pixel of a set.
 

@@ -41,6 +41,7 @@ exactly 0 and every reported distance exact to float32 rounding, at 1/M of the G
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
@@ -53,7 +54,8 @@ from jzad.kernels.distances import check_precision, dot_nt, squared_norms
 from jzad.kernels.kcenter import sharded_kcenter_greedy
 from jzad.kernels.select import interval_bounds, smallest_k
 from jzad.kernels.sharding import AXIS, device_mesh, map_row_shards, num_shards_of
-from jzad.methods.musc import layer_features, upsample
+from jzad.methods.base import FeatureRequest, Features, Method, Option, OptionError, RunContext, Scores, register
+from jzad.methods.musc import backbone_run, grid_features, int_list, musc_maps, tokens_to_grid, upsample
 
 COMBINES = ("concat", "per_layer")
 
@@ -245,7 +247,12 @@ def fslc_features(layer_tokens: tuple[jax.Array, ...], config: FSLCConfig = FSLC
     ((layer, r) parts in layer-major order), else L*R sets of (N, h*w, C)."""
     if not layer_tokens:
         raise ValueError("layer_tokens: expected at least one tapped layer (N, 1 + h*w, C)")
-    parts = layer_features(tuple(layer_tokens), config.r_list)
+    return fslc_sets(tuple(tokens_to_grid(t) for t in layer_tokens), config)
+
+
+def fslc_sets(grids: tuple[jax.Array, ...], config: FSLCConfig = FSLCConfig()) -> tuple[jax.Array, ...]:
+    """L layer grids (N, h, w, C) -> FSLC feature sets, as ``fslc_features``."""
+    parts = grid_features(tuple(grids), config.r_list)
     if config.combine == "concat":
         return (parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1),)
     return tuple(parts)
@@ -606,18 +613,19 @@ def fslc_pipeline(
     sets = fslc_features(tuple(layer_tokens), config)
     n, m, _ = sets[0].shape
     side = int(round(m ** 0.5))
-    patch, image, sizes, weights = [], [], [], []
+    patch = image = None
+    sizes, weights = [], []
     init_images = None
     for features in sets:
         init, filtered, scored = _one_set(features, image_embeds, config, mesh)
         init_images = init.image_indices
-        patch.append(scored.patch_scores)
-        image.append(scored.image_scores)
+        patch = scored.patch_scores if patch is None else patch + scored.patch_scores
+        image = scored.image_scores if image is None else image + scored.image_scores
         sizes.append(filtered.size)
         weights.append(scored.weights)
     return {
-        "patch_scores": jnp.mean(jnp.stack(patch), axis=0).reshape(n, side, side),
-        "image_scores": jnp.mean(jnp.stack(image), axis=0),
+        "patch_scores": (patch / len(sets)).reshape(n, side, side),
+        "image_scores": image / len(sets),
         "coreset_size": jnp.stack(sizes),
         "weights": jnp.stack(weights),
         "init_images": init_images,
@@ -660,3 +668,111 @@ def score_fslc_staged(layer_tokens, image_embeds, config: FSLCConfig, mesh: Mesh
         image = scored.image_scores if image is None else image + scored.image_scores
     count = len(sets)
     return (patch / count).reshape(n, side, side), image / count
+
+
+# --------------------------------------------------------------------------------------------- method seam
+
+
+def fit_to_set(config: FSLCConfig, num_images: int, patches: int) -> FSLCConfig:
+    """The config shrunk to a small set: at most N init images and S * M init coreset patches."""
+    images = min(config.num_init_images, num_images)
+    return dataclasses.replace(
+        config, num_init_images=images, init_coreset_size=min(config.init_coreset_size, images * patches)
+    )
+
+
+def fslc_fit(config: FSLCConfig, references: Features | None = None, mesh: Mesh | None = None) -> tuple:
+    """FSLC is zero-shot: its coreset is learned from the queries themselves, so the state is empty."""
+    del config, references, mesh
+    return ()
+
+
+def _sets_and_config(config: FSLCConfig, queries: Features):
+    sets = fslc_sets(tuple(queries.layers), config)
+    n, m, _ = sets[0].shape
+    return sets, fit_to_set(config, n, m)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def fslc_method_score(config: FSLCConfig, state: tuple, queries: Features, mesh: Mesh | None = None):
+    """FSLC over one pool of queries as one program -> (Scores, state), the config fitted to the set size."""
+    sets, fitted = _sets_and_config(config, queries)
+    n, h, w, _ = queries.layers[0].shape
+    patch = image = None
+    for features in sets:
+        _, _, scored = _one_set(features, queries.embeds, fitted, mesh)
+        patch = scored.patch_scores if patch is None else patch + scored.patch_scores
+        image = scored.image_scores if image is None else image + scored.image_scores
+    return Scores((patch / len(sets)).reshape(n, h, w), image / len(sets)), state
+
+
+def fslc_method_staged(config: FSLCConfig, state: tuple, queries: Features, mesh: Mesh | None, clock):
+    """``fslc_method_score`` stage by stage on ``clock`` ("lnamd", "init", "expand", "filter", "score")."""
+    sets = clock.run("lnamd", fslc_sets, tuple(queries.layers), config)
+    n, h, w, _ = queries.layers[0].shape
+    fitted = fit_to_set(config, n, sets[0].shape[1])
+    patch = image = None
+    for features in sets:
+        init = clock.run("init", fslc_init, features, queries.embeds, fitted, mesh)
+        expanded = clock.run("expand", fslc_expand, features, init.coreset, init.image_indices,
+                             init.patch_indices, fitted, mesh)
+        filtered = clock.run("filter", fslc_filter, features, expanded.coreset, fitted, mesh)
+        scored = clock.run("score", fslc_score, features, filtered.coreset, filtered.valid, fitted, mesh)
+        patch = scored.patch_scores if patch is None else patch + scored.patch_scores
+        image = scored.image_scores if image is None else image + scored.image_scores
+    return Scores((patch / len(sets)).reshape(n, h, w), image / len(sets)), state
+
+
+def _n_wanted(text: str) -> int | str:
+    if text == "otsu":
+        return text
+    try:
+        return int(text)
+    except ValueError as err:
+        raise ValueError(f"expected a positive integer or 'otsu', got {text!r}") from err
+
+
+OPTIONS = (
+    Option("--r-list", "r_list", "LNAMD aggregation degrees (odd window sizes)", int_list, metavar="3"),
+    Option("--combine", "combine", "concat: (layer, r) features joined (the paper); per_layer: scored apart",
+           str, choices=COMBINES),
+    Option("--init-images", "num_init_images", "S, images picked by k-center on the embeddings", int),
+    Option("--init-coreset", "init_coreset_size", "M_0, initial coreset patches", int),
+    Option("--expand-per-image", "expand_per_image", "patches each remaining image adds to the coreset", int),
+    Option("--filter-fraction", "filter_fraction", "X, fraction of images whose lowest distances are summed",
+           float),
+    Option("--n-wanted", "n_wanted", "final coreset size, or 'otsu'", _n_wanted),
+    Option("--b", "b", "coreset neighbours of the image-score weight (>= 2)", int),
+)
+
+
+def fslc_configure(values: dict, context: RunContext) -> FSLCConfig:
+    """FSLCConfig from option values (dest -> value; missing = default)."""
+    del context
+    fields = {o.field: values[o.dest] for o in OPTIONS if values.get(o.dest) is not None}
+    if values.get("precision") is not None:
+        fields["precision"] = values["precision"]
+    try:
+        return FSLCConfig(**fields)
+    except ValueError as err:
+        raise OptionError(f"fslc options: {err}") from err
+
+
+METHOD = register(Method(
+    name="fslc",
+    summary="FSLC: zero-shot scoring against a coreset learned from the test set (k-center, expand, filter)",
+    config_type=FSLCConfig,
+    pools=True,
+    few_shot="never",
+    options=OPTIONS,
+    request=lambda config: FeatureRequest(embedding=True),
+    fit=fslc_fit,
+    score=fslc_method_score,
+    staged=fslc_method_staged,
+    configure=fslc_configure,
+    maps=musc_maps,
+    backbone_run=backbone_run,
+    default_backbone="vit-l-14-336",
+    demo_backbone="random-vit-b-16",
+    stages=("lnamd", "init", "expand", "filter", "score", "upsample"),
+))

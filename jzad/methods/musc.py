@@ -19,8 +19,10 @@ split over devices; the pool is replicated. The same code runs one shard.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,17 @@ from jzad.kernels.distances import check_precision, dot_nt, l2_normalize
 from jzad.kernels.nearest import nearest_group_distance
 from jzad.kernels.select import interval_bounds, mean_of_ranks
 from jzad.kernels.sharding import device_mesh, map_row_shards
+from jzad.methods.base import (
+    BackboneRun,
+    FeatureRequest,
+    Features,
+    Method,
+    Option,
+    OptionError,
+    RunContext,
+    Scores,
+    register,
+)
 
 LAYER_NORM_EPS = 1e-5
 MODES = ("zero_shot", "few_shot", "plus")
@@ -43,7 +56,7 @@ class MuScConfig:
 
     r_list: aggregation degrees (odd window sizes) of LNAMD. interval: the fractional rank interval of the
     other images' distances averaged by MSM (paper: lowest 30%). windows: RsCIN neighbourhood sizes
-    (MVTec AD / BTAD [1, 2, 3]; VisA [1, 8, 9]). mode: "zero_shot" (test images only), "few_shot" (normal
+    (MVTec AD / BTAD [1, 2, 3]; VisA [1, 8, 9]; empty: RsCIN off). mode: "zero_shot" (test images only), "few_shot" (normal
     reference images added to the scoring pool) or "plus" (MuSc+: each patch scored by its nearest
     reference patch only). image_block: query images per MSM step (memory ~ image_block * M * N floats);
     None picks enough images for about ``TARGET_BLOCK_ROWS`` query rows per GEMM (1 image at M = 1369).
@@ -77,8 +90,8 @@ class MuScConfig:
         lo, hi = self.interval
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"interval: expected 0 <= lo < hi <= 1, got {self.interval}")
-        if not self.windows or any(k < 1 for k in self.windows):
-            raise ValueError(f"windows: expected sizes >= 1, got {self.windows}")
+        if any(not isinstance(k, int) or k < 1 for k in self.windows):
+            raise ValueError(f"windows: expected sizes >= 1 (an empty tuple turns RsCIN off), got {self.windows}")
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
         if self.image_block is not None and self.image_block < 1:
@@ -248,12 +261,31 @@ def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, st
     return mean_of_ranks(distances, start, stop)
 
 
-@partial(jax.jit, static_argnames=("config", "mesh"))
 def mutual_scores(
     features: jax.Array,
     config: MuScConfig = MuScConfig(),
     mesh: Mesh | None = None,
     references: jax.Array | None = None,
+) -> jax.Array:
+    """MSM patch scores of one (layer, r): features (N, M, C) -> (N, M); see ``_mutual_scores``.
+
+    Only the fields MSM reads enter the compile key (``msm_key``), so changing RsCIN windows, r values or the
+    map size never recompiles MSM.
+    """
+    return _mutual_scores(features, msm_key(config), mesh, references)
+
+
+def msm_key(config: MuScConfig) -> MuScConfig:
+    """``config`` with the fields MSM does not read reset to their defaults (the MSM compile key)."""
+    return dataclasses.replace(config, r_list=(1,), windows=(), map_size=None)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def _mutual_scores(
+    features: jax.Array,
+    config: MuScConfig,
+    mesh: Mesh | None,
+    references: jax.Array | None,
 ) -> jax.Array:
     """MSM patch scores of one (layer, r): features (N, M, C) -> (N, M).
 
@@ -350,8 +382,14 @@ def max_of_upsampled(patch_scores: jax.Array, size: int | None) -> jax.Array:
 
 
 def layer_features(layer_tokens: tuple[jax.Array, ...], r_list: tuple[int, ...]) -> list[jax.Array]:
-    """LNAMD features for every (layer, r): list of (N, h*w, C), layers outer, degrees inner."""
-    return [lnamd(tokens_to_grid(tokens), r) for tokens in layer_tokens for r in r_list]
+    """LNAMD features for every (layer, r) of ViT tokens (N, 1 + h*w, C): list of (N, h*w, C)."""
+    return grid_features(tuple(tokens_to_grid(tokens) for tokens in layer_tokens), r_list)
+
+
+def grid_features(grids: tuple[jax.Array, ...], r_list: tuple[int, ...]) -> list[jax.Array]:
+    """LNAMD features for every (layer, r) of (N, h, w, C) grids: list of (N, h*w, C), layers outer, degrees
+    inner."""
+    return [lnamd(grid, r) for grid in grids for r in r_list]
 
 
 @partial(jax.jit, static_argnames=("config", "mesh"))
@@ -364,20 +402,13 @@ def musc_patch_scores(
     """Mean MSM map over layers x degrees: L tapped layers of (N, 1 + h*w, C) -> (N, h, w)."""
     if not layer_tokens:
         raise ValueError("musc_patch_scores: expected at least one tapped layer")
-    n, count, _ = layer_tokens[0].shape
-    side = int(round((count - 1) ** 0.5))
     if reference_tokens is not None and len(reference_tokens) != len(layer_tokens):
         raise ValueError(
             f"reference_tokens: expected {len(layer_tokens)} layers like layer_tokens, got {len(reference_tokens)}"
         )
-    total = jnp.zeros((n, side * side), jnp.float32)
-    for index, tokens in enumerate(layer_tokens):
-        grid = tokens_to_grid(tokens)
-        ref_grid = None if reference_tokens is None else tokens_to_grid(reference_tokens[index])
-        for r in config.r_list:
-            refs = None if ref_grid is None else lnamd(ref_grid, r)
-            total = total + mutual_scores(lnamd(grid, r), config, mesh, refs)
-    return (total / (len(layer_tokens) * len(config.r_list))).reshape(n, side, side)
+    grids = tuple(tokens_to_grid(t) for t in layer_tokens)
+    refs = () if reference_tokens is None else tuple(tokens_to_grid(t) for t in reference_tokens)
+    return _grid_patch_scores(grids, config, mesh, refs)
 
 
 def score_musc(
@@ -398,3 +429,163 @@ def score_musc(
     raw = max_of_upsampled(patch, config.map_size)
     scores = raw if image_embeds is None else rscin(raw, image_embeds, config.windows)
     return MuScResult(patch_scores=patch, image_scores_raw=raw, image_scores=scores)
+
+
+# --------------------------------------------------------------------------------------------- method seam
+
+
+class MuScState(NamedTuple):
+    """Fitted MuSc state: the reference images' layer grids (R, h, w, C) per tap (few_shot / plus), else ()."""
+
+    references: tuple = ()
+
+
+def _grid_patch_scores(grids, config: MuScConfig, mesh, reference_grids) -> jax.Array:
+    """Mean MSM map over layers x degrees from (N, h, w, C) grids -> (N, h, w); the fused form of the stages."""
+    n, h, w, _ = grids[0].shape
+    total = jnp.zeros((n, h * w), jnp.float32)
+    for index, grid in enumerate(grids):
+        for r in config.r_list:
+            refs = lnamd(reference_grids[index], r) if reference_grids else None
+            total = total + mutual_scores(lnamd(grid, r), config, mesh, refs)
+    return (total / (len(grids) * len(config.r_list))).reshape(n, h, w)
+
+
+def _keep(queries: Features) -> dict:
+    return {} if queries.embeds is None else {"embeds": queries.embeds}
+
+
+def musc_fit(config: MuScConfig, references: Features | None = None, mesh: Mesh | None = None) -> MuScState:
+    """MuSc takes nothing from references in zero-shot mode; few_shot / plus keep their layer grids."""
+    del mesh
+    if config.mode == "zero_shot":
+        return MuScState()
+    if references is None:
+        raise ValueError(f"MuSc mode {config.mode!r} needs normal reference images (--shots R >= 1)")
+    return MuScState(tuple(references.layers))
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def musc_score(config: MuScConfig, state: MuScState, queries: Features, mesh: Mesh | None = None):
+    """MuSc over one pool of queries as one program -> (Scores, state). Image scores are the max of the maps
+    upsampled to ``config.map_size``, before RsCIN (``musc_finalize`` re-scores over the whole category)."""
+    patch = _grid_patch_scores(tuple(queries.layers), config, mesh, state.references)
+    raw = max_of_upsampled(patch, config.map_size)
+    return Scores(patch, raw, _keep(queries)), state
+
+
+def musc_staged(config: MuScConfig, state: MuScState, queries: Features, mesh: Mesh | None, clock):
+    """``musc_score`` stage by stage, each timed on ``clock`` ("lnamd", "msm", "upsample"); one (layer, r)
+    feature set is alive at a time."""
+    n, h, w, _ = queries.layers[0].shape
+    total = None
+    for index, grid in enumerate(queries.layers):
+        for r in config.r_list:
+            feats = clock.run("lnamd", lnamd, grid, r)
+            refs = clock.run("lnamd", lnamd, state.references[index], r) if state.references else None
+            scores = clock.run("msm", mutual_scores, feats, config, mesh, refs)
+            total = scores if total is None else total + scores
+            del feats, refs
+    patch = (total / (len(queries.layers) * len(config.r_list))).reshape(n, h, w)
+    raw = clock.run("upsample", max_of_upsampled, patch, config.map_size)
+    return Scores(patch, raw, _keep(queries)), state
+
+
+def musc_finalize(config: MuScConfig, scores: Scores) -> Scores:
+    """RsCIN over a whole category (after every subset is scored): image scores re-scored with the image
+    embeddings; unchanged when RsCIN is off (no windows) or no embeddings were kept."""
+    if not config.windows or "embeds" not in scores.keep:
+        return scores
+    return scores._replace(image_scores=rscin(scores.image_scores, scores.keep["embeds"], config.windows))
+
+
+def musc_maps(config: MuScConfig, patch_scores: jax.Array, size) -> jax.Array:
+    """Anomaly maps at image resolution: bilinear, align_corners=True, as the reference (no smoothing)."""
+    del config
+    return upsample(patch_scores, size)
+
+
+BACKBONE_PRESETS = {"ViT-L-14-336": BackboneRun(image_size=518, activation="gelu", taps=(6, 12, 18, 24))}
+"""MuSc's published configuration: OpenAI ViT-L/14-336 run at 518 px (37x37 patches) with exact GELU, taps
+6/12/18/24. Other backbones run at their native size and activation, tapped at each quarter of the depth."""
+
+DATASET_WINDOWS = {"visa": (1, 8, 9)}
+DEFAULT_WINDOWS = (1, 2, 3)
+
+
+def backbone_run(architecture: str | None) -> BackboneRun:
+    """MuSc's run settings for a backbone architecture name (FSLC shares them)."""
+    return BACKBONE_PRESETS.get(architecture or "", BackboneRun())
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """"1,3,5" -> (1, 3, 5) (argparse type)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from err
+    if not values:
+        raise ValueError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+def float_pair(text: str) -> tuple[float, float]:
+    """"0,0.3" -> (0.0, 0.3) (argparse type)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError as err:
+        raise ValueError(f"expected LO,HI such as 0,0.3, got {text!r}") from err
+    return lo, hi
+
+
+OPTIONS = (
+    Option("--r-list", "r_list", "LNAMD aggregation degrees (odd window sizes)", int_list, metavar="1,3,5"),
+    Option("--interval", "interval", "MSM rank interval LO,HI of the other images' distances", float_pair,
+           metavar="0,0.3"),
+    Option("--windows", "windows", "RsCIN windows (default 1,8,9 for VisA, 1,2,3 otherwise); 0 = RsCIN off",
+           int_list, metavar="1,2,3"),
+    Option("--mode", "mode", "zero_shot; few_shot (R references join the pool); plus (MuSc+: nearest reference)",
+           str, choices=MODES),
+    Option("--schedule", "schedule", "MSM work order (auto: pairs when its buffer fits, else rows)", str,
+           choices=SCHEDULES),
+)
+
+
+def musc_configure(values: dict, context: RunContext) -> MuScConfig:
+    """MuScConfig from option values (dest -> value; missing = default) for a run; checks --mode vs --shots."""
+    mode = values.get("mode") or "zero_shot"
+    if mode != "zero_shot" and context.shots < 1:
+        raise OptionError(f"--mode {mode} needs --shots R >= 1 normal reference images")
+    if mode == "zero_shot" and context.shots > 0:
+        raise OptionError("--shots applies to --mode few_shot or plus; zero_shot MuSc uses no reference images")
+    windows = values.get("windows")
+    if windows is None:
+        windows = DATASET_WINDOWS.get(context.dataset, DEFAULT_WINDOWS)
+    fields = {k: values[k] for k in ("r_list", "interval", "schedule", "precision") if values.get(k) is not None}
+    try:
+        return MuScConfig(mode=mode, windows=tuple(k for k in windows if k > 0), map_size=context.image_size,
+                          **fields)
+    except ValueError as err:
+        raise OptionError(f"musc options: {err}") from err
+
+
+METHOD = register(Method(
+    name="musc",
+    summary="MuSc: zero-shot mutual scoring of the unlabeled test images (LNAMD, MSM, RsCIN)",
+    config_type=MuScConfig,
+    pools=True,
+    few_shot="optional",
+    options=OPTIONS,
+    request=lambda config: FeatureRequest(embedding=bool(config.windows)),
+    fit=musc_fit,
+    score=musc_score,
+    staged=musc_staged,
+    configure=musc_configure,
+    maps=musc_maps,
+    backbone_run=backbone_run,
+    default_backbone="vit-l-14-336",
+    demo_backbone="random-vit-b-16",
+    stages=("lnamd", "msm", "upsample", "rscin"),
+    finalize=musc_finalize,
+    finalize_stage="rscin",
+))

@@ -2,7 +2,7 @@
 
 - ``port(src, name, ...)``: a local file/folder (or a Hugging Face id when the hub is reachable) ->
   weights/<name>/ with params, manifest.json and tokenizer files. Also ``python -m jzad.weights port``.
-- ``open_checkpoint(name_or_path)``: what the run command and ``load_image_encoder`` use: a ported
+- ``open_checkpoint(name_or_path)``: what ``jzad.features`` (and so the run command) uses: a ported
   folder, a ported name under the weights folder, a catalogue name (ported on first use from the hub
   when reachable), a raw checkpoint file/folder (ported in memory) or a Hugging Face id.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jzad.backbone.clip import check_taps
-from jzad.backbone.config import CLIPConfig, default_taps
+from jzad.backbone.config import CLIPConfig
 from jzad.backbone.port import LoadedCheckpoint, load_checkpoint
 from jzad.weights.catalogue import (
     WEIGHTS_ENV,
@@ -87,17 +87,13 @@ def port(
 
     src: an OpenAI .pt, an OpenCLIP/HF state dict file, a Hugging Face folder, or a Hugging Face id
     (downloaded only when the hub is reachable). For a catalogue name, arch defaults to the catalogue's
-    (checked tensor by tensor) and the run defaults (image size, activation, taps) come from it; the
-    explicit arguments override them. The params are stored at the native size.
+    (checked tensor by tensor). image_size / activation / taps, when given, are recorded as this
+    checkpoint's run settings (they override a method's preset). The params are stored at the native size.
     """
     entry = _catalogue_or_none(name)
     if arch is None and entry is not None:
         arch = entry.architecture
     checkpoint, source = _read_source(src, arch, entry.port_hint() if entry else None)
-    if entry is not None:
-        activation = activation or entry.run_activation
-        image_size = image_size or entry.run_image_size
-        taps = taps if taps is not None else entry.taps
     return save_ported(
         checkpoint,
         name,
@@ -112,35 +108,27 @@ def port(
 
 @dataclass(frozen=True, eq=False)
 class OpenedCheckpoint:
-    """Native config + params of a checkpoint and its default run settings, wherever it came from."""
+    """Native config + params of a checkpoint, wherever it came from, and the run settings recorded when it was
+    ported (None where none were recorded: a method's preset or the native value applies)."""
 
     config: CLIPConfig
     params: dict
-    image_size: int
-    activation: str
-    taps: tuple[int, ...]
+    image_size: int | None
+    activation: str | None
+    taps: tuple[int, ...] | None
     tokenizer_dir: Path | None
     origin: str
 
 
 def _from_ported(ported: PortedCheckpoint) -> OpenedCheckpoint:
-    taps = check_taps(ported.taps, ported.config.vision.layers)
+    taps = None if ported.taps is None else check_taps(ported.taps, ported.config.vision.layers)
     return OpenedCheckpoint(
         ported.config, ported.params, ported.image_size, ported.activation, taps, ported.tokenizer_dir, str(ported.path)
     )
 
 
 def _from_loaded(loaded: LoadedCheckpoint, origin: str) -> OpenedCheckpoint:
-    config = loaded.config
-    return OpenedCheckpoint(
-        config,
-        loaded.params,
-        config.vision.image_size,
-        config.activation,
-        default_taps(config),
-        loaded.tokenizer_dir,
-        origin,
-    )
+    return OpenedCheckpoint(loaded.config, loaded.params, None, None, None, loaded.tokenizer_dir, origin)
 
 
 def open_checkpoint(

@@ -31,8 +31,9 @@ def _port(args) -> int:
         f"heads {vision['heads']}, patch {vision['patch_size']}, native {vision['image_size']}px, "
         f"embed {config['embed_dim']}, text tower {'yes' if config['text'] else 'no'}"
     )
+    recorded = {k: manifest[k] for k in ("image_size", "activation", "taps") if manifest[k] is not None}
     print(
-        f"  run defaults: {manifest['image_size']}px, {manifest['activation']}, taps {manifest['taps']}; "
+        f"  run settings recorded: {recorded or 'none (each method uses its preset)'}; "
         f"tokenizer {'copied' if manifest['tokenizer'] else 'absent'}"
     )
     return 0
@@ -45,19 +46,19 @@ def _list(args) -> int:
     catalogue = load_catalogue()
     ported = list_ported(folder)
     print(f"weights folder: {folder}")
-    print(f"{'name':<20} {'architecture':<20} {'ported':<7} {'run size':<9} {'activation':<11} source")
+    print(f"{'name':<20} {'architecture':<20} {'ported':<7} {'native':<7} {'activation':<11} source")
     for name, entry in catalogue.items():
         source = entry.hf_id or f"{entry.source.get('openclip_name')} ({entry.source.get('pretrained')})"
         state = "yes" if name in ported else "no"
         print(
-            f"{name:<20} {entry.architecture:<20} {state:<7} {entry.run_image_size:<9} "
-            f"{entry.run_activation:<11} {source}"
+            f"{name:<20} {entry.architecture:<20} {state:<7} {entry.native_image_size:<7} "
+            f"{entry.activation:<11} {source}"
         )
     for name, manifest in ported.items():
         if name not in catalogue:
             print(
-                f"{name:<20} {manifest.get('architecture') or 'custom':<20} {'yes':<7} {manifest['image_size']:<9} "
-                f"{manifest['activation']:<11} {manifest['source']['path']}"
+                f"{name:<20} {manifest.get('architecture') or 'custom':<20} {'yes':<7} "
+                f"{manifest['native_image_size']:<7} {manifest['config']['activation']:<11} {manifest['source']['path']}"
             )
     return 0
 
@@ -70,9 +71,11 @@ def main(argv=None) -> int:
     port.add_argument("src", help="OpenAI .pt, OpenCLIP/HF state dict, HF folder, or HF id (needs the hub)")
     port.add_argument("--name", required=True, help="folder name under the weights dir (catalogue names get defaults)")
     port.add_argument("--arch", help="named architecture to check the tensors against (e.g. ViT-L-14-336)")
-    port.add_argument("--activation", choices=ACTIVATIONS, help="default run activation recorded in the manifest")
-    port.add_argument("--image-size", type=int, help="default run image size recorded in the manifest")
-    port.add_argument("--taps", help="default taps, comma-separated 1-based blocks (e.g. 6,12,18,24)")
+    port.add_argument("--activation", choices=ACTIVATIONS,
+                      help="run activation recorded in the manifest (overrides a method's preset)")
+    port.add_argument("--image-size", type=int,
+                      help="run image size recorded in the manifest (overrides a method's preset)")
+    port.add_argument("--taps", help="run taps recorded in the manifest, comma-separated 1-based blocks")
     port.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR or the repo's weights/)")
     port.add_argument("--force", action="store_true", help="replace an existing ported folder")
     listing = sub.add_parser("list", help="list the catalogue and which checkpoints are ported")

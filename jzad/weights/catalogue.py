@@ -1,7 +1,8 @@
 """The catalogue of supported checkpoints (weights/catalogue.json) and where ported weights live.
 
 Each entry names its source (OpenAI name and file, Hugging Face id, or OpenCLIP name + pretrained tag),
-its architecture, the blocks MuSc taps, its native input size and the recommended run size/activation.
+its architecture, its native input size and activation. How a method runs a backbone (input size, taps) is the
+method's preset (``jzad.methods``), not the catalogue's.
 """
 
 from __future__ import annotations
@@ -34,16 +35,13 @@ def weights_dir(override: str | Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class CatalogueEntry:
-    """One supported checkpoint: source, architecture, MuSc taps, native and recommended run settings."""
+    """One supported checkpoint: source, architecture, native input size and activation."""
 
     name: str
     architecture: str
     source: dict
     native_image_size: int
     activation: str
-    taps: tuple[int, ...]
-    run_image_size: int
-    run_activation: str
     notes: str = ""
 
     @property
@@ -53,7 +51,8 @@ class CatalogueEntry:
 
     def port_hint(self) -> str:
         """How to port this checkpoint from a local file."""
-        file = self.source.get("openai_file") or f"{self.source.get('openclip_name', self.name)}.bin"
+        file = (self.source.get("openai_file") or self.source.get("openclip_file")
+                or f"{self.source.get('openclip_name', self.name)}.bin")
         arch = "" if self.source.get("kind") == "openai" else f" --arch {self.architecture}"
         return f"python -m jzad.weights port /path/to/{file} --name {self.name}{arch}"
 
@@ -66,9 +65,6 @@ def _entry(name: str, data: dict, path: Path) -> CatalogueEntry:
             source=dict(data["source"]),
             native_image_size=int(data["native_image_size"]),
             activation=data["activation"],
-            taps=tuple(int(t) for t in data["taps"]),
-            run_image_size=int(data["run_image_size"]),
-            run_activation=data["run_activation"],
             notes=data.get("notes", ""),
         )
     except (KeyError, TypeError, ValueError) as err:
@@ -76,10 +72,8 @@ def _entry(name: str, data: dict, path: Path) -> CatalogueEntry:
     arch = get_architecture(entry.architecture)
     if entry.native_image_size != arch.vision.image_size:
         raise ValueError(f"{path}: {name!r} native_image_size differs from {entry.architecture}'s")
-    if entry.activation not in ACTIVATIONS or entry.run_activation not in ACTIVATIONS:
-        raise ValueError(f"{path}: {name!r} activations must be in {ACTIVATIONS}")
-    if any(t < 1 or t > arch.vision.layers for t in entry.taps):
-        raise ValueError(f"{path}: {name!r} taps {entry.taps} outside 1..{arch.vision.layers}")
+    if entry.activation not in ACTIVATIONS:
+        raise ValueError(f"{path}: {name!r} activation must be in {ACTIVATIONS}")
     return entry
 
 

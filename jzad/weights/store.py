@@ -64,19 +64,21 @@ class PortedCheckpoint:
     tokenizer_dir: Path | None
 
     @property
-    def image_size(self) -> int:
-        """Default run image size."""
-        return int(self.manifest["image_size"])
+    def image_size(self) -> int | None:
+        """Run image size chosen at port time (None: not chosen; the method's preset or the native size)."""
+        value = self.manifest["image_size"]
+        return None if value is None else int(value)
 
     @property
-    def activation(self) -> str:
-        """Default run activation."""
+    def activation(self) -> str | None:
+        """Run activation chosen at port time (None: not chosen)."""
         return self.manifest["activation"]
 
     @property
-    def taps(self) -> tuple[int, ...]:
-        """Default taps (1-based blocks)."""
-        return tuple(self.manifest["taps"])
+    def taps(self) -> tuple[int, ...] | None:
+        """Taps (1-based blocks) chosen at port time (None: not chosen)."""
+        value = self.manifest["taps"]
+        return None if value is None else tuple(value)
 
 
 def save_ported(
@@ -91,9 +93,9 @@ def save_ported(
 ) -> Path:
     """Write weights_dir/name/{params, manifest.json, tokenizer} and return that folder (absolute).
 
-    image_size / activation / taps: the default run settings recorded in the manifest (None: the
-    checkpoint's native size, its config's activation, each quarter of the depth). force replaces an
-    existing folder; otherwise an existing one is an error.
+    image_size / activation / taps: run settings recorded in the manifest, which override a method's preset
+    when this checkpoint is run (None: not recorded). force replaces an existing folder; otherwise an
+    existing one is an error.
     """
     import orbax.checkpoint as ocp
 
@@ -105,13 +107,15 @@ def save_ported(
         if not force:
             raise FileExistsError(f"{target} already exists; pass force=True (--force) to replace it")
         shutil.rmtree(target)
-    activation = activation or config.activation
-    if activation not in ACTIVATIONS:
+    if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    image_size = int(image_size or config.vision.image_size)
-    if image_size < config.vision.patch_size:
-        raise ValueError(f"image_size {image_size} is smaller than the patch size {config.vision.patch_size}")
-    taps = check_taps(taps, config.vision.layers) if taps is not None else default_taps(config)
+    if image_size is not None:
+        image_size = int(image_size)
+        if image_size < config.vision.patch_size or image_size % config.vision.patch_size:
+            raise ValueError(
+                f"image_size {image_size} must be a positive multiple of the patch size {config.vision.patch_size}"
+            )
+    taps = check_taps(taps, config.vision.layers) if taps is not None else None
     target.mkdir(parents=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(target / PARAMS_DIR, checkpoint.params)
@@ -138,7 +142,7 @@ def save_ported(
         "activation": activation,
         "image_size": image_size,
         "native_image_size": config.vision.image_size,
-        "taps": list(taps),
+        "taps": None if taps is None else list(taps),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jzad_version": jzad.__version__,
         "params": {

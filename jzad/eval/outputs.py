@@ -1,0 +1,175 @@
+"""Files a run writes for people and for evaluation scripts: map TIFFs, captioned overlays, summary figures.
+
+- ``output_paths``: unique relative output paths that keep each image's path under the data root (so
+  ``001.png`` and ``001.jpg`` never collide; the extension is kept only where two names would clash).
+- ``save_map_tiffs``: one float32 TIFF per image at the metric resolution or resized to each image's original
+  (H, W) (the layout the official MVTec AD / MVTec LOCO evaluation scripts read).
+- ``save_captioned_overlays``: image | overlay | mask contour panels with the image name, score, label and a
+  colour bar of the category's shared score scale.
+- ``save_summary``: per category, the ROC curve, the precision-recall curve and the score histograms of normal
+  vs anomalous images (matplotlib, Agg backend).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from jzad.eval.heatmaps import jet, panels, value_range
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BAR_WIDTH = 14
+_CAPTION_HEIGHT = 16
+
+
+def _safe_parts(name: str) -> list[str]:
+    """Path components of a display name, with '..', '.', empty parts and control characters made safe."""
+    parts = []
+    for part in PurePosixPath(str(name).replace(os.sep, "/")).parts:
+        if part in ("", ".", "/"):
+            continue
+        part = "_up_" if part == ".." else _CONTROL.sub("_", part)
+        parts.append(part.lstrip(".") or "_")
+    if not parts:
+        raise ValueError(f"image name {name!r} has no usable characters for a file name")
+    return parts
+
+
+def output_paths(names, suffix: str) -> list[str]:
+    """Relative output paths (POSIX) for image names: the name with its extension replaced by ``suffix``,
+    or appended (``001.png.tiff``) for names that would otherwise share a path. Unique for unique names."""
+    names = [str(n) for n in names]
+    if len(set(names)) != len(names):
+        raise ValueError("image names must be unique to name their output files")
+    stems = []
+    for name in names:
+        parts = _safe_parts(name)
+        stem, ext = os.path.splitext(parts[-1])
+        stems.append(("/".join(parts[:-1] + [stem or parts[-1]]), "/".join(parts)))
+    counts: dict[str, int] = {}
+    for short, _ in stems:
+        counts[short] = counts.get(short, 0) + 1
+    return [(short if counts[short] == 1 else full) + suffix for short, full in stems]
+
+
+def save_map_tiffs(out_dir, names, maps: np.ndarray, sizes=None) -> list[Path]:
+    """One float32 TIFF per map under out_dir (paths from ``output_paths``); sizes: each image's (H, W) to
+    resize to (PIL bilinear on the float map), or None for the maps' own resolution."""
+    out_dir = Path(out_dir)
+    paths = []
+    for rel, index in zip(output_paths(names, ".tiff"), range(len(maps))):
+        image = Image.fromarray(np.ascontiguousarray(maps[index], dtype=np.float32), mode="F")
+        if sizes is not None and tuple(sizes[index]) != maps[index].shape:
+            h, w = sizes[index]
+            image = image.resize((int(w), int(h)), Image.Resampling.BILINEAR)
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, format="TIFF")
+        paths.append(path)
+    return paths
+
+
+def colour_bar(height: int, lo: float, hi: float) -> np.ndarray:
+    """uint8 (height, width, 3) vertical jet bar, high values on top, with the scale's ends printed."""
+    ramp = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(_BAR_WIDTH, axis=1)
+    bar = np.round(jet(ramp) * 255.0).astype(np.uint8)
+    label_width = 56
+    canvas = Image.new("RGB", (_BAR_WIDTH + label_width, height), (255, 255, 255))
+    canvas.paste(Image.fromarray(bar), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    draw.text((_BAR_WIDTH + 2, 0), f"{hi:.3g}", fill=(0, 0, 0), font=font)
+    draw.text((_BAR_WIDTH + 2, height - 11), f"{lo:.3g}", fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def captioned_panel(image: np.ndarray, amap: np.ndarray, mask, caption: str, lo: float, hi: float) -> np.ndarray:
+    """One picture: a caption line over image | overlay | mask contour, with the colour bar at the right."""
+    body = panels(image[None], amap[None], None if mask is None else mask[None], 0.5, lo, hi)[0]
+    bar = colour_bar(body.shape[0], lo, hi)
+    row = np.concatenate([body, np.full((body.shape[0], 4, 3), 255, np.uint8), bar], axis=1)
+    canvas = Image.new("RGB", (row.shape[1], row.shape[0] + _CAPTION_HEIGHT), (255, 255, 255))
+    canvas.paste(Image.fromarray(row), (0, _CAPTION_HEIGHT))
+    ImageDraw.Draw(canvas).text((2, 2), caption, fill=(0, 0, 0), font=ImageFont.load_default())
+    return np.asarray(canvas)
+
+
+def caption(name: str, score: float, label=None, defect_type=None) -> str:
+    """"name | score 0.123 | anomalous (crack)" -- the label part only when it is known."""
+    text = f"{name} | score {score:.4g}"
+    if label is not None:
+        text += " | " + ("anomalous" if int(label) else "normal")
+        if defect_type:
+            text += f" ({defect_type})"
+    return text
+
+
+def save_captioned_overlays(out_dir, names, images: np.ndarray, maps: np.ndarray, masks, scores, labels,
+                            defect_types, value_scale: tuple[float, float]) -> list[Path]:
+    """Write ``captioned_panel`` PNGs for a batch of images under out_dir (paths from ``output_paths``).
+
+    images uint8 (n, H, W, 3), maps (n, H, W), masks (n, H, W) or None; value_scale: the category's shared
+    (lo, hi) colour scale (see ``heatmaps.value_range``)."""
+    out_dir = Path(out_dir)
+    lo, hi = value_scale
+    paths = []
+    for i, rel in enumerate(output_paths(names, ".png")):
+        label = None if labels is None else labels[i]
+        kind = None if defect_types is None else defect_types[i]
+        picture = captioned_panel(images[i], maps[i], None if masks is None else masks[i],
+                                  caption(names[i], float(scores[i]), label, kind), lo, hi)
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).save(path, compress_level=1)
+        paths.append(path)
+    return paths
+
+
+def save_summary(path, category: str, scores: np.ndarray, labels) -> Path:
+    """summary_<category>.png: ROC and precision-recall curves (when both classes are present) and the score
+    histograms of normal vs anomalous images (all scores when unlabelled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jzad.eval.metrics import image_metrics, roc_pr_curves
+
+    scores = np.asarray(scores, np.float64)
+    both = labels is not None and 0 < int(np.sum(labels)) < len(labels)
+    figure, axes = plt.subplots(1, 3 if both else 1, figsize=(13 if both else 5, 4), squeeze=False)
+    axes = axes[0]
+    if both:
+        labels = np.asarray(labels)
+        curves = roc_pr_curves(scores, labels)
+        summary = image_metrics(scores, labels)
+        axes[0].plot(curves["fpr"], curves["tpr"])
+        axes[0].plot([0, 1], [0, 1], linestyle=":", color="grey")
+        axes[0].set(title=f"ROC (AUROC {summary['auroc']:.3f})", xlabel="false positive rate",
+                    ylabel="true positive rate")
+        axes[1].plot(curves["recall"], curves["precision"])
+        axes[1].set(title=f"precision-recall (AP {summary['ap']:.3f})", xlabel="recall", ylabel="precision",
+                    ylim=(0, 1.02))
+        bins = np.histogram_bin_edges(scores, bins=30)
+        axes[2].hist(scores[labels == 0], bins=bins, alpha=0.6, label=f"normal ({int((labels == 0).sum())})")
+        axes[2].hist(scores[labels == 1], bins=bins, alpha=0.6, label=f"anomalous ({int(labels.sum())})")
+        axes[2].legend()
+        axes[2].set(title="image scores", xlabel="score", ylabel="images")
+    else:
+        axes[0].hist(scores, bins=30)
+        axes[0].set(title="image scores (no labels)", xlabel="score", ylabel="images")
+    figure.suptitle(category)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+__all__ = ["caption", "captioned_panel", "colour_bar", "output_paths", "save_captioned_overlays",
+           "save_map_tiffs", "save_summary", "value_range"]

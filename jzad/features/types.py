@@ -1,0 +1,60 @@
+"""Types shared by the features layer and the methods above it: what a method asks of a backbone, how
+images become model inputs, and the features a backbone returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+
+class Features(NamedTuple):
+    """Backbone outputs for N images, as a method asked for them.
+
+    layers: tuple of (N, h, w, C) patch grids, one per tapped layer (ViT tokens without the class token).
+    embeds: (N, D) image embeddings, or None when the method does not use them.
+    """
+
+    layers: tuple
+    embeds: Any = None
+
+    @property
+    def num_images(self) -> int:
+        """N, the number of images."""
+        return int(self.layers[0].shape[0])
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """What a method asks of a backbone: its tapped layers as grids, and optionally the image embedding."""
+
+    embedding: bool = False
+
+
+@dataclass(frozen=True)
+class BackboneRun:
+    """How a method runs a backbone architecture: input side, MLP activation (ViTs) and the tapped layers.
+
+    None fields take the backbone's own defaults (native size, its activation, each quarter of the depth).
+    """
+
+    image_size: int | None = None
+    activation: str | None = None
+    taps: tuple | None = None
+
+
+@dataclass(frozen=True)
+class ImagePrep:
+    """How decoded images become model inputs on the host (method-specific and parity-critical).
+
+    kind: "square" (PIL bicubic straight to size x size, aspect not kept: MuSc, FSLC, CLIP methods) or
+    "resize_crop" (PIL bilinear resize of the shorter side to resize_to, then a centre crop of size: PatchCore).
+    """
+
+    kind: str = "square"
+    resize_to: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("square", "resize_crop"):
+            raise ValueError(f"ImagePrep.kind: expected 'square' or 'resize_crop', got {self.kind!r}")
+        if self.kind == "resize_crop" and (self.resize_to is None or self.resize_to < 1):
+            raise ValueError(f"ImagePrep.resize_to: 'resize_crop' needs a positive size, got {self.resize_to!r}")

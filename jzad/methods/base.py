@@ -1,0 +1,167 @@
+"""The method seam: what every anomaly-detection method provides, and the registry of methods by name.
+
+A method is a small set of pure functions over a frozen config (the optax init/update pattern):
+
+    state = method.fit(config, references, mesh)                 # few-shot: memory banks; zero-shot: ()
+    scores, state = method.score(config, state, queries, mesh)   # one jitted program
+    scores, state = method.staged(config, state, queries, mesh, clock)   # the same arithmetic, stage by stage
+    scores = method.finalize(config, scores)                     # set-level re-scoring over a whole category
+
+``references`` and ``queries`` are feature pytrees (``Features``: backbone layer grids and, when the method asks
+for it, image embeddings). ``scores`` is a ``Scores`` pytree: patch maps (N, h, w), image scores (N,) and the
+per-image arrays ``finalize`` needs (MuSc keeps the image embeddings for RsCIN). The state is a pytree too, so
+the same functions serve a whole set, one subset, or a stream of batches.
+
+``pools`` says how queries may be grouped. A pooling method (MuSc, FSLC) scores a query set against itself, so
+the driver passes one whole subset at a time and the subset is the pool. A non-pooling method scores each image
+against its fitted state alone, so the driver may cut the queries into any batches.
+
+The command line is generic over methods: each declares its ``options`` (flags mapped to config fields) and
+builds its config from them with ``configure``; a new method needs no edit of the CLI or the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+from jzad.features.types import BackboneRun, FeatureRequest, Features, ImagePrep
+
+FEW_SHOT_MODES = ("never", "optional", "required")
+
+
+class Scores(NamedTuple):
+    """A method's output for N images.
+
+    patch_scores (N, h, w): anomaly score of each patch. image_scores (N,): anomaly score of each image.
+    keep: per-image arrays (leading axis N) that ``finalize`` needs over the whole category.
+    """
+
+    patch_scores: Any
+    image_scores: Any
+    keep: dict = {}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option of a method, mapped to a field of its config.
+
+    flag: "--r-list". field: the config field it sets (None: the method's ``configure`` reads it from the
+    option values by dest). parse: str -> value (argparse type). choices: allowed values or None.
+    """
+
+    flag: str
+    field: str | None
+    help: str
+    parse: Callable[[str], Any] = str
+    choices: tuple | None = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        """The argparse destination name ("--r-list" -> "r_list")."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method's ``configure`` may depend on: the dataset layout, the model input side, the shots."""
+
+    dataset: str
+    image_size: int
+    shots: int = 0
+
+
+class OptionError(ValueError):
+    """A command-line option that is misplaced or malformed; the message names the option."""
+
+
+def _identity_finalize(config, scores: Scores) -> Scores:
+    return scores
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registered method (see the module docstring for the contract of each function).
+
+    name: registry key (--method). summary: one line for --help. config_type: its frozen config dataclass.
+    pools: whether queries are scored as one pool (see module docstring). few_shot: "never", "optional" or
+    "required": whether it takes normal reference images (--shots). options: its command-line options.
+    request(config) -> FeatureRequest. prep(config, image_size) -> ImagePrep. backbone_run(architecture) ->
+    BackboneRun (the method's preset for a backbone architecture name). default_backbone: catalogue name used
+    when --backbone is not given; demo_backbone: the random-weight backbone of the built-in demo;
+    tiny_backbone: a small random backbone of the right family for tests and quick checks.
+    configure(values: dict, context: RunContext) -> config, from option values (dest -> value, defaults filled).
+    maps(config, patch_scores (N, h, w), size (H, W)) -> (N, H, W) anomaly maps at image resolution.
+    stages: names of the stages ``staged`` times, in order (for reports). finalize(config, scores) -> scores:
+    set-level re-scoring over a whole category (identity by default), timed as ``finalize_stage``.
+    """
+
+    name: str
+    summary: str
+    config_type: type
+    pools: bool
+    few_shot: str
+    options: tuple
+    request: Callable
+    fit: Callable
+    score: Callable
+    staged: Callable
+    configure: Callable
+    maps: Callable
+    backbone_run: Callable
+    default_backbone: str
+    demo_backbone: str
+    stages: tuple
+    tiny_backbone: str = "random-tiny"
+    prep: Callable = field(default=lambda config, image_size: ImagePrep())
+    finalize: Callable = _identity_finalize
+    finalize_stage: str = "finalize"
+
+    def __post_init__(self):
+        if self.few_shot not in FEW_SHOT_MODES:
+            raise ValueError(f"Method {self.name}: few_shot must be one of {FEW_SHOT_MODES}, got {self.few_shot!r}")
+        names = [f.name for f in fields(self.config_type)]
+        for option in self.options:
+            if option.field is not None and option.field not in names:
+                raise ValueError(f"Method {self.name}: option {option.flag} sets unknown config field {option.field!r}")
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method to the registry under its name (names are unique)."""
+    if method.name in _REGISTRY and _REGISTRY[method.name] is not method:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    """The registered method called name; unknown names raise ValueError listing the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def method_names() -> tuple[str, ...]:
+    """Names of every registered method, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def check_finite(features: Features, names=None, what: str = "features") -> None:
+    """Raise ValueError naming the images whose features hold NaN or inf (a silent NaN would spread to every
+    score of a pooling method). names: (N,) image names for the message (indices when None)."""
+    leaves = list(features.layers) + ([] if features.embeds is None else [features.embeds])
+    bad = None
+    for leaf in leaves:
+        per_image = jax.numpy.all(jax.numpy.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+        bad = ~per_image if bad is None else bad | ~per_image
+    indices = [int(i) for i in jax.numpy.flatnonzero(bad)]
+    if indices:
+        shown = [names[i] if names is not None else str(i) for i in indices[:5]]
+        more = f" and {len(indices) - 5} more" if len(indices) > 5 else ""
+        raise ValueError(f"{what} of {len(indices)} image(s) are not finite (NaN or inf): {', '.join(shown)}{more}")

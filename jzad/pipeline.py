@@ -1,0 +1,253 @@
+"""The one driver every caller uses: decode -> extract -> method -> maps -> metrics for a category.
+
+The command line (``jzad.run``), the benchmarks and the tests call ``run_category``, so the benchmark times
+exactly what users run. Each stage is timed on a ``StageClock`` (device-synchronised, compile time apart).
+
+Memory: a category is processed group by group. A pooling method (MuSc, FSLC) gets one subset at a time (MuSc's
+``divide_num``; the official split by default), a non-pooling method fixed-size chunks. Only that group's images
+are decoded and only its features live on the device; the host keeps the per-image outputs (image scores,
+patch maps, maps at the model input size for the metrics). Host memory is bounded by the largest group plus
+those outputs, never by the features of the whole set. Set-level re-scoring (MuSc's RsCIN) runs once over the
+whole category after every group is scored.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jzad.data.sources import prefetch_batches
+from jzad.data.subsets import official_subsets, stratified_subsets
+from jzad.data.imageset import ImageSet
+from jzad.eval import metrics as jmetrics
+from jzad.features import Backbone, extract
+from jzad.methods.base import Method, Scores, check_finite
+from jzad.progress import RunProgress
+from jzad.timing import StageClock
+
+METRIC_COLUMNS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pro")
+SPLITS = ("official", "balanced")
+MAP_CHUNK = 32
+
+
+@dataclass(frozen=True, eq=False)
+class Scorer:
+    """A method bound to its config, a backbone, a device mesh (None: one device) and the extraction batch."""
+
+    method: Method
+    config: Any
+    backbone: Backbone
+    mesh: Any = None
+    batch_size: int = 8
+
+    @property
+    def request(self):
+        """The features the method asks of the backbone."""
+        return self.method.request(self.config)
+
+    @property
+    def prep(self):
+        """How images become model inputs for this method."""
+        return self.method.prep(self.config, self.backbone.image_size)
+
+
+@dataclass
+class CategoryResult:
+    """Everything a category run produced, host-side.
+
+    image_scores (N,) after ``finalize``; image_scores_raw (N,) before it; patch_scores (N, h, w); maps
+    (N, S, S) float32 at the model input size (what the metrics use); masks (N, S, S) bool or None;
+    original_sizes: each image's (H, W) on disk; groups: the index arrays scored together.
+    """
+
+    category: str
+    names: tuple
+    labels: np.ndarray | None
+    defect_types: tuple
+    image_scores: np.ndarray
+    image_scores_raw: np.ndarray
+    patch_scores: np.ndarray
+    maps: np.ndarray
+    masks: np.ndarray | None
+    mask_report: dict | None
+    original_sizes: list
+    groups: list
+    metrics: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def score_groups(method: Method, num_images: int, defect_types, subsets: int, split: str = "official",
+                 chunk: int = 64) -> list[np.ndarray]:
+    """The index groups a category is scored in: MuSc's subsets for a pooling method (``split`` "official"
+    or "balanced"), consecutive chunks of ``chunk`` images otherwise."""
+    if method.pools:
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        if subsets == 1:
+            return [np.arange(num_images)]
+        if split == "official":
+            return official_subsets(defect_types, subsets)
+        image_set = ImageSet("in-memory", "", tuple(str(i) for i in range(num_images)), None,
+                             tuple(defect_types), (None,) * num_images, False)
+        return stratified_subsets(image_set, subsets)
+    return [np.arange(first, min(first + chunk, num_images)) for first in range(0, num_images, chunk)]
+
+
+def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None):
+    """Decode (thread pool, ahead of the device) and extract the images at ``indices`` -> (Features, sizes)."""
+    sizes = []
+    decoded_batches = prefetch_batches(source, indices, scorer.prep, scorer.backbone.image_size, scorer.batch_size)
+
+    def images():
+        for _, decoded in decoded_batches:
+            sizes.extend(decoded.sizes)
+            yield decoded.images
+
+    features = extract(scorer.backbone, scorer.request, images(), scorer.batch_size, clock,
+                       on_batch=None if task is None else task.advance)
+    return features, sizes
+
+
+def fit(scorer: Scorer, references, clock: StageClock, task=None):
+    """The method's state from its reference images (a source, or None for zero-shot)."""
+    ref_features = None
+    if references is not None:
+        ref_features, _ = extract_source(scorer, references, np.arange(len(references)), clock, task)
+        check_finite(ref_features, references.names, "reference features")
+    return clock.run("fit", scorer.method.fit, scorer.config, ref_features, scorer.mesh)
+
+
+def maps_at(method: Method, config, patch_scores: np.ndarray, size: int, clock: StageClock) -> np.ndarray:
+    """Anomaly maps (n, size, size) float32 from patch scores (n, h, w), computed in padded chunks of
+    ``MAP_CHUNK`` so one shape is compiled."""
+    n = patch_scores.shape[0]
+    out = np.empty((n, size, size), np.float32)
+    chunk = min(MAP_CHUNK, n)
+    for first in range(0, n, chunk):
+        block = patch_scores[first:first + chunk]
+        real = block.shape[0]
+        if real < chunk:
+            block = np.concatenate([block, np.repeat(block[-1:], chunk - real, axis=0)])
+        out[first:first + real] = np.asarray(clock.run("upsample", method.maps, config, jnp.asarray(block),
+                                                       (size, size)))[:real]
+    return out
+
+
+def _to_host(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def score_source(scorer: Scorer, state, source, groups, clock: StageClock, progress: RunProgress | None = None,
+                 label: str = ""):
+    """Score every group of ``source`` (decode, extract, method stages, maps) -> (host arrays dict, state).
+
+    Returns keys image_scores_raw (N,), patch_scores (N, h, w), maps (N, S, S), keep (dict of (N, ...)),
+    original_sizes (list of (H, W)).
+    """
+    progress = progress or RunProgress(False)
+    n = len(source)
+    size = scorer.backbone.image_size
+    extract_task = progress.task(f"{label} decode+extract", n)
+    score_task = progress.task(f"{label} {scorer.method.name}", len(groups))
+    clock_hook = clock.on_start
+    clock.on_start = lambda stage: (score_task.stage(stage) if stage != "extract" else extract_task.stage(stage))
+    image_raw = np.zeros(n, np.float32)
+    patch = maps = None
+    keep: dict = {}
+    sizes: list = [None] * n
+    try:
+        for indices in groups:
+            features, group_sizes = extract_source(scorer, source, indices, clock, extract_task)
+            check_finite(features, [source.names[i] for i in indices])
+            scores, state = scorer.method.staged(scorer.config, state, features, scorer.mesh, clock)
+            del features
+            host = _to_host(scores)
+            if patch is None:
+                patch = np.zeros((n,) + host.patch_scores.shape[1:], np.float32)
+                maps = np.zeros((n, size, size), np.float32)
+            patch[indices] = host.patch_scores
+            image_raw[indices] = host.image_scores
+            for key, value in host.keep.items():
+                if key not in keep:
+                    keep[key] = np.zeros((n,) + value.shape[1:], value.dtype)
+                keep[key][indices] = value
+            maps[indices] = maps_at(scorer.method, scorer.config, host.patch_scores, size, clock)
+            for index, shape in zip(indices, group_sizes):
+                sizes[int(index)] = shape
+            score_task.advance(1)
+    finally:
+        clock.on_start = clock_hook
+    score_task.stage("done")
+    return {"image_scores_raw": image_raw, "patch_scores": patch, "maps": maps, "keep": keep,
+            "original_sizes": sizes}, state
+
+
+def finalize(scorer: Scorer, outputs: dict, clock: StageClock) -> np.ndarray:
+    """The method's set-level re-scoring over a whole category -> final image scores (N,)."""
+    scores = Scores(jnp.asarray(outputs["patch_scores"]), jnp.asarray(outputs["image_scores_raw"]),
+                    {k: jnp.asarray(v) for k, v in outputs["keep"].items()})
+    final = clock.run(scorer.method.finalize_stage, scorer.method.finalize, scorer.config, scores)
+    return np.asarray(final.image_scores, np.float32)
+
+
+def category_metrics(labels, masks, image_scores: np.ndarray, maps: np.ndarray, aupro_convention: str) -> dict:
+    """Image metrics when labels hold both classes, pixel metrics and PRO when masks hold defects; nan else."""
+    out = {name: float("nan") for name in METRIC_COLUMNS}
+    if labels is not None and 0 < int(labels.sum()) < len(labels):
+        image = jmetrics.image_metrics(image_scores, labels)
+        out.update(image_auroc=image["auroc"], image_ap=image["ap"], image_f1_max=image["f1_max"])
+    if masks is not None and masks.any():
+        pixel = jmetrics.pixel_metrics(maps, masks)
+        out.update(pixel_auroc=pixel["auroc"], pixel_ap=pixel["ap"], pixel_f1_max=pixel["f1_max"])
+        out["pro"] = jmetrics.aupro(maps, masks, convention=aupro_convention)
+    return out
+
+
+def run_category(
+    scorer: Scorer,
+    source,
+    category: str,
+    references=None,
+    subsets: int = 1,
+    split: str = "official",
+    chunk: int = 64,
+    aupro_convention: str = "mvtec",
+    clock: StageClock | None = None,
+    progress: RunProgress | None = None,
+) -> CategoryResult:
+    """One category end to end: fit on the references, score every group, finalize, maps, masks, metrics."""
+    clock = clock or StageClock()
+    progress = progress or RunProgress(False)
+    n = len(source)
+    if subsets < 1 or subsets > n:
+        raise ValueError(f"--subsets: expected 1..{n} (the category's image count), got {subsets}")
+    groups = score_groups(scorer.method, n, source.defect_types, subsets, split, chunk)
+    ref_task = progress.task(f"{category} references", len(references)) if references is not None else None
+    state = fit(scorer, references, clock, ref_task)
+    outputs, _ = score_source(scorer, state, source, groups, clock, progress, category)
+    image_scores = finalize(scorer, outputs, clock)
+    masks, mask_report = None, None
+    if source.has_masks:
+        masks, mask_report = source.masks(scorer.prep, scorer.backbone.image_size)
+    result = CategoryResult(
+        category=category, names=tuple(source.names), labels=source.labels, defect_types=tuple(source.defect_types),
+        image_scores=image_scores, image_scores_raw=outputs["image_scores_raw"],
+        patch_scores=outputs["patch_scores"], maps=outputs["maps"], masks=masks, mask_report=mask_report,
+        original_sizes=outputs["original_sizes"], groups=[np.asarray(g) for g in groups],
+    )
+    result.metrics = category_metrics(source.labels, masks, image_scores, result.maps, aupro_convention)
+    return result
+
+
+def peak_memory() -> dict:
+    """Peak host RSS of this process so far (MiB) and, where the backend reports it, peak device memory."""
+    out = {"host_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        out["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
+    return out
