@@ -1,6 +1,6 @@
 """Image decoding: files -> RGB PIL images -> fixed-size uint8 arrays.
 
-Formats: PNG, JPEG (and MPO), BMP, TIFF, GIF, WebP, PPM/PGM, recognised by content, not by extension
+Formats: PNG, JPEG (and MPO, which Pillow opens through JPEG), BMP, TIFF, GIF, WebP, PPM/PGM, recognised by content, not by extension
 (`DECODE_FORMATS`); the first frame of a multi-frame file is used. The EXIF orientation tag is ignored (pixels
 as stored), as the reference pipelines do, so masks stay aligned with their images.
 
@@ -40,8 +40,8 @@ from PIL import Image
 
 from jzad.data.errors import DataError, DataNotFoundError
 
-DECODE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM")
-"""Pillow formats `open_image` accepts (identified by the file's content)."""
+DECODE_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM")
+"""Pillow formats `open_image` accepts (identified by the file's content; JPEG includes MPO)."""
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _TIFF_BITS, _TIFF_SAMPLE_FORMAT = 258, 339

@@ -353,7 +353,7 @@ def _read_mtd(
         chosen = list(classes)
         unknown = [c for c in chosen if c not in found]
         if unknown or not chosen:
-            raise ValueError(f"mtd: unknown classes {unknown or chosen}; {root} has {found}")
+            raise DataError(f"mtd: unknown classes {unknown or chosen}; {root} has {found}", root)
     rows = []
     for cls in sorted(set(chosen)):
         img_dir = root / f"MT_{cls}" / "Imgs"
