@@ -20,7 +20,7 @@ from PIL import Image
 from jzad.data.decode import load_image, load_images, open_image, to_rgb_array
 from jzad.data.errors import DataError, DataNotFoundError
 from jzad.data.imageset import ImageSet
-from jzad.data.masks import load_mask, mask_size_warnings, read_masks, read_set_masks
+from jzad.data.masks import mask_size_warnings, read_masks, read_set_masks
 from jzad.data.names import display_name, output_names
 from jzad.data.readers import list_categories, read_dataset
 
@@ -242,6 +242,13 @@ def test_two_value_masks_and_report(tmp_path: Path) -> None:
     assert report.num_masks == len(paths) and report.num_empty == 0 and report.rule == "exact_one"
     assert report.threshold == 127 and report.size == shape
     assert "4 two-valued masks" in report.summary() and report.summary().startswith("d/c: 9 masks")
+    # a 16-bit mask with three values: the threshold applies to value / 257 (30000 -> 117 dropped, 33000 ->
+    # 128 kept at 127; at threshold 116 both are kept)
+    soft16 = truth.astype(np.uint16) * 33000
+    soft16[truth & (np.arange(shape[1]) < 4)] = 30000
+    path16 = _save(soft16, tmp_path / "soft16.png")
+    np.testing.assert_array_equal(read_masks([path16], [1], shape, "half", 127)[0][0], soft16 == 33000)
+    np.testing.assert_array_equal(read_masks([path16], [1], shape, "half", 116)[0][0], truth)
 
 
 def test_empty_masks_counted(tmp_path: Path) -> None:

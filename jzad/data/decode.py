@@ -1,8 +1,9 @@
 """Image decoding: files -> RGB PIL images -> fixed-size uint8 arrays.
 
-Formats: PNG, JPEG (and MPO, which Pillow opens through JPEG), BMP, TIFF, GIF, WebP, PPM/PGM, recognised by content, not by extension
-(`DECODE_FORMATS`); the first frame of a multi-frame file is used. The EXIF orientation tag is ignored (pixels
-as stored), as the reference pipelines do, so masks stay aligned with their images.
+Formats: PNG, JPEG (and MPO, which Pillow opens through JPEG), BMP, TIFF, GIF, WebP, PPM/PGM, recognised by
+content, not by extension (`DECODE_FORMATS`); the first frame of a multi-frame file is used. The EXIF
+orientation tag is ignored (pixels as stored), as the reference pipelines do, so masks stay aligned with
+their images.
 
 Every Pillow mode becomes 8-bit RGB by an explicit rule (`to_rgb_array`):
 - "RGB": as stored. "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV": Pillow's conversion to RGB; an alpha
@@ -115,7 +116,7 @@ def integer_full_scale(image: Image.Image) -> int:
     mode = image.mode
     if mode in SIXTEEN_BIT_MODES:
         return 65535
-    if mode in ("L", "LA", "La", "P", "PA"):
+    if mode in ("L", "LA", "La"):
         signed = image.format == "TIFF" and _tiff_tag(image, _TIFF_SAMPLE_FORMAT) == 2 and mode == "L"
         return 127 if signed else 255
     if mode == "1":

@@ -52,7 +52,7 @@ def _safe_char(ch: str) -> str:
 
 
 def _shorten(component: str) -> str:
-    if len(component.encode("utf-8", "surrogatepass")) <= _MAX_COMPONENT_BYTES:
+    if len(component.encode("utf-8")) <= _MAX_COMPONENT_BYTES:
         return component
     stem, dot, ext = component.rpartition(".")
     if not dot or len(ext) > 16:

@@ -386,8 +386,8 @@ def _looks_like_mask(path: Path) -> bool:
     if image.mode not in ("1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "P"):
         return False
     if image.mode == "P":
-        palette = np.asarray(image.convert("RGB"))
-        if not (palette[..., 0] == palette[..., 1]).all() or not (palette[..., 1] == palette[..., 2]).all():
+        rgb = np.asarray(image.convert("RGB"))
+        if not (rgb[..., 0] == rgb[..., 1]).all() or not (rgb[..., 1] == rgb[..., 2]).all():
             return False
     values, full = mask_values(image, path)
     nonzero = values[values != 0]
