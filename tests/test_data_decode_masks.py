@@ -150,7 +150,11 @@ def test_mask_threshold(tmp_path: Path) -> None:
     visa_like[1:3, 1:4] = 1  # VisA stores class ids, not 255
     path = _save(visa_like, tmp_path / "v.png")
     np.testing.assert_array_equal(load_mask(path, 6, "nonzero", threshold=0), visa_like > 0)
-    assert not load_mask(path, 6, "nonzero", threshold=127).any()
+    # two-valued (0 and 1): binarised by > 0 whatever the threshold (issue 11: such masks used to vanish)
+    np.testing.assert_array_equal(load_mask(path, 6, "nonzero", threshold=127), visa_like > 0)
+    multi = visa_like.copy()
+    multi[4, 4] = 2  # three values: the threshold applies again
+    assert not load_mask(_save(multi, tmp_path / "v3.png"), 6, "nonzero", threshold=127).any()
     soft = np.array([[0, 100, 128, 255]], np.uint8)
     np.testing.assert_array_equal(load_mask(_save(soft, tmp_path / "s.png"), (1, 4), "half"), [[0, 0, 1, 1]])
     with pytest.raises(ValueError, match="unknown mask rule"):

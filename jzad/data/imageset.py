@@ -24,6 +24,8 @@ class ImageSet:
         all zeros) and for anomalous images whose mask was allowed to be missing.
     has_masks: True when pixel ground truth is known for every image (labels known and every anomalous
         image has a mask path), i.e. pixel metrics can be computed.
+    skipped: (path, reason) of files with an image extension that the reader saw and left out (mask files
+        in a plain folder, symlink loops), so a caller can say how many images it found and skipped.
     """
 
     dataset: str
@@ -33,8 +35,11 @@ class ImageSet:
     defect_types: tuple[str, ...]
     mask_paths: tuple[str | None, ...]
     has_masks: bool
+    skipped: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        skipped = tuple((str(p), str(r)) for p, r in self.skipped)
+        object.__setattr__(self, "skipped", skipped)
         object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
         object.__setattr__(self, "defect_types", tuple(str(t) for t in self.defect_types))
         object.__setattr__(
@@ -69,6 +74,19 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def summary(self) -> str:
+        """One line: images found (anomalous among them when labelled) and files skipped, by reason."""
+        line = f"{self.dataset}/{self.category}: {len(self)} images"
+        if self.labels is not None:
+            line += f" ({self.num_anomalous} anomalous)"
+        if self.skipped:
+            reasons: dict[str, int] = {}
+            for _, reason in self.skipped:
+                reasons[reason] = reasons.get(reason, 0) + 1
+            detail = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+            line += f"; skipped {len(self.skipped)} files ({detail})"
+        return line
+
     @property
     def num_anomalous(self) -> int | None:
         """Number of anomalous images, or None when labels are unknown."""
@@ -90,4 +108,5 @@ class ImageSet:
             defect_types=tuple(self.defect_types[i] for i in picked),
             mask_paths=tuple(self.mask_paths[i] for i in picked),
             has_masks=self.has_masks,
+            skipped=self.skipped,
         )
