@@ -37,6 +37,8 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from jzad.backbone.preprocess import _to_rgb_image
+
 MEAN = (127.0 / 255.0,) * 3
 STD = (128.0 / 255.0,) * 3
 """Per-channel normalisation the Lite weights were trained with, for RGB in [0, 1]: (x - MEAN) / STD."""
@@ -484,8 +486,6 @@ def preprocess_efficientnet(images: Sequence, size: int) -> np.ndarray:
     The whole image is resized to (size, size) with PIL's bicubic filter (aspect not kept, no centre crop:
     what jzad's pipelines feed a backbone), scaled to [0, 1] and normalised as the Lite weights expect.
     """
-    from jzad.backbone.preprocess import _to_rgb_image
-
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     if isinstance(images, (Image.Image, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):

@@ -125,14 +125,12 @@ def _strip(state: Mapping) -> dict[str, np.ndarray]:
 
 
 def _mismatches(state: Mapping[str, np.ndarray], config: EfficientNetConfig) -> list[str]:
-    """Reasons state is not a checkpoint of config (the classifier's class count is not checked)."""
+    """Reasons state is not a checkpoint of config: missing, unexpected and mis-shaped keys."""
     expected = expected_torch_shapes(config)
     problems = []
     for key, shape in expected.items():
         if key not in state:
             problems.append(f"missing key {key!r} (expected shape {shape})")
-        elif key.startswith("_fc."):
-            continue
         elif tuple(state[key].shape) != shape:
             problems.append(f"key {key!r} has shape {tuple(state[key].shape)}, expected {shape}")
     problems += [f"unexpected key {key!r} with shape {tuple(state[key].shape)}" for key in state if key not in expected]
@@ -140,6 +138,7 @@ def _mismatches(state: Mapping[str, np.ndarray], config: EfficientNetConfig) -> 
 
 
 def _with_classes(config: EfficientNetConfig, state: Mapping[str, np.ndarray]) -> EfficientNetConfig:
+    """config with num_classes read from a (K, head_channels) ``_fc.weight``; unchanged otherwise."""
     fc = state.get("_fc.weight")
     if fc is None or fc.ndim != 2 or fc.shape[1] != config.head_channels:
         return config
@@ -242,8 +241,8 @@ def read_torch_state(path: str | Path) -> dict[str, np.ndarray]:
 def load_efficientnet(
     path: str | Path | None = None, variant: str = "efficientnet-lite0", config: EfficientNetConfig | None = None
 ):
-    """(params, config) from a checkpoint file, or from the installed weights package of variant when path
-    is None (ValueError if that package is not installed)."""
+    """(params, config) from a checkpoint file (variant inferred unless config is given), or, when path is
+    None, from the installed weights package of variant (ValueError if that package is not installed)."""
     if path is None:
         path = packaged_checkpoint(variant)
         if path is None:
