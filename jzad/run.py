@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="dataset root; omitted = built-in synthetic demo")
     p.add_argument("--dataset", choices=jdata.DATASETS, default="mvtec", help="layout of --data")
     p.add_argument("--category", default="all", help="category name, or 'all' for every category")
+    p.add_argument("--infer-labels", action="store_true",
+                   help="--dataset folder: images under good/ok/normal folders are normal, others anomalous")
     p.add_argument("--backbone", default=None,
                    help="ported or catalogue name (`python -m jzad.weights list`), or random-<architecture> for "
                    "random weights of the real shape; default: the method's demo backbone without --data, its "
@@ -165,6 +167,8 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
             raise OptionError(f"{flag} does not apply to --method {method.name}")
     if args.maps_at_image_size and not args.save_maps:
         raise OptionError("--maps-at-image-size needs --save-maps")
+    if args.infer_labels and args.dataset != "folder":
+        raise OptionError("--infer-labels applies to --dataset folder only")
     values = {o.dest: given[o.dest] for o in method.options if o.dest in given}
     values["precision"] = args.precision
     return values
@@ -214,15 +218,19 @@ def demo_sources(size: int, seed: int, shots: int):
 
 
 def data_sources(args, category: str, shots: int):
-    """One category of --data as sources: the test images (named as seen under --data) and the references."""
-    image_set = jdata.read_dataset(args.dataset, args.data, category)
+    """One category of --data as sources: the test images (named as seen under --data) and the first ``shots``
+    normal train images as references (labelled-normal only: re-split MPDD trains hold defects too)."""
+    options = {"infer_labels": True} if args.infer_labels else {}
+    image_set = jdata.read_dataset(args.dataset, args.data, category, **options)
+    print(image_set.summary(), file=sys.stderr)
     source = jdata.FileImages(image_set, root=args.data)
     references = None
     if shots:
-        train = jdata.read_dataset(args.dataset, args.data, category, split="train")
-        if len(train) < shots:
-            raise UserError(f"--shots {shots}: {category} has only {len(train)} normal train images")
-        references = jdata.FileImages(train.select(range(shots)), root=args.data)
+        train = jdata.read_dataset(args.dataset, args.data, category, split="train", **options)
+        normal = [i for i in range(len(train)) if train.labels is None or train.labels[i] == 0]
+        if len(normal) < shots:
+            raise UserError(f"--shots {shots}: {category} has only {len(normal)} normal train images")
+        references = jdata.FileImages(train.select(normal[:shots]), root=args.data)
     return source, references
 
 
@@ -373,6 +381,10 @@ def run(args: argparse.Namespace) -> int:
                           file=sys.stderr)
                     result = run_category(scorer, source, category, references, subsets, split,
                                           aupro_convention=args.aupro, clock=clock, progress=progress)
+                    if result.mask_report is not None:
+                        print(result.mask_report["summary"], file=sys.stderr)
+                        if result.mask_report.get("warning"):
+                            print(f"warning: {result.mask_report['warning']}", file=sys.stderr)
                     written = write_category_outputs(args, out, result, scorer, source, clock)
                 except (ValueError, OSError, UserError) as err:
                     if args.debug:

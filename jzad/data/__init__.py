@@ -4,7 +4,8 @@ I/O lives here, at the edge: readers list files into an `ImageSet`, `load_images
 into NumPy arrays that the methods and metrics consume. Nothing here imports torch or transformers.
 """
 
-from jzad.data.decode import load_image, load_images, open_image, resize_rgb
+from jzad.data.decode import DECODE_FORMATS, image_hw, load_image, load_images, open_image, resize_rgb, to_rgb_array
+from jzad.data.errors import DataError, DataNotFoundError
 from jzad.data.imageset import ImageSet
 from jzad.data.masks import (
     DEFAULT_MASK_RULES,
@@ -13,15 +14,41 @@ from jzad.data.masks import (
     binarize_mask,
     load_mask,
     load_masks,
+    MaskReport,
+    decode_mask,
     load_set_masks,
+    mask_size_warnings,
+    read_masks,
+    read_set_masks,
     resize_binary_mask,
 )
-from jzad.data.readers import DATASETS, IMAGE_EXTENSIONS, MASK_EXTENSIONS, list_categories, read_dataset
+from jzad.data.names import display_name, output_names
+from jzad.data.readers import (
+    DATASETS,
+    IMAGE_EXTENSIONS,
+    MASK_EXTENSIONS,
+    MASK_FOLDER_NAMES,
+    list_categories,
+    read_dataset,
+)
 from jzad.data.sources import ArrayImages, FileImages, prefetch_batches
 from jzad.data.subsets import official_subsets, stratified_subsets
 from jzad.data.synthetic import DEFECT_KINDS, make_synthetic_set, write_synthetic_mvtec
 
 __all__ = [
+    "DECODE_FORMATS",
+    "DataError",
+    "DataNotFoundError",
+    "MASK_FOLDER_NAMES",
+    "MaskReport",
+    "decode_mask",
+    "display_name",
+    "image_hw",
+    "mask_size_warnings",
+    "output_names",
+    "read_masks",
+    "read_set_masks",
+    "to_rgb_array",
     "ArrayImages",
     "FileImages",
     "official_subsets",

@@ -258,6 +258,7 @@ def read_masks(
     image_paths: Sequence[str | os.PathLike] | None = None,
     dataset: str = "?",
     category: str = "?",
+    geometry=None,
 ) -> tuple[np.ndarray, MaskReport]:
     """Ground-truth masks and what reading them did: (bool (N, H, W), MaskReport).
 
@@ -266,7 +267,8 @@ def read_masks(
     values of masks with more than two values (module doc). image_paths (N,): when given, each mask's size
     is compared with its image's (header only; an image file that does not exist is `load_images`' error
     to report, not this function's) and mismatches are reported. dataset, category: labels for
-    the report.
+    the report. geometry: optional (h, w) of a mask file -> ((H', W') to resize to, centre-crop side or None),
+    for inputs that are resized and cropped (PatchCore); by default every mask is resized to ``size``.
     """
     _check_rule(rule)
     threshold = _check_threshold(threshold)
@@ -303,7 +305,12 @@ def read_masks(
             image_size = image_hw(image_paths[i])
             if binary.shape != image_size:
                 mismatches.append((path, tuple(binary.shape), image_size))
-        out[i] = resize_binary_mask(binary.astype(np.uint8) * np.uint8(255), (h, w), rule)
+        if geometry is None:
+            out[i] = resize_binary_mask(binary.astype(np.uint8) * np.uint8(255), (h, w), rule)
+        else:
+            shape, crop = geometry(*binary.shape)
+            resized = resize_binary_mask(binary.astype(np.uint8) * np.uint8(255), shape, rule)
+            out[i] = resized if crop is None else _center_crop(resized, crop)
         if not binary.any():
             empty_files.append(path)
         elif not out[i].any():
@@ -323,6 +330,15 @@ def read_masks(
     return out, report
 
 
+def _center_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """The central size x size window as torchvision's CenterCrop picks it."""
+    h, w = array.shape[:2]
+    if h < size or w < size:
+        raise ValueError(f"center crop {size} is larger than the resized mask {h}x{w}")
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return array[top:top + size, left:left + size]
+
+
 def load_masks(
     mask_paths: Sequence[str | os.PathLike | None],
     labels: Sequence[int] | np.ndarray,
@@ -339,6 +355,7 @@ def read_set_masks(
     size: int | Sequence[int],
     rule: str | None = None,
     threshold: int | None = None,
+    geometry=None,
 ) -> tuple[np.ndarray, MaskReport]:
     """`read_masks` for an ImageSet with its dataset's default rule and threshold, sizes checked against
     the set's images: (bool (N, H, W), MaskReport)."""
@@ -359,6 +376,7 @@ def read_set_masks(
         image_paths=image_set.paths,
         dataset=image_set.dataset,
         category=image_set.category,
+        geometry=geometry,
     )
 
 

@@ -19,9 +19,10 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from jzad.data.decode import load_image, open_image
+from jzad.data.decode import load_image
 from jzad.data.imageset import ImageSet
-from jzad.data.masks import DEFAULT_MASK_RULES, DEFAULT_MASK_THRESHOLDS, binarize_mask, resize_binary_mask
+from jzad.data.masks import _center_crop, read_set_masks, resize_binary_mask
+from jzad.data.names import display_name
 from jzad.features.types import ImagePrep
 
 
@@ -39,12 +40,7 @@ def resized_shape(width: int, height: int, prep: ImagePrep, size: int) -> tuple[
 def center_crop(array: np.ndarray, size: int) -> np.ndarray:
     """The central size x size window of (H, W, ...) as torchvision's CenterCrop picks it (round half to even of
     (H - size) / 2); H, W >= size."""
-    h, w = array.shape[:2]
-    if h < size or w < size:
-        raise ValueError(f"center_crop: image {h}x{w} is smaller than the crop {size}")
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return array[top:top + size, left:left + size]
+    return _center_crop(array, size)
 
 
 def prepare_image(image: Image.Image, prep: ImagePrep, size: int) -> np.ndarray:
@@ -58,16 +54,6 @@ def prepare_image(image: Image.Image, prep: ImagePrep, size: int) -> np.ndarray:
         image = image.resize((w, h), resample=resample)
     array = np.asarray(image, dtype=np.uint8)
     return array if prep.kind == "square" else center_crop(array, size)
-
-
-def prepare_mask(path: str, prep: ImagePrep, size: int, rule: str, threshold: int) -> tuple[np.ndarray, tuple]:
-    """A mask file -> (bool (size, size) at the model input geometry, the file's (H, W)). Binarised by
-    ``threshold``, resized (PIL bilinear) to the prep's resize shape, the dataset's rule applied, then
-    centre-cropped like its image."""
-    gray = np.asarray(open_image(path).convert("L"), dtype=np.uint8)
-    h, w = resized_shape(gray.shape[1], gray.shape[0], prep, size)
-    mask = resize_binary_mask(binarize_mask(gray, threshold), (h, w), rule)
-    return (mask if prep.kind == "square" else center_crop(mask, size)), gray.shape
 
 
 @dataclass(frozen=True)
@@ -85,7 +71,7 @@ class FileImages:
                  names: Sequence[str] | None = None):
         self.image_set = image_set
         if names is None:
-            names = [_display_name(p, root) for p in image_set.paths]
+            names = [display_name(p, root) if root is not None else str(p) for p in image_set.paths]
         self.names = tuple(names)
         self.labels = None if image_set.labels is None else np.asarray(image_set.labels, np.int64)
         self.defect_types = tuple(image_set.defect_types)
@@ -109,23 +95,17 @@ class FileImages:
         return Decoded(images, tuple(sizes))
 
     def masks(self, prep: ImagePrep, size: int) -> tuple[np.ndarray, dict]:
-        """bool (N, S, S) ground truth at the model input geometry and a report (rule, threshold, files read,
-        empty masks, masks whose size differs from their image)."""
-        if not self.has_masks:
-            raise ValueError(f"{self.image_set.category}: pixel ground truth is not known for every image")
-        dataset = self.image_set.dataset
-        rule = DEFAULT_MASK_RULES.get(dataset, "half")
-        threshold = DEFAULT_MASK_THRESHOLDS.get(dataset, 127)
-        out = np.zeros((len(self), size, size), bool)
-        empty = 0
-        read = 0
-        for i, (label, path) in enumerate(zip(self.labels, self.image_set.mask_paths)):
-            if label == 0:
-                continue
-            out[i], _ = prepare_mask(path, prep, size, rule, threshold)
-            read += 1
-            empty += int(not out[i].any())
-        return out, {"rule": rule, "threshold": threshold, "files": read, "empty_anomalous": empty}
+        """bool (N, S, S) ground truth at the model input geometry and what reading it did (``MaskReport``
+        fields, its one-line summary and the mask-size warning, if any)."""
+
+        def geometry(h: int, w: int):
+            return resized_shape(w, h, prep, size), (None if prep.kind == "square" else size)
+
+        masks, report = read_set_masks(self.image_set, (size, size), geometry=geometry)
+        return masks, {"rule": report.rule, "threshold": report.threshold, "masks_read": report.num_masks,
+                       "two_value": len(report.two_value), "empty_anomalous": report.num_empty,
+                       "size_mismatches": len(report.size_mismatches), "summary": report.summary(),
+                       "warning": report.size_warning()}
 
 
 class ArrayImages:
@@ -166,17 +146,9 @@ class ArrayImages:
         if masks.shape[1:] != (size, size):
             masks = np.stack([resize_binary_mask(m.astype(np.uint8) * 255, size, "half") for m in masks])
         empty = int(sum(1 for m, v in zip(masks, self.labels) if v == 1 and not m.any()))
-        return masks, {"rule": "given", "threshold": None, "files": 0, "empty_anomalous": empty}
-
-
-def _display_name(path: str, root) -> str:
-    """The path as the user sees it under root (symlinks not resolved), else the path itself."""
-    if root is None:
-        return str(path)
-    try:
-        return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
-    except ValueError:
-        return str(path)
+        return masks, {"rule": "given", "threshold": None, "masks_read": 0, "empty_anomalous": empty,
+                       "summary": f"{len(masks)} masks given in memory, {empty} anomalous with an empty mask",
+                       "warning": None}
 
 
 def prefetch_batches(source, indices: Sequence[int], prep: ImagePrep, size: int, batch_size: int,
@@ -205,4 +177,4 @@ def prefetch_batches(source, indices: Sequence[int], prep: ImagePrep, size: int,
 
 
 __all__ = ["ArrayImages", "Decoded", "FileImages", "center_crop", "prefetch_batches", "prepare_image",
-           "prepare_mask", "resized_shape"]
+           "resized_shape"]

@@ -13,47 +13,27 @@
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path, PurePosixPath
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from jzad.data.names import output_names
 from jzad.eval.heatmaps import jet, panels, value_range
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAR_WIDTH = 14
 _CAPTION_HEIGHT = 16
 
 
-def _safe_parts(name: str) -> list[str]:
-    """Path components of a display name, with '..', '.', empty parts and control characters made safe."""
-    parts = []
-    for part in PurePosixPath(str(name).replace(os.sep, "/")).parts:
-        if part in ("", ".", "/"):
-            continue
-        part = "_up_" if part == ".." else _CONTROL.sub("_", part)
-        parts.append(part.lstrip(".") or "_")
-    if not parts:
-        raise ValueError(f"image name {name!r} has no usable characters for a file name")
-    return parts
-
-
 def output_paths(names, suffix: str) -> list[str]:
-    """Relative output paths (POSIX) for image names: the name with its extension replaced by ``suffix``,
-    or appended (``001.png.tiff``) for names that would otherwise share a path. Unique for unique names."""
-    names = [str(n) for n in names]
-    if len(set(names)) != len(names):
-        raise ValueError("image names must be unique to name their output files")
-    stems = []
-    for name in names:
-        parts = _safe_parts(name)
-        stem, ext = os.path.splitext(parts[-1])
-        stems.append(("/".join(parts[:-1] + [stem or parts[-1]]), "/".join(parts)))
-    counts: dict[str, int] = {}
-    for short, _ in stems:
-        counts[short] = counts.get(short, 0) + 1
-    return [(short if counts[short] == 1 else full) + suffix for short, full in stems]
+    """Relative output paths (POSIX) for image names: ``jzad.data.output_names`` (safe, unique, the relative
+    path kept) with the image extension replaced by ``suffix``, or kept before it (``001.png.tiff``) for names
+    that would otherwise share a path."""
+    safe = output_names([str(n) for n in names])
+    short = [os.path.splitext(name)[0] or name for name in safe]
+    counts = Counter(name.lower() for name in short)
+    return [(s if counts[s.lower()] == 1 else full) + suffix for s, full in zip(short, safe)]
 
 
 def save_map_tiffs(out_dir, names, maps: np.ndarray, sizes=None) -> list[Path]:
