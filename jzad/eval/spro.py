@@ -174,33 +174,36 @@ class SPROTruth:
 
 
 def truth_from_channels(
-    channels: Sequence[Sequence[np.ndarray]], defects: Sequence[DefectConfig], shape=None
+    channels: Sequence[Sequence[np.ndarray]],
+    defects: Sequence[DefectConfig],
+    shape=None,
+    sources: Sequence[Sequence[str]] | None = None,
 ) -> SPROTruth:
     """SPROTruth from decoded ground-truth PNGs.
 
     channels: per image, its channel arrays ((H, W) integers: 0 = defect-free, one positive value naming the
     defect in ``defects``); an empty sequence for a good image. shape: (H, W) when no image has a channel.
+    sources: per image, a name for each channel (its file) used in error messages instead of "image i channel j".
     Raises ValueError for a channel with no or several positive values, an unknown value or mismatched sizes.
     """
     by_value = {d.pixel_value: d for d in defects}
     masks, index, saturation, names = [], [], [], []
     for i, image_channels in enumerate(channels):
         for j, channel in enumerate(image_channels):
+            where = f"image {i} channel {j}" if sources is None else str(sources[i][j])
             array = np.asarray(channel)
             if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-                raise ValueError(f"image {i} channel {j}: expected an (H, W) integer array, got {array.dtype} {array.shape}")
+                raise ValueError(f"{where}: expected an (H, W) integer array, got {array.dtype} {array.shape}")
             values = np.unique(array)
             positive = values[values > 0]
             if positive.size != 1 or values.min() < 0:
                 raise ValueError(
-                    f"image {i} channel {j}: a channel must hold 0 and exactly one positive defect value, "
-                    f"found {values.tolist()}"
+                    f"{where}: a channel must hold 0 and exactly one positive defect value, found {values.tolist()}"
                 )
             value = int(positive[0])
             if value not in by_value:
                 raise ValueError(
-                    f"image {i} channel {j}: pixel value {value} is not in the defects config "
-                    f"(known: {sorted(by_value)})"
+                    f"{where}: pixel value {value} is not in the defects config (known: {sorted(by_value)})"
                 )
             mask = array > 0
             masks.append(mask)
