@@ -1,6 +1,8 @@
 """CLIP-LAD (jzad.methods.clip_lad): each stage against NumPy or PyTorch, and a known answer on a synthetic
 LOCO-like set with a deterministic stand-in encoder whose "text" embeddings map prompts to part colours."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ from jzad.methods.clip_lad import (
     CLIPLADConfig,
     CLIPLADFeatures,
     CLIPLADPrompts,
+    PreparedFeatures,
     class_histograms,
     clip_lad_fit,
     clip_lad_fit_fusion,
@@ -280,17 +283,17 @@ def test_segment_by_hand():
                         kmeans_iterations=3)
     basis = np.eye(4, dtype=np.float32)
     prompts = CLIPLADPrompts(jnp.asarray(basis[[0, 1]]), jnp.asarray([False, True]), jnp.asarray(basis[[2, 3]]))
-    cluster = np.repeat(basis[None, [0, 0, 0, 1, 1, 1, 1, 1, 1]], 1, axis=0)  # (1, 9, 4)
+    cluster = basis[[0, 0, 0, 1, 1, 1, 1, 1, 1]][None]  # (1, 9, 4)
     dense = np.stack([basis[1] + 0.6 * basis[2], basis[1] + 0.6 * basis[2], basis[1] + 0.9 * basis[3]]
                      + [basis[0]] * 6)[None]
-    from jzad.methods.clip_lad import PreparedFeatures
-    prepared = PreparedFeatures(jnp.asarray(cluster), jnp.asarray(dense / np.linalg.norm(dense, axis=-1, keepdims=True)), ())
+    unit = dense / np.linalg.norm(dense, axis=-1, keepdims=True)
+    prepared = PreparedFeatures(jnp.asarray(cluster), jnp.asarray(unit), ())
     centres = jnp.asarray(basis[[0, 1]])
     seg = segment(prepared, centres, prompts, cfg)
     np.testing.assert_array_equal(np.asarray(seg.foreground[0]), [1, 1, 1, 0, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(np.asarray(seg.labels[0]), [0, 0, 1, -1, -1, -1, -1, -1, -1])
     np.testing.assert_allclose(np.asarray(seg.histograms[0]), [2 / 3, 1 / 3], atol=1e-6)
-    by_region = segment(prepared, centres, prompts, CLIPLADConfig(**{**cfg.__dict__, "fine_level": "region"}))
+    by_region = segment(prepared, centres, prompts, dataclasses.replace(cfg, fine_level="region"))
     np.testing.assert_array_equal(np.asarray(by_region.labels[0]), [0, 0, 0, -1, -1, -1, -1, -1, -1])
 
 

@@ -77,7 +77,9 @@ def test_read_test_split_and_truth(tmp_path):
         "test/logical_anomalies/001.png", "test/structural_anomalies/000.png",
     ]
     assert loco.images.labels == (0, 0, 1, 1, 1)
-    assert loco.images.defect_types == ("good", "good", "logical_anomalies", "logical_anomalies", "structural_anomalies")
+    assert loco.images.defect_types == (
+        "good", "good", "logical_anomalies", "logical_anomalies", "structural_anomalies"
+    )
     assert loco.images.dataset == "loco" and not loco.images.has_masks
     assert [len(f) for f in loco.mask_files] == [0, 0, 2, 1, 1]
     assert loco.mask_files[2][1].endswith("ground_truth/logical_anomalies/000/001.png")
@@ -154,7 +156,7 @@ def test_channel_with_two_values_is_an_error(tmp_path):
     bad = box(255, 0, 2, 0, 2)
     bad[5, 5] = 254
     save(tmp_path / "breakfast_box" / "ground_truth" / "logical_anomalies" / "001" / "000.png", bad)
-    with pytest.raises(ValueError, match="logical_anomalies/001/000.png: a channel must hold 0 and exactly one positive"):
+    with pytest.raises(ValueError, match="logical_anomalies/001/000.png: a channel must hold 0 and exactly one"):
         load_loco_truth(read_loco(tmp_path, "breakfast_box"))
 
 

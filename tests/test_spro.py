@@ -234,7 +234,8 @@ def test_parse_defects_config():
     parsed = parse_defects_config(entries)
     assert parsed == (DefectConfig("a", 255, 1.0, True), DefectConfig("b", 254, 6300, False))
     with pytest.raises(ValueError, match=r"cfg.json: entry 1 lacks \['relative_saturation'\]"):
-        parse_defects_config([entries[0], {k: v for k, v in entries[1].items() if k != "relative_saturation"}], "cfg.json")
+        no_flag = {k: v for k, v in entries[1].items() if k != "relative_saturation"}
+        parse_defects_config([entries[0], no_flag], "cfg.json")
     with pytest.raises(ValueError, match="pixel values \\[255\\] name more than one defect"):
         parse_defects_config([entries[0], {**entries[1], "pixel_value": 255}])
     with pytest.raises(ValueError, match="relative saturation_threshold must be in \\(0, 1\\]"):

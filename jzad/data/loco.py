@@ -173,7 +173,9 @@ def read_loco(
 def _read_channel(path: str) -> np.ndarray:
     array = np.asarray(open_image(path))
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"ground-truth channel {path} must be a single-channel integer PNG, got {array.dtype} {array.shape}")
+        raise ValueError(
+            f"ground-truth channel {path} must be a single-channel integer PNG, got {array.dtype} {array.shape}"
+        )
     return array
 
 
@@ -288,7 +290,8 @@ def subtype_votes(image: np.ndarray, rule: HueRule) -> dict[str, int]:
         raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
     h, w = image.shape[:2]
     top, bottom, left, right = rule.region
-    crop = image[int(top * h):max(int(bottom * h), int(top * h) + 1), int(left * w):max(int(right * w), int(left * w) + 1)]
+    y0, x0 = int(top * h), int(left * w)
+    crop = image[y0:max(int(bottom * h), y0 + 1), x0:max(int(right * w), x0 + 1)]
     hue, saturation, value = hsv(crop)
     qualifies = (saturation >= rule.min_saturation) & (value >= rule.min_value)
     votes = dict.fromkeys(rule.names, 0)

@@ -391,7 +391,8 @@ def loco_localization(
     if np.any(good & has_channel):
         raise ValueError(f"good images {np.flatnonzero(good & has_channel).tolist()} have ground-truth channels")
     if np.any(~good & ~has_channel):
-        raise ValueError(f"anomalous images {np.flatnonzero(~good & ~has_channel).tolist()} have no ground-truth channel")
+        missing = np.flatnonzero(~good & ~has_channel).tolist()
+        raise ValueError(f"anomalous images {missing} have no ground-truth channel")
     t = _resolve_thresholds(m, thresholds, max_thresholds)
     groups = np.array([LOCO_TYPES.index(x) for x in types])
     normal_hist, spro_hist, normal_count, channel_count = _group_histograms(m, truth, groups, 3, t)

@@ -365,7 +365,9 @@ class Segmentation(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("config",))
-def segment(prepared: PreparedFeatures, centres: jax.Array, prompts: CLIPLADPrompts, config: CLIPLADConfig) -> Segmentation:
+def segment(
+    prepared: PreparedFeatures, centres: jax.Array, prompts: CLIPLADPrompts, config: CLIPLADConfig
+) -> Segmentation:
     """The coarse-to-fine segmentation of B images with fixed centres (the normal images' k-means)."""
     regions = assign_regions(prepared.cluster, centres, config.precision)
     emb, counts = region_embeddings(prepared.dense, regions, config.num_clusters)
