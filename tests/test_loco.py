@@ -17,6 +17,7 @@ from jzad.data.loco import (
     hsv,
     load_loco_masks,
     load_loco_truth,
+    loco_categories,
     read_defects_config,
     read_loco,
     read_subtype_list,
@@ -116,6 +117,8 @@ def test_union_masks_resized(tmp_path):
 
 def test_train_and_validation_splits(tmp_path):
     make_tree(tmp_path)
+    make_tree(tmp_path, "pushpins")
+    assert loco_categories(tmp_path) == ["breakfast_box", "pushpins"]
     train = read_loco(tmp_path, "breakfast_box", "train")
     assert len(train) == 2 and train.images.labels == (0, 0) and train.mask_files == ((), ())
     validation = read_loco(tmp_path, "breakfast_box", "validation")
@@ -131,6 +134,8 @@ def test_reader_errors(tmp_path):
         read_loco(tmp_path, "breakfast_box", "val")
     with pytest.raises(FileNotFoundError, match="category folder not found"):
         read_loco(tmp_path, "pushpins")
+    with pytest.raises(FileNotFoundError, match="no <category>/test folders"):
+        loco_categories(cat / "test")
     for f in (cat / "ground_truth" / "logical_anomalies" / "001").iterdir():
         f.unlink()
     with pytest.raises(FileNotFoundError, match=r"no ground-truth channels for .*logical_anomalies/001.png"):

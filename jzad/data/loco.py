@@ -108,6 +108,17 @@ def _subdirs(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def loco_categories(root: str | os.PathLike) -> list[str]:
+    """Category folders under root that hold a test folder, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"loco: dataset root not found: {root}")
+    found = [d for d in _subdirs(root) if (root / d / "test").is_dir()]
+    if not found:
+        raise FileNotFoundError(f"loco: no <category>/test folders in {root}; it contains {_subdirs(root)}")
+    return found
+
+
 def read_loco(
     root: str | os.PathLike, category: str, split: str = "test", allow_missing_masks: bool = False
 ) -> LocoSet:

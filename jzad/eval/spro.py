@@ -34,8 +34,9 @@ structural (the official pair and their mean) and good against both together (th
 Ties are handled as scikit-learn does; the official script's ROC adds its point after the first member of a
 tie group instead, which differs only when good and anomalous images share a score.
 
-Host-side NumPy, at the I/O edge, like ``jzad.eval.metrics``. Peak extra memory is a few arrays of one
-image's size plus the (thresholds,) histograms.
+Host-side NumPy, at the I/O edge, like ``jzad.eval.metrics``. Peak extra memory: one byte per pixel of the
+set (the finiteness check), a few arrays of one image's size and the (thresholds,) histograms; the exact
+path also sorts the distinct scores (at most ``max_thresholds`` pixels).
 """
 
 from __future__ import annotations
