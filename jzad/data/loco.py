@@ -1,0 +1,404 @@
+"""MVTec LOCO AD: the folder reader, its multi-channel ground truth, and the juice/cable sub-types.
+
+Layout (one category):
+  <root>/<cat>/defects_config.json
+  <root>/<cat>/{train/good, validation/good}/<id>.png                      normal images
+  <root>/<cat>/test/{good, logical_anomalies, structural_anomalies}/<id>.png
+  <root>/<cat>/ground_truth/{logical_anomalies, structural_anomalies}/<id>/000.png[, 001.png, ...]
+Each ground-truth PNG is one channel (one defect): 0 = defect-free, one gray value naming the defect's entry of
+``defects_config.json``. An image's mask is the union of its channels; the sPRO metric keeps them apart
+(``jzad.eval.spro``). Images are not square (e.g. 800 x 1600) and are read at their own size.
+
+``read_loco`` returns a ``LocoSet``: the usual ``ImageSet`` (labels 0/1, defect types "good" /
+"logical_anomalies" / "structural_anomalies", mask_paths None and has_masks False, since one file per image
+cannot describe a LOCO mask) plus the channel files of every image and the parsed defects config.
+``load_loco_truth`` decodes the channels at full size for sPRO, ``load_loco_masks`` the resized unions for
+pixel AUROC / AUPRO.
+
+Sub-types. juice_bottle (banana / cherry / orange juice) and splicing_connectors (yellow / blue / red cable)
+each hold three products; CLIP-LAD's benchmark scores each sub-type as its own category. MVTec ships no
+sub-type labels, so ``subtype_of`` derives them with a documented rule: the dominant hue, in HSV, of the
+sufficiently saturated and bright pixels inside a fixed central region (the liquid and fruit icon of the juice
+bottle; the cable between the two connectors). Mixed images (a "wrong_juice_type" liquid with another
+fruit's icon; a cable whose colour does not match the connectors' pole count) are assigned by that reference
+part, the liquid or the cable colour: they become anomalies of that sub-type, whose normal images disagree
+with their other part. The rule's regions and hue ranges are set from the products' known colours and are
+tested on synthetic images only: it still needs verifying on a hand-labelled sample of real LOCO photos.
+An explicit list file (``read_subtype_list``) replaces the rule where labels are known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jzad.data.decode import _as_hw, load_image, open_image
+from jzad.data.imageset import ImageSet
+from jzad.data.masks import MASK_RULES, resize_binary_mask
+from jzad.eval.spro import DefectConfig, SPROTruth, parse_defects_config, truth_from_channels
+
+LOCO_CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
+LOCO_SPLITS = ("train", "validation", "test")
+LOCO_TEST_TYPES = ("good", "logical_anomalies", "structural_anomalies")
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class LocoSet:
+    """One LOCO category and split.
+
+    images: ImageSet (dataset "loco"); mask_files: per image, its ground-truth channel PNGs in file order
+    (empty for normal images, and for anomalous ones read with allow_missing_masks); defects: the category's
+    defects config (empty when the file is absent and the split has no anomalies).
+    """
+
+    images: ImageSet
+    mask_files: tuple[tuple[str, ...], ...]
+    defects: tuple[DefectConfig, ...]
+
+    def __post_init__(self):
+        files = tuple(tuple(str(f) for f in group) for group in self.mask_files)
+        if len(files) != len(self.images):
+            raise ValueError(f"LocoSet has {len(self.images)} images but {len(files)} mask file groups")
+        object.__setattr__(self, "mask_files", files)
+        object.__setattr__(self, "defects", tuple(self.defects))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def has_truth(self) -> bool:
+        """True when every anomalous image has at least one channel file (sPRO can be computed)."""
+        labels = self.images.labels or ()
+        return all(files for label, files in zip(labels, self.mask_files) if label == 1)
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> "LocoSet":
+        """The images at indices, in that order."""
+        idx = [int(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
+        return LocoSet(self.images.select(idx), tuple(self.mask_files[i] for i in idx), self.defects)
+
+
+def read_defects_config(path: str | os.PathLike) -> tuple[DefectConfig, ...]:
+    """Parse a ``defects_config.json`` file; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"defects config not found: {path}")
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    return parse_defects_config(entries, str(path))
+
+
+def _images_in(directory: Path) -> list[Path]:
+    return sorted(
+        (p for p in directory.iterdir()
+         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_EXTENSIONS),
+        key=lambda p: p.name,
+    )
+
+
+def _subdirs(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def loco_categories(root: str | os.PathLike) -> list[str]:
+    """Category folders under root that hold a test folder, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"loco: dataset root not found: {root}")
+    found = [d for d in _subdirs(root) if (root / d / "test").is_dir()]
+    if not found:
+        raise FileNotFoundError(f"loco: no <category>/test folders in {root}; it contains {_subdirs(root)}")
+    return found
+
+
+def read_loco(
+    root: str | os.PathLike, category: str, split: str = "test", allow_missing_masks: bool = False
+) -> LocoSet:
+    """List one LOCO category's split (see the module docstring) in sorted order.
+
+    split: "train" or "validation" (normal images only) or "test". The test split reads its good,
+    logical_anomalies and structural_anomalies folders (any other subfolder is an error) and requires
+    ``defects_config.json``; every anomalous image needs a non-empty ground-truth folder of .png channels
+    unless allow_missing_masks.
+    """
+    if split not in LOCO_SPLITS:
+        raise ValueError(f"loco: unknown split {split!r}; expected one of {LOCO_SPLITS}")
+    root = Path(root)
+    cat_dir = root / category
+    if not cat_dir.is_dir():
+        found = _subdirs(root) if root.is_dir() else []
+        raise FileNotFoundError(f"loco: category folder not found: {cat_dir}; {root} contains {found}")
+    config_path = cat_dir / "defects_config.json"
+    if split == "test" or config_path.is_file():
+        defects = read_defects_config(config_path)
+    else:
+        defects = ()
+    split_dir = cat_dir / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"loco: {split} folder not found: {split_dir}; {cat_dir} contains {_subdirs(cat_dir)}")
+    found_types = _subdirs(split_dir)
+    allowed = LOCO_TEST_TYPES if split == "test" else ("good",)
+    unexpected = [t for t in found_types if t not in allowed]
+    if unexpected:
+        raise ValueError(f"loco: {split_dir} has unexpected folders {unexpected}; expected {allowed}")
+    if "good" not in found_types:
+        raise FileNotFoundError(f"loco: {split_dir / 'good'} not found")
+    paths, labels, types, mask_files = [], [], [], []
+    for defect_type in (t for t in allowed if t in found_types):
+        for image in _images_in(split_dir / defect_type):
+            files: tuple[str, ...] = ()
+            if defect_type != "good":
+                gt_dir = cat_dir / "ground_truth" / defect_type / image.stem
+                files = tuple(str(p) for p in sorted(gt_dir.glob("*.png"))) if gt_dir.is_dir() else ()
+                if not files and not allow_missing_masks:
+                    raise FileNotFoundError(
+                        f"loco: no ground-truth channels for {image}: expected {gt_dir}/000.png (one .png per "
+                        "defect); pass allow_missing_masks=True to read it without pixel ground truth"
+                    )
+            paths.append(str(image))
+            labels.append(0 if defect_type == "good" else 1)
+            types.append(defect_type)
+            mask_files.append(files)
+    if not paths:
+        raise FileNotFoundError(f"loco/{category}: no images in {split_dir}/{{{','.join(found_types)}}}")
+    images = ImageSet(
+        dataset="loco",
+        category=category,
+        paths=tuple(paths),
+        labels=tuple(labels),
+        defect_types=tuple(types),
+        mask_paths=(None,) * len(paths),
+        has_masks=False,
+    )
+    return LocoSet(images, tuple(mask_files), defects)
+
+
+def _read_channel(path: str) -> np.ndarray:
+    array = np.asarray(open_image(path))
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"ground-truth channel {path} must be a single-channel integer PNG, got {array.dtype} {array.shape}"
+        )
+    return array
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    im = open_image(path)
+    return im.height, im.width
+
+
+def load_loco_truth(loco: LocoSet) -> SPROTruth:
+    """Every image's channels at full resolution as an SPROTruth (for ``jzad.eval.spro``)."""
+    if not loco.has_truth:
+        raise ValueError(f"loco/{loco.images.category}: some anomalous images have no ground-truth channels")
+    channels = [[_read_channel(f) for f in files] for files in loco.mask_files]
+    shape = None if any(channels) else _image_size(loco.images.paths[0])
+    return truth_from_channels(channels, loco.defects, shape, sources=loco.mask_files)
+
+
+def load_loco_masks(loco: LocoSet, size: int | Sequence[int], rule: str = "half") -> np.ndarray:
+    """Union of each image's channels, resized: bool (N, H, W), for pixel AUROC / AUPRO at the map size.
+
+    The union (0/255) is resized with PIL bilinear and thresholded by rule ("exact_one", "nonzero", "half"),
+    as ``jzad.data.masks`` does for single-file masks.
+    """
+    if rule not in MASK_RULES:
+        raise ValueError(f"unknown mask rule {rule!r}; expected one of {MASK_RULES}")
+    if not loco.has_truth:
+        raise ValueError(f"loco/{loco.images.category}: some anomalous images have no ground-truth channels")
+    h, w = _as_hw(size)
+    out = np.zeros((len(loco), h, w), bool)
+    for i, files in enumerate(loco.mask_files):
+        if files:
+            union = np.logical_or.reduce([_read_channel(f) > 0 for f in files])
+            out[i] = resize_binary_mask(np.where(union, 255, 0).astype(np.uint8), (h, w), rule)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- sub-types
+
+
+@dataclass(frozen=True)
+class HueRule:
+    """Dominant-hue rule: which sub-type's hue range holds most qualifying pixels of a region.
+
+    region: (top, bottom, left, right) as fractions of the image height/width. hues: (name, start, stop)
+    in degrees, the range [start, stop) read modulo 360 (start > stop wraps through red; one name may own
+    several ranges). A pixel qualifies when its HSV saturation >= min_saturation and value >= min_value
+    (both in [0, 1]); min_pixels qualifying pixels must fall in the ranges, else the rule refuses.
+    """
+
+    region: tuple[float, float, float, float]
+    hues: tuple[tuple[str, float, float], ...]
+    min_saturation: float = 0.25
+    min_value: float = 0.15
+    min_pixels: int = 50
+
+    def __post_init__(self):
+        top, bottom, left, right = (float(v) for v in self.region)
+        if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+            raise ValueError(f"HueRule.region must be fractions with top < bottom and left < right, got {self.region}")
+        if not self.hues:
+            raise ValueError("HueRule.hues must name at least one hue range")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Sub-type names in first-appearance order."""
+        return tuple(dict.fromkeys(name for name, _, _ in self.hues))
+
+
+SUBTYPE_RULES: dict[str, HueRule] = {
+    # The liquid fills most of the bottle's central column; its fruit icon shares the juice's colour. The
+    # dark background fails min_value, the white labels min_saturation.
+    "juice_bottle": HueRule(
+        region=(0.25, 0.9, 0.3, 0.7),
+        hues=(("cherry", 330.0, 15.0), ("orange", 15.0, 40.0), ("banana", 40.0, 75.0)),
+    ),
+    # The cable spans the middle between the two connectors; the connectors' orange levers (about 20-35
+    # degrees) fall between the red and yellow ranges and are ignored.
+    "splicing_connectors": HueRule(
+        region=(0.15, 0.85, 0.35, 0.65),
+        hues=(("red", 345.0, 15.0), ("yellow", 40.0, 75.0), ("blue", 180.0, 260.0)),
+    ),
+}
+"""The default rule per category with sub-types (names as in the CLIP-LAD benchmark)."""
+
+SUBTYPES = {category: rule.names for category, rule in SUBTYPE_RULES.items()}
+
+
+def hsv(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 (H, W, 3) RGB -> (hue in degrees [0, 360), saturation [0, 1], value [0, 1]), float64."""
+    rgb = np.asarray(image, dtype=np.float64) / 255.0
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    top = rgb.max(-1)
+    span = top - rgb.min(-1)
+    safe = np.where(span > 0, span, 1.0)
+    hue = np.where(top == r, ((g - b) / safe) % 6.0, np.where(top == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    hue = np.where(span > 0, hue * 60.0, 0.0) % 360.0
+    saturation = np.where(top > 0, span / np.where(top > 0, top, 1.0), 0.0)
+    return hue, saturation, top
+
+
+def _in_range(hue: np.ndarray, start: float, stop: float) -> np.ndarray:
+    start, stop = start % 360.0, stop % 360.0
+    if start <= stop:
+        return (hue >= start) & (hue < stop)
+    return (hue >= start) | (hue < stop)
+
+
+def subtype_votes(image: np.ndarray, rule: HueRule) -> dict[str, int]:
+    """Qualifying pixels per sub-type inside the rule's region of a uint8 (H, W, 3) RGB image."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    top, bottom, left, right = rule.region
+    y0, x0 = int(top * h), int(left * w)
+    crop = image[y0:max(int(bottom * h), y0 + 1), x0:max(int(right * w), x0 + 1)]
+    hue, saturation, value = hsv(crop)
+    qualifies = (saturation >= rule.min_saturation) & (value >= rule.min_value)
+    votes = dict.fromkeys(rule.names, 0)
+    for name, start, stop in rule.hues:
+        votes[name] += int(np.sum(qualifies & _in_range(hue, start, stop)))
+    return votes
+
+
+def subtype_of(image: np.ndarray, rule: HueRule) -> str:
+    """The sub-type with the most votes (first listed wins a tie); ValueError when fewer than min_pixels
+    pixels vote at all."""
+    votes = subtype_votes(image, rule)
+    if sum(votes.values()) < rule.min_pixels:
+        raise ValueError(
+            f"no dominant hue: {sum(votes.values())} qualifying pixels in the region (need {rule.min_pixels}); "
+            f"votes {votes}"
+        )
+    return max(votes, key=lambda name: votes[name])
+
+
+def read_subtype_list(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
+    """An explicit sub-type list: one "<path relative to the category folder> <sub-type>" per line, e.g.
+    "test/good/000.png banana"; blank lines and '#' comments are skipped. names: the allowed sub-types."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sub-type list not found: {path}")
+    out = {}
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            parts = text.split()
+            if len(parts) != 2:
+                raise ValueError(f"{path} line {number}: expected '<relative image path> <sub-type>', got {text!r}")
+            relative, name = parts
+            if name not in names:
+                raise ValueError(f"{path} line {number}: unknown sub-type {name!r}; expected one of {tuple(names)}")
+            key = Path(relative).as_posix()
+            if key in out:
+                raise ValueError(f"{path} line {number}: {key} is listed twice")
+            out[key] = name
+    return out
+
+
+def assign_subtypes(
+    loco: LocoSet,
+    root: str | os.PathLike,
+    rule: HueRule | None = None,
+    list_file: str | os.PathLike | None = None,
+) -> tuple[str, ...]:
+    """The sub-type of every image of a juice_bottle or splicing_connectors set.
+
+    list_file given: looked up there by path relative to <root>/<category> (every image must be listed).
+    Otherwise the rule (default ``SUBTYPE_RULES[category]``) runs on each decoded image.
+    """
+    category = loco.images.category
+    if rule is None:
+        if category not in SUBTYPE_RULES:
+            raise ValueError(f"loco/{category} has no sub-types; categories with sub-types: {tuple(SUBTYPE_RULES)}")
+        rule = SUBTYPE_RULES[category]
+    if list_file is not None:
+        listed = read_subtype_list(list_file, rule.names)
+        base = Path(root) / category
+        out = []
+        for image in loco.images.paths:
+            key = Path(image).relative_to(base).as_posix()
+            if key not in listed:
+                raise ValueError(f"{list_file}: no sub-type listed for {key}")
+            out.append(listed[key])
+        return tuple(out)
+    out = []
+    for image in loco.images.paths:
+        try:
+            out.append(subtype_of(np.asarray(load_image(image)), rule))
+        except ValueError as err:
+            raise ValueError(f"{image}: {err}") from err
+    return tuple(out)
+
+
+def select_subtype(loco: LocoSet, subtypes: Sequence[str], name: str) -> LocoSet:
+    """The images of one sub-type, as a set whose category is renamed "<category>-<name>"."""
+    if len(subtypes) != len(loco):
+        raise ValueError(f"{len(subtypes)} sub-types for {len(loco)} images")
+    idx = [i for i, s in enumerate(subtypes) if s == name]
+    if not idx:
+        raise ValueError(f"no image of sub-type {name!r}; found {sorted(set(subtypes))}")
+    chosen = loco.select(idx)
+    images = chosen.images
+    renamed = ImageSet(
+        dataset=images.dataset,
+        category=f"{images.category}-{name}",
+        paths=images.paths,
+        labels=images.labels,
+        defect_types=images.defect_types,
+        mask_paths=images.mask_paths,
+        has_masks=images.has_masks,
+    )
+    return LocoSet(renamed, chosen.mask_files, chosen.defects)

@@ -1,0 +1,435 @@
+"""MVTec LOCO metrics: the saturated per-region overlap (sPRO) curve, its area, and image AUROCs.
+
+What the official MVTec LOCO AD evaluation computes (its ``src/image.py``, ``src/metrics.py``,
+``src/aggregation.py``, ``src/util.py`` and ``evaluate_experiment.py``), reproduced here:
+
+- Ground truth: each anomalous image has one or more channels (one PNG each); a channel is one defect, its
+  nonzero pixels share one value, which names the defect's entry in ``defects_config.json``.
+- Saturation area of a channel of area A: ``int(saturation_threshold * A)`` when ``relative_saturation``,
+  else ``min(saturation_threshold, A)``.
+- At an anomaly threshold t a pixel is positive when map > t (strict). sPRO of a channel =
+  min(TP area / saturation area, 1); the curve's sPRO(t) = mean over every channel of the evaluated images.
+- FPR(t) = positive pixels that are defect-free in every channel / all such pixels, summed over the evaluated
+  images: good images and the defect-free parts of anomalous images alike.
+- The curve starts at (0, 0) (threshold above every score) and ends at (1, 1) (below every score); its
+  trapezoid area up to ``max_fpr`` (sPRO interpolated linearly at max_fpr when no point lands on it) is
+  divided by ``max_fpr``. Limits 0.01, 0.05, 0.1, 0.3 and 1; 0.05 is the number MVTec LOCO papers report.
+- Per sub-directory: "logical_anomalies" and "structural_anomalies" are each evaluated together with all
+  "good" images; "mean" is the average of the two.
+
+One difference in how, not what: the official script picks thresholds adaptively (50 quantiles, then
+refining until neighbouring curve points are within ``curve_max_distance``, 0.01 by default), so it
+approximates the curve. Here every threshold is exact: with ``thresholds=None`` the curve is evaluated at
+every distinct score when the set has at most ``max_thresholds`` pixels, else at the distinct values of an
+evenly strided sample of ``max_thresholds`` scores (each step of the curve then holds about
+pixels / max_thresholds pixels, far finer than the official refinement).
+
+Exactness with saturation: for a channel with saturation area S, TP(t) is the number of its pixels scoring
+above t, so min(TP / S, 1) = (number of its S highest-scoring pixels above t) / S. Giving each of those S
+pixels the weight 1 / S (ties broken arbitrarily: whole tie groups cross a threshold together) turns the
+sPRO into a weighted pixel count, which one ``np.bincount`` per image accumulates over all thresholds.
+
+Image level (``loco_image_metrics``): AUROC of the image scores of good against logical, good against
+structural (the official pair and their mean) and good against both together (the CLIP-LAD paper's number).
+Ties are handled as scikit-learn does; the official script's ROC adds its point after the first member of a
+tie group instead, which differs only when good and anomalous images share a score.
+
+Host-side NumPy, at the I/O edge, like ``jzad.eval.metrics``. Peak extra memory: one byte per pixel of the
+set (the finiteness check), a few arrays of one image's size and the (thresholds,) histograms; the exact
+path also sorts the distinct scores (at most ``max_thresholds`` pixels).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from jzad.eval.metrics import _area_up_to, image_metrics
+
+OFFICIAL_MAX_FPRS = (0.01, 0.05, 0.1, 0.3, 1.0)
+"""The integration limits of the official evaluation; 0.05 is the headline number."""
+
+LOCO_TYPES = ("good", "logical_anomalies", "structural_anomalies")
+
+_DEFECT_KEYS = ("defect_name", "pixel_value", "saturation_threshold", "relative_saturation")
+
+
+@dataclass(frozen=True)
+class DefectConfig:
+    """One entry of ``defects_config.json``.
+
+    pixel_value: the gray value (1..255) marking this defect in a ground-truth channel.
+    saturation_threshold: a fraction of the channel's area in (0, 1] when relative_saturation, else an
+    absolute pixel count (an int >= 1) at the original image resolution.
+    """
+
+    defect_name: str
+    pixel_value: int
+    saturation_threshold: float
+    relative_saturation: bool
+
+    def __post_init__(self):
+        if not isinstance(self.defect_name, str) or not self.defect_name:
+            raise ValueError(f"defect_name must be a non-empty string, got {self.defect_name!r}")
+        if isinstance(self.pixel_value, bool) or not isinstance(self.pixel_value, numbers.Integral):
+            raise ValueError(f"{self.defect_name}: pixel_value must be an int in [1, 255], got {self.pixel_value!r}")
+        if not 1 <= int(self.pixel_value) <= 255:
+            raise ValueError(f"{self.defect_name}: pixel_value must be in [1, 255], got {self.pixel_value}")
+        if not isinstance(self.relative_saturation, bool):
+            raise ValueError(
+                f"{self.defect_name}: relative_saturation must be true or false, got {self.relative_saturation!r}"
+            )
+        t = self.saturation_threshold
+        if isinstance(t, bool) or not isinstance(t, numbers.Real):
+            raise ValueError(f"{self.defect_name}: saturation_threshold must be a number, got {t!r}")
+        if self.relative_saturation and not 0.0 < float(t) <= 1.0:
+            raise ValueError(
+                f"{self.defect_name}: a relative saturation_threshold must be in (0, 1], got {t}"
+            )
+        if not self.relative_saturation and (float(t) != int(t) or int(t) < 1):
+            raise ValueError(
+                f"{self.defect_name}: an absolute saturation_threshold must be a whole pixel count >= 1, got {t}"
+            )
+        object.__setattr__(self, "pixel_value", int(self.pixel_value))
+        object.__setattr__(self, "saturation_threshold", float(t) if self.relative_saturation else int(t))
+
+
+def parse_defects_config(entries, source: str = "defects_config.json") -> tuple[DefectConfig, ...]:
+    """The parsed JSON list of a ``defects_config.json`` -> DefectConfig entries (in file order).
+
+    Raises ValueError naming ``source`` for a non-list, missing keys, bad values or repeated pixel values.
+    """
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{source}: expected a non-empty JSON list of defect entries, got {type(entries).__name__}")
+    defects = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{source}: entry {i} must be an object with keys {_DEFECT_KEYS}, got {entry!r}")
+        missing = [k for k in _DEFECT_KEYS if k not in entry]
+        if missing:
+            raise ValueError(f"{source}: entry {i} lacks {missing}; each entry needs {_DEFECT_KEYS}")
+        try:
+            defects.append(DefectConfig(**{k: entry[k] for k in _DEFECT_KEYS}))
+        except ValueError as err:
+            raise ValueError(f"{source}: entry {i}: {err}") from err
+    values = [d.pixel_value for d in defects]
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{source}: pixel values {repeated} name more than one defect")
+    return tuple(defects)
+
+
+def saturation_area(defect_area: int, defect: DefectConfig) -> int:
+    """The official saturation area of a channel of ``defect_area`` pixels."""
+    if defect.relative_saturation:
+        return int(defect.saturation_threshold * int(defect_area))
+    return int(min(defect.saturation_threshold, int(defect_area)))
+
+
+@dataclass(frozen=True, eq=False)
+class SPROTruth:
+    """Ground truth of a set of N images as D defect channels.
+
+    masks: (D, H, W) bool, one defect per channel (channels of one image may overlap).
+    image_index: (D,) int, the image (0..N-1) each channel belongs to; good images have none.
+    saturation: (D,) int, each channel's saturation area (>= 1).
+    names: (D,) defect name of each channel.
+    """
+
+    masks: np.ndarray
+    image_index: np.ndarray
+    saturation: np.ndarray
+    names: tuple[str, ...]
+
+    def __post_init__(self):
+        masks = np.asarray(self.masks)
+        if masks.ndim != 3 or masks.dtype != np.bool_:
+            raise ValueError(f"SPROTruth.masks must be (D, H, W) bool, got {masks.dtype} {masks.shape}")
+        d = masks.shape[0]
+        index = np.asarray(self.image_index, dtype=np.int64).reshape(-1)
+        saturation = np.asarray(self.saturation, dtype=np.int64).reshape(-1)
+        if index.shape != (d,) or saturation.shape != (d,) or len(self.names) != d:
+            raise ValueError(
+                f"SPROTruth has {d} masks but {index.size} image indices, {saturation.size} saturation areas "
+                f"and {len(self.names)} names"
+            )
+        if d and index.min() < 0:
+            raise ValueError("SPROTruth.image_index must be >= 0")
+        if d and saturation.min() < 1:
+            bad = int(np.argmin(saturation))
+            raise ValueError(
+                f"channel {bad} ({self.names[bad]}, image {index[bad]}) has saturation area "
+                f"{saturation[bad]}; it must be >= 1 (empty defect or a tiny relative threshold)"
+            )
+        object.__setattr__(self, "masks", masks)
+        object.__setattr__(self, "image_index", index)
+        object.__setattr__(self, "saturation", saturation)
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+
+    def __len__(self) -> int:
+        return self.masks.shape[0]
+
+
+def truth_from_channels(
+    channels: Sequence[Sequence[np.ndarray]],
+    defects: Sequence[DefectConfig],
+    shape=None,
+    sources: Sequence[Sequence[str]] | None = None,
+) -> SPROTruth:
+    """SPROTruth from decoded ground-truth PNGs.
+
+    channels: per image, its channel arrays ((H, W) integers: 0 = defect-free, one positive value naming the
+    defect in ``defects``); an empty sequence for a good image. shape: (H, W) when no image has a channel.
+    sources: per image, a name for each channel (its file) used in error messages instead of "image i channel j".
+    Raises ValueError for a channel with no or several positive values, an unknown value or mismatched sizes.
+    """
+    by_value = {d.pixel_value: d for d in defects}
+    masks, index, saturation, names = [], [], [], []
+    for i, image_channels in enumerate(channels):
+        for j, channel in enumerate(image_channels):
+            where = f"image {i} channel {j}" if sources is None else str(sources[i][j])
+            array = np.asarray(channel)
+            if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+                raise ValueError(f"{where}: expected an (H, W) integer array, got {array.dtype} {array.shape}")
+            values = np.unique(array)
+            positive = values[values > 0]
+            if positive.size != 1 or values.min() < 0:
+                raise ValueError(
+                    f"{where}: a channel must hold 0 and exactly one positive defect value, found {values.tolist()}"
+                )
+            value = int(positive[0])
+            if value not in by_value:
+                raise ValueError(
+                    f"{where}: pixel value {value} is not in the defects config (known: {sorted(by_value)})"
+                )
+            mask = array > 0
+            masks.append(mask)
+            index.append(i)
+            saturation.append(saturation_area(int(mask.sum()), by_value[value]))
+            names.append(by_value[value].defect_name)
+    sizes = {m.shape for m in masks}
+    if len(sizes) > 1:
+        raise ValueError(f"ground-truth channels have different sizes: {sorted(sizes)}")
+    if masks:
+        stacked = np.stack(masks)
+    else:
+        if shape is None:
+            raise ValueError("no image has a ground-truth channel; pass shape=(H, W)")
+        stacked = np.zeros((0, *shape), bool)
+    return SPROTruth(stacked, np.asarray(index, np.int64), np.asarray(saturation, np.int64), tuple(names))
+
+
+class SPROCurve(NamedTuple):
+    """The FPR-sPRO curve, thresholds descending: thresholds (T,), fpr (T + 2,), spro (T + 2,) with the
+    (0, 0) start and (1, 1) end points around the T threshold points."""
+
+    thresholds: np.ndarray
+    fpr: np.ndarray
+    spro: np.ndarray
+
+
+def _check_maps(maps) -> np.ndarray:
+    m = np.asarray(maps)
+    if m.ndim != 3 or m.size == 0:
+        raise ValueError(f"maps must be a non-empty (N, H, W) array, got shape {m.shape}")
+    if not np.issubdtype(m.dtype, np.floating) and not np.issubdtype(m.dtype, np.integer):
+        raise ValueError(f"maps must be real-valued, got dtype {m.dtype}")
+    if not np.isfinite(m).all():
+        raise ValueError("maps contain NaN or infinite values")
+    return m
+
+
+def _check_truth(truth: SPROTruth, maps: np.ndarray) -> None:
+    if not isinstance(truth, SPROTruth):
+        raise ValueError(f"truth must be an SPROTruth, got {type(truth).__name__}")
+    if truth.masks.shape[1:] != maps.shape[1:]:
+        raise ValueError(
+            f"ground truth is {truth.masks.shape[1:]} but maps are {maps.shape[1:]}; sPRO is evaluated at the "
+            "original image size (resize the maps, not the masks)"
+        )
+    if len(truth) and truth.image_index.max() >= maps.shape[0]:
+        raise ValueError(f"truth refers to image {truth.image_index.max()} but there are {maps.shape[0]} maps")
+
+
+def choose_thresholds(maps, max_thresholds: int = 1 << 20) -> np.ndarray:
+    """Ascending distinct thresholds: every distinct score, or those of an evenly strided sample of
+    ``max_thresholds`` scores (global min and max included) when the maps hold more pixels."""
+    m = _check_maps(maps)
+    if max_thresholds < 2:
+        raise ValueError(f"max_thresholds must be >= 2, got {max_thresholds}")
+    flat = m.reshape(-1)
+    if flat.size <= max_thresholds:
+        return np.unique(flat)
+    stride = -(-flat.size // max_thresholds)
+    return np.unique(np.concatenate([flat[::stride], [flat.min(), flat.max()]]))
+
+
+def _group_histograms(maps, truth, groups, num_groups, thresholds):
+    """Per group g: (normal pixel counts per bin (g, T + 1), sPRO weight per bin (g, T + 1), normal pixels (g,),
+    channels (g,)). Bin b holds pixels with exactly b thresholds strictly below their score."""
+    bins_total = thresholds.size + 1
+    normal_hist = np.zeros((num_groups, bins_total), np.int64)
+    spro_hist = np.zeros((num_groups, bins_total), np.float64)
+    normal_count = np.zeros(num_groups, np.int64)
+    channel_count = np.zeros(num_groups, np.int64)
+    by_image = {}
+    for d, i in enumerate(truth.image_index):
+        by_image.setdefault(int(i), []).append(d)
+    for i in range(maps.shape[0]):
+        g = int(groups[i])
+        if g < 0:
+            continue
+        scores = maps[i].reshape(-1)
+        bins = np.searchsorted(thresholds, scores, side="left")
+        channels = by_image.get(i, [])
+        if channels:
+            weight = np.zeros(scores.size, np.float64)
+            defect = np.zeros(scores.size, bool)
+            for d in channels:
+                pixels = np.flatnonzero(truth.masks[d].reshape(-1))
+                sat = int(truth.saturation[d])
+                top = pixels[np.argsort(-scores[pixels], kind="stable")[:sat]]
+                weight[top] += 1.0 / sat
+                defect[pixels] = True
+            normal = ~defect
+            spro_hist[g] += np.bincount(bins[defect], weights=weight[defect], minlength=bins_total)
+            channel_count[g] += len(channels)
+        else:
+            normal = np.ones(scores.size, bool)
+        normal_hist[g] += np.bincount(bins[normal], minlength=bins_total)
+        normal_count[g] += int(normal.sum())
+    return normal_hist, spro_hist, normal_count, channel_count
+
+
+def _curve(normal_hist, spro_hist, normal_count, channel_count, thresholds, where: str) -> SPROCurve | None:
+    """Curve of one (summed) group; None with a RuntimeWarning when FPR or sPRO is undefined."""
+    if normal_count == 0:
+        warnings.warn(f"{where}: no defect-free pixel, FPR is undefined", RuntimeWarning, stacklevel=3)
+        return None
+    if channel_count == 0:
+        warnings.warn(f"{where}: no ground-truth defect, sPRO is undefined", RuntimeWarning, stacklevel=3)
+        return None
+    # Positives at threshold j (ascending index) are the pixels in bins > j: suffix sums from bin j + 1.
+    normal_pos = np.cumsum(normal_hist[::-1])[::-1][1:]
+    spro_pos = np.cumsum(spro_hist[::-1])[::-1][1:]
+    fpr = normal_pos[::-1] / normal_count
+    spro = np.minimum(spro_pos[::-1] / channel_count, 1.0)
+    return SPROCurve(
+        thresholds[::-1].copy(),
+        np.concatenate(([0.0], fpr, [1.0])),
+        np.concatenate(([0.0], spro, [1.0])),
+    )
+
+
+def _resolve_thresholds(maps, thresholds, max_thresholds) -> np.ndarray:
+    if thresholds is None:
+        return choose_thresholds(maps, max_thresholds)
+    t = np.unique(np.asarray(thresholds, dtype=np.float64).reshape(-1))
+    if t.size == 0 or not np.isfinite(t).all():
+        raise ValueError("thresholds must be a non-empty array of finite values")
+    return t
+
+
+def spro_curve(maps, truth: SPROTruth, thresholds=None, max_thresholds: int = 1 << 20) -> SPROCurve | None:
+    """The FPR-sPRO curve of all N images together (see the module docstring).
+
+    maps: (N, H, W) anomaly maps at the ground truth's size; truth: their SPROTruth. thresholds: explicit
+    anomaly thresholds (any order, deduplicated), else chosen by ``choose_thresholds(maps, max_thresholds)``.
+    Returns None with a RuntimeWarning when there is no defect-free pixel or no defect.
+    """
+    m = _check_maps(maps)
+    _check_truth(truth, m)
+    t = _resolve_thresholds(m, thresholds, max_thresholds)
+    hists = _group_histograms(m, truth, np.zeros(m.shape[0], np.int64), 1, t)
+    return _curve(*(h[0] for h in hists), t, "spro_curve")
+
+
+def auc_spro(curve: SPROCurve, max_fpr: float) -> float:
+    """Area under the curve from FPR 0 to ``max_fpr``, divided by max_fpr (the official normalisation)."""
+    if not 0.0 < float(max_fpr) <= 1.0:
+        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
+    return _area_up_to(np.asarray(curve.fpr), np.asarray(curve.spro), float(max_fpr)) / float(max_fpr)
+
+
+def _check_types(defect_types, n: int) -> np.ndarray:
+    types = np.asarray([str(t) for t in defect_types])
+    if types.shape != (n,):
+        raise ValueError(f"defect_types must have one entry per image ({n}), got {types.shape[0]}")
+    unknown = sorted(set(types.tolist()) - set(LOCO_TYPES))
+    if unknown:
+        raise ValueError(f"defect_types must be among {LOCO_TYPES}, got {unknown}")
+    return types
+
+
+def loco_localization(
+    maps,
+    truth: SPROTruth,
+    defect_types: Sequence[str],
+    max_fprs: Sequence[float] = OFFICIAL_MAX_FPRS,
+    thresholds=None,
+    max_thresholds: int = 1 << 20,
+) -> dict:
+    """AUC-sPRO as the official script reports it: {"logical_anomalies": {max_fpr: auc}, "structural_anomalies":
+    {...}, "mean": {...}}, each anomaly type evaluated together with all good images.
+
+    maps: (N, H, W) at the original image size; truth: SPROTruth of the N images; defect_types: (N,) among
+    ``LOCO_TYPES``. Good images must have no channel and anomalous images at least one. A type without images
+    gives nan entries (and so does "mean") with a RuntimeWarning.
+    """
+    m = _check_maps(maps)
+    _check_truth(truth, m)
+    types = _check_types(defect_types, m.shape[0])
+    limits = tuple(float(f) for f in max_fprs)
+    if not limits or any(not 0.0 < f <= 1.0 for f in limits):
+        raise ValueError(f"max_fprs must be values in (0, 1], got {tuple(max_fprs)}")
+    has_channel = np.zeros(m.shape[0], bool)
+    has_channel[truth.image_index] = True
+    good = types == "good"
+    if np.any(good & has_channel):
+        raise ValueError(f"good images {np.flatnonzero(good & has_channel).tolist()} have ground-truth channels")
+    if np.any(~good & ~has_channel):
+        missing = np.flatnonzero(~good & ~has_channel).tolist()
+        raise ValueError(f"anomalous images {missing} have no ground-truth channel")
+    t = _resolve_thresholds(m, thresholds, max_thresholds)
+    groups = np.array([LOCO_TYPES.index(x) for x in types])
+    normal_hist, spro_hist, normal_count, channel_count = _group_histograms(m, truth, groups, 3, t)
+    results = {}
+    for g, name in ((1, "logical_anomalies"), (2, "structural_anomalies")):
+        curve = None
+        if channel_count[g]:
+            curve = _curve(
+                normal_hist[0] + normal_hist[g], spro_hist[0] + spro_hist[g],
+                normal_count[0] + normal_count[g], channel_count[g], t, f"loco_localization({name})",
+            )
+        else:
+            warnings.warn(f"loco_localization: no {name} images; AUC-sPRO is nan", RuntimeWarning, stacklevel=2)
+        results[name] = {f: (float("nan") if curve is None else auc_spro(curve, f)) for f in limits}
+    results["mean"] = {
+        f: 0.5 * (results["logical_anomalies"][f] + results["structural_anomalies"][f]) for f in limits
+    }
+    return results
+
+
+def loco_image_metrics(scores, defect_types: Sequence[str]) -> dict:
+    """Image AUROCs: {"logical_anomalies", "structural_anomalies", "mean" (of those two, official), "all"
+    (good against logical and structural together, the CLIP-LAD paper's number)}.
+
+    scores: (N,) image anomaly scores; defect_types: (N,) among ``LOCO_TYPES``. Missing types give nan with
+    a RuntimeWarning (from ``image_metrics``).
+    """
+    s = np.asarray(scores)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be (N,), got shape {s.shape}")
+    types = _check_types(defect_types, s.shape[0])
+    good = types == "good"
+    out = {}
+    for name in ("logical_anomalies", "structural_anomalies"):
+        keep = good | (types == name)
+        out[name] = image_metrics(s[keep], (types[keep] == name).astype(np.int64))["auroc"]
+    out["mean"] = 0.5 * (out["logical_anomalies"] + out["structural_anomalies"])
+    out["all"] = image_metrics(s, (~good).astype(np.int64))["auroc"]
+    return out
