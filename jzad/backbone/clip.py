@@ -386,7 +386,8 @@ def _check_tokens(tokens, config: CLIPConfig, name: str = "tokens"):
         tokens = np.asarray(tokens, dtype=np.float32)
     if tokens.ndim < 2 or tokens.shape[-1] != config.vision.width:
         raise ValueError(
-            f"{name} must be (..., {config.vision.width}) vision-width tokens for this config, got {tuple(tokens.shape)}"
+            f"{name} must be (..., {config.vision.width}) vision-width tokens for this config, "
+            f"got {tuple(tokens.shape)}"
         )
     return tokens
 
@@ -478,13 +479,19 @@ def encode_windows(
     tokens = _check_tokens(tokens, config)
     grid_tokens = config.vision.grid_size**2
     if tokens.ndim != 3 or tokens.shape[1] != 1 + grid_tokens:
-        raise ValueError(f"tokens must be (B, {1 + grid_tokens}, W) from embed_patches, got {tuple(tokens.shape)}")
+        raise ValueError(
+            f"tokens must be (B, {1 + grid_tokens}, W) from embed_patches, got {tuple(tokens.shape)}"
+        )
     if not hasattr(windows, "ndim"):
         windows = np.asarray(windows)
     if windows.ndim != 2 or windows.shape[0] < 1 or not jnp.issubdtype(windows.dtype, jnp.integer):
-        raise ValueError(f"windows must be a (n, k) integer array of patch indices, got {windows.dtype} {windows.shape}")
+        raise ValueError(
+            f"windows must be a (n, k) integer array of patch indices, got {windows.dtype} {tuple(windows.shape)}"
+        )
     if isinstance(windows, np.ndarray) and (windows.min() < 0 or windows.max() >= grid_tokens):
-        raise ValueError(f"windows holds patch indices outside [0, {grid_tokens}) for a {config.vision.grid_size}^2 grid")
+        raise ValueError(
+            f"windows holds patch indices outside [0, {grid_tokens}) for a {config.vision.grid_size}^2 grid"
+        )
     return _encode_windows(params["visual"], tokens, windows, config=config, dtype=_check_dtype(dtype))
 
 
