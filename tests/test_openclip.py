@@ -210,3 +210,29 @@ def test_encode_windows_bad_input(ported, images):
         encode_windows(params, tokens[:, :50], np.array([[0, 1]]), config)
     with pytest.raises(ValueError, match="tokenizer has 49408 tokens"):
         encode_text(params, ["a"], config.replace(text=TextConfig(width=640, layers=2, heads=10, vocab_size=1000)))
+
+
+def test_pt_checkpoints_get_the_shipped_tokenizer(tmp_path):
+    """A .pt state dict without tokenizer files: CLIP's 49,408-token vocabulary gets the shipped BPE (prompts
+    then encode as from ids), any other vocabulary gets no tokenizer."""
+    from jzad.backbone import flax_to_openai, init_clip, load_clip
+    from jzad.backbone.tokenizer import clip_tokenizer, tokenize
+
+    for vocab, expect in ((49408, True), (300, False)):
+        config = CLIPConfig(
+            vision=VisionConfig(width=64, layers=1, heads=1, patch_size=8, image_size=16),
+            text=TextConfig(width=64, layers=1, heads=1, vocab_size=vocab, eos_token_id=vocab - 1),
+            embed_dim=16,
+            activation="gelu",
+        )
+        state = {k: torch.from_numpy(v) for k, v in flax_to_openai(init_clip(config, seed=vocab), config).items()}
+        path = tmp_path / f"clip-{vocab}.pt"
+        torch.save(state, path)
+        params, loaded, tokenizer = load_clip(path)
+        assert (tokenizer is clip_tokenizer()) == expect and (tokenizer is None) != expect
+        if expect:
+            prompts = ["a photo of a damaged bottle.", "tile"]
+            ids, _ = tokenize(tokenizer, prompts, 77, truncate=True)
+            np.testing.assert_array_equal(
+                np.asarray(encode_text(params, prompts, loaded)), np.asarray(encode_text(params, ids, loaded))
+            )
