@@ -47,10 +47,15 @@ def _fake_torchvision() -> None:
 
 
 def _package_dir() -> Path:
-    spec = importlib.util.find_spec("open_clip") if "open_clip" not in sys.modules else None
-    if spec is not None:
-        return Path(next(iter(spec.submodule_search_locations)))
-    return Path(next(iter(sys.modules["open_clip"].__path__)))
+    if "open_clip" in sys.modules:
+        return Path(next(iter(sys.modules["open_clip"].__path__)))
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "open_clip_torch is not installed; the OpenCLIP reference tests need it without its torchvision/timm "
+            "requirements: pip install --no-deps open_clip_torch==3.3.0"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def load() -> tuple[types.ModuleType, types.ModuleType]:
