@@ -7,7 +7,18 @@ embeddings once (PyTorch bicubic). ``ImageEncoder`` bundles a vision tower at a 
 torch / transformers are imported lazily, only by the porting and tokenizer functions.
 """
 
-from jzad.backbone.clip import CLIP, abstract_params, encode_image, encode_text, init_clip
+from jzad.backbone.bpe import BPETokenizer
+from jzad.backbone.clip import (
+    CLIP,
+    abstract_params,
+    embed_patches,
+    encode_image,
+    encode_text,
+    encode_tokens,
+    encode_windows,
+    init_clip,
+    vision_head,
+)
 from jzad.backbone.config import (
     ARCHITECTURES,
     CLIPConfig,
@@ -21,9 +32,46 @@ from jzad.backbone.encoder import ImageEncoder, init_random_encoder
 from jzad.backbone.port import flax_to_openai, hf_to_openai, load_checkpoint, openai_to_flax, openai_to_hf
 from jzad.backbone.posembed import resize_position_embedding, with_image_size
 from jzad.backbone.preprocess import CLIP_MEAN, CLIP_STD, preprocess_images
-from jzad.backbone.tokenizer import Tokenizer, load_tokenizer, tokenize
+from jzad.backbone.tokenizer import Tokenizer, clip_tokenizer, load_tokenizer, tokenize
+from jzad.backbone.naclip import naclip_encode, neighbourhood_bias
+from jzad.backbone.efficientnet import (
+    CONFIGS as EFFICIENTNET_CONFIGS,
+    MEAN as EFFICIENTNET_MEAN,
+    STD as EFFICIENTNET_STD,
+    EfficientNetConfig,
+    classify,
+    encode_efficientnet,
+    init_efficientnet,
+    preprocess_efficientnet,
+)
+from jzad.backbone.efficientnet_port import (
+    efficientnet_from_torch,
+    efficientnet_to_torch,
+    load_efficientnet,
+    packaged_checkpoint,
+)
 
 __all__ = [
+    "EFFICIENTNET_CONFIGS",
+    "EFFICIENTNET_MEAN",
+    "EFFICIENTNET_STD",
+    "EfficientNetConfig",
+    "classify",
+    "encode_efficientnet",
+    "init_efficientnet",
+    "preprocess_efficientnet",
+    "efficientnet_from_torch",
+    "efficientnet_to_torch",
+    "load_efficientnet",
+    "packaged_checkpoint",
+    "BPETokenizer",
+    "clip_tokenizer",
+    "embed_patches",
+    "encode_tokens",
+    "encode_windows",
+    "naclip_encode",
+    "neighbourhood_bias",
+    "vision_head",
     "ARCHITECTURES",
     "CLIP",
     "CLIPConfig",

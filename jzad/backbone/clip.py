@@ -6,6 +6,11 @@ module: parameters live in a plain nested dict (``init_clip`` / the porters retu
 functions ``encode_image`` / ``encode_text`` rebuild the module from a cached graph definition at trace
 time, so they are pure (params in, arrays out) and retrace only when a static argument or shape changes.
 
+Beside ``encode_image``, the vision tower is open in stages for methods that run it on token subsets
+(WinCLIP's windows): ``embed_patches`` (tokens before ln_pre), ``encode_tokens`` (ln_pre + blocks on any
+token sequences), ``vision_head`` (ln_post and proj on any token) and ``encode_windows`` (all windows of
+all images in one batched pass).
+
 Residual stream convention (same as OpenAI and Hugging Face ``hidden_states``): x_0 = ln_pre(patch tokens
 with CLS + position embeddings); x_i = block_i(x_{i-1}). Tap i (1-based) is x_i, CLS included, no ln_post.
 The image embedding is ln_post(x_L[:, 0]) @ proj, not normalised.
@@ -126,27 +131,41 @@ class VisionTransformer(nnx.Module):
         self.ln_post = nnx.LayerNorm(width, epsilon=eps, rngs=_RNGS)
         self.proj = nnx.data(None if embed_dim is None else nnx.Param(jnp.zeros((width, embed_dim))))
 
-    def __call__(self, images: jax.Array, taps: tuple[int, ...], with_embedding: bool):
-        """images (B, S, S, 3) -> (taps: tuple of (B, 1 + g*g, W), embedding (B, D) or None)."""
+    def embed(self, images: jax.Array) -> jax.Array:
+        """images (B, S, S, 3) -> tokens (B, 1 + g*g, W): [CLS, patches row-major] + position embeddings,
+        before ln_pre."""
         x = self.conv1(images)
         batch, width = x.shape[0], x.shape[-1]
         x = x.reshape(batch, -1, width)
         cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (batch, 1, width))
-        x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(x.dtype)
+        return jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(x.dtype)
+
+    def transform(self, x: jax.Array, taps: tuple[int, ...] = (), last: int | None = None):
+        """ln_pre then blocks 1..last (default all) over any token sequences x (B, T, W).
+
+        Returns (x_last (B, T, W), tuple of the tapped block outputs in taps order)."""
         x = self.ln_pre(x)
-        last = len(self.blocks) if with_embedding else max(taps)
-        wanted = set(taps)
+        last = len(self.blocks) if last is None else last
         outputs = {}
         for index in range(last):
             x = self.blocks[index](x)
-            if index + 1 in wanted:
+            if index + 1 in taps:
                 outputs[index + 1] = x
-        embedding = None
-        if with_embedding:
-            embedding = self.ln_post(x[:, 0])
-            if self.proj is not None:
-                embedding = embedding @ self.proj[...].astype(embedding.dtype)
-        return tuple(outputs[t] for t in taps), embedding
+        return x, tuple(outputs[t] for t in taps)
+
+    def head(self, x: jax.Array, project: bool = True) -> jax.Array:
+        """ln_post on tokens x (..., W), then @ proj when project and the model has one -> (..., D)."""
+        x = self.ln_post(x)
+        if project and self.proj is not None:
+            x = x @ self.proj[...].astype(x.dtype)
+        return x
+
+    def __call__(self, images: jax.Array, taps: tuple[int, ...], with_embedding: bool):
+        """images (B, S, S, 3) -> (taps: tuple of (B, 1 + g*g, W), embedding (B, D) or None)."""
+        last = len(self.blocks) if with_embedding else max(taps)
+        x, outputs = self.transform(self.embed(images), taps, last)
+        embedding = self.head(x[:, 0]) if with_embedding else None
+        return outputs, embedding
 
 
 class TextTransformer(nnx.Module):
@@ -354,6 +373,128 @@ def encode_image(
     )
 
 
+def _vision(visual_params, config: CLIPConfig, dtype: str):
+    return _merge(_split_vision(config), _cast(visual_params, COMPUTE_DTYPES[dtype]))
+
+
+def _precision(dtype: str):
+    return jax.default_matmul_precision("highest" if dtype == "float32" else "default")
+
+
+def _check_tokens(tokens, config: CLIPConfig, name: str = "tokens"):
+    if not hasattr(tokens, "ndim"):
+        tokens = np.asarray(tokens, dtype=np.float32)
+    if tokens.ndim < 2 or tokens.shape[-1] != config.vision.width:
+        raise ValueError(
+            f"{name} must be (..., {config.vision.width}) vision-width tokens for this config, "
+            f"got {tuple(tokens.shape)}"
+        )
+    return tokens
+
+
+@partial(jax.jit, static_argnames=("config", "dtype"))
+def _embed_patches(visual_params, images, *, config, dtype):
+    with _precision(dtype):
+        model = _vision(visual_params, config, dtype)
+        return model.embed(images.astype(COMPUTE_DTYPES[dtype])).astype(jnp.float32)
+
+
+def embed_patches(params: dict, images: jax.Array, config: CLIPConfig, dtype: str = "float32") -> jax.Array:
+    """The vision token sequence before ln_pre: (B, S, S, 3) normalised images -> (B, 1 + g*g, W).
+
+    Row 0 is the class embedding, rows 1.. the patch embeddings row-major over the g x g grid; every row
+    has its own position embedding added. ``encode_tokens`` continues from here on any subset of rows.
+    """
+    vision = config.vision
+    dtype = _check_dtype(dtype)
+    if not hasattr(images, "ndim"):
+        images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[1:] != (vision.image_size, vision.image_size, 3):
+        raise ValueError(
+            f"images must be (B, {vision.image_size}, {vision.image_size}, 3) NHWC for this config, got "
+            f"{tuple(images.shape)}"
+        )
+    return _embed_patches(params["visual"], images, config=config, dtype=dtype)
+
+
+@partial(jax.jit, static_argnames=("config", "dtype"))
+def _encode_tokens(visual_params, tokens, *, config, dtype):
+    with _precision(dtype):
+        model = _vision(visual_params, config, dtype)
+        return model.transform(tokens.astype(COMPUTE_DTYPES[dtype]))[0].astype(jnp.float32)
+
+
+def encode_tokens(params: dict, tokens: jax.Array, config: CLIPConfig, dtype: str = "float32") -> jax.Array:
+    """ln_pre and every vision block over token sequences (B, T, W) -> (B, T, W), no ln_post.
+
+    tokens are rows of ``embed_patches`` (position embeddings already added), any T and any subset or
+    order: a window's pass is [class token, the window's patch tokens]. Attention spans only the T rows.
+    """
+    tokens = _check_tokens(tokens, config)
+    if tokens.ndim != 3:
+        raise ValueError(f"tokens must be (B, T, W), got {tuple(tokens.shape)}")
+    return _encode_tokens(params["visual"], tokens, config=config, dtype=_check_dtype(dtype))
+
+
+@partial(jax.jit, static_argnames=("config", "project", "dtype"))
+def _vision_head(visual_params, tokens, *, config, project, dtype):
+    with _precision(dtype):
+        model = _vision(visual_params, config, dtype)
+        return model.head(tokens.astype(COMPUTE_DTYPES[dtype]), project).astype(jnp.float32)
+
+
+def vision_head(
+    params: dict, tokens: jax.Array, config: CLIPConfig, project: bool = True, dtype: str = "float32"
+) -> jax.Array:
+    """ln_post on any vision tokens (..., W), then @ proj when project (and the checkpoint has one) -> (..., D).
+
+    project=False gives the ln_post'ed tokens (..., W), e.g. WinCLIP's patch memories.
+    """
+    tokens = _check_tokens(tokens, config)
+    return _vision_head(params["visual"], tokens, config=config, project=bool(project), dtype=_check_dtype(dtype))
+
+
+@partial(jax.jit, static_argnames=("config", "dtype"))
+def _encode_windows(visual_params, tokens, windows, *, config, dtype):
+    batch, count, size = tokens.shape[0], windows.shape[0], windows.shape[1]
+    rows = jnp.concatenate([jnp.zeros((count, 1), jnp.int32), windows.astype(jnp.int32) + 1], axis=1)
+    sequences = jnp.take(tokens, rows.reshape(-1), axis=1).reshape(batch * count, 1 + size, tokens.shape[-1])
+    with _precision(dtype):
+        model = _vision(visual_params, config, dtype)
+        out, _ = model.transform(sequences.astype(COMPUTE_DTYPES[dtype]))
+        pooled = model.head(out[:, 0])
+    return pooled.astype(jnp.float32).reshape(batch, count, -1)
+
+
+def encode_windows(
+    params: dict, tokens: jax.Array, windows, config: CLIPConfig, dtype: str = "float32"
+) -> jax.Array:
+    """Window embeddings: the class-token output of a vision pass over [CLS + each window's patch tokens].
+
+    tokens: (B, 1 + g*g, W) from ``embed_patches`` (before ln_pre). windows: (n, k) integer patch indices
+    (0-based, row-major over the grid), one row per window. Each of the B*n sequences of 1 + k tokens keeps
+    its own position embeddings and runs ln_pre, all blocks, ln_post, then the class token @ proj, all in
+    one batched call (sequences are never padded to the full length). Returns (B, n, D) float32.
+    """
+    tokens = _check_tokens(tokens, config)
+    grid_tokens = config.vision.grid_size**2
+    if tokens.ndim != 3 or tokens.shape[1] != 1 + grid_tokens:
+        raise ValueError(
+            f"tokens must be (B, {1 + grid_tokens}, W) from embed_patches, got {tuple(tokens.shape)}"
+        )
+    if not hasattr(windows, "ndim"):
+        windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[0] < 1 or not jnp.issubdtype(windows.dtype, jnp.integer):
+        raise ValueError(
+            f"windows must be a (n, k) integer array of patch indices, got {windows.dtype} {tuple(windows.shape)}"
+        )
+    if isinstance(windows, np.ndarray) and (windows.min() < 0 or windows.max() >= grid_tokens):
+        raise ValueError(
+            f"windows holds patch indices outside [0, {grid_tokens}) for a {config.vision.grid_size}^2 grid"
+        )
+    return _encode_windows(params["visual"], tokens, windows, config=config, dtype=_check_dtype(dtype))
+
+
 @partial(jax.jit, static_argnames=("config", "dtype"))
 def _encode_text(text_params, ids, *, config, dtype):
     compute = COMPUTE_DTYPES[dtype]
@@ -363,15 +504,37 @@ def _encode_text(text_params, ids, *, config, dtype):
         return model(ids).astype(jnp.float32)
 
 
-def encode_text(params: dict, ids: jax.Array, config: CLIPConfig, dtype: str = "float32") -> jax.Array:
+def _is_texts(value) -> bool:
+    if isinstance(value, str):
+        return True
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(t, str) for t in value)
+
+
+def encode_text(
+    params: dict, ids, config: CLIPConfig, dtype: str = "float32", tokenizer=None
+) -> jax.Array:
     """Text embeddings (B, D): EOT-pooled ln_final state @ text_projection, not normalised.
 
     ids: (B, L) integer token ids, L <= context_length, each row holding its end-of-text token (as
-    ``tokenize`` makes them). Pooling follows config.text.pooling (the checkpoint source's rule).
+    ``tokenize`` makes them), or a text / list of B texts, tokenized here with tokenizer (default: the CLIP
+    BPE shipped with jzad, ``clip_tokenizer()``) and cut to context_length as OpenCLIP does. Pooling
+    follows config.text.pooling (the checkpoint source's rule).
     """
     if config.text is None:
         raise ValueError("this CLIP config has no text tower (vision-only checkpoint)")
     dtype = _check_dtype(dtype)
+    if _is_texts(ids):
+        from jzad.backbone.tokenizer import clip_tokenizer, tokenize
+
+        tokenizer = tokenizer or clip_tokenizer()
+        if tokenizer.vocab_size != config.text.vocab_size:
+            raise ValueError(
+                f"tokenizer has {tokenizer.vocab_size} tokens but the text tower embeds {config.text.vocab_size}; "
+                "pass the checkpoint's own tokenizer"
+            )
+        ids = tokenize(tokenizer, ids, config.text.context_length, truncate=True)[0]
+    if not hasattr(ids, "ndim"):
+        ids = np.asarray(ids)
     if ids.ndim != 2 or ids.shape[1] > config.text.context_length:
         raise ValueError(
             f"ids must be (B, L) with L <= context_length={config.text.context_length}, got {tuple(ids.shape)}"

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from jzad.backbone.config import CLIPConfig, TextConfig, VisionConfig, get_architecture
+from jzad.backbone.config import (
+    ARCHITECTURES,
+    CLIPConfig,
+    TextConfig,
+    VisionConfig,
+    architecture_name,
+    get_architecture,
+)
 
 # ---------------------------------------------------------------- OpenAI <-> Flax
 
@@ -552,7 +559,9 @@ def load_checkpoint(path: str | Path, arch=None, activation: str | None = None) 
     """Port a local CLIP checkpoint (HF folder or weights file) to Flax params, strictly.
 
     arch: a named architecture (or CLIPConfig) the tensors must match; None infers it from the shapes.
-    activation: override; otherwise HF config.json's hidden_act, else the arch's, else OpenAI's quick_gelu.
+    activation: override; otherwise HF config.json's hidden_act, else the arch's (given, or the named
+    architecture whose shapes the inferred config has: ViT-B-16-plus-240 is OpenCLIP's, exact GELU), else
+    OpenAI's quick_gelu.
     A checkpoint without a text tower ports as vision-only (config.text None).
     """
     path = Path(path).expanduser()
@@ -575,12 +584,14 @@ def load_checkpoint(path: str | Path, arch=None, activation: str | None = None) 
         state = hf_to_openai(state, what)
         fmt = "huggingface-" + fmt
     arch_config, arch_activation = _arch_and_activation(arch)
-    source_activation = hints.pop("activation", None) or arch_activation or "quick_gelu"
-    run_activation = activation or source_activation
+    source_activation = hints.pop("activation", None) or arch_activation
     if arch_config is None:
-        config = infer_config(state, activation=run_activation, what=what, **hints)
+        config = infer_config(state, what=what, **hints)
+        named = architecture_name(config)
+        source_activation = source_activation or (ARCHITECTURES[named].activation if named else "quick_gelu")
+        config = config.replace(activation=activation or source_activation)
     else:
-        config = arch_config.replace(activation=run_activation)
+        config = arch_config.replace(activation=activation or source_activation)
         for tower, key in (("vision", "vision_heads"), ("text", "text_heads")):
             arch_tower = getattr(config, tower)
             if key in hints and arch_tower is not None and hints[key] != arch_tower.heads:

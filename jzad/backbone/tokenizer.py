@@ -1,12 +1,16 @@
-"""CLIP BPE tokenizer from a checkpoint's own files (vocab.json + merges.txt, or tokenizer.json), offline.
+"""CLIP BPE tokenizers, offline: a checkpoint's own files, or the standard vocabulary shipped with jzad.
 
-Wraps transformers' CLIPTokenizer (imported lazily). A folder without those files makes CLIPTokenizer
-silently build a 2-token vocabulary, so ``load_tokenizer`` checks the files and the vocabulary size.
+``load_tokenizer(folder)`` wraps transformers' CLIPTokenizer (imported lazily) over a Hugging Face folder's
+vocab.json + merges.txt or tokenizer.json. A folder without those files makes CLIPTokenizer silently build
+a 2-token vocabulary, so it checks the files and the vocabulary size. ``clip_tokenizer()`` is jzad's own
+BPE (``jzad.backbone.bpe``) over the shipped vocabulary, for OpenAI / OpenCLIP ``.pt`` checkpoints, which
+carry no tokenizer files; with ``tokenize(..., truncate=True)`` its ids equal OpenCLIP's ``tokenize``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,8 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_conf
 
 @dataclass(frozen=True, eq=False)
 class Tokenizer:
-    """A loaded CLIP tokenizer: the transformers backend and its special-token ids."""
+    """A loaded CLIP tokenizer: its backend (transformers' CLIPTokenizer or jzad's BPETokenizer), the file or
+    folder it came from and its special-token ids."""
 
     backend: Any
     path: Path
@@ -64,12 +69,23 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None) -> Tokenizer
     return Tokenizer(backend, folder, vocab[BOS_TOKEN], eos_id, int(pad_id), size)
 
 
+@lru_cache(maxsize=1)
+def clip_tokenizer() -> Tokenizer:
+    """The standard CLIP tokenizer (49,408 tokens) over the vocabulary shipped with jzad, as OpenCLIP builds it:
+    <start_of_text> 49406, <end_of_text> 49407, rows padded with 0. Built once per process (about 0.2 s)."""
+    from jzad.backbone.bpe import BPETokenizer
+
+    backend = BPETokenizer()
+    return Tokenizer(backend, backend.path, backend.start_id, backend.end_id, 0, backend.vocab_size)
+
+
 def tokenize(
     tokenizer: Tokenizer, texts, context_length: int = 77, truncate: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Texts -> (ids (B, context_length) int32, eot (B,) int32 position of each end-of-text token).
 
-    Each row is <|startoftext|> tokens <|endoftext|> then the tokenizer's pad id (CLIP: <|endoftext|>).
+    Each row is start token, text tokens, end token, then the tokenizer's pad id (Hugging Face CLIP folders:
+    <|endoftext|>; ``clip_tokenizer()``: 0).
     A text longer than context_length raises ValueError unless truncate=True, which keeps the first
     context_length - 1 tokens and ends the row with <|endoftext|> (as OpenCLIP does).
     """

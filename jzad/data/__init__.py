@@ -23,6 +23,20 @@ from jzad.data.masks import (
     resize_binary_mask,
 )
 from jzad.data.names import display_name, output_names
+from jzad.data.loco import (
+    LOCO_CATEGORIES,
+    SUBTYPE_RULES,
+    HueRule,
+    LocoSet,
+    assign_subtypes,
+    load_loco_masks,
+    load_loco_truth,
+    loco_categories,
+    read_loco,
+    read_subtype_list,
+    select_subtype,
+    subtype_of,
+)
 from jzad.data.readers import (
     DATASETS,
     IMAGE_EXTENSIONS,
@@ -36,6 +50,18 @@ from jzad.data.subsets import official_subsets, stratified_subsets
 from jzad.data.synthetic import DEFECT_KINDS, make_synthetic_set, write_synthetic_mvtec
 
 __all__ = [
+    "LOCO_CATEGORIES",
+    "SUBTYPE_RULES",
+    "HueRule",
+    "LocoSet",
+    "assign_subtypes",
+    "load_loco_masks",
+    "load_loco_truth",
+    "loco_categories",
+    "read_loco",
+    "read_subtype_list",
+    "select_subtype",
+    "subtype_of",
     "DECODE_FORMATS",
     "DataError",
     "DataNotFoundError",

@@ -17,6 +17,7 @@ from jzad.backbone import (
     CLIP_MEAN,
     CLIP_STD,
     ImageEncoder,
+    clip_tokenizer,
     architecture_name,
     get_architecture,
     init_clip,
@@ -127,7 +128,9 @@ def load_clip(
     """Full CLIP (both towers) by name or path -> (params, config, tokenizer or None).
 
     image_size / activation default to the settings recorded at port time, else the native ones; the position
-    embeddings are resized once. The tokenizer is loaded when the checkpoint folder has its files.
+    embeddings are resized once. The tokenizer is loaded from the checkpoint folder's files when it has them;
+    otherwise a text tower with CLIP's 49,408-token vocabulary (OpenAI / OpenCLIP .pt files) gets the standard
+    CLIP BPE shipped with jzad (``clip_tokenizer()``), and any other gets None.
     """
     opened = open_checkpoint(name_or_path, arch=arch, weights_dir_override=weights_dir)
     act = activation or opened.activation or opened.config.activation
@@ -138,6 +141,8 @@ def load_clip(
     tokenizer = None
     if config.text is not None and opened.tokenizer_dir is not None:
         tokenizer = load_tokenizer(opened.tokenizer_dir, vocab_size=config.text.vocab_size)
+    elif config.text is not None and config.text.vocab_size == clip_tokenizer().vocab_size:
+        tokenizer = clip_tokenizer()
     return jax.device_put(params), config, tokenizer
 
 

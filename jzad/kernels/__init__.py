@@ -20,9 +20,14 @@ from jzad.kernels.select import (
     smallest_k,
     sum_smallest,
 )
+from jzad.kernels.kmeans import KMeansResult, kmeans, kmeans_plusplus, lloyd
 from jzad.kernels.sharding import AXIS, device_mesh, map_row_shards
 
 __all__ = [
+    "KMeansResult",
+    "kmeans",
+    "kmeans_plusplus",
+    "lloyd",
     "AXIS",
     "PRECISIONS",
     "device_mesh",
