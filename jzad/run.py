@@ -38,6 +38,7 @@ RESTRICTED = {
     "--subsets": lambda m: m.pools,
     "--subset-split": lambda m: m.pools,
     "--shots": lambda m: m.few_shot != "never",
+    "--seeds": lambda m: m.few_shot != "never",
 }
 
 
@@ -137,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --save-maps: resize each map to its image's original size")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the overlay PNGs and summary figures")
     p.add_argument("--heatmap-size", type=_positive_int, default=256, help="side of the overlay panels")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights and the demo set")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for random weights, the demo set and the few-shot reference draw")
+    p.add_argument("--seeds", type=_argparse_type(_int_list), default=argparse.SUPPRESS,
+                   help="(few-shot runs) repeat the reference draw with each seed, e.g. 0,1,2,3,4, and report the "
+                   "mean and std of every metric")
     p.add_argument("--quiet", action="store_true", help="no live progress display")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     for flag, (option, owners) in _method_options().items():
@@ -204,22 +209,24 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(temp, path)
 
 
-def demo_sources(size: int, seed: int, shots: int):
-    """The built-in synthetic set (16 normal + 12 defective images, exact masks) and its normal references."""
+def demo_sources(size: int, seed: int, shots: int, draw_seed: int):
+    """The built-in synthetic set (16 normal + 12 defective images, exact masks) and ``shots`` normal references
+    drawn (``reference_draw``) from a pool of max(shots, 4) synthetic normal images."""
     images, masks, labels, types = jdata.make_synthetic_set(16, 12, size=size, seed=seed)
     names = [f"{t}_{i:03d}" for i, t in enumerate(types)]
     source = jdata.ArrayImages(images, names, labels, types, masks)
     references = None
     if shots:
-        refs, _, _, _ = jdata.make_synthetic_set(max(shots, DEMO_SHOTS_POOL), 0, size=size, seed=seed + 1)
-        references = jdata.ArrayImages(refs[:shots], [f"reference_{i:03d}" for i in range(shots)],
+        pool, _, _, _ = jdata.make_synthetic_set(max(shots, DEMO_SHOTS_POOL), 0, size=size, seed=seed + 1)
+        picked = jdata.reference_draw(len(pool), shots, draw_seed)
+        references = jdata.ArrayImages(pool[picked], [f"reference_{i:03d}" for i in picked],
                                        np.zeros(shots, np.int64), ("good",) * shots)
     return source, references
 
 
-def data_sources(args, category: str, shots: int):
-    """One category of --data as sources: the test images (named as seen under --data) and the first ``shots``
-    normal train images as references (labelled-normal only: re-split MPDD trains hold defects too)."""
+def data_sources(args, category: str, shots: int, draw_seed: int):
+    """One category of --data as sources: the test images (named as seen under --data) and ``shots`` normal
+    train images drawn by ``reference_draw`` (labelled-normal only: re-split MPDD trains hold defects too)."""
     options = {"infer_labels": True} if args.infer_labels else {}
     image_set = jdata.read_dataset(args.dataset, args.data, category, **options)
     print(image_set.summary(), file=sys.stderr)
@@ -227,10 +234,11 @@ def data_sources(args, category: str, shots: int):
     references = None
     if shots:
         train = jdata.read_dataset(args.dataset, args.data, category, split="train", **options)
-        normal = [i for i in range(len(train)) if train.labels is None or train.labels[i] == 0]
+        normal = np.asarray([i for i in range(len(train)) if train.labels is None or train.labels[i] == 0])
         if len(normal) < shots:
             raise UserError(f"--shots {shots}: {category} has only {len(normal)} normal train images")
-        references = jdata.FileImages(train.select(normal[:shots]), root=args.data)
+        picked = normal[jdata.reference_draw(len(normal), shots, draw_seed)]
+        references = jdata.FileImages(train.select(picked), root=args.data)
     return source, references
 
 
@@ -275,8 +283,21 @@ def timing_rows(clock: StageClock, num_images: int, method: Method) -> list[dict
     return rows
 
 
-def write_category_outputs(args, out: Path, result, scorer: Scorer, source, clock: StageClock) -> list[str]:
-    """scores CSV, map TIFFs, overlays and the summary figure of one finished category; returns what it wrote."""
+def seed_statistics(metrics: list[dict]) -> tuple[dict, dict]:
+    """Mean and (population) std over seeds of every metric (nan stays nan)."""
+    mean, std = {}, {}
+    for name in METRIC_COLUMNS:
+        values = np.asarray([m[name] for m in metrics], np.float64)
+        finite = np.isfinite(values).all()
+        mean[name] = float(values.mean()) if finite else float("nan")
+        std[name] = float(values.std()) if finite else float("nan")
+    return mean, std
+
+
+def write_category_outputs(args, out: Path, result, scorer: Scorer, source, clock: StageClock,
+                           seed: int | None = None, pictures: bool = True) -> list[str]:
+    """Scores CSV (``scores_<category>.csv``, or ``scores_<category>_seed<S>.csv`` when several seeds run),
+    and for the first seed the map TIFFs, overlays and the summary figure; returns what it wrote."""
     from jzad.data.sources import prefetch_batches
     from jzad.eval import report
     from jzad.eval.heatmaps import value_range
@@ -284,8 +305,12 @@ def write_category_outputs(args, out: Path, result, scorer: Scorer, source, cloc
 
     start = time.perf_counter()
     cat = result.category
-    written = [str(report.write_scores_csv(out / f"scores_{cat}.csv", result.names, result.labels,
+    csv_name = f"scores_{cat}.csv" if seed is None else f"scores_{cat}_seed{seed}.csv"
+    written = [str(report.write_scores_csv(out / csv_name, result.names, result.labels,
                                            result.image_scores, result.defect_types))]
+    if not pictures:
+        clock.add("write", time.perf_counter() - start)
+        return written
     if args.save_maps:
         sizes = result.original_sizes if args.maps_at_image_size else None
         save_map_tiffs(out / "maps" / cat, result.names, result.maps, sizes)
@@ -367,25 +392,33 @@ def run(args: argparse.Namespace) -> int:
     }
     results_path = out / "results.json"
     write_json_atomic(results_path, payload)
-    total_clock, rows, total_images = StageClock(), [], 0
+    total_clock, rows, std_rows, total_images = StageClock(), [], [], 0
+    seeds = list(getattr(args, "seeds", (args.seed,)))
+    if len(seeds) > 1 and shots < 1:
+        raise OptionError("--seeds repeats the few-shot reference draw: it needs --shots K >= 1")
     try:
         with RunProgress(enabled=not args.quiet) as progress:
             for category in categories:
                 clock = StageClock()
                 try:
-                    if demo:
-                        source, references = demo_sources(backbone.image_size, args.seed, shots)
-                    else:
-                        source, references = data_sources(args, category, shots)
-                    print(f"{category}: {len(source)} images" + (f", {shots} references" if shots else ""),
-                          file=sys.stderr)
-                    result = run_category(scorer, source, category, references, subsets, split,
-                                          aupro_convention=args.aupro, clock=clock, progress=progress)
-                    if result.mask_report is not None:
-                        print(result.mask_report["summary"], file=sys.stderr)
-                        if result.mask_report.get("warning"):
-                            print(f"warning: {result.mask_report['warning']}", file=sys.stderr)
-                    written = write_category_outputs(args, out, result, scorer, source, clock)
+                    runs = []
+                    for index, seed in enumerate(seeds):
+                        if demo:
+                            source, references = demo_sources(backbone.image_size, args.seed, shots, seed)
+                        else:
+                            source, references = data_sources(args, category, shots, seed)
+                        label = category if len(seeds) == 1 else f"{category} (seed {seed})"
+                        print(f"{label}: {len(source)} images" + (f", {shots} references" if shots else ""),
+                              file=sys.stderr)
+                        result = run_category(scorer, source, category, references, subsets, split,
+                                              aupro_convention=args.aupro, clock=clock, progress=progress)
+                        if index == 0 and result.mask_report is not None:
+                            print(result.mask_report["summary"], file=sys.stderr)
+                            if result.mask_report.get("warning"):
+                                print(f"warning: {result.mask_report['warning']}", file=sys.stderr)
+                        written = write_category_outputs(args, out, result, scorer, source, clock,
+                                                         seed if len(seeds) > 1 else None, index == 0)
+                        runs.append((seed, result, written))
                 except (ValueError, OSError, UserError) as err:
                     if args.debug:
                         raise
@@ -394,13 +427,20 @@ def run(args: argparse.Namespace) -> int:
                     write_json_atomic(results_path, payload)
                     continue
                 total_clock.merge(clock)
-                total_images += len(source)
-                rows.append({"category": category, **result.metrics})
+                count = len(runs[0][1].names)
+                total_images += count * len(runs)
+                mean, std = seed_statistics([r.metrics for _, r, _ in runs])
+                rows.append({"category": category, **mean})
+                if len(runs) > 1:
+                    std_rows.append({"category": category, **std})
+                result = runs[0][1]
                 payload["categories"].append({
-                    "category": category, "num_images": len(source), "metrics": result.metrics,
+                    "category": category, "num_images": count, "metrics": mean,
+                    "metrics_std": std if len(runs) > 1 else None,
+                    "seeds": [{"seed": seed, "metrics": r.metrics} for seed, r, _ in runs] if shots else None,
                     "mask_report": result.mask_report, "subset_sizes": [len(g) for g in result.groups],
-                    "timing_ms_per_image": clock.per_image_ms(len(source)),
-                    "compile_s": dict(clock.compile_seconds), "files": written,
+                    "timing_ms_per_image": clock.per_image_ms(count * len(runs)),
+                    "compile_s": dict(clock.compile_seconds), "files": [f for _, _, w in runs for f in w],
                 })
                 payload["memory"] = peak_memory()
                 write_json_atomic(results_path, payload)
@@ -412,7 +452,12 @@ def run(args: argparse.Namespace) -> int:
 
     if rows:
         print()
-        print(report.format_table(rows, ("category",) + METRIC_COLUMNS, title=f"{method.name} metrics"))
+        title = f"{method.name} metrics" + (f" (mean over seeds {seeds})" if len(seeds) > 1 else "")
+        print(report.format_table(rows, ("category",) + METRIC_COLUMNS, title=title))
+        if std_rows:
+            print()
+            print(report.format_table(std_rows, ("category",) + METRIC_COLUMNS,
+                                      title=f"{method.name} metrics: std over seeds {seeds}", mean_row=False))
         print()
         timing = timing_rows(total_clock, total_images, method)
         print(report.format_table(timing, ("stage", "ms_per_image", "compile_s"),

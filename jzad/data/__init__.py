@@ -46,10 +46,11 @@ from jzad.data.readers import (
     read_dataset,
 )
 from jzad.data.sources import ArrayImages, FileImages, prefetch_batches
-from jzad.data.subsets import official_subsets, stratified_subsets
+from jzad.data.subsets import official_subsets, reference_draw, stratified_subsets
 from jzad.data.synthetic import DEFECT_KINDS, make_synthetic_set, write_synthetic_mvtec
 
 __all__ = [
+    "reference_draw",
     "LOCO_CATEGORIES",
     "SUBTYPE_RULES",
     "HueRule",

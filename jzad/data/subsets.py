@@ -72,3 +72,14 @@ def official_subsets(defect_types, num_subsets: int) -> list[np.ndarray]:
             picked.extend(shuffled[j::num_subsets])
         subsets.append(np.asarray(picked, dtype=np.int64))
     return subsets
+
+
+def reference_draw(available: int, shots: int, seed: int) -> np.ndarray:
+    """Which of ``available`` normal train images serve as the ``shots`` few-shot references: all of them, in
+    order, when shots == available; otherwise ``shots`` distinct indices drawn by
+    ``np.random.default_rng(seed).choice(available, shots, replace=False)``, sorted. int64 (shots,)."""
+    if not 1 <= shots <= available:
+        raise ValueError(f"shots: expected 1..{available} (the normal train images), got {shots}")
+    if shots == available:
+        return np.arange(available, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(available, shots, replace=False)).astype(np.int64)
