@@ -58,7 +58,7 @@ def coreset_reference(
 ) -> np.ndarray:
     """Approximate greedy coreset: (R, C) -> (k,) picked row indices, in pick order."""
     points = features if projection is None else features @ projection
-    start_points = torch.as_tensor(np.asarray(start_points), dtype=torch.long)
+    start_points = torch.as_tensor(np.array(start_points), dtype=torch.long)
     anchor = _euclidean(points, points[start_points]).mean(dim=-1, keepdim=True)
     picks = []
     for _ in range(k):

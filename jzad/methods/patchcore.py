@@ -24,9 +24,10 @@ Stages (amazon-science/patchcore-inspection, WideResNet-50-2 taps layer2 / layer
 - ``patchcore_maps``: bilinear upsample to the crop size (align_corners False), then scipy's Gaussian
   (sigma 4, 33 taps, 'reflect'), axis 0 then axis 1 with a float32 intermediate.
 
-Sharding (``mesh``: 1-D "data" axis, None = one device): scoring splits query images over devices; each
-image is one GEMM tile of the same shape on any shard count, so sharded results equal unsharded bit for
-bit. The coreset splits candidate rows (see ``jzad.kernels.kcenter``).
+Sharding (``mesh``: 1-D "data" axis, None = one device): scoring splits query images over devices and runs
+each device's share in fixed-size chunks of images (one image per distance GEMM tile), so every array has
+the same shape on any shard count and sharded results equal unsharded ones bit for bit. The coreset splits
+candidate rows (see ``jzad.kernels.kcenter``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from jzad.kernels.kcenter import sharded_kcenter_greedy
 from jzad.kernels.nearest import nearest_group_distance
 from jzad.kernels.pool import adaptive_avg_pool1d
 from jzad.kernels.resize import bilinear_matrix, resize_bilinear
-from jzad.kernels.sharding import device_mesh, map_row_shards, replicated
+from jzad.kernels.sharding import device_mesh, map_row_shards, pad_rows, replicated
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -69,6 +70,8 @@ class PatchCoreConfig:
     (None: plain max, the original code; anomalib uses 9). map_size: side of the anomaly maps (the crop,
     224). sigma: Gaussian smoothing of the maps. precision: "fp32" or "bf16" distance GEMMs. bank_tile:
     bank rows per GEMM tile in scoring (peak memory ~ patches per image x bank_tile floats per device).
+    image_chunk: query images scored together in ``score_patchcore`` (a device's share is padded to a
+    multiple of it).
     """
 
     dim: int = 1024
@@ -80,9 +83,10 @@ class PatchCoreConfig:
     sigma: float = 4.0
     precision: str = "fp32"
     bank_tile: int = 4096
+    image_chunk: int = 4
 
     def __post_init__(self):
-        for name in ("dim", "num_starts", "map_size", "bank_tile"):
+        for name in ("dim", "num_starts", "map_size", "bank_tile", "image_chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"PatchCoreConfig.{name} must be a positive int, got {value!r}")
@@ -271,22 +275,28 @@ def _bank_groups(bank: jax.Array, tile: int) -> jax.Array:
     return bank.reshape(groups, tile, bank.shape[1])
 
 
+def _nearest_block(shifted: jax.Array, groups: jax.Array, precision: str) -> jax.Array:
+    """(b, M, C) queries and (G, tile, C) bank groups, both shifted by the bank's first row -> (b, M).
+
+    One image (M rows) per GEMM tile, so the arithmetic of a row never depends on the batch it came in.
+    """
+    images, patches, channels = shifted.shape
+    mins = nearest_group_distance(
+        shifted.reshape(-1, channels), groups, query_tile=patches, group_tile=1, precision=precision, squared=True
+    )
+    return jnp.min(mins, axis=-1).reshape(images, patches)
+
+
 @partial(jax.jit, static_argnames=("mesh", "precision", "bank_tile"))
 def _nearest(features, bank, *, mesh, precision, bank_tile):
-    _, patches, channels = features.shape
     origin = bank[0].astype(jnp.float32)
-    features = features.astype(jnp.float32) - origin
     groups = _bank_groups(bank.astype(jnp.float32) - origin, bank_tile)
 
     def block(images, first_row, bank_groups):
         del first_row
-        rows = images.reshape(-1, channels)
-        mins = nearest_group_distance(
-            rows, bank_groups, query_tile=patches, group_tile=1, precision=precision, squared=True
-        )
-        return jnp.min(mins, axis=-1).reshape(images.shape[0], patches)
+        return _nearest_block(images - origin, bank_groups, precision)
 
-    return map_row_shards(block, mesh, features, groups)
+    return map_row_shards(block, mesh, features.astype(jnp.float32), groups)
 
 
 def nearest_scores(
@@ -388,12 +398,36 @@ def fit_patchcore(
 
 @partial(jax.jit, static_argnames=("config", "mesh"))
 def _score(layer2, layer3, bank, *, config, mesh):
-    n, h, w, _ = layer2.shape
-    features = _embed(layer2, layer3, dim=config.dim)
-    patch = _nearest(features, bank, mesh=mesh, precision=config.precision, bank_tile=config.bank_tile)
-    patch = patch.reshape(n, h, w)
-    image = image_scores(patch, features, bank, config.num_neighbors)
-    return PatchCoreScores(image, patch, patchcore_maps(patch, config.map_size, config.sigma))
+    n, h, w, c2 = layer2.shape
+    _, h3, w3, c3 = layer3.shape
+    patches, size, chunk, split = h * w, config.map_size, config.image_chunk, h * w * c2
+    rows = jnp.concatenate([layer2.reshape(n, -1), layer3.reshape(n, -1)], axis=1).astype(jnp.float32)
+
+    def block(images, first_row, bank):
+        del first_row
+        origin = bank[0]
+        groups = _bank_groups(bank - origin, config.bank_tile)
+
+        def one_chunk(chunk_rows):
+            features = _embed(
+                chunk_rows[:, :split].reshape(chunk, h, w, c2),
+                chunk_rows[:, split:].reshape(chunk, h3, w3, c3),
+                dim=config.dim,
+            )
+            patch = _nearest_block(features - origin, groups, config.precision)
+            image = image_scores(patch, features, bank, config.num_neighbors)
+            maps = patchcore_maps(patch.reshape(chunk, h, w), size, config.sigma)
+            return jnp.concatenate([image[:, None], patch, maps.reshape(chunk, size * size)], axis=1)
+
+        count = images.shape[0]
+        total = -(-count // chunk) * chunk
+        chunks = pad_rows(images, total).reshape(total // chunk, chunk, images.shape[1])
+        return jax.lax.map(one_chunk, chunks).reshape(total, -1)[:count]
+
+    out = map_row_shards(block, mesh, rows, bank.astype(jnp.float32))
+    return PatchCoreScores(
+        out[:, 0], out[:, 1 : 1 + patches].reshape(n, h, w), out[:, 1 + patches :].reshape(n, size, size)
+    )
 
 
 def score_patchcore(
@@ -405,7 +439,9 @@ def score_patchcore(
 ) -> PatchCoreScores:
     """Query taps (N, h, w, C2), (N, h3, w3, C3) and a bank (K, dim) -> PatchCoreScores, in one jitted program.
 
-    embed -> nearest squared distances (split over mesh by image) -> image scores -> maps.
+    Per chunk of ``config.image_chunk`` images: embed -> nearest squared distances -> image scores -> maps;
+    chunks are split over mesh by image and every chunk has the same shapes on any shard count, so sharded
+    and unsharded results are equal bit for bit.
     """
     features_dim = config.dim
     if getattr(bank, "ndim", 0) != 2 or bank.shape[1] != features_dim:
