@@ -168,3 +168,26 @@ def test_encode_validates_inputs():
     with pytest.raises(ValueError, match="layers"):
         ResNetConfig(layers=(3, 4, 6))
     assert len(IMAGENET_MEAN) == len(IMAGENET_STD) == 3
+
+
+def test_patchcore_preprocessing_geometry_and_normalisation():
+    from PIL import Image
+
+    from jzad.backbone.imagenet import center_crop_box, normalize_imagenet, resize_center_crop, resized_shape
+
+    assert resized_shape(300, 411, 256) == (256, 350)  # int(256 * 411 / 300) = int(350.72)
+    assert resized_shape(900, 700, 256) == (329, 256)  # int(256 * 900 / 700) = int(329.14)
+    assert center_crop_box(256, 350, 224) == (16, 63)
+    assert center_crop_box(256, 341, 224) == (16, 58)  # (341 - 224) / 2 = 58.5 rounds half to even
+    rng = np.random.default_rng(12)
+    image = rng.integers(0, 256, size=(300, 411, 3), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(image).resize((350, 256), Image.Resampling.BILINEAR))[16:240, 63:287]
+    out = resize_center_crop([image, Image.fromarray(image)])
+    assert out.dtype == np.uint8 and out.shape == (2, 224, 224, 3)
+    np.testing.assert_array_equal(out[0], expected)
+    np.testing.assert_array_equal(out[1], expected)
+    normalised = np.asarray(normalize_imagenet(out[:1]))
+    manual = (out[:1].astype(np.float64) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(normalised, manual, atol=1e-5)
+    with pytest.raises(ValueError, match="crop"):
+        resize_center_crop([image], resize=200, crop=224)

@@ -232,7 +232,9 @@ def _as_key(seed) -> jax.Array:
         return seed
     if isinstance(seed, jax.Array) and seed.ndim == 0 and jnp.issubdtype(seed.dtype, jnp.integer):
         return jax.random.key(seed)
-    raise ValueError(f"seed must be an int or a jax.random.key, got {seed!r}")
+    if isinstance(seed, jax.Array) and seed.shape == (2,) and seed.dtype == jnp.uint32:
+        return jax.random.wrap_key_data(seed)
+    raise ValueError(f"seed must be an int or a PRNG key (jax.random.key / PRNGKey), got {seed!r}")
 
 
 def memory_bank(
@@ -327,6 +329,7 @@ def reweighted_scores(patch: jax.Array, features: jax.Array, bank: jax.Array, b:
 
     s* is the largest patch score (first on ties), f* its feature, m* its nearest bank entry and N_b(m*) the
     b bank entries nearest to m* (m* first); w = 1 - softmax(||f* - N_b(m*)||)_0 with Euclidean distances.
+    s* is this module's patch score (the original's squared distance; anomalib's scores are Euclidean).
     """
     n = patch.shape[0]
     star = jnp.argmax(patch, axis=-1)
