@@ -55,6 +55,14 @@ class Scorer:
         """How images become model inputs for this method."""
         return self.method.prep(self.config, self.backbone.image_size)
 
+    @property
+    def extract_fn(self):
+        """images uint8 (B, S, S, 3) -> Features: the method's own extractor, else the backbone's features."""
+        if self.method.extractor is not None:
+            return self.method.extractor(self.config, self.backbone)
+        request = self.request
+        return lambda images: self.backbone(images, request)
+
 
 @dataclass
 class CategoryResult:
@@ -108,18 +116,28 @@ def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None
             sizes.extend(decoded.sizes)
             yield decoded.images
 
-    features = extract(scorer.backbone, scorer.request, images(), scorer.batch_size, clock,
+    features = extract(scorer.extract_fn, images(), scorer.batch_size, clock,
                        on_batch=None if task is None else task.advance)
     return features, sizes
 
 
-def fit(scorer: Scorer, references, clock: StageClock, task=None):
-    """The method's state from its reference images (a source, or None for zero-shot)."""
+def fit(scorer: Scorer, references, clock: StageClock, task=None, category: str = "", calibration=None):
+    """The method's state for a category: ``prepare`` once, ``fit`` on the reference images (a source, or None
+    for zero-shot), then ``calibrate`` on held-out normal images when the method has that step."""
+    method = scorer.method
+    prepared = clock.run("prepare", method.prepare, scorer.config, scorer.backbone, category)
     ref_features = None
     if references is not None:
         ref_features, _ = extract_source(scorer, references, np.arange(len(references)), clock, task)
         check_finite(ref_features, references.names, "reference features")
-    return clock.run("fit", scorer.method.fit, scorer.config, ref_features, scorer.mesh)
+    state = clock.run("fit", method.fit, scorer.config, ref_features, scorer.mesh, prepared)
+    if method.calibrate is not None:
+        if calibration is None:
+            raise ValueError(f"method {method.name} needs calibration images ({method.calibration} split)")
+        cal_features, _ = extract_source(scorer, calibration, np.arange(len(calibration)), clock, task)
+        check_finite(cal_features, calibration.names, "calibration features")
+        state = clock.run("calibrate", method.calibrate, scorer.config, state, cal_features, scorer.mesh)
+    return state
 
 
 def maps_at(method: Method, config, patch_scores: np.ndarray, size: int, clock: StageClock) -> np.ndarray:
@@ -219,8 +237,10 @@ def run_category(
     aupro_convention: str = "mvtec",
     clock: StageClock | None = None,
     progress: RunProgress | None = None,
+    calibration=None,
 ) -> CategoryResult:
-    """One category end to end: fit on the references, score every group, finalize, maps, masks, metrics."""
+    """One category end to end: fit on the references (and calibrate on held-out normals when the method asks),
+    score every group, finalize, maps, masks, metrics."""
     clock = clock or StageClock()
     progress = progress or RunProgress(False)
     n = len(source)
@@ -228,7 +248,7 @@ def run_category(
         raise ValueError(f"--subsets: expected 1..{n} (the category's image count), got {subsets}")
     groups = score_groups(scorer.method, n, source.defect_types, subsets, split, chunk)
     ref_task = progress.task(f"{category} references", len(references)) if references is not None else None
-    state = fit(scorer, references, clock, ref_task)
+    state = fit(scorer, references, clock, ref_task, category, calibration)
     outputs, _ = score_source(scorer, state, source, groups, clock, progress, category)
     image_scores = finalize(scorer, outputs, clock)
     masks, mask_report = None, None

@@ -33,6 +33,17 @@ from jzad.backbone.port import flax_to_openai, hf_to_openai, load_checkpoint, op
 from jzad.backbone.posembed import resize_position_embedding, with_image_size
 from jzad.backbone.preprocess import CLIP_MEAN, CLIP_STD, preprocess_images
 from jzad.backbone.tokenizer import Tokenizer, clip_tokenizer, load_tokenizer, tokenize
+from jzad.backbone.imagenet import normalize_imagenet, resize_center_crop
+from jzad.backbone.resnet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESNET_CONFIGS,
+    ResNetConfig,
+    encode_resnet,
+    get_resnet_config,
+    init_resnet,
+)
+from jzad.backbone.resnet_port import resnet_from_torch, resnet_to_torch
 from jzad.backbone.naclip import naclip_encode, neighbourhood_bias
 from jzad.backbone.efficientnet import (
     CONFIGS as EFFICIENTNET_CONFIGS,
@@ -52,6 +63,17 @@ from jzad.backbone.efficientnet_port import (
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RESNET_CONFIGS",
+    "ResNetConfig",
+    "encode_resnet",
+    "get_resnet_config",
+    "init_resnet",
+    "normalize_imagenet",
+    "resize_center_crop",
+    "resnet_from_torch",
+    "resnet_to_torch",
     "EFFICIENTNET_CONFIGS",
     "EFFICIENTNET_MEAN",
     "EFFICIENTNET_STD",

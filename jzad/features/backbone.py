@@ -68,14 +68,14 @@ def normalize_pixels(images: jax.Array, mean, std) -> jax.Array:
 
 
 def extract(
-    backbone: Backbone,
-    request: FeatureRequest,
+    forward: Callable[[np.ndarray], Features],
     batches: Iterable[np.ndarray],
     batch_size: int,
     clock,
     on_batch: Callable[[int], None] | None = None,
 ) -> Features:
-    """Run ``backbone`` over an iterable of uint8 batches (each at most batch_size images) -> Features of all.
+    """Run ``forward`` (uint8 images -> Features, e.g. a Backbone with its request bound) over an iterable of
+    uint8 batches (each at most batch_size images) -> Features of all.
 
     Every batch is padded to batch_size, so a single shape is compiled; the time of each call is recorded on
     ``clock`` as "extract". on_batch(n) is called after each batch with its real image count.
@@ -91,7 +91,7 @@ def extract(
             raise ValueError(f"extract: a batch of {real} images exceeds batch_size {batch_size}")
         if real < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - real,) + batch.shape[1:], batch.dtype)])
-        out = clock.run("extract", backbone, batch, request)
+        out = clock.run("extract", forward, batch)
         parts.append(jax.tree.map(lambda a, n=real: a[:n], out))
         if on_batch is not None:
             on_batch(real)

@@ -12,10 +12,13 @@ class Features(NamedTuple):
 
     layers: tuple of (N, h, w, C) patch grids, one per tapped layer (ViT tokens without the class token).
     embeds: (N, D) image embeddings, or None when the method does not use them.
+    extras: further per-image arrays (leading axis N) a method's own extractor adds (e.g. WinCLIP's window
+    embeddings); empty for the plain backbone features.
     """
 
     layers: tuple
     embeds: Any = None
+    extras: dict = {}
 
     @property
     def num_images(self) -> int:

@@ -20,10 +20,17 @@ from jzad.kernels.select import (
     smallest_k,
     sum_smallest,
 )
+from jzad.kernels.blur import gaussian_blur
+from jzad.kernels.pool import adaptive_avg_pool1d
+from jzad.kernels.resize import bilinear_matrix, resize_bilinear
 from jzad.kernels.kmeans import KMeansResult, kmeans, kmeans_plusplus, lloyd
 from jzad.kernels.sharding import AXIS, device_mesh, map_row_shards
 
 __all__ = [
+    "adaptive_avg_pool1d",
+    "bilinear_matrix",
+    "gaussian_blur",
+    "resize_bilinear",
     "KMeansResult",
     "kmeans",
     "kmeans_plusplus",

@@ -2,13 +2,15 @@
 
 A method is a small set of pure functions over a frozen config (the optax init/update pattern):
 
-    state = method.fit(config, references, mesh)                 # few-shot: memory banks; zero-shot: ()
+    prepared = method.prepare(config, backbone, category)        # once per category: e.g. text embeddings
+    state = method.fit(config, references, mesh, prepared)       # few-shot: memory banks; zero-shot: ()
+    state = method.calibrate(config, state, calibration, mesh)   # optional: statistics from held-out normals
     scores, state = method.score(config, state, queries, mesh)   # one jitted program
     scores, state = method.staged(config, state, queries, mesh, clock)   # the same arithmetic, stage by stage
     scores = method.finalize(config, scores)                     # set-level re-scoring over a whole category
 
 ``references`` and ``queries`` are feature pytrees (``Features``: backbone layer grids and, when the method asks
-for it, image embeddings). ``scores`` is a ``Scores`` pytree: patch maps (N, h, w), image scores (N,) and the
+for it, image embeddings; a method with its own ``extractor`` adds what it needs in ``Features.extras``). ``scores`` is a ``Scores`` pytree: patch maps (N, h, w), image scores (N,) and the
 per-image arrays ``finalize`` needs (MuSc keeps the image embeddings for RsCIN). The state is a pytree too, so
 the same functions serve a whole set, one subset, or a stream of batches.
 
@@ -82,6 +84,10 @@ def _identity_finalize(config, scores: Scores) -> Scores:
     return scores
 
 
+def _nothing_to_prepare(config, backbone, category: str):
+    return None
+
+
 @dataclass(frozen=True)
 class Method:
     """One registered method (see the module docstring for the contract of each function).
@@ -97,6 +103,10 @@ class Method:
     maps(config, patch_scores (N, h, w), size (H, W)) -> (N, H, W) anomaly maps at image resolution.
     stages: names of the stages ``staged`` times, in order (for reports). finalize(config, scores) -> scores:
     set-level re-scoring over a whole category (identity by default), timed as ``finalize_stage``.
+    prepare(config, backbone, category) -> pytree or None: per-category constants computed once from the
+    backbone (text prompt embeddings), passed to ``fit``. extractor(config, backbone) -> (images uint8 (B, S, S, 3)
+    -> Features), or None to use the backbone's own features (``request``). calibrate(config, state,
+    features, mesh) -> state, or None: fitted on held-out normal images (``calibration`` names their split).
     """
 
     name: str
@@ -119,6 +129,10 @@ class Method:
     prep: Callable = field(default=lambda config, image_size: ImagePrep())
     finalize: Callable = _identity_finalize
     finalize_stage: str = "finalize"
+    prepare: Callable = _nothing_to_prepare
+    extractor: Callable | None = None
+    calibrate: Callable | None = None
+    calibration: str | None = None
 
     def __post_init__(self):
         if self.few_shot not in FEW_SHOT_MODES:
@@ -155,7 +169,7 @@ def method_names() -> tuple[str, ...]:
 def check_finite(features: Features, names=None, what: str = "features") -> None:
     """Raise ValueError naming the images whose features hold NaN or inf (a silent NaN would spread to every
     score of a pooling method). names: (N,) image names for the message (indices when None)."""
-    leaves = list(features.layers) + ([] if features.embeds is None else [features.embeds])
+    leaves = jax.tree.leaves(features)
     bad = None
     for leaf in leaves:
         per_image = jax.numpy.all(jax.numpy.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)

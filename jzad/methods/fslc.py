@@ -681,9 +681,10 @@ def fit_to_set(config: FSLCConfig, num_images: int, patches: int) -> FSLCConfig:
     )
 
 
-def fslc_fit(config: FSLCConfig, references: Features | None = None, mesh: Mesh | None = None) -> tuple:
+def fslc_fit(config: FSLCConfig, references: Features | None = None, mesh: Mesh | None = None,
+             prepared=None) -> tuple:
     """FSLC is zero-shot: its coreset is learned from the queries themselves, so the state is empty."""
-    del config, references, mesh
+    del config, references, mesh, prepared
     return ()
 
 

@@ -455,9 +455,10 @@ def _keep(queries: Features) -> dict:
     return {} if queries.embeds is None else {"embeds": queries.embeds}
 
 
-def musc_fit(config: MuScConfig, references: Features | None = None, mesh: Mesh | None = None) -> MuScState:
+def musc_fit(config: MuScConfig, references: Features | None = None, mesh: Mesh | None = None,
+             prepared=None) -> MuScState:
     """MuSc takes nothing from references in zero-shot mode; few_shot / plus keep their layer grids."""
-    del mesh
+    del mesh, prepared
     if config.mode == "zero_shot":
         return MuScState()
     if references is None:
