@@ -264,7 +264,8 @@ def load_scorer(args, method: Method, values: dict, shots: int):
     image_size = args.image_size
     if demo and image_size is None and run.image_size is None:
         image_size = DEMO_IMAGE_SIZE
-    backbone = load_backbone(name, run, image_size, args.taps, args.activation, dtype, args.seed)
+    backbone = load_backbone(name, run, image_size, args.taps, args.activation, dtype, args.seed,
+                             with_text=method.needs_text)
     context = RunContext(dataset="synthetic" if demo else args.dataset, image_size=backbone.image_size, shots=shots)
     config = method.configure(values, context)
     return Scorer(method, config, backbone, device_mesh(args.shards), args.batch_size)

@@ -34,11 +34,13 @@ def load_backbone(
     dtype: str = "float32",
     seed: int = 0,
     weights_dir: str | Path | None = None,
+    with_text: bool = False,
 ) -> Backbone:
-    """A Backbone by name or path at the given run preset (explicit arguments override it)."""
+    """A Backbone by name or path at the given run preset (explicit arguments override it); with_text keeps a
+    CLIP text tower for methods that embed prompts."""
     from jzad.features.clip import load_clip_backbone
 
-    return load_clip_backbone(name, run, image_size, taps, activation, dtype, seed, weights_dir)
+    return load_clip_backbone(name, run, image_size, taps, activation, dtype, seed, weights_dir, with_text)
 
 
 __all__ = [

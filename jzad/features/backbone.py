@@ -25,7 +25,9 @@ class Backbone:
     named architecture (None for custom shapes). origin: where the weights came from. image_size: input side S.
     patch_size: the stride of the coarsest tap grid (ViT patch size). taps: tapped layers. dtype: compute dtype.
     forward(params, images uint8 (B, S, S, 3), embedding: bool) -> Features, jitted with ``embedding`` static.
-    info: details for reports (width, activation, grid, ...).
+    info: details for reports (width, activation, grid, ...). encode_prompts: list of str -> (P, D) text
+    embeddings (CLIP loaded with its text tower), else None. config: the family's model config (e.g. the
+    CLIPConfig at the run size), for methods that run parts of the network themselves.
     """
 
     family: str
@@ -39,6 +41,8 @@ class Backbone:
     params: dict
     forward: Callable
     info: dict = field(default_factory=dict)
+    encode_prompts: Callable | None = None
+    config: object = None
 
     @property
     def random_weights(self) -> bool:

@@ -24,7 +24,7 @@ from jzad.backbone import (
     load_tokenizer,
     with_image_size,
 )
-from jzad.backbone.clip import _encode_image
+from jzad.backbone.clip import _encode_image, encode_text
 from jzad.backbone.config import ACTIVATIONS, CLIPConfig
 from jzad.features.backbone import Backbone, normalize_pixels
 from jzad.features.types import BackboneRun, Features
@@ -56,8 +56,9 @@ def _clip_features(visual_params, images, embedding, *, config, taps, dtype):
     return Features(layers, embeds)
 
 
-def clip_backbone(encoder: ImageEncoder, name: str, architecture: str | None) -> Backbone:
-    """A ``Backbone`` over an ImageEncoder (vision tower at its run size, taps and dtype)."""
+def clip_backbone(encoder: ImageEncoder, name: str, architecture: str | None, text=None) -> Backbone:
+    """A ``Backbone`` over an ImageEncoder (vision tower at its run size, taps and dtype); ``text`` optionally
+    (text params, CLIPConfig with its text tower, tokenizer) for methods that embed prompts."""
     config, taps, dtype = encoder.config, encoder.taps, encoder.dtype
 
     def forward(params, images, embedding):
@@ -66,8 +67,15 @@ def clip_backbone(encoder: ImageEncoder, name: str, architecture: str | None) ->
     vision = config.vision
     info = {"family": "clip", "activation": config.activation, "width": vision.width, "layers": vision.layers,
             "patch_size": vision.patch_size, "grid": vision.grid_size, "embed_dim": encoder.embed_dim}
+    encode_prompts = None
+    if text is not None:
+        text_params, text_config, tokenizer = text
+
+        def encode_prompts(prompts):
+            return encode_text({"text": text_params}, list(prompts), text_config, dtype, tokenizer)
+
     return Backbone("clip", name, architecture, encoder.origin, encoder.image_size, vision.patch_size, taps, dtype,
-                    encoder.params, forward, info)
+                    encoder.params, forward, info, encode_prompts, config)
 
 
 def _resolve(override, recorded, preset, native):
@@ -86,20 +94,35 @@ def load_clip_backbone(
     dtype: str = "float32",
     seed: int = 0,
     weights_dir: str | Path | None = None,
+    with_text: bool = False,
 ) -> Backbone:
     """A CLIP Backbone: "random-<architecture>" (random weights of the real shapes, drawn from seed), a ported
-    name, a catalogue name, a checkpoint file/folder or a Hugging Face id (see ``jzad.weights``)."""
+    name, a catalogue name, a checkpoint file/folder or a Hugging Face id (see ``jzad.weights``).
+
+    with_text keeps the text tower: ``Backbone.encode_prompts(list of str) -> (P, D)`` embeds prompts with the
+    checkpoint's tokenizer, or the CLIP BPE shipped with jzad when it has none."""
     text = str(name)
+    text_parts = None
     if text.startswith(RANDOM_PREFIX):
         arch = text[len(RANDOM_PREFIX):]
-        native = get_architecture(arch).replace(text=None)
+        full = get_architecture(arch)
+        native = full.replace(text=None)
         params, recorded, origin = None, None, f"random:{arch}:{seed}"
         arch_name = architecture_name(native)
+        if with_text:
+            text_parts = (jax.device_put(init_clip(full, seed)["text"]), full, None)
     else:
         opened = open_checkpoint(name, weights_dir_override=weights_dir)
         native = opened.config.replace(text=None)
         params, recorded, origin = {"visual": opened.params["visual"]}, opened, opened.origin
         arch_name = architecture_name(native)
+        if with_text:
+            if opened.config.text is None:
+                raise ValueError(f"{text}: this checkpoint has no text tower, and the method embeds text prompts")
+            tokenizer = None
+            if opened.tokenizer_dir is not None:
+                tokenizer = load_tokenizer(opened.tokenizer_dir, vocab_size=opened.config.text.vocab_size)
+            text_parts = (jax.device_put(opened.params["text"]), opened.config, tokenizer)
     preset = run
     size = _resolve(image_size, recorded.image_size if recorded else None, preset.image_size,
                     native.vision.image_size)
@@ -115,7 +138,7 @@ def load_clip_backbone(
     else:
         params, config = with_image_size(params, config, int(size))
     encoder = ImageEncoder(config, jax.device_put(params), chosen_taps, dtype, origin=origin)
-    return clip_backbone(encoder, text, arch_name)
+    return clip_backbone(encoder, text, arch_name, text_parts)
 
 
 def load_clip(

@@ -107,6 +107,7 @@ class Method:
     backbone (text prompt embeddings), passed to ``fit``. extractor(config, backbone) -> (images uint8 (B, S, S, 3)
     -> Features), or None to use the backbone's own features (``request``). calibrate(config, state,
     features, mesh) -> state, or None: fitted on held-out normal images (``calibration`` names their split).
+    needs_text: the backbone must keep its text tower (``Backbone.encode_prompts``) for ``prepare``.
     """
 
     name: str
@@ -133,6 +134,7 @@ class Method:
     extractor: Callable | None = None
     calibrate: Callable | None = None
     calibration: str | None = None
+    needs_text: bool = False
 
     def __post_init__(self):
         if self.few_shot not in FEW_SHOT_MODES:
