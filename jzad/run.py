@@ -32,6 +32,7 @@ from jzad.timing import StageClock
 DEMO_CATEGORY = "synthetic"
 DEMO_IMAGE_SIZE = 224
 DEMO_SHOTS_POOL = 4
+DEMO_CALIBRATION = 8
 OUTPUT_NAMES = ("results.json", "heatmaps", "maps")
 OUTPUT_PREFIXES = ("scores_", "summary_")
 RESTRICTED = {
@@ -103,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=method_names(), default="musc",
                    help="; ".join(get_method(n).summary for n in method_names()))
     p.add_argument("--data", type=Path, default=None, help="dataset root; omitted = built-in synthetic demo")
-    p.add_argument("--dataset", choices=jdata.DATASETS, default="mvtec", help="layout of --data")
+    p.add_argument("--dataset", choices=jdata.CLI_DATASETS, default="mvtec", help="layout of --data")
     p.add_argument("--category", default="all", help="category name, or 'all' for every category")
+    p.add_argument("--loco-subtypes", default=None, metavar="rule|off|FILE",
+                   help="--dataset loco: score juice_bottle and splicing_connectors per sub-type, found by the "
+                   "colour rule (rule, the default), from a list file of '<category>/<path> <sub-type>' lines "
+                   "(FILE), or whole (off)")
     p.add_argument("--infer-labels", action="store_true",
                    help="--dataset folder: images under good/ok/normal folders are normal, others anomalous")
     p.add_argument("--backbone", default=None,
@@ -174,6 +179,10 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
         raise OptionError("--maps-at-image-size needs --save-maps")
     if args.infer_labels and args.dataset != "folder":
         raise OptionError("--infer-labels applies to --dataset folder only")
+    if args.loco_subtypes is not None:
+        if args.dataset != "loco":
+            raise OptionError("--loco-subtypes applies to --dataset loco only")
+        jdata.check_subtypes(args.loco_subtypes)
     values = {o.dest: given[o.dest] for o in method.options if o.dest in given}
     values["precision"] = args.precision
     return values
@@ -209,37 +218,33 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(temp, path)
 
 
-def demo_sources(size: int, seed: int, shots: int, draw_seed: int):
-    """The built-in synthetic set (16 normal + 12 defective images, exact masks) and ``shots`` normal references
-    drawn (``reference_draw``) from a pool of max(shots, 4) synthetic normal images."""
+def demo_sources(size: int, seed: int, shots: int, draw_seed: int, calibration: str | None = None):
+    """The built-in synthetic set (16 normal + 12 defective images, exact masks), ``shots`` normal references
+    drawn (``reference_draw``) from a pool of max(shots, 4) synthetic normal images, and 8 more normal images
+    when the method calibrates."""
     images, masks, labels, types = jdata.make_synthetic_set(16, 12, size=size, seed=seed)
     names = [f"{t}_{i:03d}" for i, t in enumerate(types)]
     source = jdata.ArrayImages(images, names, labels, types, masks)
-    references = None
+    references = held_out = None
     if shots:
         pool, _, _, _ = jdata.make_synthetic_set(max(shots, DEMO_SHOTS_POOL), 0, size=size, seed=seed + 1)
         picked = jdata.reference_draw(len(pool), shots, draw_seed)
         references = jdata.ArrayImages(pool[picked], [f"reference_{i:03d}" for i in picked],
                                        np.zeros(shots, np.int64), ("good",) * shots)
-    return source, references
+    if calibration is not None:
+        normal, _, _, _ = jdata.make_synthetic_set(DEMO_CALIBRATION, 0, size=size, seed=seed + 2)
+        held_out = jdata.ArrayImages(normal, [f"{calibration}_{i:03d}" for i in range(DEMO_CALIBRATION)],
+                                     np.zeros(DEMO_CALIBRATION, np.int64), ("good",) * DEMO_CALIBRATION)
+    return jdata.CategorySources(source, references, held_out, DEMO_CATEGORY, "")
 
 
-def data_sources(args, category: str, shots: int, draw_seed: int):
-    """One category of --data as sources: the test images (named as seen under --data) and ``shots`` normal
-    train images drawn by ``reference_draw`` (labelled-normal only: re-split MPDD trains hold defects too)."""
-    options = {"infer_labels": True} if args.infer_labels else {}
-    image_set = jdata.read_dataset(args.dataset, args.data, category, **options)
-    print(image_set.summary(), file=sys.stderr)
-    source = jdata.FileImages(image_set, root=args.data)
-    references = None
-    if shots:
-        train = jdata.read_dataset(args.dataset, args.data, category, split="train", **options)
-        normal = np.asarray([i for i in range(len(train)) if train.labels is None or train.labels[i] == 0])
-        if len(normal) < shots:
-            raise UserError(f"--shots {shots}: {category} has only {len(normal)} normal train images")
-        picked = normal[jdata.reference_draw(len(normal), shots, draw_seed)]
-        references = jdata.FileImages(train.select(picked), root=args.data)
-    return source, references
+def data_sources(args, category: str, shots: int, draw_seed: int, calibration: str | None = None):
+    """One category of --data as sources (``jzad.data.category_sources``): the test images, ``shots`` normal
+    train images drawn by ``reference_draw`` and, for methods that calibrate, their held-out normal images."""
+    sources = jdata.category_sources(args.dataset, args.data, category, shots, draw_seed, calibration,
+                                     subtypes=args.loco_subtypes or "rule", infer_labels=args.infer_labels)
+    print(sources.summary, file=sys.stderr)
+    return sources
 
 
 def load_scorer(args, method: Method, values: dict, shots: int):
@@ -266,8 +271,11 @@ def load_scorer(args, method: Method, values: dict, shots: int):
         image_size = DEMO_IMAGE_SIZE
     backbone = load_backbone(name, run, image_size, args.taps, args.activation, dtype, args.seed,
                              with_text=method.needs_text)
-    context = RunContext(dataset="synthetic" if demo else args.dataset, image_size=backbone.image_size, shots=shots)
+    context = RunContext(dataset="synthetic" if demo else args.dataset, image_size=backbone.image_size, shots=shots,
+                         taps=backbone.taps)
     config = method.configure(values, context)
+    if method.extractor is not None:
+        method.extractor(config, backbone)  # checks the backbone against the config before any image is read
     return Scorer(method, config, backbone, device_mesh(args.shards), args.batch_size)
 
 
@@ -287,7 +295,7 @@ def timing_rows(clock: StageClock, num_images: int, method: Method) -> list[dict
 def seed_statistics(metrics: list[dict]) -> tuple[dict, dict]:
     """Mean and (population) std over seeds of every metric (nan stays nan)."""
     mean, std = {}, {}
-    for name in METRIC_COLUMNS:
+    for name in metrics[0]:
         values = np.asarray([m[name] for m in metrics], np.float64)
         finite = np.isfinite(values).all()
         mean[name] = float(values.mean()) if finite else float("nan")
@@ -296,9 +304,10 @@ def seed_statistics(metrics: list[dict]) -> tuple[dict, dict]:
 
 
 def write_category_outputs(args, out: Path, result, scorer: Scorer, source, clock: StageClock,
-                           seed: int | None = None, pictures: bool = True) -> list[str]:
+                           seed: int | None = None, pictures: bool = True, maps_folder: str | None = None) -> list[str]:
     """Scores CSV (``scores_<category>.csv``, or ``scores_<category>_seed<S>.csv`` when several seeds run),
-    and for the first seed the map TIFFs, overlays and the summary figure; returns what it wrote."""
+    and for the first seed the map TIFFs (under maps/<maps_folder>, default the category), overlays and the
+    summary figure; returns what it wrote."""
     from jzad.data.sources import prefetch_batches
     from jzad.eval import report
     from jzad.eval.heatmaps import value_range
@@ -314,8 +323,9 @@ def write_category_outputs(args, out: Path, result, scorer: Scorer, source, cloc
         return written
     if args.save_maps:
         sizes = result.original_sizes if args.maps_at_image_size else None
-        save_map_tiffs(out / "maps" / cat, result.names, result.maps, sizes)
-        written.append(str(out / "maps" / cat))
+        folder = out / "maps" / (maps_folder or cat)
+        save_map_tiffs(folder, result.names, result.maps, sizes)
+        written.append(str(folder))
     if not args.no_heatmaps:
         written.append(str(save_summary(out / f"summary_{cat}.png", cat, result.image_scores, result.labels)))
         scale = value_range(result.maps)
@@ -351,6 +361,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from jzad.eval import report
+    from jzad.eval.datasets import dataset_metrics
 
     method = get_method(args.method)
     values = check_options(args, method)
@@ -365,8 +376,10 @@ def run(args: argparse.Namespace) -> int:
     demo = args.data is None
     if not demo and not args.data.is_dir():
         raise UserError(f"--data: {args.data} is not a directory")
-    categories = [DEMO_CATEGORY] if demo else (
-        jdata.list_categories(args.dataset, args.data) if args.category == "all" else [args.category])
+    categories = [DEMO_CATEGORY] if demo else jdata.dataset_categories(args.dataset, args.data, args.category,
+                                                                       args.loco_subtypes or "rule")
+    extra_metrics = None if demo else dataset_metrics(args.dataset)
+    columns = METRIC_COLUMNS if extra_metrics is None else extra_metrics.columns
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     check_out(out, args.overwrite)
     try:
@@ -405,20 +418,26 @@ def run(args: argparse.Namespace) -> int:
                     runs = []
                     for index, seed in enumerate(seeds):
                         if demo:
-                            source, references = demo_sources(backbone.image_size, args.seed, shots, seed)
+                            sources = demo_sources(backbone.image_size, args.seed, shots, seed, method.calibration)
                         else:
-                            source, references = data_sources(args, category, shots, seed)
+                            sources = data_sources(args, category, shots, seed, method.calibration)
+                        source = sources.source
                         label = category if len(seeds) == 1 else f"{category} (seed {seed})"
-                        print(f"{label}: {len(source)} images" + (f", {shots} references" if shots else ""),
+                        print(f"{label}: {len(source)} images" + (f", {shots} references" if shots else "")
+                              + (f", {len(sources.calibration)} calibration images" if sources.calibration else ""),
                               file=sys.stderr)
-                        result = run_category(scorer, source, category, references, subsets, split,
-                                              aupro_convention=args.aupro, clock=clock, progress=progress)
+                        result = run_category(scorer, source, category, sources.references, subsets, split,
+                                              aupro_convention=args.aupro, clock=clock, progress=progress,
+                                              calibration=sources.calibration)
+                        if extra_metrics is not None:
+                            result.metrics.update(extra_metrics.compute(result, source))
                         if index == 0 and result.mask_report is not None:
                             print(result.mask_report["summary"], file=sys.stderr)
                             if result.mask_report.get("warning"):
                                 print(f"warning: {result.mask_report['warning']}", file=sys.stderr)
                         written = write_category_outputs(args, out, result, scorer, source, clock,
-                                                         seed if len(seeds) > 1 else None, index == 0)
+                                                         seed if len(seeds) > 1 else None, index == 0,
+                                                         sources.maps_folder)
                         runs.append((seed, result, written))
                 except (ValueError, OSError, UserError) as err:
                     if args.debug:
@@ -454,10 +473,10 @@ def run(args: argparse.Namespace) -> int:
     if rows:
         print()
         title = f"{method.name} metrics" + (f" (mean over seeds {seeds})" if len(seeds) > 1 else "")
-        print(report.format_table(rows, ("category",) + METRIC_COLUMNS, title=title))
+        print(report.format_table(rows, ("category",) + tuple(columns), title=title))
         if std_rows:
             print()
-            print(report.format_table(std_rows, ("category",) + METRIC_COLUMNS,
+            print(report.format_table(std_rows, ("category",) + tuple(columns),
                                       title=f"{method.name} metrics: std over seeds {seeds}", mean_row=False))
         print()
         timing = timing_rows(total_clock, total_images, method)
@@ -466,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
                                   mean_row=False))
         payload["timing"] = timing
         payload["mean"] = {c: float(np.nanmean([r[c] for r in rows])) if any(np.isfinite(r[c]) for r in rows)
-                           else float("nan") for c in METRIC_COLUMNS}
+                           else float("nan") for c in rows[0] if c != "category"}
     payload["memory"] = peak_memory()
     payload["status"] = "failed" if payload["failed"] else "complete"
     write_json_atomic(results_path, payload)
