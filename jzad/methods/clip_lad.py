@@ -523,6 +523,7 @@ class CLIPLADScores(NamedTuple):
 @partial(jax.jit, static_argnames=("config",))
 def clip_lad_fit(normal: CLIPLADFeatures, prompts: CLIPLADPrompts, config: CLIPLADConfig) -> CLIPLADState:
     """Fit on the k normal images' features: centres, histogram memory, patch memory."""
+    config.check_resolved()
     prepared = prepare_features(normal, config)
     centres = fit_centres(prepared.cluster, config)
     seg = segment(prepared, centres, prompts, config)
