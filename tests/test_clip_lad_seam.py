@@ -129,7 +129,8 @@ def test_configure_presets_and_errors(tiny):
     assert chosen.for_category(LOCO_PROMPTS["juice_bottle"]).num_clusters == 3 and chosen.precision == "bf16"
     juice = config.for_category(category_prompts("juice_bottle-banana"))
     assert (juice.num_clusters, juice.fine_level) == (8, "region")
-    assert category_prompts("parts_tray") == GENERIC_PROMPTS and category_prompts("pushpins") == LOCO_PROMPTS["pushpins"]
+    assert category_prompts("parts_tray") == GENERIC_PROMPTS
+    assert category_prompts("pushpins") == LOCO_PROMPTS["pushpins"]
     with pytest.raises(OptionError, match="clip_lad options: num_clusters"):
         method.configure({"clusters": 0}, RunContext("loco", SIZE, 1, (1, 2, 3)))
     with pytest.raises(ValueError, match=r"--taps 1,2,4: NACLIP replaces the last block \(4\)"):

@@ -39,6 +39,13 @@ validation scores that do not vary still give a finite distance.
 Text enters as arrays (``CLIPLADPrompts``): unit text embeddings of the coarse and fine classes, each the
 normalised mean of its normalised template embeddings (``ensemble_text``). ``LOCO_PROMPTS`` holds the class
 names and N_c per MVTec LOCO category; ``prompt_texts`` expands them with the templates.
+
+The registered method "clip_lad" (bottom of this file) runs these functions through the method seam:
+``prepare`` embeds the category's prompts with the backbone's text tower, the extractor is the NACLIP pass,
+``fit`` resolves N_c and the fine level for the category and keeps the memories, ``calibrate`` fits Eq. 4 on
+validation/good, and scoring runs ``STAGES`` in fixed-size image chunks split over the device mesh. Its
+image score is the fused s; its patch scores the structural map (logical anomalies are scored per image,
+not localised).
 """
 
 from __future__ import annotations
@@ -594,7 +601,7 @@ def clip_lad_extractor(config: CLIPLADConfig, backbone):
             f"tap blocks 1..{layers - 1}, e.g. {','.join(map(str, default_taps(layers)[:-1]))}"
         )
     if backbone.image_size != config.image_size:
-        raise ValueError(f"the backbone runs at {backbone.image_size} px but the clip_lad config at {config.image_size}")
+        raise ValueError(f"the backbone runs at {backbone.image_size} px, the clip_lad config at {config.image_size}")
     clip_config, dtype = backbone.config, backbone.dtype
 
     def extract(images) -> Features:
