@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="dataset root; omitted = built-in synthetic demo")
     p.add_argument("--dataset", choices=jdata.CLI_DATASETS, default="mvtec", help="layout of --data")
     p.add_argument("--category", default="all", help="category name, or 'all' for every category")
-    p.add_argument("--loco-subtypes", default=None, metavar="rule|off|FILE",
+    p.add_argument("--loco-subtypes", default=argparse.SUPPRESS, metavar="rule|off|FILE",
                    help="--dataset loco: score juice_bottle and splicing_connectors per sub-type, found by the "
                    "colour rule (rule, the default), from a list file of '<category>/<path> <sub-type>' lines "
                    "(FILE), or whole (off)")
@@ -179,7 +179,7 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
         raise OptionError("--maps-at-image-size needs --save-maps")
     if args.infer_labels and args.dataset != "folder":
         raise OptionError("--infer-labels applies to --dataset folder only")
-    if args.loco_subtypes is not None:
+    if "loco_subtypes" in given:
         if args.dataset != "loco":
             raise OptionError("--loco-subtypes applies to --dataset loco only")
         jdata.check_subtypes(args.loco_subtypes)
@@ -242,7 +242,7 @@ def data_sources(args, category: str, shots: int, draw_seed: int, calibration: s
     """One category of --data as sources (``jzad.data.category_sources``): the test images, ``shots`` normal
     train images drawn by ``reference_draw`` and, for methods that calibrate, their held-out normal images."""
     sources = jdata.category_sources(args.dataset, args.data, category, shots, draw_seed, calibration,
-                                     subtypes=args.loco_subtypes or "rule", infer_labels=args.infer_labels)
+                                     subtypes=getattr(args, "loco_subtypes", "rule"), infer_labels=args.infer_labels)
     print(sources.summary, file=sys.stderr)
     return sources
 
@@ -377,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
     if not demo and not args.data.is_dir():
         raise UserError(f"--data: {args.data} is not a directory")
     categories = [DEMO_CATEGORY] if demo else jdata.dataset_categories(args.dataset, args.data, args.category,
-                                                                       args.loco_subtypes or "rule")
+                                                                       getattr(args, "loco_subtypes", "rule"))
     extra_metrics = None if demo else dataset_metrics(args.dataset)
     columns = METRIC_COLUMNS if extra_metrics is None else extra_metrics.columns
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")

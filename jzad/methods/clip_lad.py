@@ -653,7 +653,8 @@ def _by_image(fn, mesh: Mesh, chunk: int, rows, *shared):
     mapped chunk by chunk; ``shared`` operands replicated. Returns the outputs of the n real images."""
     n = jax.tree.leaves(rows)[0].shape[0]
     shards = num_shards_of(mesh)
-    per_device = -(-(-(-n // shards)) // chunk) * chunk
+    share = -(-n // shards)  # images per device
+    per_device = -(-share // chunk) * chunk  # in whole chunks
     padded = jax.tree.map(lambda a: pad_rows(a, per_device * shards), rows)
 
     def per_device_fn(block, *operands):
