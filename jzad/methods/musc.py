@@ -589,4 +589,5 @@ METHOD = register(Method(
     stages=("lnamd", "msm", "upsample", "rscin"),
     finalize=musc_finalize,
     finalize_stage="rscin",
+    multi_process=True,
 ))
