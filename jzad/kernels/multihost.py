@@ -25,7 +25,8 @@ def initialize(coordinator: str, num_processes: int | None = None, process_id: i
 
     coordinator: "HOST:PORT" of process 0's coordinator service (then num_processes and process_id are
     required), or "auto": JAX detects the cluster it runs in (SLURM, Open MPI, TPU pods, ...) and reads the
-    missing values from it. CPU devices exchange data over gloo collectives.
+    missing values from it. CPU devices exchange data over gloo collectives. When the runtime already runs
+    (a program that calls the command line several times) it is kept, if it has the same processes.
     """
     explicit = coordinator != AUTO
     if explicit and (num_processes is None or process_id is None):
@@ -35,6 +36,12 @@ def initialize(coordinator: str, num_processes: int | None = None, process_id: i
         raise ValueError(f"num_processes: expected >= 1, got {num_processes}")
     if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"process_id: expected 0..{num_processes - 1}, got {process_id}")
+    if jax.distributed.is_initialized():
+        if (num_processes not in (None, jax.process_count())
+                or process_id not in (None, jax.process_index())):
+            raise ValueError(f"the distributed runtime already runs as process {jax.process_index()} of "
+                             f"{jax.process_count()}")
+        return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator if explicit else None,
                                num_processes=num_processes, process_id=process_id)
