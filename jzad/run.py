@@ -586,12 +586,19 @@ def run_here(args: argparse.Namespace) -> int:
     what they are and score silently (their errors still reach ``main``)."""
     import jax
 
-    if jax.process_index() == 0:
-        return run(args)
-    print(f"process {jax.process_index()} of {jax.process_count()}: scoring its share; process 0 writes the "
-          "outputs", file=sys.stderr)
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        return run(args)
+    rank, processes = jax.process_index(), jax.process_count()
+    try:
+        if rank == 0:
+            return run(args)
+        print(f"process {rank} of {processes}: scoring its share; process 0 writes the outputs", file=sys.stderr)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            return run(args)
+    except jax.errors.JaxRuntimeError as err:
+        if processes == 1 or args.debug:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"process {rank} of {processes}: exchanging data with the other processes failed (did "
+                        f"one of them stop? see its output): {first}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
