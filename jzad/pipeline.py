@@ -9,6 +9,10 @@ are decoded and only its features live on the device; the host keeps the per-ima
 patch maps, maps at the model input size for the metrics). Host memory is bounded by the largest group plus
 those outputs, never by the features of the whole set. Set-level re-scoring (MuSc's RsCIN) runs once over the
 whole category after every group is scored.
+
+Several processes (``jzad.kernels.multihost``): each decodes and extracts only its share of a group, the
+shares become global arrays over one mesh of every process's devices, the method runs on those, and every
+process receives the gathered per-image outputs (the command line lets process 0 write them).
 """
 
 from __future__ import annotations

@@ -418,8 +418,8 @@ def run(args: argparse.Namespace) -> int:
     """Validate everything, then score category by category; returns the exit status.
 
     In a multi-process run every process scores (its share of the images, the kernels over the global mesh)
-    and only process 0 touches --out; a category that fails ends the run, so no process waits on a peer that
-    moved on.
+    and only process 0 touches --out; the first category that fails ends the run (status 1), so no process
+    waits on a peer that moved on.
     """
     import jax
 
@@ -515,14 +515,21 @@ def run(args: argparse.Namespace) -> int:
                             print(result.mask_report["summary"], file=sys.stderr)
                             if result.mask_report.get("warning"):
                                 print(f"warning: {result.mask_report['warning']}", file=sys.stderr)
-                        written = write_category_outputs(args, out, result, scorer, source, clock,
-                                                         seed if len(seeds) > 1 else None, index == 0) if writer else []
+                        written = []
+                        if writer:
+                            written = write_category_outputs(args, out, result, scorer, source, clock,
+                                                             seed if len(seeds) > 1 else None, index == 0)
                         runs.append((seed, result, written))
                 except (ValueError, OSError, UserError) as err:
-                    if args.debug or processes > 1:
+                    if args.debug:
                         raise
                     payload["failed"].append({"category": category, "error": f"{type(err).__name__}: {err}"})
                     print(f"{category}: FAILED: {err}", file=sys.stderr)
+                    if processes > 1:
+                        payload["status"] = "failed"
+                        save_results()
+                        print("a multi-process run stops at its first failed category", file=sys.stderr)
+                        return 1
                     save_results()
                     continue
                 total_clock.merge(clock)
