@@ -3,7 +3,6 @@ sharding, the online memory, and a known answer on synthetic shifted features.""
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -291,19 +290,22 @@ def aurocs(config, seeds, **shift):
     return np.mean(plain), np.mean(refined)
 
 
-# Measured on seeds 0-4 (10-19 in brackets), mean image AUROC, 24 prototypes, 48 channels, 7 x 7 patches:
-#   PATCHCORE_PLUS shifted: plain 0.55 [0.55], refined 0.82 [0.84]; unshifted: plain 1.00 [1.00], refined 1.00 [1.00]
-#   WINCLIP_PLUS   shifted: plain 0.85 [0.85], refined 0.94 [0.93]; unshifted: plain 0.99 [0.99], refined 1.00 [1.00]
-@pytest.mark.parametrize("config,plain_max,refined_min", [(PATCHCORE_PLUS, 0.70, 0.75), (WINCLIP_PLUS, 0.90, 0.90)],
+# Measured on seeds 0-4 (seeds 10-19 in brackets), mean image AUROC, 24 prototypes, 48 channels, 7 x 7 patches:
+#   PATCHCORE_PLUS unshifted: plain 0.994 [0.997], refined 0.998 [0.999]
+#                  shifted:   plain 0.550 [0.552], refined 0.841 [0.839]  (recovered 66 % [65 %] of the loss)
+#   WINCLIP_PLUS   unshifted: plain 0.981 [0.985], refined 0.997 [0.997]
+#                  shifted:   plain 0.897 [0.849], refined 0.956 [0.931]  (recovered 70 % [60 %] of the loss)
+# (cosine ignores the scaling part of the shift, so plain WinCLIP+ scoring loses less.)
+@pytest.mark.parametrize("config,min_loss,refined_min", [(PATCHCORE_PLUS, 0.3, 0.78), (WINCLIP_PLUS, 0.05, 0.92)],
                          ids=["patchcore_plus", "winclip_plus"])
-def test_refinement_recovers_auroc_lost_to_a_global_shift(config, plain_max, refined_min):
+def test_refinement_recovers_auroc_lost_to_a_global_shift(config, min_loss, refined_min):
     seeds = range(5)
     clean_plain, clean_refined = aurocs(config, seeds, scale=0.0, offset=0.0)
     shifted_plain, shifted_refined = aurocs(config, seeds)
     assert clean_plain >= 0.97
-    assert shifted_plain <= plain_max
+    assert shifted_plain <= clean_plain - min_loss  # plain nearest-prototype scoring loses AUROC to the shift
     assert shifted_refined >= refined_min
-    assert (shifted_refined - shifted_plain) >= 0.5 * (clean_plain - shifted_plain)  # recovers most of the loss
+    assert shifted_refined - shifted_plain >= 0.5 * (clean_plain - shifted_plain)  # recovers most of the loss
     assert clean_refined >= clean_plain - 0.02  # no shift: no worse than plain beyond a small margin
 
 

@@ -14,8 +14,8 @@ Choices, each with the equation it concerns:
   f M^T (m, n); M M^T (n, n) is the Gram matrix that does, and it is invertible when n <= c. rho =
   ``ridge`` * tr(M M^T) / n (relative, so it means the same at any feature scale) keeps the solve well posed
   when n > c or prototypes repeat. The Cholesky factor of G = M M^T + rho I depends on M only, so it is
-  computed once (per device, whatever the batch) and every solve reuses Mp = G^-1 M (n, c)
-  (``jax.scipy.linalg.cho_solve``, never an explicit inverse): W0 = f Mp^T.
+  computed once (per device, whatever the batch) and every solve reuses it (``jax.scipy.linalg.cho_solve``,
+  never an explicit inverse): W0 = cho_solve(G, M f^T)^T.
 - E-step (Eqs. 4-5): ott-jax Sinkhorn in the log domain between M (weights 1/n) and W M (weights 1/m) on the
   cost C (n, m) above, epsilon = ``epsilon`` * mean(C) (relative to the mean cost, recomputed each
   iteration), ``min_iterations = max_iterations = sinkhorn_iterations`` so the loop has a fixed length and
@@ -30,7 +30,6 @@ Choices, each with the equation it concerns:
   (``stop_gradient``). Because the OT term is linear in C, <P, C(M, R)> collapses to the barycentric
   projections B = P M (m, c) and masses p = P 1 (m,): squared Euclidean
   sum_j (p_j ||R_j||^2 - 2 R_j.B_j + sum_i P_ji ||M_i||^2), cosine (unit M) sum_j (p_j - B_j.R_j / ||R_j||) / 2.
-  So the cost matrix is never rebuilt inside the M-step: B costs one (m, n) x (n, c) product per M-step.
   "gradient": ``m_steps`` steps of an optax optimizer (``optimizer`` "sgd" with ``momentum``, or "adam") on
   L(W) / tr(M M^T); the constant divisor leaves the minimiser unchanged and makes the learning rate
   scale-free: for the squared Euclidean loss the Hessian's largest eigenvalue is then at most
@@ -42,7 +41,7 @@ Choices, each with the equation it concerns:
   L(W) = sum_j ||f_j - W_j M||^2 + lambda sum_{j,i} P_ji ||M_i - W_j M||^2 + rho sum_j d_j ||W_j||^2.
   The rows W_j decouple; setting dL/dW_j = 0:
   2 (W_j M - f_j) M^T + 2 lambda (p_j W_j M - B_j) M^T + 2 rho d_j W_j = 0
-  => d_j W_j (M M^T + rho I) = (f_j + lambda B_j) M^T  => W = D^-1 (f + lambda P M) Mp^T,  D = diag(1 + lambda p):
+  => d_j W_j (M M^T + rho I) = (f_j + lambda B_j) M^T  => W = D^-1 (f + lambda P M) M^T G^-1,  D = diag(1 + lambda p):
   each refined prototype is the projection onto span(M) of f_j pulled towards its barycentre B_j with
   weight lambda p_j. It reuses the init's Cholesky factor and needs no learning rate.
   Cosine (WinCLIP+): the loss is not quadratic in W. For unit vectors (1 - cos(a, b)) / 2 = ||a - b||^2 / 4,
@@ -56,8 +55,9 @@ Choices, each with the equation it concerns:
 - Score (Eq. 6; Eq. 7's "W* r" repeats the transform that r already carries): "nearest" s_j = min over the
   m refined prototypes r of dis(f_j, r); "residual" s_j = dis(f_j, R_j), the position-wise reconstruction
   error of the CVPR version. Image score = max_j s_j (Sec. 4.3). The nearest prototype is found with the
-  GEMM form of the distance, then its distance is recomputed from the difference f_j - r: the GEMM form
-  loses about |f|^2 * 1e-7 to cancellation exactly where refined prototypes come close to the query.
+  GEMM form of the distance (||r||^2 - 2 f_j.r), then its distance is recomputed from the difference f_j - r:
+  the GEMM form loses about |f|^2 * 1e-7 to cancellation exactly where refined prototypes come close to the
+  query.
 - N = ``iterations`` EM rounds (Algorithm 1; the paper's N = 10). Presets: ``PATCHCORE_PLUS`` (squared
   Euclidean, lambda 0.3) and ``WINCLIP_PLUS`` (cosine, lambda 0.1), Sec. 6.1.
 - Online variant (Table 6): the refined prototypes of each scored image join the prototypes used for the
@@ -66,10 +66,17 @@ Choices, each with the equation it concerns:
   0, a decoupled identity block in G and no cost in epsilon's mean, so a masked run equals a run on the
   valid rows alone.
 
+Coefficient space (speed): R = W M lies in the span of the n prototypes, so every inner product the loop needs
+is one in R^n: M R^T = G0 W^T, ||R_j||^2 = (W G0 W^T)_jj, f R^T = K W^T with G0 = M M^T (n, n) once per
+prototype set and K = f M^T (m, n) once per query. An EM round then costs O(m n^2) (plus Sinkhorn's O(n m) per
+iteration) instead of O(m n c), and the nearest-prototype search O(m^2 n) instead of O(m^2 c); R itself is
+formed once, at the end. PatchCore+ has n << c (0.05 x k x 784 prototypes of 1024 channels), so this is
+several times fewer FLOPs; for n close to c it costs about the same.
+
 Everything is one jitted function per call: ``refine_batch`` vmaps the per-image refinement over a batch and
 shards the batch over a 1-D device mesh (``jax.shard_map``), with no Python loop over images or iterations.
-``precision`` picks the distance GEMMs' arithmetic (cost matrix, scores); Gram, solves and W M stay float32
-at ``Precision.HIGHEST``.
+``precision`` picks the arithmetic of the E-step cost and nearest-prototype GEMMs; Gram, solves, the
+M-step and W M stay float32 at ``Precision.HIGHEST``.
 """
 
 from __future__ import annotations
@@ -163,16 +170,25 @@ class Refinement(NamedTuple):
 
 
 class _Basis(NamedTuple):
-    """What the refinement needs of the prototypes, computed once: M (n, c) (unit rows with the cosine
-    distance, invalid rows zero), its squared norms (n,), Mp = (M M^T + rho I)^-1 M (n, c), Sinkhorn weights
-    a (n,) (1 / n_valid on valid rows), tr(M M^T) and rho."""
+    """Prototype-side quantities, computed once for every query and EM round: M (n, c) (unit rows with the
+    cosine distance, invalid rows zero), squared norms (n,), Gram G0 = M M^T (n, n), the lower Cholesky
+    factor of G0 + rho I (an identity block on invalid rows), Sinkhorn weights a (n,) (1 / n_valid on valid
+    rows), tr(G0) and rho."""
 
     prototypes: jax.Array
     sq_norms: jax.Array
-    solved: jax.Array
+    gram: jax.Array
+    factor: jax.Array
     weights: jax.Array
     trace: jax.Array
     rho: jax.Array
+
+
+class _Query(NamedTuple):
+    """One query: features f (m, c) (unit rows with the cosine distance) and K = f M^T (m, n)."""
+
+    features: jax.Array
+    cross: jax.Array
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -191,6 +207,16 @@ def _check_prototypes(prototypes: jax.Array, channels: int, valid: jax.Array | N
         raise ValueError(f"valid: expected a ({prototypes.shape[0]},) mask over the prototypes, got {valid.shape}")
 
 
+def _check_transform(W: jax.Array, m: int, n: int) -> None:
+    if W.shape != (m, n):
+        raise ValueError(f"W: expected a transform ({m}, {n}), got shape {W.shape}")
+
+
+def _check_plan(T: jax.Array, n: int, m: int) -> None:
+    if T.shape != (n, m):
+        raise ValueError(f"T: expected a plan ({n}, {m}), got shape {T.shape}")
+
+
 # --------------------------------------------------------------------------------------------- pieces
 
 
@@ -204,7 +230,6 @@ def _prepare_features(f: jax.Array, config: RefineConfig) -> jax.Array:
 
 
 def _basis(prototypes: jax.Array, config: RefineConfig, valid: jax.Array | None) -> _Basis:
-    """Prototype-side quantities shared by every query and every EM iteration."""
     m_s = _prepare_features(prototypes, config)
     n = m_s.shape[0]
     valid = jnp.ones((n,), bool) if valid is None else valid.astype(bool)
@@ -213,19 +238,40 @@ def _basis(prototypes: jax.Array, config: RefineConfig, valid: jax.Array | None)
     sq = squared_norms(m_s)
     trace = jnp.sum(sq)
     rho = config.ridge * trace / count
-    gram = _matmul(m_s, m_s.T) + jnp.diag(jnp.where(valid, rho, 1.0))
-    solved = cho_solve(cho_factor(gram, lower=True), m_s)
+    gram = _matmul(m_s, m_s.T)
+    factor = cho_factor(gram + jnp.diag(jnp.where(valid, rho, 1.0)), lower=True)[0]
     weights = jnp.where(valid, 1.0 / count, 0.0)
-    return _Basis(m_s, sq, solved, weights, jnp.maximum(trace, jnp.finfo(jnp.float32).tiny), rho)
+    return _Basis(m_s, sq, gram, factor, weights, jnp.maximum(trace, jnp.finfo(jnp.float32).tiny), rho)
 
 
-def transport_cost(prototypes: jax.Array, refined: jax.Array, config: RefineConfig) -> jax.Array:
-    """Cost C (n, m) between prototypes M (n, c) and refined prototypes R (m, c): ||M_i - R_j||^2 or
-    (1 - cos(M_i, R_j)) / 2, consistent with the scoring distance (Sec. 4.1)."""
+def _query(f: jax.Array, basis: _Basis, config: RefineConfig) -> _Query:
+    f = _prepare_features(f, config)
+    return _Query(f, _matmul(f, basis.prototypes.T))
+
+
+def _solve(basis: _Basis, rhs: jax.Array) -> jax.Array:
+    """rhs (m, n) -> rhs (M M^T + rho I)^-1 by the Cholesky factor."""
+    return cho_solve((basis.factor, True), rhs.T).T
+
+
+def _refined_sq_norms(transform: jax.Array, basis: _Basis) -> jax.Array:
+    """||R_j||^2 = (W G0 W^T)_jj: (m, n) -> (m,)."""
+    return jnp.sum(_matmul(transform, basis.gram) * transform, axis=1)
+
+
+def _inverse_norm(sq: jax.Array) -> jax.Array:
+    return jax.lax.rsqrt(jnp.maximum(sq, 1e-24))
+
+
+def _transport_cost(transform: jax.Array, basis: _Basis, config: RefineConfig) -> jax.Array:
+    """C (n, m) between M and R = W M from M R^T = G0 W^T and the norms: ||M_i - R_j||^2 or
+    (1 - cos(M_i, R_j)) / 2 (Sec. 4.1), without forming R."""
+    cross = dot_nt(basis.gram, transform, config.precision)
+    r2 = _refined_sq_norms(transform, basis)
     if config.distance == "cosine":
-        return 0.5 * (1.0 - dot_nt(l2_normalize(prototypes), l2_normalize(refined), config.precision))
-    gram = dot_nt(prototypes, refined, config.precision)
-    return jnp.maximum(squared_norms(prototypes)[:, None] + squared_norms(refined)[None, :] - 2.0 * gram, 0.0)
+        cos = cross * _inverse_norm(basis.sq_norms)[:, None] * _inverse_norm(r2)[None, :]
+        return 0.5 * (1.0 - cos)
+    return jnp.maximum(basis.sq_norms[:, None] + r2[None, :] - 2.0 * cross, 0.0)
 
 
 def _plan_weights(plan: jax.Array, config: RefineConfig) -> jax.Array:
@@ -244,27 +290,24 @@ def _sinkhorn_plan(cost: jax.Array, weights: jax.Array, config: RefineConfig) ->
 
 
 def _e_step(transform: jax.Array, basis: _Basis, config: RefineConfig) -> jax.Array:
-    refined = _matmul(transform, basis.prototypes)
-    cost = transport_cost(basis.prototypes, refined, config)
+    cost = _transport_cost(jax.lax.stop_gradient(transform), basis, config)
     return jax.lax.stop_gradient(_sinkhorn_plan(cost, basis.weights, config))
 
 
-def _objective(transform: jax.Array, f: jax.Array, basis: _Basis, plan_weights: jax.Array,
+def _objective(transform: jax.Array, query: _Query, basis: _Basis, plan_weights: jax.Array,
                config: RefineConfig) -> jax.Array:
-    """M-step objective L(W) with P fixed (Eqs. 7/8 plus the ridge term for squared Euclidean), using the
-    barycentric form of <P, C>."""
-    refined = _matmul(transform, basis.prototypes)
+    """M-step objective L(W) with P fixed (Eqs. 7/8, plus the ridge term for squared Euclidean) in the
+    coefficient space: f_j.R_j = (K W^T)_jj, B_j.R_j = (P G0 W^T)_jj, ||R_j||^2 = (W G0 W^T)_jj."""
+    r2 = _refined_sq_norms(transform, basis)
     mass = jnp.sum(plan_weights, axis=1)
-    bary = _matmul(plan_weights, basis.prototypes)
+    bary_dot = jnp.sum(_matmul(plan_weights, basis.gram) * transform, axis=1)
+    data_dot = jnp.sum(query.cross * transform, axis=1)
     lam = config.lam
     if config.distance == "cosine":
-        unit = l2_normalize(refined)
-        data = 0.5 * jnp.sum(1.0 - jnp.sum(f * unit, axis=1))
-        transport = 0.5 * jnp.sum(mass - jnp.sum(bary * unit, axis=1))
-        return data + lam * transport
-    data = jnp.sum(jnp.square(f - refined))
-    transport = (jnp.sum(mass * squared_norms(refined)) - 2.0 * jnp.sum(refined * bary)
-                 + jnp.sum(_matmul(plan_weights, basis.sq_norms[:, None])))
+        inv = _inverse_norm(r2)
+        return 0.5 * jnp.sum(1.0 - data_dot * inv) + lam * 0.5 * jnp.sum(mass - bary_dot * inv)
+    data = jnp.sum(squared_norms(query.features)) - 2.0 * jnp.sum(data_dot) + jnp.sum(r2)
+    transport = jnp.sum(mass * r2) - 2.0 * jnp.sum(bary_dot) + jnp.sum(plan_weights * basis.sq_norms[None, :])
     ridge = basis.rho * jnp.sum((1.0 + lam * mass) * squared_norms(transform))
     return data + lam * transport + ridge
 
@@ -275,12 +318,12 @@ def _optimizer(config: RefineConfig) -> optax.GradientTransformation:
     return optax.sgd(config.learning_rate, momentum=config.momentum or None)
 
 
-def _m_step_gradient(transform, f, basis, plan, config):
+def _m_step_gradient(transform, query, basis, plan, config):
     weights = _plan_weights(plan, config)
     opt = _optimizer(config)
 
     def loss(w):
-        return _objective(w, f, basis, weights, config) / basis.trace
+        return _objective(w, query, basis, weights, config) / basis.trace
 
     def step(_, carry):
         w, state = carry
@@ -290,41 +333,41 @@ def _m_step_gradient(transform, f, basis, plan, config):
     return jax.lax.fori_loop(0, config.m_steps, step, (transform, opt.init(transform)))[0]
 
 
-def _m_step_closed(f, basis, plan, config):
+def _m_step_closed(query, basis, plan, config):
+    """W = D^-1 (K + lambda P G0) (G0 + rho I)^-1, i.e. D^-1 (f + lambda P M) M^T (M M^T + rho I)^-1."""
     weights = _plan_weights(plan, config)
-    mass = jnp.sum(weights, axis=1)
-    target = f + config.lam * _matmul(weights, basis.prototypes)
-    return _matmul(target, basis.solved.T) / (1.0 + config.lam * mass)[:, None]
+    rhs = query.cross + config.lam * _matmul(weights, basis.gram)
+    return _solve(basis, rhs) / (1.0 + config.lam * jnp.sum(weights, axis=1))[:, None]
 
 
-def _refine(f: jax.Array, basis: _Basis, config: RefineConfig) -> Refinement:
-    transform = _matmul(f, basis.solved.T)
+def _refine(query: _Query, basis: _Basis, config: RefineConfig) -> Refinement:
+    transform = _solve(basis, query.cross)
 
     def em_round(_, carry):
         w, _plan = carry
         plan = _e_step(w, basis, config)
         if config.em_update == "closed":
-            return _m_step_closed(f, basis, plan, config), plan
-        return _m_step_gradient(w, f, basis, plan, config), plan
+            return _m_step_closed(query, basis, plan, config), plan
+        return _m_step_gradient(w, query, basis, plan, config), plan
 
-    n, m = basis.prototypes.shape[0], f.shape[0]
-    transform, plan = jax.lax.fori_loop(0, config.iterations, em_round, (transform, jnp.zeros((n, m), jnp.float32)))
+    n, m = basis.prototypes.shape[0], query.features.shape[0]
+    init = (transform, jnp.zeros((n, m), jnp.float32))
+    transform, plan = jax.lax.fori_loop(0, config.iterations, em_round, init)
     return Refinement(transform, plan, _matmul(transform, basis.prototypes))
 
 
-def _nearest_distance(f: jax.Array, refined: jax.Array, config: RefineConfig) -> jax.Array:
-    if config.distance == "cosine":
-        sim = dot_nt(f, l2_normalize(refined), config.precision)
-        best = jnp.argmax(sim, axis=1)
-        return 0.5 * (1.0 - jnp.sum(f * l2_normalize(refined[best]), axis=1))
-    gram = dot_nt(f, refined, config.precision)
-    best = jnp.argmin(squared_norms(refined)[None, :] - 2.0 * gram, axis=1)
-    return jnp.sum(jnp.square(f - refined[best]), axis=1)
-
-
-def _scores(f: jax.Array, refined: jax.Array, config: RefineConfig) -> jax.Array:
+def _scores(query: _Query, refinement: Refinement, basis: _Basis, config: RefineConfig) -> jax.Array:
+    """Eq. 6 or the residual. The nearest refined prototype is picked from f R^T = K W^T (m, m), then its
+    distance is recomputed from the difference, exact to float32 rounding."""
+    f, refined = query.features, refinement.prototypes
     if config.score == "nearest":
-        return _nearest_distance(f, refined, config)
+        sim = dot_nt(query.cross, refinement.transform, config.precision)
+        r2 = _refined_sq_norms(refinement.transform, basis)
+        if config.distance == "cosine":
+            best = jnp.argmax(sim * _inverse_norm(r2)[None, :], axis=1)
+        else:
+            best = jnp.argmin(r2[None, :] - 2.0 * sim, axis=1)
+        refined = refined[best]
     if config.distance == "cosine":
         return 0.5 * (1.0 - jnp.sum(f * l2_normalize(refined), axis=1))
     return jnp.sum(jnp.square(f - refined), axis=1)
@@ -341,7 +384,8 @@ def initial_transform(f: jax.Array, M: jax.Array, config: RefineConfig = PATCHCO
     With the cosine distance f and M are L2-normalised first. ``valid`` (n,) bool masks prototypes out.
     """
     _check_pair(f, M, valid)
-    return _matmul(_prepare_features(f, config), _basis(M, config, valid).solved.T)
+    basis = _basis(M, config, valid)
+    return _solve(basis, _query(f, basis, config).cross)
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -349,10 +393,21 @@ def e_step(W: jax.Array, M: jax.Array, config: RefineConfig = PATCHCORE_PLUS,
            valid: jax.Array | None = None) -> jax.Array:
     """E-step (Eqs. 4-5): the entropic OT plan T (n, m) between M (n, c) (weights 1/n) and W M (m, c)
     (weights 1/m) for W (m, n); rows sum to 1/n, columns to about 1/m."""
-    if W.ndim != 2 or W.shape[1] != M.shape[0]:
+    _check_prototypes(M, M.shape[-1], valid)
+    if W.ndim != 2:
         raise ValueError(f"W: expected a transform (m, {M.shape[0]}), got shape {W.shape}")
-    _check_prototypes(M, M.shape[1], valid)
+    _check_transform(W, W.shape[0], M.shape[0])
     return _e_step(W.astype(jnp.float32), _basis(M, config, valid), config)
+
+
+def _m_step_inputs(W, f, M, T, config, valid):
+    _check_pair(f, M, valid)
+    m, n = f.shape[0], M.shape[0]
+    if W is not None:
+        _check_transform(W, m, n)
+    _check_plan(T, n, m)
+    basis = _basis(M, config, valid)
+    return _query(f, basis, config), basis, T.astype(jnp.float32)
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -360,18 +415,16 @@ def m_step_objective(W: jax.Array, f: jax.Array, M: jax.Array, T: jax.Array, con
                      valid: jax.Array | None = None) -> jax.Array:
     """The M-step objective L(W) for a fixed plan T (n, m): dis(f, W M) + lambda <P, C(M, W M)>
     (+ the ridge term for squared Euclidean), P the plan scaled by ``plan_scale``. Scalar."""
-    _check_pair(f, M, valid)
-    return _objective(W.astype(jnp.float32), _prepare_features(f, config), _basis(M, config, valid),
-                      _plan_weights(T.astype(jnp.float32), config), config)
+    query, basis, T = _m_step_inputs(W, f, M, T, config, valid)
+    return _objective(W.astype(jnp.float32), query, basis, _plan_weights(T, config), config)
 
 
 @partial(jax.jit, static_argnames=("config",))
 def m_step_gradient(W: jax.Array, f: jax.Array, M: jax.Array, T: jax.Array, config: RefineConfig = PATCHCORE_PLUS,
                     valid: jax.Array | None = None) -> jax.Array:
     """Gradient M-step: ``m_steps`` optax steps on L(W) / tr(M M^T) with T (n, m) fixed; W (m, n) -> (m, n)."""
-    _check_pair(f, M, valid)
-    return _m_step_gradient(W.astype(jnp.float32), _prepare_features(f, config), _basis(M, config, valid),
-                            T.astype(jnp.float32), config)
+    query, basis, T = _m_step_inputs(W, f, M, T, config, valid)
+    return _m_step_gradient(W.astype(jnp.float32), query, basis, T, config)
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -379,8 +432,8 @@ def m_step_closed(f: jax.Array, M: jax.Array, T: jax.Array, config: RefineConfig
                   valid: jax.Array | None = None) -> jax.Array:
     """Closed-form M-step: W = D^-1 (f + lambda P M) M^T (M M^T + rho I)^-1, the exact minimiser of the
     squared Euclidean L(W) (the chordal form on unit vectors for cosine); f (m, c), T (n, m) -> W (m, n)."""
-    _check_pair(f, M, valid)
-    return _m_step_closed(_prepare_features(f, config), _basis(M, config, valid), T.astype(jnp.float32), config)
+    query, basis, T = _m_step_inputs(None, f, M, T, config, valid)
+    return _m_step_closed(query, basis, T, config)
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -391,7 +444,8 @@ def refine(f: jax.Array, M: jax.Array, config: RefineConfig = PATCHCORE_PLUS,
     With the cosine distance W acts on the unit prototypes M / ||M||.
     """
     _check_pair(f, M, valid)
-    return _refine(_prepare_features(f, config), _basis(M, config, valid), config)
+    basis = _basis(M, config, valid)
+    return _refine(_query(f, basis, config), basis, config)
 
 
 def refine_prototypes(f: jax.Array, M: jax.Array, config: RefineConfig = PATCHCORE_PLUS,
@@ -400,26 +454,25 @@ def refine_prototypes(f: jax.Array, M: jax.Array, config: RefineConfig = PATCHCO
     return refine(f, M, config, valid).prototypes
 
 
+def _refine_and_score(f: jax.Array, basis: _Basis, config: RefineConfig) -> tuple[jax.Array, jax.Array]:
+    query = _query(f, basis, config)
+    refinement = _refine(query, basis, config)
+    return _scores(query, refinement, basis, config), refinement.prototypes
+
+
 @partial(jax.jit, static_argnames=("config",))
 def refined_patch_scores(f: jax.Array, M: jax.Array, config: RefineConfig = PATCHCORE_PLUS,
                          valid: jax.Array | None = None) -> jax.Array:
     """Patch scores s (m,) of one query f (m, c) against its refined prototypes (Eq. 6 or the residual);
     the image score is s.max()."""
     _check_pair(f, M, valid)
-    f = _prepare_features(f, config)
-    return _scores(f, _refine(f, _basis(M, config, valid), config).prototypes, config)
+    return _refine_and_score(f, _basis(M, config, valid), config)[0]
 
 
 def _batch_body(config: RefineConfig, with_prototypes: bool):
     def body(fs, prototypes, valid):
         basis = _basis(prototypes, config, valid)
-
-        def one(f):
-            f = _prepare_features(f, config)
-            refined = _refine(f, basis, config).prototypes
-            return _scores(f, refined, config), refined
-
-        scores, refined = jax.vmap(one)(fs)
+        scores, refined = jax.vmap(lambda f: _refine_and_score(f, basis, config))(fs)
         return (scores, refined) if with_prototypes else scores
 
     return body
@@ -507,9 +560,8 @@ def refine_online(fs: jax.Array, state: OnlineMemory, config: RefineConfig = PAT
 
     def step(memory, f):
         prototypes, valid = online_prototypes(memory)
-        f = _prepare_features(f, config)
-        refined = _refine(f, _basis(prototypes, config, valid), config).prototypes
-        return online_update(memory, refined), _scores(f, refined, config)
+        scores, refined = _refine_and_score(f, _basis(prototypes, config, valid), config)
+        return online_update(memory, refined), scores
 
     state, scores = jax.lax.scan(step, state, fs.astype(jnp.float32))
     return scores, state
