@@ -15,7 +15,8 @@ Choices, each with the equation it concerns:
   ``ridge`` * tr(M M^T) / n (relative, so it means the same at any feature scale) keeps the solve well posed
   when n > c or prototypes repeat. The Cholesky factor of G = M M^T + rho I depends on M only, so it is
   computed once (per device, whatever the batch) and every solve reuses it (``jax.scipy.linalg.cho_solve``,
-  never an explicit inverse): W0 = cho_solve(G, M f^T)^T.
+  never an explicit inverse): W0 = cho_solve(G, M f^T)^T once per query, G0 G^-1 = cho_solve(G, G0)^T once
+  per prototype set (G0 = M M^T).
 - E-step (Eqs. 4-5): ott-jax Sinkhorn in the log domain between M (weights 1/n) and W M (weights 1/m) on the
   cost C (n, m) above, epsilon = ``epsilon`` * mean(C) (relative to the mean cost, recomputed each
   iteration), ``min_iterations = max_iterations = sinkhorn_iterations`` so the loop has a fixed length and
@@ -43,7 +44,8 @@ Choices, each with the equation it concerns:
   2 (W_j M - f_j) M^T + 2 lambda (p_j W_j M - B_j) M^T + 2 rho d_j W_j = 0
   => d_j W_j (M M^T + rho I) = (f_j + lambda B_j) M^T  => W = D^-1 (f + lambda P M) M^T G^-1,  D = diag(1 + lambda p):
   each refined prototype is the projection onto span(M) of f_j pulled towards its barycentre B_j with
-  weight lambda p_j. It reuses the init's Cholesky factor and needs no learning rate.
+  weight lambda p_j. As W = D^-1 (W0 + lambda P G0 G^-1) it is one (m, n) x (n, n) product per round on
+  top of the init's solve, and needs no learning rate.
   Cosine (WinCLIP+): the loss is not quadratic in W. For unit vectors (1 - cos(a, b)) / 2 = ||a - b||^2 / 4,
   so the closed form minimises that chordal form on unit features and prototypes without the unit-norm
   constraint on R_j, i.e. the squared Euclidean closed form above on f/||f||, M/||M|| (the factor 1/4 is
@@ -116,6 +118,14 @@ class RefineConfig:
     relative to the mean cost. sinkhorn_iterations: fixed Sinkhorn length. plan_scale: "printed" (T as is)
     or "row" (m T^T, rows sum to 1). ridge: rho relative to tr(M M^T) / n. score: "nearest" (Eq. 6) or
     "residual" (||f_j - R_j||). precision: "fp32" or "bf16" distance GEMMs.
+
+    Defaults: the paper's N = 10 and lambda = 0.3 (PatchCore+; ``WINCLIP_PLUS`` has 0.1); one SGD step per
+    round, as Sec. 4.2's W_{t+1} = W_t - beta dL/dW, at lr 0.5 (below the stability bound 1 / (1 + lambda) =
+    0.77 of the "row" loss); epsilon 0.05 x mean cost, a sharp plan; 50 Sinkhorn iterations (rows then sum to
+    1/n exactly; the worst column sum is off 1/m by 2-12 % on the synthetic test features, by 1e-6 on random
+    784 x 1024 queries against 157 prototypes; raise it for a tighter plan); "row" plan scaling, the reading
+    under which lambda has the effect the paper's lambda sweep (Fig. 5) and T* ablation (Table 2) report
+    ("printed" scores like lambda = 0 in benchmarks/refine_study.py); ridge 1e-4.
     """
 
     distance: str = "sqeuclidean"
@@ -172,23 +182,26 @@ class Refinement(NamedTuple):
 class _Basis(NamedTuple):
     """Prototype-side quantities, computed once for every query and EM round: M (n, c) (unit rows with the
     cosine distance, invalid rows zero), squared norms (n,), Gram G0 = M M^T (n, n), the lower Cholesky
-    factor of G0 + rho I (an identity block on invalid rows), Sinkhorn weights a (n,) (1 / n_valid on valid
-    rows), tr(G0) and rho."""
+    factor of G = G0 + rho I (an identity block on invalid rows), G0 G^-1 (n, n) (by that factor), Sinkhorn
+    weights a (n,) (1 / n_valid on valid rows), tr(G0) and rho."""
 
     prototypes: jax.Array
     sq_norms: jax.Array
     gram: jax.Array
     factor: jax.Array
+    gram_solved: jax.Array
     weights: jax.Array
     trace: jax.Array
     rho: jax.Array
 
 
 class _Query(NamedTuple):
-    """One query: features f (m, c) (unit rows with the cosine distance) and K = f M^T (m, n)."""
+    """One query: features f (m, c) (unit rows with the cosine distance), K = f M^T (m, n) and the initial
+    transform W0 = K G^-1 (m, n)."""
 
     features: jax.Array
     cross: jax.Array
+    initial: jax.Array
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -240,18 +253,16 @@ def _basis(prototypes: jax.Array, config: RefineConfig, valid: jax.Array | None)
     rho = config.ridge * trace / count
     gram = _matmul(m_s, m_s.T)
     factor = cho_factor(gram + jnp.diag(jnp.where(valid, rho, 1.0)), lower=True)[0]
+    gram_solved = cho_solve((factor, True), gram).T
     weights = jnp.where(valid, 1.0 / count, 0.0)
-    return _Basis(m_s, sq, gram, factor, weights, jnp.maximum(trace, jnp.finfo(jnp.float32).tiny), rho)
+    return _Basis(m_s, sq, gram, factor, gram_solved, weights, jnp.maximum(trace, jnp.finfo(jnp.float32).tiny),
+                  rho)
 
 
 def _query(f: jax.Array, basis: _Basis, config: RefineConfig) -> _Query:
     f = _prepare_features(f, config)
-    return _Query(f, _matmul(f, basis.prototypes.T))
-
-
-def _solve(basis: _Basis, rhs: jax.Array) -> jax.Array:
-    """rhs (m, n) -> rhs (M M^T + rho I)^-1 by the Cholesky factor."""
-    return cho_solve((basis.factor, True), rhs.T).T
+    cross = _matmul(f, basis.prototypes.T)
+    return _Query(f, cross, cho_solve((basis.factor, True), cross.T).T)
 
 
 def _refined_sq_norms(transform: jax.Array, basis: _Basis) -> jax.Array:
@@ -334,14 +345,14 @@ def _m_step_gradient(transform, query, basis, plan, config):
 
 
 def _m_step_closed(query, basis, plan, config):
-    """W = D^-1 (K + lambda P G0) (G0 + rho I)^-1, i.e. D^-1 (f + lambda P M) M^T (M M^T + rho I)^-1."""
+    """W = D^-1 (f + lambda P M) M^T G^-1 = D^-1 (W0 + lambda P G0 G^-1): one (m, n) x (n, n) product."""
     weights = _plan_weights(plan, config)
-    rhs = query.cross + config.lam * _matmul(weights, basis.gram)
-    return _solve(basis, rhs) / (1.0 + config.lam * jnp.sum(weights, axis=1))[:, None]
+    rhs = query.initial + config.lam * _matmul(weights, basis.gram_solved)
+    return rhs / (1.0 + config.lam * jnp.sum(weights, axis=1))[:, None]
 
 
 def _refine(query: _Query, basis: _Basis, config: RefineConfig) -> Refinement:
-    transform = _solve(basis, query.cross)
+    transform = query.initial
 
     def em_round(_, carry):
         w, _plan = carry
@@ -385,7 +396,7 @@ def initial_transform(f: jax.Array, M: jax.Array, config: RefineConfig = PATCHCO
     """
     _check_pair(f, M, valid)
     basis = _basis(M, config, valid)
-    return _solve(basis, _query(f, basis, config).cross)
+    return _query(f, basis, config).initial
 
 
 @partial(jax.jit, static_argnames=("config",))
