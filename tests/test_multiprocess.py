@@ -26,7 +26,7 @@ CASES = {
     "musc-pairs-subsets": ["--method", "musc", "--schedule", "pairs", "--subsets", "3"],
     "fslc": ["--method", "fslc"],
 }
-TIMEOUT_S = 300
+TIMEOUT_S = 600
 
 
 def test_two_processes_score_as_one_process_and_only_process_0_writes(tmp_path):

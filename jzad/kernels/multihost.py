@@ -12,6 +12,8 @@ the single-process path is the same code.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -92,8 +94,17 @@ def assemble(tree, num_rows: int, mesh: Mesh | None):
     whole = jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(rows, x, (count * x.shape[0],) + tuple(x.shape[1:])),
         tree)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(lambda t: jax.tree.map(lambda x: x[:num_rows], t), out_shardings=replicated)(whole)
+    return _replicated_rows(mesh)(whole, num_rows)
+
+
+def _first_rows(tree, num_rows: int):
+    return jax.tree.map(lambda x: x[:num_rows], tree)
+
+
+@functools.lru_cache(maxsize=None)
+def _replicated_rows(mesh: Mesh):
+    """``_first_rows`` jitted with its output replicated over ``mesh`` (one program per mesh and shape)."""
+    return jax.jit(_first_rows, static_argnames="num_rows", out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def gather_rows(local: np.ndarray, num_rows: int) -> np.ndarray:
