@@ -27,7 +27,8 @@ def initialize(coordinator: str, num_processes: int | None = None, process_id: i
 
     coordinator: "HOST:PORT" of process 0's coordinator service (then num_processes and process_id are
     required), or "auto": JAX detects the cluster it runs in (SLURM, Open MPI, TPU pods, ...) and reads the
-    missing values from it. CPU devices exchange data over gloo collectives. When the runtime already runs
+    missing values from it. CPU devices exchange data over gloo collectives (JAX's default; older versions
+    have none, so it is set; JAX_CPU_COLLECTIVES_IMPLEMENTATION=mpi is kept). When the runtime already runs
     (a program that calls the command line several times) it is kept, if it has the same processes.
     """
     explicit = coordinator != AUTO
@@ -44,7 +45,8 @@ def initialize(coordinator: str, num_processes: int | None = None, process_id: i
             raise ValueError(f"the distributed runtime already runs as process {jax.process_index()} of "
                              f"{jax.process_count()}")
         return
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator if explicit else None,
                                num_processes=num_processes, process_id=process_id)
 
