@@ -283,6 +283,7 @@ def data_sources(args, category: str, shots: int, draw_seed: int):
 def load_scorer(args, method: Method, values: dict, shots: int):
     """The backbone the options name at the method's preset, and the method's config."""
     from jzad.backbone.config import architecture_name, get_architecture
+    from jzad.backbone.port import MissingDependencyError
     from jzad.features import load_backbone
     from jzad.kernels import device_mesh
 
@@ -305,7 +306,7 @@ def load_scorer(args, method: Method, values: dict, shots: int):
     try:
         backbone = load_backbone(name, run, image_size, args.taps, args.activation, dtype, args.seed,
                                  with_text=method.needs_text)
-    except (ValueError, FileNotFoundError, ConnectionError) as err:
+    except (ValueError, FileNotFoundError, ConnectionError, MissingDependencyError) as err:
         raise UserError(_backbone_error(args, method, str(name), err)) from err
     context = RunContext(dataset="synthetic" if demo else args.dataset, image_size=backbone.image_size, shots=shots)
     try:
