@@ -46,6 +46,7 @@ from jzad.methods.base import (
     OptionError,
     RunContext,
     Scores,
+    check_finite,
     register,
 )
 
@@ -432,10 +433,15 @@ def score_musc(
     """MuSc over one set: tapped tokens (L x (N, 1 + h*w, C)) and image embeddings (N, D) -> MuScResult.
 
     The image score is the max of the map upsampled to ``config.map_size`` (computed one image at a time, so
-    the full-size maps of the set are never held at once). ``image_embeds`` None skips RsCIN.
+    the full-size maps of the set are never held at once). ``image_embeds`` None skips RsCIN. Tokens or
+    embeddings holding NaN or inf raise ValueError naming the images (by index), since one such image would
+    turn every score of the pool into NaN.
     """
     if mesh is not None and not isinstance(mesh, Mesh):
         raise ValueError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+    check_finite((tuple(layer_tokens), image_embeds), what="score_musc: layer_tokens / image_embeds")
+    if reference_tokens is not None:
+        check_finite(tuple(reference_tokens), what="score_musc: reference_tokens")
     patch = musc_patch_scores(tuple(layer_tokens), config, mesh, None if reference_tokens is None else tuple(reference_tokens))
     raw = max_of_upsampled(patch, config.map_size)
     scores = raw if image_embeds is None else rscin(raw, image_embeds, config.windows)
