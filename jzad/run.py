@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("\ninterrupted before any category was scored", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return 130
 
 
