@@ -8,7 +8,8 @@ Stages, each a pure function over arrays that works under jit (names follow the 
   the patch score is the mean of the k smallest d_j(p) over j != i, k = max(1, floor(0.3 (N - 1))). The k >= 1
   guard is our deviation for tiny sets (N < 5), where the paper's k would be 0. Distances come from the GEMM
   form ||a||^2 + ||b||^2 - 2 a.b; a squared distance within its rounding error (``rounding_floor``: for unit
-  LNAMD features of C = 1024, d^2 <= 1.5e-5, d <= 3.9e-3) is exactly 0, so identical patches score exactly 0
+  LNAMD features of C = 1024, d^2 <= 1.5e-5, d <= 3.9e-3; with bf16 GEMMs d <= 0.088, what bfloat16 inputs
+  cannot resolve) is exactly 0, so identical patches score exactly 0
   and a set of identical images scores 0 everywhere (its metrics are those of all-tied scores: AUROC 0.5),
   instead of the float noise the square root would otherwise turn into hot spots (deviation: the reference's
   cdist keeps that noise).
