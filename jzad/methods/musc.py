@@ -9,10 +9,9 @@ Stages, each a pure function over arrays that works under jit (names follow the 
   guard is our deviation for tiny sets (N < 5), where the paper's k would be 0. Distances come from the GEMM
   form ||a||^2 + ||b||^2 - 2 a.b; a squared distance within its rounding error (``rounding_floor``: for unit
   LNAMD features of C = 1024, d^2 <= 1.5e-5, d <= 3.9e-3; with bf16 GEMMs d <= 0.088, what bfloat16 inputs
-  cannot resolve) is exactly 0, so identical patches score exactly 0
-  and a set of identical images scores 0 everywhere (its metrics are those of all-tied scores: AUROC 0.5),
-  instead of the float noise the square root would otherwise turn into hot spots (deviation: the reference's
-  cdist keeps that noise).
+  cannot resolve) is exactly 0, so identical patches score exactly 0 and a set of identical images scores 0
+  everywhere (its metrics are those of all-tied scores: AUROC 0.5), instead of the float noise the square root
+  would otherwise turn into hot spots (deviation: the reference's cdist keeps that noise).
 - ``rscin``: re-scoring with the constrained image-level neighbourhood: min-max normalised image scores
   smoothed over each image's k most similar images (by CLIP image embedding), averaged over the windows.
 - ``score_musc``: the whole method over the tapped layers of one set; layers and r values are scored
