@@ -166,6 +166,8 @@ def test_msm_sets_squared_distances_within_rounding_to_zero_and_keeps_larger_one
         got = np.asarray(mutual_scores(features, MuScConfig(schedule=schedule)))
         assert np.all(got[:2] == 0.0), schedule
         np.testing.assert_allclose(got, expected, atol=2e-6, rtol=0)
+        copies = np.repeat(features[2:3], 3, axis=0)
+        assert np.all(np.asarray(mutual_scores(copies, MuScConfig(schedule=schedule, precision="bf16"))) == 0.0)
 
 
 def test_identical_images_through_the_cli_write_the_note(tmp_path, capsys):
