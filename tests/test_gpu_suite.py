@@ -40,7 +40,9 @@ def test_dry_run_completes_and_matches_the_reference(tmp_path, capsys):
     for run in gpu_suite.METHOD_RUNS:
         entry = parts[run.method]
         if run.method in method_names():
-            assert entry["status"] in ("ok", "skipped", "failed")
+            assert entry["status"] == "ok", (run.method, entry)
+            _check_summary(entry["summary"], tuple(entry["summary"]["stages"]), 6)
+            assert "extract" in entry["summary"]["stages"] and entry["pilot"]["n"] == 4
         else:
             assert entry["status"] == "skipped" and f"method {run.method!r} is not registered" in entry["reason"]
     assert saved["elapsed_s"] <= 600 and saved["budget_s"] == 600
