@@ -786,7 +786,8 @@ def _musc_section(payload: dict) -> list[str]:
         for precision, parity in reference["parity"].items():
             lines.append(f"{precision}: patch scores {fmt(parity['patch_scores_max_abs'])} (largest "
                          f"{fmt(parity['patch_scores_max_magnitude'])}), image scores "
-                         f"{fmt(parity['image_scores_max_abs'])} (before RsCIN {fmt(parity['image_scores_raw_max_abs'])}), "
+                         f"{fmt(parity['image_scores_max_abs'])} (before RsCIN "
+                         f"{fmt(parity['image_scores_raw_max_abs'])}), "
                          f"maps {fmt(parity['maps_max_abs'])}, image-score rank correlation "
                          f"{fmt(parity['image_scores_rank_correlation'])}")
         out += ["", "Parity against the reference (max abs difference, each on its own features): "

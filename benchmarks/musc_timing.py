@@ -24,9 +24,9 @@ MSM, upsample, RsCIN), on random weights of the backbone's real shapes and rando
   quadratically to the next N, would exceed --max-seconds. The table says which and why.
 - Roofline: FLOPs and bytes of every stage from the shapes (``benchmarks.roofline``), measured device
   ceilings (large fp32/bf16 matmuls, a streaming copy), time over floor.
-- Memory: ``memory_analysis()`` of the programs the pipeline runs (compiled apart); measured peak device memory per implementation
-  (GPU: torch.cuda.max_memory_allocated, XLA peak_bytes_in_use; CPU: peak RSS growth via /proc VmHWM after
-  malloc_trim). The 1-minute load average is sampled during the run and stored with the device.
+- Memory: ``memory_analysis()`` of the programs the pipeline runs (compiled apart); measured peak device
+  memory per implementation (GPU: torch.cuda.max_memory_allocated, XLA peak_bytes_in_use; CPU: peak RSS growth
+  via /proc VmHWM after malloc_trim). The 1-minute load average is sampled during the run and stored with the device.
 
 Output: markdown tables on stdout and ``<out>/musc_<platform>_<backbone>_N<n>.json`` (device, versions,
 shapes, every number, date). ``benchmarks/report.py`` turns the JSON files into the README section.
