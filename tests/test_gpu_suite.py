@@ -3,6 +3,7 @@ keeps the budget (a part that does not fit is skipped with the reason), and its 
 the PyTorch reference, so the run on a lent GPU cannot fail on a typo."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -150,6 +151,10 @@ def test_options_and_json_values():
     assert err.value.code == 2
     args = gpu_suite.build_parser().parse_args(["--only", "musc_fp32,fslc", "--skip", "attention"])
     assert args.only == ("musc_fp32", "fslc") and args.skip == ("attention",) and args.budget == 480.0
+    suite = gpu_suite.Suite(args, Path("unused"), "test")
+    reasons = {part.name: suite.skip_reason(part) for part in gpu_suite.PARTS}
+    assert reasons["ceilings"] is None and reasons["musc_fp32"] is None
+    assert reasons["musc_bf16"] == "not selected (--only)" and reasons["attention"] == "not selected (--only)"
     with pytest.raises(SystemExit):
         gpu_suite.build_parser().parse_args(["--budget", "0"])
     np = pytest.importorskip("numpy")
