@@ -27,13 +27,14 @@ def rounding_floor(channels: int, precision: str = "fp32") -> float:
     A result at or below ``rounding_floor * (||a||^2 + ||b||^2)`` cannot be told from 0. For two identical rows
     the three float32 sums round differently and leave a few sqrt(C) units in the last place (measured on CPU:
     up to 2.6e-6 for unit rows of C = 1024, where the floor is 2 * 7.6e-6), which the square root of a distance
-    amplifies (2.6e-6 -> 1.6e-3). fp32: 4 sqrt(C) 2^-24 (the sqrt(C) growth of blocked and pairwise summation,
-    with a margin of 4). bf16: plus 2^-8, the bound on the relative error of a.b from rounding both inputs to
-    8 bits while the norms are of the unrounded rows (measured on CPU: up to 6.8e-4 for unit rows of C = 1024).
+    amplifies (2.6e-6 -> 1.6e-3). The floor is 4 sqrt(C) 2^-24 (the sqrt(C) growth of blocked and pairwise
+    summation, with a margin of 4) for both precisions. bf16 GEMMs round their inputs to 8 bits while the norms
+    are of the unrounded rows, which leaves up to about 2^-8 relative (measured on CPU: 6.8e-4 for unit rows of
+    C = 1024); zeroing that much (distances up to 0.088 between unit rows) would erase real near-matches, so bf16
+    keeps that noise: exactly equal scores for identical images are an fp32 guarantee.
     """
     check_precision(precision)
-    floor = 4.0 * math.sqrt(max(channels, 1)) * 2.0**-24
-    return floor if precision == "fp32" else floor + 2.0**-8
+    return 4.0 * math.sqrt(max(channels, 1)) * 2.0**-24
 
 
 def zero_below_rounding(squared: jax.Array, scale: jax.Array, channels: int, precision: str = "fp32") -> jax.Array:
