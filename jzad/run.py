@@ -538,7 +538,8 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
 
     given = vars(args)
     streaming = get_streaming(method.name)
-    source = arrivals(args.data)
+    if str(args.data) != "-" and not args.data.exists():
+        raise UserError(f"--data: {args.data} does not exist (--stream takes a folder, a list file or -)")
     state_dir = Path(args.stream_state).absolute() if "stream_state" in given else None
     done = has_checkpoint(state_dir) if state_dir is not None else None
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -555,6 +556,7 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
     stream_config = streaming.configure({o.dest: given[o.dest] for o in streaming.options if o.dest in given},
                                         scorer.config)
     streamer = Streamer(scorer, stream_config, given.get("stream_batch", 1))
+    source = arrivals(args.data)
     state = None
     if done is not None:
         state, done = restore_state(state_dir, streamer.init(), streamer.signature())
