@@ -4,7 +4,7 @@ Importing this package registers every method; ``get_method(name)`` returns one,
 """
 
 from jzad.methods import fslc, musc  # noqa: F401  (registration on import)
-from jzad.methods import stream_musc  # noqa: F401  (streaming registration on import)
+from jzad.methods import stream_fslc, stream_musc  # noqa: F401  (streaming registration on import)
 from jzad.methods.base import (
     BackboneRun,
     FeatureRequest,
