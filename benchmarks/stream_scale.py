@@ -276,7 +276,7 @@ def main(argv=None) -> dict:
                 memory[section].append(row)
                 print(f"{section} N={n}: peak RSS {row['peak_rss_mib']:.0f} MiB, "
                       f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
-        for section, rows in memory.items():
+        for section, rows in list(memory.items()):
             if len(rows) > 1:
                 memory[f"{section}_rss_ratio"] = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
         payload["memory"] = memory
