@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(--stream) arrivals scored together (default 1)")
     p.add_argument("--stream-state", type=Path, default=argparse.SUPPRESS,
                    help="(--stream) folder for checkpoints of the stream state (orbax); when it holds one, the "
-                   "stream resumes from it (replay the same arrivals; the scored ones are skipped)")
+                   "stream resumes from it: a folder or list is replayed and its scored images skipped, standard "
+                   "input continues with the lines that arrive")
     p.add_argument("--checkpoint-every", type=_positive_int, default=argparse.SUPPRESS,
                    help="(--stream-state) batches between checkpoints (default 1)")
     for flag, (option, owners) in _stream_options().items():
@@ -577,7 +578,7 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
 
     try:
         summary, _ = run_stream(streamer, source, outputs, state, done or 0, state_dir,
-                                given.get("checkpoint_every", 1), progress)
+                                given.get("checkpoint_every", 1), progress, replay=str(args.data) != "-")
     finally:
         outputs.close()
     stats = summary.report()

@@ -8,10 +8,10 @@ The method's streaming functions (``jzad.methods.get_streaming``: MuSc's bank, F
 module only drives them. ``run_stream`` takes arrivals (``jzad.data.arrivals``: a folder by modification time, a
 list file, standard input), decodes each batch, pads it to b (one compiled shape for the whole stream), extracts,
 steps, and appends each result to the scores CSV, flushed (and the maps with ``save_maps``); latency per image
-is arrival (read from its source) to its score, ready to be written. ``save_state`` / ``restore_state`` checkpoint the state
-with orbax so a restarted process continues the stream where it stopped, with the same scores as an
-uninterrupted run (same batch size: arrivals of one batch see each other). Host memory does not grow with the
-stream (beyond 8 bytes of latency per image); device memory is the method's memory plus one batch.
+is arrival (read from its source) to its score, ready to be written. ``save_state`` / ``restore_state``
+checkpoint the state with orbax so a restarted process continues the stream where it stopped, with the same
+scores as an uninterrupted run (same batch size: arrivals of one batch see each other). Host memory does not
+grow with the stream (beyond 8 bytes of latency per image); device memory is the method's memory plus one batch.
 """
 
 from __future__ import annotations
@@ -271,12 +271,14 @@ def run_stream(
     checkpoint_every: int = 1,
     on_batch: Callable[[int], None] | None = None,
     decode: Callable | None = None,
+    replay: bool = True,
 ) -> tuple[StreamSummary, Any]:
     """Score ``arrivals`` ((name, path) pairs, in arrival order) batch by batch -> (summary, final state).
 
     ``state`` None starts empty. A resumed stream (``done`` > 0, ``outputs`` holding the first ``done`` rows)
-    replays its arrivals from the start: the first ``done`` are skipped after checking that their names match
-    the CSV's rows. With ``state_dir`` the state is checkpointed every ``checkpoint_every`` batches and at the
+    either replays its arrivals from the start (``replay``: a folder or a list, the first ``done`` are skipped
+    after checking that their names match the CSV's rows) or continues with whatever arrives next (a live
+    feed); rows are numbered from ``done`` either way. With ``state_dir`` the state is checkpointed every ``checkpoint_every`` batches and at the
     end. ``decode(items) -> (uint8 (n, S, S, 3), sizes)`` defaults to decoding the paths from disk; Ctrl-C ends
     the stream after the batch in progress (``interrupted`` in the summary).
     """
@@ -317,7 +319,7 @@ def run_stream(
         if on_batch is not None:
             on_batch(done)
 
-    skip = done
+    skip = done if replay else 0
     first_batch = 0
     interrupted = False
     try:

@@ -320,7 +320,7 @@ def test_arrivals_folder_by_modification_time_list_and_stdin(tmp_path):
 CLI = ["--backbone", "random-tiny", "--image-size", "32", "--taps", "4", "--r-list", "1", "--quiet"]
 
 
-def test_cli_stream_resumes_a_stopped_stream_with_the_same_scores(tmp_path, capsys):
+def test_cli_stream_resumes_a_stopped_stream_with_the_same_scores(tmp_path, capsys, monkeypatch):
     images, *_ = jdata.make_synthetic_set(6, 3, size=SIZE, seed=4)
     names = [f"img{i}.png" for i in range(9)]
     write_pngs(tmp_path / "in", images, names, [10**9 * (i + 1) for i in range(9)])
@@ -344,6 +344,18 @@ def test_cli_stream_resumes_a_stopped_stream_with_the_same_scores(tmp_path, caps
     resumed = read_csv(tmp_path / "split" / "scores_stream.csv")
     assert [r["score"] for r in resumed] == [r["score"] for r in rows]
     assert [r["name"] for r in resumed] == [f"in/{n}" for n in names]
+
+    # Standard input is a live feed: a resumed stream continues with the lines that arrive, nothing is skipped.
+    paths = [str(tmp_path / "in" / n) for n in names]
+    live = CLI + ["--stream", "--data", "-", "--bank-size", "4", "--stream-batch", "2", "--stream-state",
+                  str(tmp_path / "live_state"), "--out", str(tmp_path / "live")]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(paths[:6]) + "\n"))
+    assert main(live) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(paths[6:]) + "\n"))
+    assert main(live) == 0
+    fed = read_csv(tmp_path / "live" / "scores_stream.csv")
+    assert [r["score"] for r in fed] == [r["score"] for r in rows] and [r["index"] for r in fed] == list(
+        map(str, range(9)))
 
 
 @pytest.mark.parametrize("argv, message", [
