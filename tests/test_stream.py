@@ -18,7 +18,7 @@ from jzad import data as jdata
 from jzad.data.arrivals import arrivals, folder_arrivals, list_arrivals
 from jzad.features import load_backbone
 from jzad.kernels import mean_of_ranks
-from jzad.methods import Features, FeatureRequest, RunContext, get_method
+from jzad.methods import Features, FeatureRequest, RunContext, get_method, get_streaming, streaming_names
 from jzad.methods.musc import MuScConfig, MuScState, masked_mutual_scores, musc_score
 from jzad.methods.stream_musc import (
     MuScStreamConfig,
@@ -281,6 +281,24 @@ def test_restart_continues_with_the_same_scores(tmp_path):
     with pytest.raises(ValueError, match="must replay the same arrivals"):
         run_stream(fresh, [("other", 0)] + items[1:], StreamOutputs(tmp_path / "split", keep=6), state, 6,
                    decode=array_decode(images))
+
+
+@pytest.mark.parametrize("name", streaming_names())
+def test_every_streaming_method_restarts_from_a_checkpoint_with_the_same_scores(name, tmp_path):
+    method, streaming = get_method(name), get_streaming(name)
+    config = method.configure({"r_list": (1,)}, RunContext("synthetic", SIZE))
+    streamer = Streamer(Scorer(method, config, tiny_backbone()), streaming.configure({}, config), 2)
+    images, *_ = jdata.make_synthetic_set(4, 2, size=SIZE, seed=6)
+    state, scores = streamer.init(), []
+    for first in range(0, 6, 2):
+        out, state = streamer.step(state, images[first:first + 2])
+        scores.append(np.asarray(out.image_scores))
+        if first == 2:
+            save_state(tmp_path, state, 4, streamer.signature())
+    restored, done = restore_state(tmp_path, streamer.init(), streamer.signature())
+    out, _ = streamer.step(restored, images[4:6])
+    assert done == 4 and np.isfinite(scores[-1]).all()
+    np.testing.assert_array_equal(np.asarray(out.image_scores), scores[-1])
 
 
 def test_save_state_keeps_only_the_newest_checkpoint(tmp_path):
