@@ -306,13 +306,14 @@ def print_summary(payload: dict) -> None:
         if f"{section}_rss_ratio" in memory:
             print(f"{section}: RSS ratio N = {memory[section][-1]['n']} / {memory[section][0]['n']}: "
                   f"{memory[f'{section}_rss_ratio']:.3f}")
-    print("\n| stream batch | images/s (after first batch) | latency median (ms) | latency p95 (ms) |\n|---|---|---|---|")
+    print("\n| stream batch | images/s (after first batch) | latency median (ms) | latency p95 (ms) |")
+    print("|---|---|---|---|")
     for key, row in payload["throughput"].items():
         if key == "one_set":
             print(f"| one set (run_category) | {row['images_per_s']:.1f} | | |")
         else:
-            print(f"| {row['batch']} | {row['images_per_s_after_first_batch']:.1f} | {row['latency_ms_median']:.1f} | "
-                  f"{row['latency_ms_p95']:.1f} |")
+            print(f"| {row['batch']} | {row['images_per_s_after_first_batch']:.1f} | "
+                  f"{row['latency_ms_median']:.1f} | {row['latency_ms_p95']:.1f} |")
     print("\n| policy | burst > normal p95 | burst AUROC | sporadic AUROC after | burst banked |\n|---|---|---|---|---|")
     for name, row in payload["burst"]["policies"].items():
         print(f"| {name} | {row['burst_above_normal_p95']:.2f} | {row['burst_auroc_vs_normals']:.3f} | "

@@ -278,9 +278,9 @@ def run_stream(
     ``state`` None starts empty. A resumed stream (``done`` > 0, ``outputs`` holding the first ``done`` rows)
     either replays its arrivals from the start (``replay``: a folder or a list, the first ``done`` are skipped
     after checking that their names match the CSV's rows) or continues with whatever arrives next (a live
-    feed); rows are numbered from ``done`` either way. With ``state_dir`` the state is checkpointed every ``checkpoint_every`` batches and at the
-    end. ``decode(items) -> (uint8 (n, S, S, 3), sizes)`` defaults to decoding the paths from disk; Ctrl-C ends
-    the stream after the batch in progress (``interrupted`` in the summary).
+    feed); rows are numbered from ``done`` either way. With ``state_dir`` the state is checkpointed every
+    ``checkpoint_every`` batches and at the end. ``decode(items) -> (uint8 (n, S, S, 3), sizes)`` defaults to
+    decoding the paths from disk; Ctrl-C ends the stream after the batch in progress (``interrupted``).
     """
     scorer = streamer.scorer
     size = scorer.backbone.image_size

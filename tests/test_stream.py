@@ -270,7 +270,8 @@ def test_restart_continues_with_the_same_scores(tmp_path):
     summary, resumed = run_stream(fresh, items, rest, state, done, decode=array_decode(images))
     rest.close()
     assert summary.images == 5
-    got, expected = read_csv(tmp_path / "split" / "scores_stream.csv"), read_csv(tmp_path / "whole" / "scores_stream.csv")
+    got = read_csv(tmp_path / "split" / "scores_stream.csv")
+    expected = read_csv(tmp_path / "whole" / "scores_stream.csv")
     key = ("index", "name", "score", "warming", "banked")
     assert [[r[k] for k in key] for r in got] == [[r[k] for k in key] for r in expected]
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(final)):

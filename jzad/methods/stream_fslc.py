@@ -18,7 +18,8 @@ against the coreset as the earlier images left it, then contributes to it:
    computed (distances taken from the difference, so a row against its own image is exactly 0).
 
 Arrivals are taken one at a time in arrival order, also inside a batch, so scores do not depend on the batch
-size (beyond float rounding: XLA may fuse a scan over 1 or b rows differently). ``combine`` "per_layer" keeps one coreset per (layer, r) feature set and averages their scores.
+size (beyond float rounding: XLA may fuse a scan over 1 or b rows differently). ``combine`` "per_layer" keeps
+one coreset per (layer, r) feature set and averages their scores.
 """
 
 from __future__ import annotations
