@@ -314,7 +314,8 @@ def print_summary(payload: dict) -> None:
         else:
             print(f"| {row['batch']} | {row['images_per_s_after_first_batch']:.1f} | "
                   f"{row['latency_ms_median']:.1f} | {row['latency_ms_p95']:.1f} |")
-    print("\n| policy | burst > normal p95 | burst AUROC | sporadic AUROC after | burst banked |\n|---|---|---|---|---|")
+    print("\n| policy | burst > normal p95 | burst AUROC | sporadic AUROC after | burst banked |")
+    print("|---|---|---|---|---|")
     for name, row in payload["burst"]["policies"].items():
         print(f"| {name} | {row['burst_above_normal_p95']:.2f} | {row['burst_auroc_vs_normals']:.3f} | "
               f"{row['sporadic_auroc_after_burst']:.3f} | {row['burst_banked']} / {payload['burst']['burst']} |")
