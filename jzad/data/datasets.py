@@ -204,12 +204,12 @@ def dataset_categories(dataset: str, root: str | os.PathLike, category: str = "a
 
 
 def _loco_sources(root: Path, category: str, shots: int, seed: int, calibration: str | None,
-                  subtypes: str) -> CategorySources:
+                  subtypes: str, allow_missing_masks: bool) -> CategorySources:
     base, sub = _loco_name(root, category, subtypes)
     cat_dir = root / base
 
     def read(split: str) -> LocoSet:
-        loco = read_loco(root, base, split)
+        loco = read_loco(root, base, split, allow_missing_masks)
         return loco if sub is None else select_subtype(loco, loco_subtypes(loco, root, subtypes), sub)
 
     test = read("test")
@@ -228,14 +228,17 @@ def _loco_sources(root: Path, category: str, shots: int, seed: int, calibration:
 
 
 def category_sources(dataset: str, root: str | os.PathLike, category: str, shots: int = 0, seed: int = 0,
-                     calibration: str | None = None, subtypes: str = "rule",
-                     infer_labels: bool = False) -> CategorySources:
+                     calibration: str | None = None, subtypes: str = "rule", infer_labels: bool = False,
+                     allow_missing_masks: bool = False) -> CategorySources:
     """One category of a dataset under root as sources (module docstring): ``shots`` references drawn with
-    ``seed``; calibration: the split of held-out normals the method calibrates on (e.g. "validation"), or None."""
+    ``seed``; calibration: the split of held-out normals the method calibrates on (e.g. "validation"), or None.
+    allow_missing_masks: read anomalous test images without ground truth (no pixel metrics then)."""
     root = Path(root)
     if dataset == "loco":
-        return _loco_sources(root, category, shots, seed, calibration, subtypes)
+        return _loco_sources(root, category, shots, seed, calibration, subtypes, allow_missing_masks)
     options = {"infer_labels": True} if infer_labels else {}
+    if allow_missing_masks:
+        options["allow_missing_masks"] = True
     image_set = read_dataset(dataset, root, category, **options)
     references = cal = None
     if shots or calibration is not None:

@@ -9,7 +9,8 @@ MVTec LOCO ("loco"): the image AUROC of good against logical anomalies and of go
 number) and AUC-sPRO up to FPR 0.05 (the headline) and 0.3, the mean over the logical and the structural
 evaluation as the official script reports it, each type also on its own. sPRO runs on the maps at each
 image's original size, resized exactly as the map TIFFs are written (``map_at_size``), against every defect
-channel at full resolution (``LocoImages.truth``).
+channel at full resolution (``LocoImages.truth``); nan when the ground truth is incomplete
+(--allow-missing-masks).
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def loco_metrics(result, source) -> dict:
     types = tuple(result.defect_types)
     image = loco_image_metrics(np.asarray(result.image_scores, np.float64), types)
     out = {"image_auroc_logical": image["logical_anomalies"], "image_auroc_structural": image["structural_anomalies"]}
-    localization = loco_localization(maps_at_image_size(result.maps, result.original_sizes), source.truth(), types,
-                                     LOCO_MAX_FPRS)
+    nan = {name: {limit: float("nan") for limit in LOCO_MAX_FPRS}
+           for name in ("mean", "logical_anomalies", "structural_anomalies")}
+    localization = nan if not source.has_masks else loco_localization(
+        maps_at_image_size(result.maps, result.original_sizes), source.truth(), types, LOCO_MAX_FPRS)
     for limit in LOCO_MAX_FPRS:
         tag = f"{round(limit * 100):02d}"
         out[f"spro_{tag}"] = localization["mean"][limit]
