@@ -244,22 +244,13 @@ def data_sources(args, category: str, shots: int, draw_seed: int):
 
 def load_scorer(args, method: Method, values: dict, shots: int):
     """The backbone the options name at the method's preset, and the method's config."""
-    from jzad.backbone.config import architecture_name, get_architecture
-    from jzad.features import load_backbone
+    from jzad.features import backbone_architecture, load_backbone
     from jzad.kernels import device_mesh
 
     dtype = "bfloat16" if args.precision == "bf16" else "float32"
     demo = args.data is None
     name = args.weights or args.backbone or (method.demo_backbone if demo else method.default_backbone)
-    arch = None
-    text = str(name)
-    if text.startswith("random-"):
-        arch = architecture_name(get_architecture(text[len("random-"):]))
-    elif args.weights is None:
-        from jzad.weights import load_catalogue
-
-        entry = load_catalogue().get(text.lower())
-        arch = entry.architecture if entry else None
+    arch = None if args.weights is not None else backbone_architecture(name)
     run = method.backbone_run(arch)
     image_size = args.image_size
     if demo and image_size is None and run.image_size is None:
