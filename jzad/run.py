@@ -32,6 +32,8 @@ from jzad.timing import StageClock
 DEMO_CATEGORY = "synthetic"
 DEMO_IMAGE_SIZE = 224
 DEMO_SHOTS_POOL = 4
+DEMO_SHOTS = 2
+"""Reference images of the demo for a method that needs them, when --shots is not given."""
 OUTPUT_NAMES = ("results.json", "heatmaps", "maps")
 OUTPUT_PREFIXES = ("scores_", "summary_")
 RESTRICTED = {
@@ -347,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
     values = check_options(args, method)
     subsets = getattr(args, "subsets", 1)
     split = getattr(args, "subset_split", "official")
-    shots = getattr(args, "shots", 0)
+    shots = getattr(args, "shots", DEMO_SHOTS if args.data is None and method.few_shot == "required" else 0)
     if method.few_shot == "required" and shots < 1:
         raise OptionError(f"--method {method.name} needs --shots K >= 1 normal reference images")
     if args.shards > len(jax.devices()):
