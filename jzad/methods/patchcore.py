@@ -229,11 +229,11 @@ def coreset_select(
     if projection is not None:
         points = jnp.matmul(points, projection, precision=HIGHEST)
     mesh = device_mesh(1) if mesh is None else mesh
-    points, start_points = _on_mesh(mesh, points, start_points)
+    points, start_points = on_mesh(mesh, points, start_points)
     return sharded_kcenter_greedy(points, k, mesh, start_points=start_points)
 
 
-def _on_mesh(mesh: Mesh, *arrays):
+def on_mesh(mesh: Mesh, *arrays):
     """Replicate operands onto mesh's devices (arrays committed to another device would clash)."""
     return tuple(jax.device_put(jnp.asarray(a), replicated(mesh)) for a in arrays)
 
@@ -333,7 +333,7 @@ def nearest_scores(
     if isinstance(bank_tile, bool) or not isinstance(bank_tile, int) or bank_tile < 1:
         raise ValueError(f"bank_tile must be a positive int, got {bank_tile!r}")
     mesh = device_mesh(1) if mesh is None else mesh
-    features, bank = _on_mesh(mesh, features, bank)
+    features, bank = on_mesh(mesh, features, bank)
     return _nearest(features, bank, mesh=mesh, precision=precision, bank_tile=bank_tile)
 
 
@@ -470,7 +470,7 @@ def score_patchcore(
     if layer2.shape[0] != layer3.shape[0]:
         raise ValueError(f"layer2 and layer3 must hold the same images, got N={layer2.shape[0]} and {layer3.shape[0]}")
     mesh = device_mesh(1) if mesh is None else mesh
-    layer2, layer3, bank = _on_mesh(mesh, layer2, layer3, bank)
+    layer2, layer3, bank = on_mesh(mesh, layer2, layer3, bank)
     return _score(layer2, layer3, bank, config=config, mesh=mesh, with_maps=with_maps)
 
 
@@ -506,7 +506,8 @@ def patchcore_prep(config, image_size: int) -> ImagePrep:
     return ImagePrep("resize_crop", resize_to=int(round(image_size * RESIZE_RATIO)))
 
 
-def _taps(features: Features) -> tuple[jax.Array, jax.Array]:
+def tapped_layers(features: Features) -> tuple[jax.Array, jax.Array]:
+    """The two taps PatchCore embeds (layer2, layer3) from a backbone's Features; a clear error otherwise."""
     if len(features.layers) < 2:
         raise ValueError(f"PatchCore needs two tapped layers (layer2, layer3), got {len(features.layers)}")
     return features.layers[0], features.layers[1]
@@ -518,7 +519,7 @@ def patchcore_fit(config: PatchCoreConfig, references: Features | None, mesh: Me
     del prepared
     if references is None:
         raise ValueError("PatchCore needs normal reference images (--shots K >= 1)")
-    layer2, layer3 = _taps(references)
+    layer2, layer3 = tapped_layers(references)
     return PatchCoreState(fit_patchcore(layer2, layer3, config, config.seed, mesh))
 
 
@@ -526,7 +527,7 @@ def patchcore_fit(config: PatchCoreConfig, references: Features | None, mesh: Me
 def patchcore_score(config: PatchCoreConfig, state: PatchCoreState, queries: Features, mesh: Mesh | None = None):
     """PatchCore over a batch of queries as one program -> (Scores, state): patch scores (N, h, w) squared
     distances to the bank, image scores (N,) their max (or the b-nearest reweighting)."""
-    layer2, layer3 = _taps(queries)
+    layer2, layer3 = tapped_layers(queries)
     out = score_patchcore(layer2, layer3, state.bank, config, mesh, with_maps=False)
     return Scores(out.patch, out.image), state
 
@@ -534,7 +535,7 @@ def patchcore_score(config: PatchCoreConfig, state: PatchCoreState, queries: Fea
 def patchcore_staged(config: PatchCoreConfig, state: PatchCoreState, queries: Features, mesh: Mesh | None, clock):
     """``patchcore_score`` stage by stage on ``clock``: "embed" (patch features), "nearest" (distances to the
     bank and image scores)."""
-    layer2, layer3 = _taps(queries)
+    layer2, layer3 = tapped_layers(queries)
     n, h, w, _ = layer2.shape
     features = clock.run("embed", patchcore_embed, layer2, layer3, config.dim)
     image, patch = clock.run("nearest", _nearest_and_image, features, state.bank, config, mesh)
