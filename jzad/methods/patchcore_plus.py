@@ -146,6 +146,11 @@ def refine_images(features: jax.Array, bank: jax.Array, config: PatchCorePlusCon
                           lambda rows: rows.reshape(rows.shape[0], m, dim), m)
 
 
+def _check_memory(state: PatchCorePlusState) -> None:
+    if state.memory is None:
+        raise ValueError("Online PatchCore+ needs the online memory that patchcore_plus_fit builds with online_images")
+
+
 @partial(jax.jit, static_argnames=("config",))
 def _online_stage(features, memory: OnlineMemory, config: PatchCorePlusConfig):
     """Online PatchCore+ in arrival order (one device): (N, m, dim) -> (N, m), (N,), the memory advanced."""
@@ -183,7 +188,8 @@ def patchcore_plus_score(config: PatchCorePlusConfig, state: PatchCorePlusState,
     each image's refined prototypes, image scores (N,) their max; the online memory advanced when online."""
     layer2, layer3 = tapped_layers(queries)
     n, h, w, _ = layer2.shape
-    if state.memory is not None:
+    if config.online_images:
+        _check_memory(state)
         features = patchcore_embed(layer2, layer3, config.patchcore.dim)
         patch, image, memory = _online_stage(features, state.memory, config=config)
         return Scores(patch.reshape(n, h, w), image), state._replace(memory=memory)
@@ -198,7 +204,8 @@ def patchcore_plus_staged(config: PatchCorePlusConfig, state: PatchCorePlusState
     layer2, layer3 = tapped_layers(queries)
     n, h, w, _ = layer2.shape
     features = clock.run("embed", patchcore_embed, layer2, layer3, config.patchcore.dim)
-    if state.memory is not None:
+    if config.online_images:
+        _check_memory(state)
         patch, image, memory = clock.run("refine", _online_stage, features, state.memory, config=config)
         return Scores(patch.reshape(n, h, w), image), state._replace(memory=memory)
     patch, image = clock.run("refine", _refine_stage, features, state.bank, config=config, mesh=mesh)
