@@ -24,6 +24,14 @@ Stages (amazon-science/patchcore-inspection, WideResNet-50-2 taps layer2 / layer
 - ``patchcore_maps``: bilinear upsample to the crop size (align_corners False), then scipy's Gaussian
   (sigma 4, 33 taps, 'reflect'), axis 0 then axis 1 with a float32 intermediate.
 
+Method seam (registered as "patchcore"; ``jzad.methods.base``): ``patchcore_fit`` builds the memory bank of
+the reference images' features (``PatchCoreState``), ``patchcore_score`` is the fused program and
+``patchcore_staged`` the same arithmetic in timed stages ("embed", "nearest"); maps as above. The run preset
+is the original's: a ResNet family backbone (WideResNet-50-2 by default) at 224 x 224 crops of 256 (PIL
+bilinear, ``patchcore_prep``), taps layer2 and layer3. ``--coreset-ratio`` defaults to 0.05 for runs with at
+most 16 reference images (PatchCore+'s few-shot setting) and 0.1 (the paper's full-shot setting) above;
+``--reweight-b`` turns on the b-nearest reweighting.
+
 Sharding (``mesh``: 1-D "data" axis, None = one device): scoring splits query images over devices and runs
 each device's share in fixed-size chunks of images (one image per distance GEMM tile), so every array has
 the same shape on any shard count and sharded results equal unsharded ones bit for bit. The coreset splits
