@@ -9,12 +9,22 @@ does not apply to the chosen method is an error naming it, and every option is c
 decoded. Outputs under --out (written as each category finishes): results.json (atomic; its "status" says
 running, complete, failed or interrupted), scores_<category>.csv, summary_<category>.png and
 heatmaps/<category>/<image path>.png (unless --no-heatmaps), maps/<category>/<image path>.tiff (--save-maps).
-User errors print one line and exit with status 2 (a traceback only with --debug).
+User errors print one line (two when several categories fail) and exit with status 2; a traceback only with
+--debug. A run in which some categories fail keeps the others' outputs, lists each failure in results.json
+("failed") and exits with status 1; Ctrl-C leaves results.json with status "interrupted" and the finished
+categories (exit status 130).
+
+Several processes (machines) score one run together through JAX's distributed runtime: start the same command
+once per process with --coordinator HOST:PORT --num-processes P --process-id I (or the JZAD_COORDINATOR,
+JZAD_NUM_PROCESSES, JZAD_PROCESS_ID environment variables; --coordinator auto lets JAX detect a SLURM, Open MPI
+or TPU-pod cluster). Each process extracts its share of every group of images, the method's kernels run over one
+mesh of every process's devices, and process 0 writes every output.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -24,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from jzad import data as jdata
-from jzad.methods import Method, OptionError, RunContext, get_method, method_names
+from jzad.methods import Method, OptionError, RunContext, get_method, get_streaming, method_names, streaming_names
 from jzad.pipeline import METRIC_COLUMNS, SPLITS, Scorer, peak_memory, run_category
 from jzad.progress import RunProgress
 from jzad.timing import StageClock
@@ -34,7 +44,9 @@ DEMO_IMAGE_SIZE = 224
 DEMO_SHOTS_POOL = 4
 DEMO_SHOTS = 2
 """Reference images of the demo for a method that needs them, when --shots is not given."""
-OUTPUT_NAMES = ("results.json", "heatmaps", "maps")
+DISTRIBUTED_ENV = {"coordinator": "JZAD_COORDINATOR", "num_processes": "JZAD_NUM_PROCESSES",
+                   "process_id": "JZAD_PROCESS_ID"}
+OUTPUT_NAMES = ("results.json", "results.json.tmp", "heatmaps", "maps")
 OUTPUT_PREFIXES = ("scores_", "summary_")
 RESTRICTED = {
     "--subsets": lambda m: m.pools,
@@ -46,6 +58,21 @@ RESTRICTED = {
 
 class UserError(Exception):
     """A problem with the command line or the inputs: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in two lines (the message, then where the options are listed) instead of the
+    whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists every option)\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from err
 
 
 def _positive_int(text: str) -> int:
@@ -91,9 +118,21 @@ def _method_options() -> dict[str, tuple]:
     return table
 
 
+def _stream_options() -> dict[str, tuple]:
+    """flag -> (Option, names of the methods whose streaming declares it)."""
+    table: dict[str, tuple] = {}
+    for name in streaming_names():
+        for option in get_streaming(name).options:
+            first, owners = table.get(option.flag, (option, []))
+            if first.dest != option.dest:
+                raise ValueError(f"stream option {option.flag} is declared with two destinations")
+            table[option.flag] = (first, owners + [name])
+    return table
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: common options, then each method's own (documented in --help)."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m jzad.run",
         description="Training-free anomaly detection: score a test set, print metrics and per-stage timings. "
         "Writes under --out: results.json, scores_<category>.csv, summary_<category>.png and "
@@ -109,18 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", default="all", help="category name, or 'all' for every category")
     p.add_argument("--infer-labels", action="store_true",
                    help="--dataset folder: images under good/ok/normal folders are normal, others anomalous")
+    p.add_argument("--allow-missing-masks", action="store_true",
+                   help="score a category whose anomalous images lack ground-truth masks (no pixel metrics for it; "
+                   "MPDD re-split: images without a mask count as normal) instead of stopping with an error")
     p.add_argument("--backbone", default=None,
                    help="ported or catalogue name (`python -m jzad.weights list`), or random-<architecture> for "
                    "random weights of the real shape; default: the method's demo backbone without --data, its "
                    "default backbone with --data")
     p.add_argument("--weights", type=Path, default=None, help="a checkpoint file or folder to load directly")
-    p.add_argument("--image-size", type=_positive_int, default=None,
-                   help="model input side (a multiple of the patch size); default: the method's preset")
+    p.add_argument("--image-size", type=_int, default=None,
+                   help="model input side, a positive multiple of the backbone's patch size (checked when the "
+                   "backbone is known: the error names the nearest valid sizes); default: the method's preset")
     p.add_argument("--taps", type=_argparse_type(_int_list), default=None,
                    help="1-based ViT blocks to tap, e.g. 6,12,18,24; default: the method's preset")
     p.add_argument("--activation", choices=("gelu", "quick_gelu"), default=None,
                    help="ViT MLP activation; default: the method's preset, else the checkpoint's")
-    p.add_argument("--shards", type=_positive_int, default=1, help="devices to split the scoring over")
+    p.add_argument("--shards", type=_positive_int, default=None,
+                   help="devices to split the scoring over (default: 1, or every device of every process in a "
+                   "multi-process run)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="matmul precision")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per backbone forward")
     p.add_argument("--subsets", type=_positive_int, default=argparse.SUPPRESS,
@@ -146,11 +191,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(few-shot runs) repeat the reference draw with each seed, e.g. 0,1,2,3,4, and report the "
                    "mean and std of every metric")
     p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-process run: process 0's address for JAX's distributed runtime (env "
+                   "JZAD_COORDINATOR), or 'auto' to let JAX detect the cluster (SLURM, Open MPI, TPU pods)")
+    p.add_argument("--num-processes", type=_positive_int, default=None,
+                   help="multi-process run: how many processes take part (env JZAD_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=_non_negative_int, default=None,
+                   help="multi-process run: this process's rank, 0..P-1; process 0 writes the outputs (env "
+                   "JZAD_PROCESS_ID)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     for flag, (option, owners) in _method_options().items():
         p.add_argument(flag, dest=option.dest, type=_argparse_type(option.parse), choices=option.choices,
                        metavar=option.metavar, default=argparse.SUPPRESS,
                        help=f"({', '.join(owners)}) {option.help}")
+    p.add_argument("--stream", action="store_true",
+                   help="score images as they arrive: --data is a folder (oldest modification time first), a file "
+                   "listing image paths, or - (paths on standard input); each batch's scores are appended to "
+                   "scores_stream.csv (and maps/stream/ with --save-maps) as soon as they are computed")
+    p.add_argument("--stream-batch", type=_positive_int, default=argparse.SUPPRESS,
+                   help="(--stream) arrivals scored together (default 1)")
+    p.add_argument("--stream-state", type=Path, default=argparse.SUPPRESS,
+                   help="(--stream) folder for checkpoints of the stream state (orbax); when it holds one, the "
+                   "stream resumes from it: a folder or list is replayed and its scored images skipped, standard "
+                   "input continues with the lines that arrive")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=argparse.SUPPRESS,
+                   help="(--stream-state) batches between checkpoints (default 1)")
+    for flag, (option, owners) in _stream_options().items():
+        p.add_argument(flag, dest=option.dest, type=_argparse_type(option.parse), choices=option.choices,
+                       metavar=option.metavar, default=argparse.SUPPRESS,
+                       help=f"(--stream; {', '.join(owners)}) {option.help}")
     return p
 
 
@@ -172,13 +241,44 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
         dest = flag.lstrip("-").replace("-", "_")
         if dest in given and not allowed(method):
             raise OptionError(f"{flag} does not apply to --method {method.name}")
+    stream_only = ("--stream-batch", "--stream-state", "--checkpoint-every", *_stream_options())
+    for flag in stream_only:
+        if flag.lstrip("-").replace("-", "_") in given and not args.stream:
+            raise OptionError(f"{flag} applies to --stream only")
+    for flag, (option, owners) in _stream_options().items():
+        if option.dest in given and method.name not in owners:
+            raise OptionError(f"{flag} does not apply to --method {method.name} (a stream option of "
+                              f"{', '.join(owners)})")
+    if args.stream:
+        get_streaming(method.name)
+        for flag in ("--subsets", "--subset-split", "--shots", "--seeds"):
+            if flag.lstrip("-").replace("-", "_") in given:
+                raise OptionError(f"{flag} does not apply to --stream")
+        if args.data is None:
+            raise OptionError("--stream needs --data: a folder of images, a file listing image paths, or -")
+        if "checkpoint_every" in given and "stream_state" not in given:
+            raise OptionError("--checkpoint-every needs --stream-state")
     if args.maps_at_image_size and not args.save_maps:
         raise OptionError("--maps-at-image-size needs --save-maps")
     if args.infer_labels and args.dataset != "folder":
         raise OptionError("--infer-labels applies to --dataset folder only")
+    if args.allow_missing_masks and (args.data is None or args.dataset == "folder"):
+        raise OptionError("--allow-missing-masks applies to --data with a dataset layout that has masks")
     values = {o.dest: given[o.dest] for o in method.options if o.dest in given}
     values["precision"] = args.precision
     return values
+
+
+def check_categories(args) -> list[str]:
+    """The categories --category names in --data (every one for 'all'); an unknown name is an error listing
+    the categories found (--dataset folder: any sub-folder, checked when it is read)."""
+    found = jdata.list_categories(args.dataset, args.data)
+    if args.category == "all":
+        return found
+    if args.dataset != "folder" and args.category not in found:
+        raise UserError(f"--category: {args.data} has no {args.dataset} category {args.category!r}; it has "
+                        f"{', '.join(found)} (or use --category all)")
+    return [args.category]
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -230,6 +330,8 @@ def data_sources(args, category: str, shots: int, draw_seed: int):
     """One category of --data as sources: the test images (named as seen under --data) and ``shots`` normal
     train images drawn by ``reference_draw`` (labelled-normal only: re-split MPDD trains hold defects too)."""
     options = {"infer_labels": True} if args.infer_labels else {}
+    if args.allow_missing_masks:
+        options["allow_missing_masks"] = True
     image_set = jdata.read_dataset(args.dataset, args.data, category, **options)
     print(image_set.summary(), file=sys.stderr)
     source = jdata.FileImages(image_set, root=args.data)
@@ -246,6 +348,7 @@ def data_sources(args, category: str, shots: int, draw_seed: int):
 
 def load_scorer(args, method: Method, values: dict, shots: int):
     """The backbone the options name at the method's preset, and the method's config."""
+    from jzad.backbone.port import MissingDependencyError
     from jzad.features import backbone_architecture, load_backbone
     from jzad.kernels import device_mesh
 
@@ -257,11 +360,39 @@ def load_scorer(args, method: Method, values: dict, shots: int):
     image_size = args.image_size
     if demo and image_size is None and run.image_size is None:
         image_size = DEMO_IMAGE_SIZE
-    backbone = load_backbone(name, run, image_size, args.taps, args.activation, dtype, args.seed,
-                             with_text=method.needs_text)
+    try:
+        backbone = load_backbone(name, run, image_size, args.taps, args.activation, dtype, args.seed,
+                                 with_text=method.needs_text)
+    except (ValueError, FileNotFoundError, ConnectionError, MissingDependencyError) as err:
+        raise UserError(_backbone_error(args, method, str(name), err)) from err
     context = RunContext(dataset="synthetic" if demo else args.dataset, image_size=backbone.image_size, shots=shots)
-    config = method.configure(values, context)
+    try:
+        config = method.configure(values, context)
+    except ValueError as err:
+        raise OptionError(_with_flag(method, str(err))) from err
     return Scorer(method, config, backbone, device_mesh(args.shards), args.batch_size)
+
+
+def _backbone_error(args, method: Method, name: str, err: Exception) -> str:
+    """The one-line message for a backbone that cannot be loaded: an option's own message as it is, else
+    which option (or the method's default backbone) named what could not be loaded, and why."""
+    text = str(err)
+    if text.startswith("--"):
+        return text
+    if args.weights is not None:
+        return f"--weights: cannot load {name!r}: {text}"
+    if args.backbone is not None:
+        return f"--backbone: cannot load {name!r}: {text}"
+    return (f"no --backbone given, and the default backbone of --method {method.name}, {name!r}, cannot be "
+            f"loaded: {text}")
+
+
+def _with_flag(method: Method, text: str) -> str:
+    """A config error ("musc options: r_list: ...") with the config field replaced by its command-line flag."""
+    for option in method.options:
+        if option.field is not None and f"{option.field}:" in text:
+            return text.replace(f"{option.field}:", f"{option.flag}:", 1)
+    return text
 
 
 def timing_rows(clock: StageClock, num_images: int, method: Method) -> list[dict]:
@@ -339,14 +470,76 @@ def _resize(array: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
 
 
+def distributed_settings(args: argparse.Namespace, environ=os.environ) -> dict | None:
+    """The multi-process settings of a run: --coordinator, --num-processes, --process-id, each falling back to
+    its JZAD_* environment variable; None when neither names a coordinator (a single-process run)."""
+    values = {}
+    for dest, variable in DISTRIBUTED_ENV.items():
+        value = getattr(args, dest)
+        if value is None and environ.get(variable, "").strip():
+            text = environ[variable].strip()
+            if dest == "coordinator":
+                value = text
+            else:
+                try:
+                    value = int(text)
+                except ValueError as err:
+                    raise OptionError(f"{variable}: expected an integer, got {text!r}") from err
+        values[dest] = value
+    if values["coordinator"] is None:
+        given = [f"--{d.replace('_', '-')}" for d in ("num_processes", "process_id") if values[d] is not None]
+        if given:
+            raise OptionError(f"{', '.join(given)} need --coordinator HOST:PORT (or 'auto')")
+        return None
+    from jzad.kernels.multihost import AUTO
+
+    coordinator = values["coordinator"]
+    if coordinator != AUTO:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise OptionError(f"--coordinator: expected HOST:PORT or 'auto', got {coordinator!r}")
+        if values["num_processes"] is None or values["process_id"] is None:
+            raise OptionError("--coordinator HOST:PORT needs --num-processes P and --process-id I (or 'auto')")
+    if values["num_processes"] is not None and values["num_processes"] < 1:
+        raise OptionError(f"--num-processes: expected >= 1, got {values['num_processes']}")
+    if (values["process_id"] is not None and values["num_processes"] is not None
+            and not 0 <= values["process_id"] < values["num_processes"]):
+        raise OptionError(f"--process-id: expected 0..{values['num_processes'] - 1}, got {values['process_id']}")
+    return values
+
+
+def start_distributed(settings: dict) -> None:
+    """Start JAX's distributed runtime (before anything touches a device); a failure is a one-line error."""
+    from jzad.kernels.multihost import initialize
+
+    try:
+        initialize(settings["coordinator"], settings["num_processes"], settings["process_id"])
+    except (RuntimeError, ValueError) as err:
+        raise UserError(f"--coordinator {settings['coordinator']}: cannot start the distributed runtime: "
+                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+
+
 def run(args: argparse.Namespace) -> int:
-    """Validate everything, then score category by category; returns the exit status."""
+    """Validate everything, then score category by category; returns the exit status.
+
+    In a multi-process run every process scores (its share of the images, the kernels over the global mesh)
+    and only process 0 touches --out; the first category that fails ends the category loop, so no process
+    waits on a peer that moved on to the next category.
+    """
     import jax
 
     from jzad.eval import report
+    from jzad.kernels.multihost import agree, is_writer
 
     method = get_method(args.method)
     values = check_options(args, method)
+    processes = jax.process_count()
+    writer = is_writer()
+    if processes > 1 and not method.multi_process:
+        raise OptionError(f"--method {method.name} does not support multi-process scoring ({processes} processes); "
+                          "run it in one process")
+    if args.shards is None:
+        args.shards = len(jax.devices()) if processes > 1 else 1
     subsets = getattr(args, "subsets", 1)
     split = getattr(args, "subset_split", "official")
     shots = getattr(args, "shots", DEMO_SHOTS if args.data is None and method.few_shot == "required" else 0)
@@ -355,26 +548,37 @@ def run(args: argparse.Namespace) -> int:
     if args.shards > len(jax.devices()):
         raise OptionError(f"--shards: expected 1..{len(jax.devices())} (devices here: {jax.devices()[0].platform} x "
                           f"{len(jax.devices())}); on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N")
+    if args.shards % processes:
+        raise OptionError(f"--shards: expected a multiple of the {processes} processes (each gives the same number "
+                          f"of devices), got {args.shards}")
+    seeds = list(getattr(args, "seeds", (args.seed,)))
+    if len(seeds) > 1 and shots < 1:
+        raise OptionError("--seeds repeats the few-shot reference draw: it needs --shots K >= 1")
+    if args.stream:
+        return run_stream_cli(args, method, values)
     demo = args.data is None
     if not demo and not args.data.is_dir():
         raise UserError(f"--data: {args.data} is not a directory")
-    categories = [DEMO_CATEGORY] if demo else (
-        jdata.list_categories(args.dataset, args.data) if args.category == "all" else [args.category])
+    categories = [DEMO_CATEGORY] if demo else check_categories(args)
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    check_out(out, args.overwrite)
-    try:
-        scorer = load_scorer(args, method, values, shots)
-    except (ValueError, FileNotFoundError, ConnectionError) as err:
-        source = args.weights or args.backbone or method.default_backbone
-        raise UserError(f"--backbone/--weights: cannot load {str(source)!r}: {err}") from err
+    problem = None
+    if writer:
+        try:
+            check_out(out, args.overwrite)
+        except UserError as err:
+            problem = err
+    if not agree(problem is None):
+        raise problem or UserError("--out: process 0 cannot use it (see its error)")
+    scorer = load_scorer(args, method, values, shots)
     backbone = scorer.backbone
     data_text = (f"built-in synthetic demo ({backbone.image_size} px, 16 normal + 12 with planted defects, "
                  f"seed {args.seed})" if demo else f"{args.dataset} at {args.data}")
     mode = getattr(scorer.config, "mode", "few_shot" if shots else "zero_shot")
     print(f"method: {method.name} | mode: {mode} | shots: {shots} | subsets: {subsets if method.pools else '-'} | "
           f"categories: {len(categories)} | data: {data_text}")
-    print(f"backbone: {backbone.describe()} | device: {jax.devices()[0].device_kind} x {args.shards} shard(s) | "
-          f"precision: {args.precision}")
+    spread = f" over {processes} processes" if processes > 1 else ""
+    print(f"backbone: {backbone.describe()} | device: {jax.devices()[0].device_kind} x {args.shards} shard(s)"
+          f"{spread} | precision: {args.precision}")
 
     payload = {
         "status": "running", "method": method.name, "method_config": repr(scorer.config),
@@ -382,16 +586,19 @@ def run(args: argparse.Namespace) -> int:
         "backbone": {"name": backbone.name, "architecture": backbone.architecture, "origin": backbone.origin,
                      "image_size": backbone.image_size, "taps": list(backbone.taps), "dtype": backbone.dtype,
                      **backbone.info},
-        "data": data_text, "environment": report.environment_info(), "categories": [], "failed": [],
+        "data": data_text, "environment": report.environment_info(), "processes": processes,
+        "categories": [], "failed": [],
     }
     results_path = out / "results.json"
-    write_json_atomic(results_path, payload)
+
+    def save_results() -> None:
+        if writer:
+            write_json_atomic(results_path, payload)
+
+    save_results()
     total_clock, rows, std_rows, total_images = StageClock(), [], [], 0
-    seeds = list(getattr(args, "seeds", (args.seed,)))
-    if len(seeds) > 1 and shots < 1:
-        raise OptionError("--seeds repeats the few-shot reference draw: it needs --shots K >= 1")
     try:
-        with RunProgress(enabled=not args.quiet) as progress:
+        with RunProgress(enabled=not args.quiet and writer) as progress:
             for category in categories:
                 clock = StageClock()
                 try:
@@ -410,15 +617,24 @@ def run(args: argparse.Namespace) -> int:
                             print(result.mask_report["summary"], file=sys.stderr)
                             if result.mask_report.get("warning"):
                                 print(f"warning: {result.mask_report['warning']}", file=sys.stderr)
-                        written = write_category_outputs(args, out, result, scorer, source, clock,
-                                                         seed if len(seeds) > 1 else None, index == 0)
+                        for note in result.notes:
+                            print(f"warning: {label}: {note}", file=sys.stderr)
+                        written = []
+                        if writer:
+                            written = write_category_outputs(args, out, result, scorer, source, clock,
+                                                             seed if len(seeds) > 1 else None, index == 0)
                         runs.append((seed, result, written))
                 except (ValueError, OSError, UserError) as err:
                     if args.debug:
                         raise
-                    payload["failed"].append({"category": category, "error": f"{type(err).__name__}: {err}"})
-                    print(f"{category}: FAILED: {err}", file=sys.stderr)
-                    write_json_atomic(results_path, payload)
+                    payload["failed"].append({"category": category, "error": str(err),
+                                              "error_type": type(err).__name__})
+                    if len(categories) > 1:
+                        print(f"{category}: FAILED: {err}", file=sys.stderr)
+                    save_results()
+                    if processes > 1:
+                        print("a multi-process run stops at its first failed category", file=sys.stderr)
+                        break
                     continue
                 total_clock.merge(clock)
                 count = len(runs[0][1].names)
@@ -432,15 +648,16 @@ def run(args: argparse.Namespace) -> int:
                     "category": category, "num_images": count, "metrics": mean,
                     "metrics_std": std if len(runs) > 1 else None,
                     "seeds": [{"seed": seed, "metrics": r.metrics} for seed, r, _ in runs] if shots else None,
-                    "mask_report": result.mask_report, "subset_sizes": [len(g) for g in result.groups],
+                    "mask_report": result.mask_report, "notes": list(result.notes),
+                    "subset_sizes": [len(g) for g in result.groups],
                     "timing_ms_per_image": clock.per_image_ms(count * len(runs)),
                     "compile_s": dict(clock.compile_seconds), "files": [f for _, _, w in runs for f in w],
                 })
                 payload["memory"] = peak_memory()
-                write_json_atomic(results_path, payload)
+                save_results()
     except KeyboardInterrupt:
         payload["status"] = "interrupted"
-        write_json_atomic(results_path, payload)
+        save_results()
         print(f"\ninterrupted: {results_path} lists the categories that finished", file=sys.stderr)
         return 130
 
@@ -462,31 +679,136 @@ def run(args: argparse.Namespace) -> int:
                            else float("nan") for c in METRIC_COLUMNS}
     payload["memory"] = peak_memory()
     payload["status"] = "failed" if payload["failed"] else "complete"
-    write_json_atomic(results_path, payload)
+    save_results()
     files = ["results.json", "scores_<category>.csv"]
     if not args.no_heatmaps:
         files += ["summary_<category>.png", "heatmaps/"]
     if args.save_maps:
         files.append("maps/")
-    print(f"\nwrote {out}: {', '.join(files)}")
-    if payload["failed"]:
-        print(f"{len(payload['failed'])} of {len(categories)} categories failed: "
-              + "; ".join(f"{f['category']}: {f['error']}" for f in payload["failed"]), file=sys.stderr)
-        return 1
-    return 0
+    print(f"\nwrote {out}: {', '.join(files) if rows else 'results.json'}")
+    failed = payload["failed"]
+    if not failed:
+        return 0
+    if not rows:
+        first = failed[0]
+        where = f"{first['category']}: " if len(categories) > 1 else ""
+        more = (f"\n({len(failed)} of {len(categories)} categories failed; {results_path} lists every error)"
+                if len(failed) > 1 else "")
+        print(f"python -m jzad.run: error: {where}{first['error']}{more}", file=sys.stderr)
+        return 2
+    print(f"{len(failed)} of {len(categories)} categories failed (the others are complete; {results_path} lists "
+          "each error): " + "; ".join(f"{f['category']}: {f['error']}" for f in failed), file=sys.stderr)
+    return 1
+
+
+def run_here(args: argparse.Namespace) -> int:
+    """``run`` in this process: process 0 (or the only process) prints and writes as usual; the others say
+    what they are and score silently (their errors still reach ``main``)."""
+    import jax
+
+    rank, processes = jax.process_index(), jax.process_count()
+    try:
+        if rank == 0:
+            return run(args)
+        print(f"process {rank} of {processes}: scoring its share; process 0 writes the outputs", file=sys.stderr)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            return run(args)
+    except jax.errors.JaxRuntimeError as err:
+        if processes == 1 or args.debug:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"process {rank} of {processes}: exchanging data with the other processes failed (did "
+                        f"one of them stop? see its output): {first}") from err
+
+
+def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> int:
+    """--stream: score --data's images in arrival order with the method's streaming functions, appending each
+    batch to scores_stream.csv; resume from --stream-state when it holds a checkpoint. Returns the exit status."""
+    from jzad.data.arrivals import arrivals
+    from jzad.eval import report
+    from jzad.stream import StreamOutputs, Streamer, has_checkpoint, restore_state, run_stream
+
+    given = vars(args)
+    streaming = get_streaming(method.name)
+    if str(args.data) != "-" and not args.data.exists():
+        raise UserError(f"--data: {args.data} does not exist (--stream takes a folder, a list file or -)")
+    state_dir = Path(args.stream_state).absolute() if "stream_state" in given else None
+    done = has_checkpoint(state_dir) if state_dir is not None else None
+    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if done is not None and args.overwrite:
+        raise UserError(f"--stream-state: {state_dir} holds a checkpoint of {done} images; drop --overwrite to "
+                        "resume it, or remove the folder to start again")
+    if done is None:
+        check_out(out, args.overwrite)
+    try:
+        scorer = load_scorer(args, method, values, 0)
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
+        name = args.weights or args.backbone or method.default_backbone
+        raise UserError(f"--backbone/--weights: cannot load {str(name)!r}: {err}") from err
+    stream_config = streaming.configure({o.dest: given[o.dest] for o in streaming.options if o.dest in given},
+                                        scorer.config)
+    streamer = Streamer(scorer, stream_config, given.get("stream_batch", 1))
+    source = arrivals(args.data)
+    state = None
+    if done is not None:
+        state, done = restore_state(state_dir, streamer.init(), streamer.signature())
+    outputs = StreamOutputs(out, args.save_maps, args.maps_at_image_size, keep=done or 0)
+    print(f"method: {method.name} (stream) | batch: {streamer.batch} | {stream_config} | data: {args.data}"
+          + (f" | resuming after {done} images" if done else ""))
+    print(f"backbone: {scorer.backbone.describe()} | device: {jax_device_kind()}")
+    payload = {"status": "running", "mode": "stream", "method": method.name, "method_config": repr(scorer.config),
+               "stream_config": repr(stream_config),
+               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()},
+               "environment": report.environment_info()}
+    results_path = Path(out) / "results.json"
+    write_json_atomic(results_path, payload)
+
+    def progress(count: int) -> None:
+        if not args.quiet and count % 100 < streamer.batch:
+            print(f"{count} images scored", file=sys.stderr)
+
+    try:
+        summary, _ = run_stream(streamer, source, outputs, state, done or 0, state_dir,
+                                given.get("checkpoint_every", 1), progress, replay=str(args.data) != "-")
+    finally:
+        outputs.close()
+    stats = summary.report()
+    payload.update(stream=stats, memory=peak_memory(), status="interrupted" if summary.interrupted else "complete")
+    write_json_atomic(results_path, payload)
+    print(f"{summary.images} images in {summary.batches} batches: latency median {stats['latency_ms_median']:.1f} "
+          f"ms, p95 {stats['latency_ms_p95']:.1f} ms; {stats['images_per_s']:.2f} images/s "
+          f"({stats['images_per_s_after_first_batch']:.2f} after the first batch); {summary.warming} warming, "
+          f"{summary.banked} banked")
+    print(f"wrote {out}: results.json, {outputs.path.name}" + (", maps/" if args.save_maps else ""))
+    return 130 if summary.interrupted else 0
+
+
+def jax_device_kind() -> str:
+    """The default device's kind (e.g. "cpu", "NVIDIA H100 80GB HBM3")."""
+    import jax
+
+    return jax.devices()[0].device_kind
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m jzad.run``; returns the process exit status (2: a user error)."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        settings = distributed_settings(args)
+        if settings is not None:
+            start_distributed(settings)
+        return run_here(args)
     except (UserError, OptionError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
             ConnectionError) as err:
         if args.debug:
             raise
         print(f"python -m jzad.run: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
