@@ -43,6 +43,8 @@ DEMO_CATEGORY = "synthetic"
 DEMO_IMAGE_SIZE = 224
 DEMO_SHOTS_POOL = 4
 DEMO_CALIBRATION = 8
+DEMO_SHOTS = 2
+"""Reference images of the demo for a method that needs them, when --shots is not given."""
 DISTRIBUTED_ENV = {"coordinator": "JZAD_COORDINATOR", "num_processes": "JZAD_NUM_PROCESSES",
                    "process_id": "JZAD_PROCESS_ID"}
 OUTPUT_NAMES = ("results.json", "results.json.tmp", "heatmaps", "maps")
@@ -357,23 +359,14 @@ def data_sources(args, category: str, shots: int, draw_seed: int, calibration: s
 
 def load_scorer(args, method: Method, values: dict, shots: int):
     """The backbone the options name at the method's preset, and the method's config."""
-    from jzad.backbone.config import architecture_name, get_architecture
     from jzad.backbone.port import MissingDependencyError
-    from jzad.features import load_backbone
+    from jzad.features import backbone_architecture, load_backbone
     from jzad.kernels import device_mesh
 
     dtype = "bfloat16" if args.precision == "bf16" else "float32"
     demo = args.data is None
     name = args.weights or args.backbone or (method.demo_backbone if demo else method.default_backbone)
-    arch = None
-    text = str(name)
-    if text.startswith("random-"):
-        arch = architecture_name(get_architecture(text[len("random-"):]))
-    elif args.weights is None:
-        from jzad.weights import load_catalogue
-
-        entry = load_catalogue().get(text.lower())
-        arch = entry.architecture if entry else None
+    arch = None if args.weights is not None else backbone_architecture(name)
     run = method.backbone_run(arch)
     image_size = args.image_size
     if demo and image_size is None and run.image_size is None:
@@ -566,7 +559,7 @@ def run(args: argparse.Namespace) -> int:
         args.shards = len(jax.devices()) if processes > 1 else 1
     subsets = getattr(args, "subsets", 1)
     split = getattr(args, "subset_split", "official")
-    shots = getattr(args, "shots", 0)
+    shots = getattr(args, "shots", DEMO_SHOTS if args.data is None and method.few_shot == "required" else 0)
     if method.few_shot == "required" and shots < 1:
         raise OptionError(f"--method {method.name} needs --shots K >= 1 normal reference images")
     if args.shards > len(jax.devices()):

@@ -114,10 +114,14 @@ def test_run_category_equals_the_method_on_the_whole_set(name):
     result = run_category(scorer, source, "synthetic", references, calibration=calibration)
     state = fitted(method, config, backbone, refs, None, seed=3)
     expected = fused(method, config, state, features_of(method, config, backbone, images), None)
-    np.testing.assert_allclose(result.image_scores, np.asarray(expected.image_scores), rtol=0, atol=2e-6)
-    np.testing.assert_allclose(result.patch_scores, np.asarray(expected.patch_scores), rtol=0, atol=2e-6)
+    # Extraction runs in batches of 5 here, and XLA's convolutions may round differently per batch size (a few
+    # ulp of the features): the tolerance is float32 rounding relative to the score scale (squared distances of
+    # PatchCore's 1024-d features are ~20, cosine-based scores ~1).
+    atol = 2e-6 * max(1.0, float(np.abs(np.asarray(expected.patch_scores)).max()))
+    np.testing.assert_allclose(result.image_scores, np.asarray(expected.image_scores), rtol=0, atol=atol)
+    np.testing.assert_allclose(result.patch_scores, np.asarray(expected.patch_scores), rtol=0, atol=atol)
     maps = np.asarray(method.maps(config, expected.patch_scores, (SIZE, SIZE)))
-    np.testing.assert_allclose(result.maps, maps, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(result.maps, maps, rtol=0, atol=atol)
     assert result.masks.shape == (len(images), SIZE, SIZE) and np.array_equal(result.masks, masks)
     assert result.names == tuple(names) and np.isfinite(result.metrics["image_auroc"])
 

@@ -295,8 +295,12 @@ def _plan_weights(plan: jax.Array, config: RefineConfig) -> jax.Array:
 
 
 def _sinkhorn_plan(cost: jax.Array, weights: jax.Array, config: RefineConfig) -> jax.Array:
+    """The plan of the cost divided by eps at epsilon 1 (the same plan as epsilon = eps): ott would divide by a
+    run-time scalar inside its loop, which XLA compiles as a division in a one-device program and as a
+    multiplication by the reciprocal in a multi-device one (1-ulp differences between sharded and unsharded
+    runs); one explicit reciprocal makes both programs compute alike."""
     eps = config.epsilon * jnp.sum(weights[:, None] * cost) / cost.shape[1]
-    geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)
+    geom = geometry.Geometry(cost_matrix=cost * (1.0 / eps), epsilon=1.0)
     problem = linear_problem.LinearProblem(geom, a=weights)
     iters = config.sinkhorn_iterations
     solver = sinkhorn.Sinkhorn(min_iterations=iters, max_iterations=iters, inner_iterations=iters)
