@@ -231,8 +231,8 @@ OPTIONS = (
            "the CVPR version)", str, choices=EM_UPDATES),
     Option("--em-iterations", None, "N, EM rounds (paper 10; the CVPR closed form uses 2)", int),
     Option("--lam", None, "lambda, weight of the OT term (paper 0.3)", float),
-    Option("--plan-scale", None, "how the plan enters the M-step loss: row (m T^T, rows sum to 1) or printed "
-           "(T as printed)", str, choices=PLAN_SCALES),
+    Option("--plan-scale", None, "how the plan enters the M-step loss: printed (T as Eq. 5 prints it; default) or "
+           "row (m T^T, rows sum to 1)", str, choices=PLAN_SCALES),
     Option("--score", None, "nearest (Eq. 6: min over the refined prototypes) or residual (||f_j - (W M)_j||^2)",
            str, choices=SCORES),
     Option("--online", "online_images", "Online PatchCore+: the refined prototypes of the last K scored images "
