@@ -648,7 +648,8 @@ def method_run(spec: MethodRun) -> Callable:
         name = method.tiny_backbone if args.method_backbone == "tiny" else method.demo_backbone
         backbone = load_backbone(name, method.backbone_run(backbone_architecture(name)), seed=args.seed,
                                  with_text=method.needs_text)
-        config = method.configure({"precision": "fp32"}, RunContext(spec.dataset, backbone.image_size, shots))
+        config = method.configure({"precision": "fp32"},
+                                  RunContext(spec.dataset, backbone.image_size, shots, backbone.taps))
         scorer = Scorer(method, config, backbone, suite.mesh, args.batch)
         size, n = backbone.image_size, args.method_images
         images = mt.random_images(n + shots + args.method_calibration, size, args.seed + 1)
