@@ -27,11 +27,22 @@ def tiny_setup(name: str, n: int = 10, seed: int = 0):
     """A method with its default config on a tiny random backbone, n synthetic images and 2 references."""
     method = get_method(name)
     shots = 2 if method.few_shot == "required" else 0
-    backbone = load_backbone(method.tiny_backbone, method.backbone_run(None), image_size=SIZE, seed=seed)
+    backbone = load_backbone(method.tiny_backbone, method.backbone_run(None), image_size=SIZE, seed=seed,
+                             with_text=method.needs_text)
     config = method.configure({}, RunContext("synthetic", backbone.image_size, shots))
     images, masks, labels, types = jdata.make_synthetic_set(n - n // 2, n // 2, size=SIZE, seed=seed)
     refs, _, _, _ = jdata.make_synthetic_set(2, 0, size=SIZE, seed=seed + 7)
     return method, config, backbone, (images, masks, labels, types), (refs if shots else None)
+
+
+def extracted(method, config, backbone, images):
+    """The features the driver extracts for a method: its own extractor, else the backbone's."""
+    return Scorer(method, config, backbone).extract_fn(images)
+
+
+def fitted(method, config, backbone, ref_features, mesh):
+    """The method's state as the driver fits it: prepare (category "synthetic"), then fit."""
+    return method.fit(config, ref_features, mesh, method.prepare(config, backbone, "synthetic"))
 
 
 def fused(method, config, state, features, mesh):
@@ -48,10 +59,9 @@ def fused(method, config, state, features, mesh):
 @pytest.mark.parametrize("name", method_names())
 def test_method_contract_staged_fused_deterministic_sharded(name):
     method, config, backbone, (images, *_), refs = tiny_setup(name)
-    request = method.request(config)
-    features = backbone(images, request)
-    ref_features = None if refs is None else backbone(refs, request)
-    state = method.fit(config, ref_features, None)
+    features = extracted(method, config, backbone, images)
+    ref_features = None if refs is None else extracted(method, config, backbone, refs)
+    state = fitted(method, config, backbone, ref_features, None)
     one = fused(method, config, state, features, None)
     clock = StageClock()
     staged, _ = method.staged(config, state, features, None, clock)
@@ -64,7 +74,7 @@ def test_method_contract_staged_fused_deterministic_sharded(name):
     # Sharded == unsharded: bit for bit stage by stage (what the CLI runs; every device computes each distance
     # in a GEMM of the same shape), and to float rounding as one fused program (XLA may fuse differently).
     mesh = device_mesh(4)
-    state4 = method.fit(config, ref_features, mesh)
+    state4 = fitted(method, config, backbone, ref_features, mesh)
     staged4, _ = method.staged(config, state4, features, mesh, StageClock())
     staged4 = method.finalize(config, staged4)
     np.testing.assert_array_equal(np.asarray(staged4.patch_scores), np.asarray(staged.patch_scores))
@@ -84,9 +94,9 @@ def test_run_category_equals_the_method_on_the_whole_set(name):
     references = None if refs is None else jdata.ArrayImages(refs, ["r0", "r1"], [0, 0], ["good", "good"])
     scorer = Scorer(method, config, backbone, None, batch_size=5)
     result = run_category(scorer, source, "synthetic", references)
-    request = method.request(config)
-    state = method.fit(config, None if refs is None else backbone(refs, request), None)
-    expected = fused(method, config, state, backbone(images, request), None)
+    state = fitted(method, config, backbone, None if refs is None else extracted(method, config, backbone, refs),
+                   None)
+    expected = fused(method, config, state, extracted(method, config, backbone, images), None)
     np.testing.assert_allclose(result.image_scores, np.asarray(expected.image_scores), rtol=0, atol=2e-6)
     np.testing.assert_allclose(result.patch_scores, np.asarray(expected.patch_scores), rtol=0, atol=2e-6)
     maps = np.asarray(method.maps(config, expected.patch_scores, (SIZE, SIZE)))
