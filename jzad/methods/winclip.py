@@ -449,29 +449,46 @@ def winclip_fit(config: WinCLIPConfig, references: Features | None = None, mesh:
 
 def map_image_chunks(fn, config, mesh: Mesh | None, chunk: int, tree, *shared):
     """fn(config, chunk of tree, *shared) -> pytree of (chunk, ...) arrays, over the images (leading axis) of
-    tree.
+    tree, in fixed chunks of ``chunk`` images (the last one padded with copies of the first image).
 
-    The images are split over mesh (None: one device) and each device runs its share in fixed chunks of
-    ``chunk`` images (shares padded with copies of the first image), so a row's arithmetic never depends on the
-    shard count. fn (a module-level function) and config are static: one compiled program per (fn, config,
-    mesh, chunk, shapes). Called outside jit, the padding and the final slice run apart from the program, and
-    sharded results equal unsharded ones bit for bit; works under jit too.
+    fn is a module-level function and config its static settings. Called on arrays, every chunk runs the same
+    compiled single-device program (``_one_chunk``), chunks dealt out to mesh's devices in contiguous blocks
+    (None: one device) and dispatched asynchronously, so a row's arithmetic never depends on the shard count:
+    sharded results equal unsharded ones bit for bit. Called under jit (traced arrays), the chunks run in the
+    caller's program, split over mesh with ``shard_map`` (equal to float rounding).
     """
-    mesh = device_mesh(1) if mesh is None else mesh
     n = jax.tree.leaves(tree)[0].shape[0]
-    share = -(-n // num_shards_of(mesh))
-    share = -(-share // chunk) * chunk
-    total = share * num_shards_of(mesh)
+    mesh = device_mesh(1) if mesh is None else mesh
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((tree, shared))):
+        share = -(-(-(-n // num_shards_of(mesh))) // chunk) * chunk
+        out = _sharded_chunks(_pad_images(tree, share * num_shards_of(mesh)), shared, fn, config, mesh, chunk)
+        return jax.tree.map(lambda a: a[:n], out)
+    count = -(-n // chunk)
+    padded = _pad_images(tree, count * chunk)
+    devices = list(mesh.devices.flat)
+    operands = [jax.device_put(shared, device) for device in devices]
+    outs = []
+    for index in range(count):
+        device = index * len(devices) // count
+        part = jax.device_put(jax.tree.map(lambda a: a[index * chunk:(index + 1) * chunk], padded), devices[device])
+        outs.append(jax.device_put(_one_chunk(part, operands[device], fn=fn, config=config), devices[0]))
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts)[:n], *outs)
 
+
+def _pad_images(tree, total: int):
     def pad(a):
+        n = a.shape[0]
         return jnp.concatenate([a, jnp.broadcast_to(a[:1], (total - n,) + a.shape[1:])]) if total > n else a
 
-    out = _chunked(jax.tree.map(pad, tree), shared, fn=fn, config=config, mesh=mesh, chunk=chunk)
-    return jax.tree.map(lambda a: a[:n], out)
+    return jax.tree.map(pad, tree)
 
 
-@partial(jax.jit, static_argnames=("fn", "config", "mesh", "chunk"))
-def _chunked(tree, shared, *, fn, config, mesh, chunk):
+@partial(jax.jit, static_argnames=("fn", "config"))
+def _one_chunk(part, shared, *, fn, config):
+    return fn(config, part, *shared)
+
+
+def _sharded_chunks(tree, shared, fn, config, mesh: Mesh, chunk: int):
     share = jax.tree.leaves(tree)[0].shape[0] // num_shards_of(mesh)
 
     def per_device(block, operands):
