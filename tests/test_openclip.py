@@ -215,8 +215,9 @@ def test_encode_windows_bad_input(ported, images):
 def test_pt_checkpoints_get_the_shipped_tokenizer(tmp_path):
     """A .pt state dict without tokenizer files: CLIP's 49,408-token vocabulary gets the shipped BPE (prompts
     then encode as from ids), any other vocabulary gets no tokenizer."""
-    from jzad.backbone import flax_to_openai, init_clip, load_clip
+    from jzad.backbone import flax_to_openai, init_clip
     from jzad.backbone.tokenizer import clip_tokenizer, tokenize
+    from jzad.features import load_clip
 
     for vocab, expect in ((49408, True), (300, False)):
         config = CLIPConfig(

@@ -46,10 +46,13 @@ from jzad.data.readers import (
     read_dataset,
 )
 from jzad.data.sources import ArrayImages, FileImages, prefetch_batches
+from jzad.data.synthetic_features import ShiftedFeatureSet, make_shifted_feature_set
 from jzad.data.subsets import official_subsets, reference_draw, stratified_subsets
 from jzad.data.synthetic import DEFECT_KINDS, make_synthetic_set, write_synthetic_mvtec
 
 __all__ = [
+    "ShiftedFeatureSet",
+    "make_shifted_feature_set",
     "reference_draw",
     "LOCO_CATEGORIES",
     "SUBTYPE_RULES",
