@@ -3,7 +3,7 @@
 Importing this package registers every method; ``get_method(name)`` returns one, ``method_names()`` lists them.
 """
 
-from jzad.methods import fslc, musc, winclip  # noqa: F401  (registration on import)
+from jzad.methods import fslc, musc, winclip, winclip_plus  # noqa: F401  (registration on import)
 from jzad.methods.base import (
     BackboneRun,
     FeatureRequest,
