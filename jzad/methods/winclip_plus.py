@@ -144,22 +144,26 @@ def _windows_chunk(config: WinCLIPPlusConfig, part, windows):
     return jnp.stack(_window_maps(config, part, windows, False), axis=1)
 
 
+def plus_few_shot_map(config: WinCLIPPlusConfig, features: wc.WinCLIPFeatures, prototypes: jax.Array, windows: tuple,
+                      window_maps: jax.Array | None = None) -> jax.Array:
+    """WinCLIP+'s few-shot map s (B, g, g): the mean of the refined patch scores (Eq. 8) and, per scale, the
+    harmonic-aggregated window scores (associations to the window memory, or refined with refine_memories
+    "all"). window_maps (B, k, g, g): the unrefined window maps when already computed."""
+    batch = features.patches.shape[0]
+    grid = wc._grid_of(features.patches.shape[1])
+    patch = _refined(features.patches, prototypes, config.refine).reshape(batch, grid, grid)
+    if window_maps is None:
+        window_maps = jnp.stack(_window_maps(config, features, windows, config.refine_memories == "all"), axis=1)
+    return (patch + jnp.sum(window_maps, axis=1)) / (1 + window_maps.shape[1])
+
+
 def _refine_chunk(config: WinCLIPPlusConfig, part, prototypes, windows, zero, window_maps):
-    """Refined patch scores, the window maps (given (B, k, g, g), or refined here with refine_memories "all"),
-    the few-shot map and the fusion with the zero-shot (image, map) for one chunk."""
-    batch = part.patches.shape[0]
-    grid = wc._grid_of(part.patches.shape[1])
-    patch = _refined(part.patches, prototypes, config.refine).reshape(batch, grid, grid)
-    if config.refine_memories == "all":
-        window_maps = jnp.stack(_window_maps(config, part, windows, True), axis=1)
-    few = (patch + jnp.sum(window_maps, axis=1)) / (1 + window_maps.shape[1])
-    return wc.fuse_scores(zero, few)
+    """The few-shot map and its fusion with the zero-shot (image, map) for one chunk."""
+    return wc.fuse_scores(zero, plus_few_shot_map(config, part, prototypes, windows, window_maps))
 
 
 def _plus_chunk(config: WinCLIPPlusConfig, part, text, prototypes, windows):
-    zero = wc.zero_shot_scores(part, text, config.winclip)
-    window_maps = None if config.refine_memories == "all" else _windows_chunk(config, part, windows)
-    return _refine_chunk(config, part, prototypes, windows, zero, window_maps)
+    return _refine_chunk(config, part, prototypes, windows, wc.zero_shot_scores(part, text, config.winclip), None)
 
 
 def _chunks(config: WinCLIPPlusConfig, fn, mesh, tree, *shared):
