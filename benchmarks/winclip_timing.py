@@ -205,7 +205,8 @@ def timing(args) -> dict:
                                                             size=240, seed=args.seed)
     refs, _, _, _ = jdata.make_synthetic_set(args.shots, 0, size=240, seed=args.seed + 1)
     source = jdata.ArrayImages(images, [f"q{i}" for i in range(len(images))], labels, types, masks)
-    references = jdata.ArrayImages(refs, [f"r{i}" for i in range(len(refs))], np.zeros(len(refs)), ("good",) * len(refs))
+    references = jdata.ArrayImages(refs, [f"r{i}" for i in range(len(refs))], np.zeros(len(refs)),
+                                   ("good",) * len(refs))
     ids = prompt_ids(CATEGORY)
     out = {"jax": {}, "torch": {}, "parity": {}, "load_average": []}
     out["jax"]["extract_split_ms"] = {k: 1e3 * v for k, v in extract_split(backbone, images, args.repeats).items()}
@@ -319,7 +320,8 @@ def table(out: dict) -> str:
         value = out[side][name].get(key)
         return "-" if value is None else f"{value:.3g}"
 
-    rows = [("text encoding, once (s)", "prepare_s", "text_s"), ("fit: memories / coreset, once (s)", "fit_s", "coreset_s"),
+    rows = [("text encoding, once (s)", "prepare_s", "text_s"),
+            ("fit: memories / coreset, once (s)", "fit_s", "coreset_s"),
             ("full pass", None, "full_pass"), ("window passes", None, "window_passes"),
             ("extract (full + windows, driver)", "extract", None), ("zero-shot scoring", "zero_shot", "zero_shot"),
             ("few-shot matching", "few_shot", "few_shot"), ("refinement + fusion", "refine", "refine"),
