@@ -203,7 +203,8 @@ def make_windows(grid_size: int, scale: int, stride: int = 1) -> np.ndarray:
     return np.stack([index[r : r + scale, c : c + scale].reshape(-1) for r in starts for c in starts])
 
 
-def _grid_of(patch_count: int) -> int:
+def grid_of(patch_count: int) -> int:
+    """The side g of a square patch grid of patch_count = g * g tokens (ValueError otherwise)."""
     grid = int(round(patch_count**0.5))
     if grid * grid != patch_count:
         raise ValueError(f"patch tokens must cover a square grid, got {patch_count} patches")
@@ -307,7 +308,7 @@ def zero_shot_scores(
 ) -> tuple[jax.Array, jax.Array]:
     """(image scores (B,), zero-shot map (B, g, g)): the map is the harmonic mean of the image score and the
     harmonic-aggregated window scores of every scale."""
-    grid = _grid_of(features.patches.shape[1])
+    grid = grid_of(features.patches.shape[1])
     image = class_scores(features.image, text, config.temperature, config.precision)
     inverse = 1.0 / image[:, None, None]
     for scale, window_embeds in zip(config.scales, features.windows, strict=True):
@@ -321,7 +322,7 @@ def few_shot_map(
 ) -> jax.Array:
     """Few-shot map (B, g, g): mean of the patch-token association map and, per scale, the harmonic
     aggregation of the window associations."""
-    grid = _grid_of(features.patches.shape[1])
+    grid = grid_of(features.patches.shape[1])
     batch = features.patches.shape[0]
     maps = [visual_association(features.patches, memory.patches, config.precision).reshape(batch, grid, grid)]
     for scale, window_embeds, window_memory in zip(config.scales, features.windows, memory.windows, strict=True):
@@ -384,7 +385,7 @@ def as_features(features: WinCLIPFeatures) -> Features:
     """WinCLIPFeatures -> the seam's Features: layers (patch tokens (B, g, g, W),), embeds (B, D) image
     embeddings, extras {"windows": per scale (B, n_s, D)}."""
     batch, count, width = features.patches.shape
-    grid = _grid_of(count)
+    grid = grid_of(count)
     return Features((features.patches.reshape(batch, grid, grid, width),), features.image,
                     {"windows": tuple(features.windows)})
 

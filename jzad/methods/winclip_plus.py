@@ -125,7 +125,7 @@ def _refined(rows: jax.Array, prototypes: jax.Array, refine: RefineConfig) -> ja
 def _window_maps(config: WinCLIPPlusConfig, part: wc.WinCLIPFeatures, windows: tuple, refined: bool) -> list:
     """Per scale, the harmonic aggregation of each window's few-shot score (B, g, g): the association to
     the window memory, or (refined) the refined score against the window coreset."""
-    grid = wc._grid_of(part.patches.shape[1])
+    grid = wc.grid_of(part.patches.shape[1])
     maps = []
     for scale, embeds, memory in zip(config.winclip.scales, part.windows, windows, strict=True):
         if refined:
@@ -150,7 +150,7 @@ def plus_few_shot_map(config: WinCLIPPlusConfig, features: wc.WinCLIPFeatures, p
     harmonic-aggregated window scores (associations to the window memory, or refined with refine_memories
     "all"). window_maps (B, k, g, g): the unrefined window maps when already computed."""
     batch = features.patches.shape[0]
-    grid = wc._grid_of(features.patches.shape[1])
+    grid = wc.grid_of(features.patches.shape[1])
     patch = _refined(features.patches, prototypes, config.refine).reshape(batch, grid, grid)
     if window_maps is None:
         window_maps = jnp.stack(_window_maps(config, features, windows, config.refine_memories == "all"), axis=1)
