@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jzad import data as jdata
-from jzad.features import load_backbone
+from jzad.features import backbone_architecture, load_backbone
 from jzad.kernels import device_mesh
 from jzad.methods import FeatureRequest, RunContext, Scores, get_method, method_names
 from jzad.methods.musc import rscin
@@ -24,25 +24,40 @@ SIZE = 32
 
 
 def tiny_setup(name: str, n: int = 10, seed: int = 0):
-    """A method with its default config on a tiny random backbone, n synthetic images and 2 references."""
+    """A method with its default config on a tiny random backbone at the method's preset for it, n synthetic
+    images and 2 references."""
     method = get_method(name)
     shots = 2 if method.few_shot == "required" else 0
-    backbone = load_backbone(method.tiny_backbone, method.backbone_run(None), image_size=SIZE, seed=seed,
+    arch = backbone_architecture(method.tiny_backbone)
+    backbone = load_backbone(method.tiny_backbone, method.backbone_run(arch), image_size=SIZE, seed=seed,
                              with_text=method.needs_text)
-    config = method.configure({}, RunContext("synthetic", backbone.image_size, shots))
+    config = method.configure({}, RunContext("synthetic", backbone.image_size, shots, backbone.taps))
     images, masks, labels, types = jdata.make_synthetic_set(n - n // 2, n // 2, size=SIZE, seed=seed)
     refs, _, _, _ = jdata.make_synthetic_set(2, 0, size=SIZE, seed=seed + 7)
     return method, config, backbone, (images, masks, labels, types), (refs if shots else None)
 
 
-def extracted(method, config, backbone, images):
-    """The features the driver extracts for a method: its own extractor, else the backbone's."""
-    return Scorer(method, config, backbone).extract_fn(images)
+def calibration_images(seed: int = 0):
+    """Held-out normal images for methods that calibrate (their ``calibration`` split)."""
+    return jdata.make_synthetic_set(4, 0, size=SIZE, seed=seed + 11)[0]
 
 
-def fitted(method, config, backbone, ref_features, mesh):
-    """The method's state as the driver fits it: prepare (category "synthetic"), then fit."""
-    return method.fit(config, ref_features, mesh, method.prepare(config, backbone, "synthetic"))
+def features_of(method, config, backbone, images):
+    """The features the method runs on: its own extractor's, else the backbone's for its request."""
+    if method.extractor is not None:
+        return method.extractor(config, backbone)(images)
+    return backbone(images, method.request(config))
+
+
+def fitted(method, config, backbone, refs, mesh, seed: int = 0):
+    """prepare -> fit on the references -> calibrate on held-out normals (when the method has that step)."""
+    prepared = method.prepare(config, backbone, "synthetic")
+    ref_features = None if refs is None else features_of(method, config, backbone, refs)
+    state = method.fit(config, ref_features, mesh, prepared)
+    if method.calibrate is not None:
+        cal = features_of(method, config, backbone, calibration_images(seed))
+        state = method.calibrate(config, state, cal, mesh)
+    return state
 
 
 def fused(method, config, state, features, mesh):
@@ -59,9 +74,8 @@ def fused(method, config, state, features, mesh):
 @pytest.mark.parametrize("name", method_names())
 def test_method_contract_staged_fused_deterministic_sharded(name):
     method, config, backbone, (images, *_), refs = tiny_setup(name)
-    features = extracted(method, config, backbone, images)
-    ref_features = None if refs is None else extracted(method, config, backbone, refs)
-    state = fitted(method, config, backbone, ref_features, None)
+    features = features_of(method, config, backbone, images)
+    state = fitted(method, config, backbone, refs, None)
     one = fused(method, config, state, features, None)
     clock = StageClock()
     staged, _ = method.staged(config, state, features, None, clock)
@@ -74,7 +88,7 @@ def test_method_contract_staged_fused_deterministic_sharded(name):
     # Sharded == unsharded: bit for bit stage by stage (what the CLI runs; every device computes each distance
     # in a GEMM of the same shape), and to float rounding as one fused program (XLA may fuse differently).
     mesh = device_mesh(4)
-    state4 = fitted(method, config, backbone, ref_features, mesh)
+    state4 = fitted(method, config, backbone, refs, mesh)
     staged4, _ = method.staged(config, state4, features, mesh, StageClock())
     staged4 = method.finalize(config, staged4)
     np.testing.assert_array_equal(np.asarray(staged4.patch_scores), np.asarray(staged.patch_scores))
@@ -93,14 +107,20 @@ def test_run_category_equals_the_method_on_the_whole_set(name):
     source = jdata.ArrayImages(images, names, labels, types, masks)
     references = None if refs is None else jdata.ArrayImages(refs, ["r0", "r1"], [0, 0], ["good", "good"])
     scorer = Scorer(method, config, backbone, None, batch_size=5)
-    result = run_category(scorer, source, "synthetic", references)
-    state = fitted(method, config, backbone, None if refs is None else extracted(method, config, backbone, refs),
-                   None)
-    expected = fused(method, config, state, extracted(method, config, backbone, images), None)
-    np.testing.assert_allclose(result.image_scores, np.asarray(expected.image_scores), rtol=0, atol=2e-6)
-    np.testing.assert_allclose(result.patch_scores, np.asarray(expected.patch_scores), rtol=0, atol=2e-6)
+    calibration = None
+    if method.calibrate is not None:
+        calibration = jdata.ArrayImages(calibration_images(3), [f"v{i}" for i in range(4)], [0] * 4, ["good"] * 4)
+    result = run_category(scorer, source, "synthetic", references, calibration=calibration)
+    state = fitted(method, config, backbone, refs, None, seed=3)
+    expected = fused(method, config, state, features_of(method, config, backbone, images), None)
+    # Extraction runs in batches of 5 here, and XLA's convolutions may round differently per batch size (a few
+    # ulp of the features): the tolerance is float32 rounding relative to the score scale (squared distances of
+    # PatchCore's 1024-d features are ~20, cosine-based scores ~1).
+    atol = 2e-6 * max(1.0, float(np.abs(np.asarray(expected.patch_scores)).max()))
+    np.testing.assert_allclose(result.image_scores, np.asarray(expected.image_scores), rtol=0, atol=atol)
+    np.testing.assert_allclose(result.patch_scores, np.asarray(expected.patch_scores), rtol=0, atol=atol)
     maps = np.asarray(method.maps(config, expected.patch_scores, (SIZE, SIZE)))
-    np.testing.assert_allclose(result.maps, maps, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(result.maps, maps, rtol=0, atol=atol)
     assert result.masks.shape == (len(images), SIZE, SIZE) and np.array_equal(result.masks, masks)
     assert result.names == tuple(names) and np.isfinite(result.metrics["image_auroc"])
 
@@ -211,5 +231,6 @@ def test_host_memory_is_bounded_by_the_subset_size(tmp_path):
     # Per-image outputs and the metrics over them scale with N by design: maps (4 B/pixel), masks (1 B/pixel)
     # and the pixel-metric sort (int64 order, sorted scores, cumulative counts: about 32 B/pixel).
     outputs_kib = 400 * 64 * 64 * (4 + 1 + 32) // 1024
-    assert subsets_400["growth_kib"] <= whole_50["growth_kib"] + outputs_kib + 24 * 1024, (whole_50, subsets_400)
+    # Slack of 48 MiB: allocator and thread-stack noise measured up to about 40 MiB on a heavily loaded machine.
+    assert subsets_400["growth_kib"] <= whole_50["growth_kib"] + outputs_kib + 48 * 1024, (whole_50, subsets_400)
     assert whole_400["growth_kib"] >= subsets_400["growth_kib"] + 40 * 1024, (subsets_400, whole_400)

@@ -17,14 +17,14 @@ from jzad.backbone import (
     CLIP_MEAN,
     CLIP_STD,
     ImageEncoder,
-    clip_tokenizer,
     architecture_name,
+    clip_tokenizer,
     get_architecture,
     init_clip,
     load_tokenizer,
     with_image_size,
 )
-from jzad.backbone.clip import _encode_image, encode_text
+from jzad.backbone.clip import _encode_image, check_taps, encode_text
 from jzad.backbone.config import ACTIVATIONS, CLIPConfig
 from jzad.features.backbone import Backbone, normalize_pixels
 from jzad.features.types import BackboneRun, Features
@@ -33,10 +33,13 @@ from jzad.weights import open_checkpoint
 RANDOM_PREFIX = "random-"
 
 
-def check_image_size(image_size, patch_size: int, what: str = "--image-size") -> int:
-    """A positive multiple of the patch size, else ValueError naming the nearest valid sizes."""
+def check_image_size(image_size, patch_size: int, what: str = "--image-size", native: int | None = None) -> int:
+    """A positive multiple of the patch size, else ValueError naming the nearest valid sizes (and the
+    backbone's ``native`` size when given)."""
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"{what}: expected a positive multiple of the patch size {patch_size}, got {image_size!r}")
+        example = f"e.g. {native} (the backbone's native size)" if native else f"e.g. {16 * patch_size}"
+        raise ValueError(f"{what}: expected a positive multiple of the patch size {patch_size}, {example}; got "
+                         f"{image_size!r}")
     if image_size % patch_size:
         low = max(patch_size, image_size // patch_size * patch_size)
         raise ValueError(
@@ -72,6 +75,7 @@ def clip_backbone(encoder: ImageEncoder, name: str, architecture: str | None, te
         text_params, text_config, tokenizer = text
 
         def encode_prompts(prompts):
+            # encode_text runs the causal text tower only up to the longest prompt's end-of-text token.
             return encode_text({"text": text_params}, list(prompts), text_config, dtype, tokenizer)
 
     return Backbone("clip", name, architecture, encoder.origin, encoder.image_size, vision.patch_size, taps, dtype,
@@ -126,7 +130,13 @@ def load_clip_backbone(
     preset = run
     size = _resolve(image_size, recorded.image_size if recorded else None, preset.image_size,
                     native.vision.image_size)
-    check_image_size(size, native.vision.patch_size, "--image-size" if image_size is not None else "image size")
+    check_image_size(size, native.vision.patch_size, "--image-size" if image_size is not None else "image size",
+                     native.vision.image_size)
+    if taps is not None:
+        try:
+            check_taps(taps, native.vision.layers)
+        except ValueError as err:
+            raise ValueError(f"--taps: {err}") from err
     act = _resolve(activation, recorded.activation if recorded else None, preset.activation, native.activation)
     if act not in ACTIVATIONS:
         raise ValueError(f"--activation: expected one of {ACTIVATIONS}, got {act!r}")

@@ -69,11 +69,13 @@ class Option:
 
 @dataclass(frozen=True)
 class RunContext:
-    """What a method's ``configure`` may depend on: the dataset layout, the model input side, the shots."""
+    """What a method's ``configure`` may depend on: the dataset layout, the model input side, the shots and the
+    backbone's tapped blocks (None: the method's own default taps)."""
 
     dataset: str
     image_size: int
     shots: int = 0
+    taps: tuple | None = None
 
 
 class OptionError(ValueError):
@@ -108,6 +110,9 @@ class Method:
     -> Features), or None to use the backbone's own features (``request``). calibrate(config, state,
     features, mesh) -> state, or None: fitted on held-out normal images (``calibration`` names their split).
     needs_text: the backbone must keep its text tower (``Backbone.encode_prompts``) for ``prepare``.
+    multi_process: its stages run on global arrays over a mesh spanning several processes (every function
+    jitted or built of jitted calls, per-category constants identical on every process); the command line
+    refuses a multi-process run of a method without it.
     """
 
     name: str
@@ -135,6 +140,7 @@ class Method:
     calibrate: Callable | None = None
     calibration: str | None = None
     needs_text: bool = False
+    multi_process: bool = False
 
     def __post_init__(self):
         if self.few_shot not in FEW_SHOT_MODES:
@@ -168,16 +174,85 @@ def method_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def check_finite(features: Features, names=None, what: str = "features") -> None:
+class StreamScores(NamedTuple):
+    """A streaming step's output for a batch of b arrivals (rows of padding included; the caller drops them).
+
+    patch_scores (b, h, w); image_scores (b,) (NaN where nothing could be compared yet); warming (b,) bool:
+    the method's memory did not yet hold enough images when the row was scored (scores reported, flagged);
+    banked (b,) bool: the image entered the method's memory (MuSc's bank, FSLC's coreset window).
+    """
+
+    patch_scores: Any
+    image_scores: Any
+    warming: Any
+    banked: Any
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """A method's streaming functions: images scored as they arrive against a bounded memory.
+
+    The state is a pytree of fixed shapes carried through ``step``, so every batch runs one compiled program
+    and a state can be saved and restored (orbax) to continue a stream in another process.
+    config_type: the frozen stream config (static under jit). options: its command-line options (fields of
+    config_type). configure(values: dict, method_config) -> stream config. request(method_config) ->
+    FeatureRequest. init(method_config, stream_config, features, mesh) -> state (only the shapes of
+    ``features``, a batch as the backbone returns it, are read; ShapeDtypeStructs do), placed as ``step``
+    returns it so every step runs one compiled program. step(method_config, stream_config,
+    state, features (b images), valid (b,) bool, mesh) -> (StreamScores, state); rows with valid False are
+    padding: they neither score against nor enter the memory.
+    """
+
+    config_type: type
+    options: tuple
+    configure: Callable
+    request: Callable
+    init: Callable
+    step: Callable
+
+
+_STREAMING: dict[str, Streaming] = {}
+
+
+def register_streaming(name: str, streaming: Streaming) -> Streaming:
+    """Attach streaming functions to the registered method ``name``."""
+    get_method(name)
+    names = [f.name for f in fields(streaming.config_type)]
+    for option in streaming.options:
+        if option.field is not None and option.field not in names:
+            raise ValueError(f"Streaming {name}: option {option.flag} sets unknown config field {option.field!r}")
+    _STREAMING[name] = streaming
+    return streaming
+
+
+def get_streaming(name: str) -> Streaming:
+    """The streaming functions of method ``name``; ValueError naming the methods that stream otherwise."""
+    if name not in _STREAMING:
+        raise ValueError(f"--method {name} does not stream; methods that do: {', '.join(sorted(_STREAMING))}")
+    return _STREAMING[name]
+
+
+def streaming_names() -> tuple[str, ...]:
+    """Names of the methods with streaming functions, in registration order."""
+    return tuple(_STREAMING)
+
+
+def check_finite(features, names=None, what: str = "features") -> None:
     """Raise ValueError naming the images whose features hold NaN or inf (a silent NaN would spread to every
-    score of a pooling method). names: (N,) image names for the message (indices when None)."""
+    score of a pooling method). features: any pytree of arrays with a leading image axis N (``Features``, a
+    tuple of tapped tokens); names: (N,) image names for the message (indices when None). Under an outer jit
+    the values are unknown and nothing is checked: call it where the arrays are concrete."""
     leaves = jax.tree.leaves(features)
+    if not leaves or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return
     bad = None
     for leaf in leaves:
         per_image = jax.numpy.all(jax.numpy.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
         bad = ~per_image if bad is None else bad | ~per_image
     indices = [int(i) for i in jax.numpy.flatnonzero(bad)]
     if indices:
-        shown = [names[i] if names is not None else str(i) for i in indices[:5]]
+        shown = [names[i] for i in indices[:5]] if names is not None else [str(i) for i in indices[:5]]
         more = f" and {len(indices) - 5} more" if len(indices) > 5 else ""
-        raise ValueError(f"{what} of {len(indices)} image(s) are not finite (NaN or inf): {', '.join(shown)}{more}")
+        where = "" if names is not None else "at index "
+        raise ValueError(f"{what} of {len(indices)} image(s) are not finite (NaN or inf): {where}"
+                         f"{', '.join(shown)}{more}")

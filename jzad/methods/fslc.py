@@ -54,7 +54,17 @@ from jzad.kernels.distances import check_precision, dot_nt, squared_norms
 from jzad.kernels.kcenter import sharded_kcenter_greedy
 from jzad.kernels.select import interval_bounds, smallest_k
 from jzad.kernels.sharding import AXIS, device_mesh, map_row_shards, num_shards_of
-from jzad.methods.base import FeatureRequest, Features, Method, Option, OptionError, RunContext, Scores, register
+from jzad.methods.base import (
+    FeatureRequest,
+    Features,
+    Method,
+    Option,
+    OptionError,
+    RunContext,
+    Scores,
+    check_finite,
+    register,
+)
 from jzad.methods.musc import backbone_run, grid_features, int_list, musc_maps, tokens_to_grid, upsample
 
 COMBINES = ("concat", "per_layer")
@@ -390,28 +400,39 @@ def fslc_expand(
 
 
 @partial(jax.jit, static_argnames=("bins",))
-def otsu_split(values: jax.Array, bins: int = 256) -> tuple[jax.Array, jax.Array]:
+def otsu_split(values: jax.Array, bins: int = 256, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Otsu's method on 1-D values (n,) -> (threshold (), low-class mask (n,) bool).
 
     Histogram of ``bins`` equal bins over [min, max]; bin index floor((v - min) / (max - min) * bins),
     clamped to bins - 1. For each split t in 1..bins-1 (low class: bins < t) the between-class variance
     w0 w1 (mu0 - mu1)^2 is computed from the bin centres; the first maximum wins; threshold =
     min + t (max - min) / bins. Constant values: everything is low class, threshold = the value.
+    ``valid`` (n,) bool: only those values enter the histogram and the low class (a buffer with empty rows,
+    as streaming FSLC keeps its coreset); None: all of them.
     """
     if values.ndim != 1 or values.shape[0] < 1:
         raise ValueError(f"values: expected a non-empty 1-D array, got shape {values.shape}")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise ValueError(f"bins: expected an integer >= 2, got {bins!r}")
+    if valid is not None and valid.shape != values.shape:
+        raise ValueError(f"valid: expected {values.shape} like values, got {valid.shape}")
     v = values.astype(jnp.float32)
-    low, high = jnp.min(v), jnp.max(v)
+    if valid is None:
+        low, high = jnp.min(v), jnp.max(v)
+    else:
+        low, high = jnp.min(jnp.where(valid, v, jnp.inf)), jnp.max(jnp.where(valid, v, -jnp.inf))
     span = high - low
     spread = span > 0
     safe_span = jnp.where(spread, span, 1.0)
     index = jnp.clip(jnp.floor((v - low) / safe_span * bins), 0, bins - 1).astype(jnp.int32)
-    counts = jnp.bincount(index, length=bins).astype(jnp.float32)
+    if valid is None:
+        counts = jnp.bincount(index, length=bins).astype(jnp.float32)
+        total = jnp.float32(v.shape[0])
+    else:
+        counts = jnp.bincount(index, weights=valid.astype(jnp.float32), length=bins)
+        total = jnp.sum(valid.astype(jnp.float32))
     width = safe_span / bins
     offsets = (jnp.arange(bins, dtype=jnp.float32) + 0.5) * width
-    total = jnp.float32(v.shape[0])
     w0 = jnp.cumsum(counts)[:-1]
     mass0 = jnp.cumsum(counts * offsets)[:-1]
     w1 = total - w0
@@ -422,7 +443,7 @@ def otsu_split(values: jax.Array, bins: int = 256) -> tuple[jax.Array, jax.Array
     split = jnp.argmax(between).astype(jnp.int32) + 1
     threshold = jnp.where(spread, low + split.astype(jnp.float32) * width, high)
     mask = jnp.where(spread, index < split, True)
-    return threshold, mask
+    return threshold, mask if valid is None else mask & valid
 
 
 @partial(jax.jit, static_argnames=("bins",))
@@ -640,9 +661,11 @@ def score_fslc(
 ) -> FSLCResult:
     """FSLC over one set: tapped tokens (L x (N, 1 + h*w, C)) and image embeddings (N, D) -> FSLCResult.
 
-    Square patch grids only (as ``tokens_to_grid``). Maps are upsampled when ``config.map_size`` is set.
+    Square patch grids only (as ``tokens_to_grid``). Maps are upsampled when ``config.map_size`` is set. Tokens
+    or embeddings holding NaN or inf raise ValueError naming the images (by index).
     """
     _mesh(mesh)
+    check_finite((tuple(layer_tokens), image_embeds), what="score_fslc: layer_tokens / image_embeds")
     out = fslc_pipeline(tuple(layer_tokens), image_embeds, config, mesh)
     maps = None if config.map_size is None else upsample(out["patch_scores"], config.map_size)
     return FSLCResult(maps=maps, **out)
@@ -776,4 +799,5 @@ METHOD = register(Method(
     default_backbone="vit-l-14-336",
     demo_backbone="random-vit-b-16",
     stages=("lnamd", "init", "expand", "filter", "score", "upsample"),
+    multi_process=True,
 ))

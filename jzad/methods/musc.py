@@ -6,7 +6,12 @@ Stages, each a pure function over arrays that works under jit (names follow the 
   mean), L2 normalisation of every patch vector.
 - ``mutual_scores`` (MSM): every patch p of image i against every other image j, d_j(p) = min_q ||z_ip - z_jq||;
   the patch score is the mean of the k smallest d_j(p) over j != i, k = max(1, floor(0.3 (N - 1))). The k >= 1
-  guard is our deviation for tiny sets (N < 5), where the paper's k would be 0.
+  guard is our deviation for tiny sets (N < 5), where the paper's k would be 0. Distances come from the GEMM
+  form ||a||^2 + ||b||^2 - 2 a.b; a squared distance within its rounding error (``rounding_floor``: for unit
+  LNAMD features of C = 1024, d^2 <= 1.5e-5, d <= 3.9e-3; with bf16 GEMMs d <= 0.088, what bfloat16 inputs
+  cannot resolve) is exactly 0, so identical patches score exactly 0 and a set of identical images scores 0
+  everywhere (its metrics are those of all-tied scores: AUROC 0.5), instead of the float noise the square root
+  would otherwise turn into hot spots (deviation: the reference's cdist keeps that noise).
 - ``rscin``: re-scoring with the constrained image-level neighbourhood: min-max normalised image scores
   smoothed over each image's k most similar images (by CLIP image embedding), averaged over the windows.
 - ``score_musc``: the whole method over the tapped layers of one set; layers and r values are scored
@@ -28,9 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from jzad.kernels.distances import check_precision, dot_nt, l2_normalize
+from jzad.kernels.distances import check_precision, dot_nt, l2_normalize, squared_norms, zero_below_rounding
 from jzad.kernels.nearest import nearest_group_distance
-from jzad.kernels.select import interval_bounds, mean_of_ranks
+from jzad.kernels.select import interval_bounds, interval_table, mean_of_ranks
 from jzad.kernels.sharding import device_mesh, map_row_shards
 from jzad.methods.base import (
     BackboneRun,
@@ -41,6 +46,7 @@ from jzad.methods.base import (
     OptionError,
     RunContext,
     Scores,
+    check_finite,
     register,
 )
 
@@ -159,30 +165,41 @@ def lnamd(grid: jax.Array, r: int) -> jax.Array:
     return l2_normalize(pooled.reshape(n, h * w, c))
 
 
-def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start: int, stop: int):
-    """Per-device MSM body: a block of query images against the replicated pool -> (b, M) scores."""
+def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start, stop):
+    """Per-device MSM body: a block of query images against the replicated pool -> (b, M) scores.
 
-    def block_fn(query_images, first_row, pool):
+    ``start``/``stop`` are the static rank bounds, or None when they travel as the traced operand ``bounds``
+    (2,) int32 with a pool mask ``pool_valid`` (P,) bool (empty pool slots count as +inf, ranked last).
+    """
+
+    def block_fn(query_images, first_row, pool, pool_valid=None, bounds=None):
         rows, m, c = query_images.shape
         b = min(images_per_step(config.image_block, m), rows)
         steps = -(-rows // b)
         padded = jnp.pad(query_images, ((0, steps * b - rows), (0, 0), (0, 0)))
         pool_ids = jnp.arange(pool.shape[0])
+        pool_scale = jnp.max(squared_norms(pool))
+        lo, hi = (start, stop) if bounds is None else (0 if config.interval[0] == 0 else bounds[0], bounds[1])
 
         def one_step(step):
-            images = jax.lax.dynamic_slice_in_dim(padded, step * b, b)
-            dist = nearest_group_distance(
-                images.reshape(b * m, c),
+            images = jax.lax.dynamic_slice_in_dim(padded, step * b, b).reshape(b * m, c)
+            squared = nearest_group_distance(
+                images,
                 pool,
                 query_tile=config.query_tile,
                 group_tile=config.group_tile,
                 precision=config.precision,
-            ).reshape(b, m, -1)
+                squared=True,
+            )
+            scale = squared_norms(images)[:, None] + pool_scale
+            dist = jnp.sqrt(zero_below_rounding(squared, scale, c, config.precision)).reshape(b, m, -1)
             if exclude_self:
                 image_ids = first_row + step * b + jnp.arange(b)
                 is_self = (image_ids[:, None] == pool_ids[None, :]) & (pool_ids[None, :] < num_test)
                 dist = jnp.where(is_self[:, None, :], jnp.inf, dist)
-            return mean_of_ranks(dist, start, stop)
+            if pool_valid is not None:
+                dist = jnp.where(pool_valid[None, None, :], dist, jnp.inf)
+            return mean_of_ranks(dist, lo, hi)
 
         scores = jax.lax.map(one_step, jnp.arange(steps))
         return scores.reshape(steps * b, m)[:rows]
@@ -254,10 +271,12 @@ def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, st
         out_specs=PartitionSpec(),
         check_vma=False,
     )
-    squared = run(pairs, tile_rows, tile_norms)[:n, :, :n]
+    squared = jnp.maximum(run(pairs, tile_rows, tile_norms)[:n, :, :n], 0.0)
+    norms = squared_norms(features)
+    squared = zero_below_rounding(squared, norms[:, :, None] + jnp.max(norms), c, config.precision)
     ids = jnp.arange(n)
     squared = jnp.where((ids[:, None] == ids[None, :])[:, None, :], jnp.inf, squared)
-    distances = jnp.sqrt(jnp.maximum(squared, 0.0))
+    distances = jnp.sqrt(squared)
     return mean_of_ranks(distances, start, stop)
 
 
@@ -323,13 +342,51 @@ def _mutual_scores(
     return map_row_shards(block_fn, mesh, features.astype(jnp.float32), pool.astype(jnp.float32))
 
 
-@partial(jax.jit, static_argnames=("windows",))
-def rscin(image_scores: jax.Array, image_embeds: jax.Array, windows: tuple[int, ...] = (1, 2, 3)) -> jax.Array:
+@partial(jax.jit, static_argnames=("num_queries", "config", "mesh"))
+def masked_mutual_scores(
+    pool: jax.Array,
+    pool_valid: jax.Array,
+    num_queries: int,
+    config: MuScConfig = MuScConfig(),
+    mesh: Mesh | None = None,
+) -> jax.Array:
+    """Zero-shot MSM over a pool with empty slots: pool (P, M, C), pool_valid (P,) bool -> (num_queries, M).
+
+    Pool rows 0..num_queries-1 are the queries; each is scored against every other valid row, with k of the
+    interval from the real number of others n = sum(pool_valid) - 1 (a traced count: one program serves a
+    bank at any fill). With every row valid this is ``mutual_scores`` on the pool's first rows (the "rows"
+    schedule), bit for bit when the interval starts at 0. Rows of invalid queries are undefined; with no
+    valid other image (n = 0) every score is +inf.
+    """
+    if pool.ndim != 3 or pool_valid.shape != pool.shape[:1]:
+        raise ValueError(f"masked_mutual_scores: expected pool (P, M, C) and pool_valid (P,), got {pool.shape} "
+                         f"and {pool_valid.shape}")
+    if not 1 <= num_queries <= pool.shape[0]:
+        raise ValueError(f"num_queries: expected 1..{pool.shape[0]} (the pool rows), got {num_queries}")
+    if config.mode != "zero_shot":
+        raise ValueError(f"masked_mutual_scores: mode 'zero_shot' only (the bank is the pool), got {config.mode!r}")
+    table = jnp.asarray(interval_table(pool.shape[0] - 1, *config.interval))
+    others = jnp.maximum(jnp.sum(pool_valid.astype(jnp.int32)) - 1, 0)
+    bounds = table[others]
+    block_fn = _msm_block_fn(config, num_queries, True, None, None)
+    mesh = device_mesh(1) if mesh is None else mesh
+    pool = pool.astype(jnp.float32)
+    return map_row_shards(block_fn, mesh, pool[:num_queries], pool, pool_valid, bounds)
+
+
+RSCIN_BLOCK = 256
+
+
+@partial(jax.jit, static_argnames=("windows", "block"))
+def rscin(image_scores: jax.Array, image_embeds: jax.Array, windows: tuple[int, ...] = (1, 2, 3),
+          block: int = RSCIN_BLOCK) -> jax.Array:
     """RsCIN re-scoring: (N,) scores and (N, D) image embeddings -> (N,) re-scored.
 
     s = min-max normalised scores (all zeros when the scores are constant); W = F F^T over L2-normalised
     embeddings; per window k keep each row's k largest entries (self included), divide by their sum, and
     smooth s with them; the result is the mean over the windows. A window larger than N is clamped to N.
+    W is computed ``block`` rows at a time, keeping only each row's largest entries, so memory is
+    block * N floats, not N^2 (a category of 10,000 images would otherwise need a 400 MB matrix).
     """
     if image_scores.ndim != 1 or image_embeds.ndim != 2 or image_embeds.shape[0] != image_scores.shape[0]:
         raise ValueError(
@@ -339,13 +396,23 @@ def rscin(image_scores: jax.Array, image_embeds: jax.Array, windows: tuple[int, 
     span = jnp.max(s) - jnp.min(s)
     s = jnp.where(span > 0, (s - jnp.min(s)) / jnp.where(span > 0, span, 1.0), 0.0)
     f = l2_normalize(image_embeds.astype(jnp.float32))
-    similarity = jnp.matmul(f, f.T, precision=jax.lax.Precision.HIGHEST)
     n = s.shape[0]
+    widest = min(max(windows), n)
+    rows = min(block, n)
+    steps = -(-n // rows)
+    padded = jnp.pad(f, ((0, steps * rows - n), (0, 0))).reshape(steps, rows, -1)
+
+    def neighbours(part):
+        return jax.lax.top_k(jnp.matmul(part, f.T, precision=jax.lax.Precision.HIGHEST), widest)
+
+    values, indices = jax.lax.map(neighbours, padded)
+    values = values.reshape(steps * rows, widest)[:n]
+    indices = indices.reshape(steps * rows, widest)[:n]
     smoothed = []
     for k in windows:
-        values, indices = jax.lax.top_k(similarity, min(k, n))
-        weights = values / jnp.sum(values, axis=-1, keepdims=True)
-        smoothed.append(jnp.sum(weights * s[indices], axis=-1))
+        top = values[:, :min(k, n)]
+        weights = top / jnp.sum(top, axis=-1, keepdims=True)
+        smoothed.append(jnp.sum(weights * s[indices[:, :min(k, n)]], axis=-1))
     return jnp.mean(jnp.stack(smoothed), axis=0)
 
 
@@ -421,10 +488,15 @@ def score_musc(
     """MuSc over one set: tapped tokens (L x (N, 1 + h*w, C)) and image embeddings (N, D) -> MuScResult.
 
     The image score is the max of the map upsampled to ``config.map_size`` (computed one image at a time, so
-    the full-size maps of the set are never held at once). ``image_embeds`` None skips RsCIN.
+    the full-size maps of the set are never held at once). ``image_embeds`` None skips RsCIN. Tokens or
+    embeddings holding NaN or inf raise ValueError naming the images (by index), since one such image would
+    turn every score of the pool into NaN.
     """
     if mesh is not None and not isinstance(mesh, Mesh):
         raise ValueError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+    check_finite((tuple(layer_tokens), image_embeds), what="score_musc: layer_tokens / image_embeds")
+    if reference_tokens is not None:
+        check_finite(tuple(reference_tokens), what="score_musc: reference_tokens")
     patch = musc_patch_scores(tuple(layer_tokens), config, mesh, None if reference_tokens is None else tuple(reference_tokens))
     raw = max_of_upsampled(patch, config.map_size)
     scores = raw if image_embeds is None else rscin(raw, image_embeds, config.windows)
@@ -589,4 +661,5 @@ METHOD = register(Method(
     stages=("lnamd", "msm", "upsample", "rscin"),
     finalize=musc_finalize,
     finalize_stage="rscin",
+    multi_process=True,
 ))
