@@ -462,7 +462,7 @@ def write_category_outputs(args, out: Path, result, scorer: Scorer, source, cloc
         size = args.heatmap_size
         for indices, decoded in prefetch_batches(source, np.arange(len(source)), scorer.prep,
                                                  scorer.backbone.image_size, 16):
-            images = np.stack([_resize(i, size) for i in decoded.images])
+            images = np.stack([_resize(_as_uint8(i), size) for i in decoded.images])
             maps = np.stack([_resize(result.maps[i], size) for i in indices])
             masks = None if result.masks is None else np.stack(
                 [_resize(result.masks[i].astype(np.float32), size) > 0.5 for i in indices])
@@ -472,6 +472,11 @@ def write_category_outputs(args, out: Path, result, scorer: Scorer, source, cloc
         written.append(str(out / "heatmaps" / cat))
     clock.add("write", time.perf_counter() - start)
     return written
+
+
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+    """A decoded model input as uint8 for overlays (float32 [0, 255] inputs are rounded and clipped)."""
+    return image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def _resize(array: np.ndarray, size: int) -> np.ndarray:

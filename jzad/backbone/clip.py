@@ -532,8 +532,9 @@ def encode_text(
 
     ids: (B, L) integer token ids, L <= context_length, each row holding its end-of-text token (as
     ``tokenize`` makes them), or a text / list of B texts, tokenized here with tokenizer (default: the CLIP
-    BPE shipped with jzad, ``clip_tokenizer()``) and cut to context_length as OpenCLIP does. Pooling
-    follows config.text.pooling (the checkpoint source's rule).
+    BPE shipped with jzad, ``clip_tokenizer()``) and cut to context_length as OpenCLIP does. Pooling follows
+    config.text.pooling (the checkpoint source's rule). The rows run only as far as the last pooled position
+    (rounded up to 8 tokens): the same embeddings as at full length, since attention is causal.
     """
     if config.text is None:
         raise ValueError("this CLIP config has no text tower (vision-only checkpoint)")
@@ -556,4 +557,16 @@ def encode_text(
         )
     if not jnp.issubdtype(ids.dtype, jnp.integer):
         raise ValueError(f"ids must be integer token ids, got dtype {ids.dtype}")
-    return _encode_text(params["text"], ids.astype(jnp.int32), config=config, dtype=dtype)
+    return _encode_text(params["text"], _drop_padding(ids, config.text).astype(jnp.int32), config=config,
+                        dtype=dtype)
+
+
+def _drop_padding(ids, text: TextConfig):
+    """ids (B, L) cut after the last pooled (end-of-text) position over the rows, rounded up to 8 tokens (to
+    bound recompiles). Attention is causal, so no later position reaches a pooled state: the embeddings are
+    those of the full rows. Traced ids are kept whole."""
+    if isinstance(ids, jax.core.Tracer):
+        return ids
+    values = np.asarray(ids)
+    pooled = values.argmax(axis=1) if text.pooling == "argmax" else (values == text.eos_token_id).argmax(axis=1)
+    return ids[:, : min(values.shape[1], -(-(int(pooled.max()) + 1) // 8) * 8)]

@@ -30,7 +30,7 @@ def resized_shape(width: int, height: int, prep: ImagePrep, size: int) -> tuple[
     """(H, W) an image of (width, height) is resized to before any crop: (size, size) for "square"; for
     "resize_crop" the shorter side becomes resize_to and the longer int(resize_to * long / short), as
     torchvision's Resize(int) computes it."""
-    if prep.kind == "square":
+    if prep.square:
         return size, size
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(prep.resize_to * long / short)
@@ -43,22 +43,38 @@ def center_crop(array: np.ndarray, size: int) -> np.ndarray:
     return _center_crop(array, size)
 
 
+def resize_float(array: np.ndarray, size: int) -> np.ndarray:
+    """uint8 or float (H, W, 3) -> float32 (size, size, 3) on the same value scale: each channel as a float32
+    PIL "F" image resized by PIL's antialiased bicubic (Keys a = -0.5, support widened by the downscale
+    factor), no rounding or clamping. The resize is linear, so resizing [0, 255] values equals 255 x resizing
+    the [0, 1] image (anomalib's WinCLIP transform) up to float32 rounding."""
+    channels = np.asarray(array, np.float32)
+    if channels.shape[:2] == (size, size):
+        return np.ascontiguousarray(channels)
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(channels[..., c])).resize(
+        (size, size), resample=Image.Resampling.BICUBIC), np.float32) for c in range(channels.shape[-1])], axis=-1)
+
+
 def prepare_image(image: Image.Image, prep: ImagePrep, size: int) -> np.ndarray:
-    """RGB PIL image -> uint8 (size, size, 3) model input: PIL bicubic straight to size ("square"), or PIL
-    bilinear of the shorter side to resize_to then a centre crop ("resize_crop", PatchCore's transform)."""
+    """RGB PIL image -> (size, size, 3) model input: uint8 by PIL bicubic straight to size ("square"), float32
+    [0, 255] by ``resize_float`` ("square_float"), or uint8 by PIL bilinear of the shorter side to resize_to
+    then a centre crop ("resize_crop", PatchCore's transform)."""
     if image.mode != "RGB":
         image = image.convert("RGB")
+    if prep.float_pixels:
+        return resize_float(np.asarray(image, np.uint8), size)
     h, w = resized_shape(image.width, image.height, prep, size)
     resample = Image.Resampling.BICUBIC if prep.kind == "square" else Image.Resampling.BILINEAR
     if image.size != (w, h):
         image = image.resize((w, h), resample=resample)
     array = np.asarray(image, dtype=np.uint8)
-    return array if prep.kind == "square" else center_crop(array, size)
+    return array if prep.square else center_crop(array, size)
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """One decoded batch: images uint8 (n, S, S, 3) and each file's original (H, W)."""
+    """One decoded batch: images (n, S, S, 3), uint8 or float32 [0, 255] as the ``ImagePrep`` asks, and each
+    file's original (H, W)."""
 
     images: np.ndarray
     sizes: tuple
@@ -86,7 +102,7 @@ class FileImages:
 
     def decode(self, indices: Sequence[int], prep: ImagePrep, size: int) -> Decoded:
         """Decode the images at ``indices`` to the model input geometry."""
-        images = np.empty((len(indices), size, size, 3), np.uint8)
+        images = np.empty((len(indices), size, size, 3), np.float32 if prep.float_pixels else np.uint8)
         sizes = []
         for row, index in enumerate(indices):
             image = load_image(self.image_set.paths[int(index)])
@@ -99,7 +115,7 @@ class FileImages:
         fields, its one-line summary and the mask-size warning, if any)."""
 
         def geometry(h: int, w: int):
-            return resized_shape(w, h, prep, size), (None if prep.kind == "square" else size)
+            return resized_shape(w, h, prep, size), (None if prep.square else size)
 
         masks, report = read_set_masks(self.image_set, (size, size), geometry=geometry)
         return masks, {"rule": report.rule, "threshold": report.threshold, "masks_read": report.num_masks,
@@ -132,9 +148,12 @@ class ArrayImages:
         return self._masks is not None
 
     def decode(self, indices: Sequence[int], prep: ImagePrep, size: int) -> Decoded:
-        """The images at ``indices`` (already at the model size; resized when another size is asked)."""
+        """The images at ``indices`` (already at the model size; resized when another size is asked; float32
+        when the prep asks for float pixels)."""
         picked = self.images[np.asarray(indices, np.int64)]
-        if picked.shape[1:3] != (size, size):
+        if prep.float_pixels:
+            picked = np.stack([resize_float(a, size) for a in picked])
+        elif picked.shape[1:3] != (size, size):
             picked = np.stack([prepare_image(Image.fromarray(a), prep, size) for a in picked])
         return Decoded(picked, tuple(a.shape[:2] for a in self.images[np.asarray(indices, np.int64)]))
 
@@ -177,4 +196,4 @@ def prefetch_batches(source, indices: Sequence[int], prep: ImagePrep, size: int,
 
 
 __all__ = ["ArrayImages", "Decoded", "FileImages", "center_crop", "prefetch_batches", "prepare_image",
-           "resized_shape"]
+           "resize_float", "resized_shape"]

@@ -22,6 +22,25 @@ Stages, pure functions over arrays with a frozen ``WinCLIPConfig``:
   (align_corners=False) from the grid to ``map_size``, no smoothing.
 
 Cosines normalise with eps 1e-12 (torch F.normalize); similarity GEMMs run at the config's precision.
+
+Where jzad differs from anomalib, and why:
+- Window passes attend within each window. anomalib batches every window of an image through
+  ``visual.transformer`` in the sequence-first layout of older open_clip; open_clip >= 2.26.1 made its
+  attention batch-first, so on current open_clip anomalib's pass attends across the windows (the sequence
+  axis becomes the window axis) instead of over each window's 1 + s*s tokens. jzad computes the intended
+  per-window pass, which is what anomalib computes on the open_clip versions it was written for.
+- Few-shot reference images are normalised like the queries (through anomalib's Engine they are resized but
+  not normalised, a quirk).
+
+The method seam (``jzad.methods.base``), registered as "winclip" (--shots 0: zero-shot, K > 0: few-shot):
+- prep: anomalib's transform, the float image resized straight to the model square with antialiased bicubic
+  (``ImagePrep("square_float")``), then CLIP mean/std inside the jitted extractor.
+- prepare: the class text embeddings of the category's prompts (the folder name, or --class-name), once.
+- extractor: images -> Features(layers=(patch tokens (B, g, g, W),), embeds=image embeddings (B, D),
+  extras={"windows": per scale (B, n_s, D)}), the full pass and every window pass in one jitted call.
+- fit: the memories of the references (few-shot). score: the zero-shot scores, fused with the few-shot map
+  when there is a memory; query images split over the device mesh in fixed chunks (``map_image_chunks``),
+  so sharded scores equal unsharded ones bit for bit. maps: bilinear from the g x g grid to the image side.
 """
 
 from __future__ import annotations
@@ -34,9 +53,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh, PartitionSpec
+
 from jzad.backbone.clip import embed_patches, encode_text, encode_tokens, encode_windows, vision_head
 from jzad.backbone.config import CLIPConfig
+from jzad.backbone.preprocess import CLIP_MEAN, CLIP_STD
+from jzad.features import Backbone, normalize_pixels
 from jzad.kernels.distances import check_precision, dot_nt, l2_normalize
+from jzad.kernels.resize import resize_bilinear
+from jzad.kernels.sharding import AXIS, device_mesh, num_shards_of
+from jzad.methods.base import (
+    BackboneRun,
+    FeatureRequest,
+    Features,
+    ImagePrep,
+    Method,
+    Option,
+    OptionError,
+    RunContext,
+    Scores,
+    register,
+)
 
 NORMAL_STATES = (
     "{}",
@@ -83,6 +120,8 @@ class WinCLIPConfig:
     map_size: side of the output anomaly maps (the input image size, 240).
     dtype: backbone compute dtype, "float32" (highest matmul precision) or "bfloat16".
     precision: similarity GEMMs, "fp32" (exact) or "bf16".
+    class_name: the prompts' object word (None: the category name). image_chunk: query images scored together
+    in the method's ``score`` (a device's share is padded to a multiple of it).
     """
 
     scales: tuple[int, ...] = (2, 3)
@@ -90,6 +129,8 @@ class WinCLIPConfig:
     map_size: int = 240
     dtype: str = "float32"
     precision: str = "fp32"
+    class_name: str | None = None
+    image_chunk: int = 4
 
     def __post_init__(self):
         scales = tuple(self.scales) if isinstance(self.scales, (list, tuple)) else self.scales
@@ -103,6 +144,10 @@ class WinCLIPConfig:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"WinCLIPConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         check_precision(self.precision)
+        if self.class_name is not None and (not isinstance(self.class_name, str) or not self.class_name.strip()):
+            raise ValueError(f"WinCLIPConfig.class_name must be None or a non-empty string, got {self.class_name!r}")
+        if isinstance(self.image_chunk, bool) or not isinstance(self.image_chunk, int) or self.image_chunk < 1:
+            raise ValueError(f"WinCLIPConfig.image_chunk must be a positive int, got {self.image_chunk!r}")
 
 
 class WinCLIPFeatures(NamedTuple):
@@ -158,7 +203,8 @@ def make_windows(grid_size: int, scale: int, stride: int = 1) -> np.ndarray:
     return np.stack([index[r : r + scale, c : c + scale].reshape(-1) for r in starts for c in starts])
 
 
-def _grid_of(patch_count: int) -> int:
+def grid_of(patch_count: int) -> int:
+    """The side g of a square patch grid of patch_count = g * g tokens (ValueError otherwise)."""
     grid = int(round(patch_count**0.5))
     if grid * grid != patch_count:
         raise ValueError(f"patch tokens must cover a square grid, got {patch_count} patches")
@@ -262,7 +308,7 @@ def zero_shot_scores(
 ) -> tuple[jax.Array, jax.Array]:
     """(image scores (B,), zero-shot map (B, g, g)): the map is the harmonic mean of the image score and the
     harmonic-aggregated window scores of every scale."""
-    grid = _grid_of(features.patches.shape[1])
+    grid = grid_of(features.patches.shape[1])
     image = class_scores(features.image, text, config.temperature, config.precision)
     inverse = 1.0 / image[:, None, None]
     for scale, window_embeds in zip(config.scales, features.windows, strict=True):
@@ -276,7 +322,7 @@ def few_shot_map(
 ) -> jax.Array:
     """Few-shot map (B, g, g): mean of the patch-token association map and, per scale, the harmonic
     aggregation of the window associations."""
-    grid = _grid_of(features.patches.shape[1])
+    grid = grid_of(features.patches.shape[1])
     batch = features.patches.shape[0]
     maps = [visual_association(features.patches, memory.patches, config.precision).reshape(batch, grid, grid)]
     for scale, window_embeds, window_memory in zip(config.scales, features.windows, memory.windows, strict=True):
@@ -322,3 +368,252 @@ def winclip_scores(
         maps = (maps + few) / 2.0
         image = (image + jnp.max(few, axis=(1, 2))) / 2.0
     return image, upsample_maps(maps, config.map_size)
+
+
+# ------------------------------------------------------------------------------------------ method seam
+
+
+class WinCLIPState(NamedTuple):
+    """Fitted WinCLIP: text (2, D) class embeddings of the category's prompts; memory: the references'
+    ``WinCLIPMemory`` (few-shot), or None (zero-shot)."""
+
+    text: jax.Array
+    memory: WinCLIPMemory | None = None
+
+
+def as_features(features: WinCLIPFeatures) -> Features:
+    """WinCLIPFeatures -> the seam's Features: layers (patch tokens (B, g, g, W),), embeds (B, D) image
+    embeddings, extras {"windows": per scale (B, n_s, D)}."""
+    batch, count, width = features.patches.shape
+    grid = grid_of(count)
+    return Features((features.patches.reshape(batch, grid, grid, width),), features.image,
+                    {"windows": tuple(features.windows)})
+
+
+def winclip_view(features: Features) -> WinCLIPFeatures:
+    """The seam's Features (from ``winclip_extractor``) -> WinCLIPFeatures."""
+    windows = features.extras.get("windows") if isinstance(features.extras, dict) else None
+    if windows is None or features.embeds is None:
+        raise ValueError("WinCLIP needs window and image embeddings: extract the images with winclip_extractor")
+    patches = features.layers[0]
+    return WinCLIPFeatures(features.embeds, tuple(windows), patches.reshape(patches.shape[0], -1, patches.shape[-1]))
+
+
+@partial(jax.jit, static_argnames=("clip_config", "config"))
+def _extract(params, images, *, clip_config, config):
+    pixels = normalize_pixels(images, CLIP_MEAN, CLIP_STD)
+    return as_features(_features(params, pixels, clip_config, config))
+
+
+def winclip_extractor(config: WinCLIPConfig, backbone: Backbone):
+    """images (B, S, S, 3), uint8 or float [0, 255] (``ImagePrep("square_float")``) -> Features, one jitted call:
+    CLIP mean/std inside jit, the full pass and every window pass of every image (``winclip_features``)."""
+    clip_config = backbone.config
+    if backbone.family != "clip" or not isinstance(clip_config, CLIPConfig):
+        raise ValueError(f"WinCLIP runs on a CLIP backbone, got {backbone.family!r} ({backbone.name})")
+    _check_scales(config, clip_config.vision.grid_size)
+    params, size = backbone.params, clip_config.vision.image_size
+
+    def extract(images):
+        images = jnp.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"{backbone.name}: expected images (B, {size}, {size}, 3), got {tuple(images.shape)}")
+        return _extract(params, images, clip_config=clip_config, config=config)
+
+    return extract
+
+
+def object_name(config: WinCLIPConfig, category: str) -> str:
+    """The object word of the prompts: --class-name, else the category folder name verbatim."""
+    return config.class_name or category
+
+
+def winclip_prepare(config: WinCLIPConfig, backbone: Backbone, category: str) -> jax.Array:
+    """Class text embeddings (2, D) of the category's prompt ensemble, with the backbone's text tower (once
+    per category): the mean raw embedding of the normal, then of the anomalous prompts."""
+    if backbone.encode_prompts is None:
+        raise ValueError(f"WinCLIP embeds text prompts: {backbone.name} was loaded without its text tower")
+    normal, anomalous = prompt_ensemble(object_name(config, category))
+    embeds = backbone.encode_prompts(normal + anomalous)
+    return jnp.stack([embeds[: len(normal)].mean(axis=0), embeds[len(normal) :].mean(axis=0)])
+
+
+def winclip_fit(config: WinCLIPConfig, references: Features | None = None, mesh: Mesh | None = None,
+                prepared=None) -> WinCLIPState:
+    """WinCLIPState from the prepared text embeddings and, few-shot, the references' memory."""
+    del mesh
+    if prepared is None:
+        raise ValueError("WinCLIP needs the text embeddings from winclip_prepare (the method's prepare step)")
+    memory = None if references is None else winclip_memory(winclip_view(references))
+    return WinCLIPState(jnp.asarray(prepared, jnp.float32), memory)
+
+
+def map_image_chunks(fn, config, mesh: Mesh | None, chunk: int, tree, *shared):
+    """fn(config, chunk of tree, *shared) -> pytree of (chunk, ...) arrays, over the images (leading axis) of
+    tree, in fixed chunks of ``chunk`` images (the last one padded with copies of the first image).
+
+    fn is a module-level function and config its static settings. Called on arrays, every chunk runs the same
+    compiled single-device program (``_one_chunk``), chunks dealt out to mesh's devices in contiguous blocks
+    (None: one device) and dispatched asynchronously, so a row's arithmetic never depends on the shard count:
+    sharded results equal unsharded ones bit for bit. Called under jit (traced arrays), the chunks run in the
+    caller's program, split over mesh with ``shard_map`` (equal to float rounding).
+    """
+    n = jax.tree.leaves(tree)[0].shape[0]
+    mesh = device_mesh(1) if mesh is None else mesh
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((tree, shared))):
+        share = -(-(-(-n // num_shards_of(mesh))) // chunk) * chunk
+        out = _sharded_chunks(_pad_images(tree, share * num_shards_of(mesh)), shared, fn, config, mesh, chunk)
+        return jax.tree.map(lambda a: a[:n], out)
+    count = -(-n // chunk)
+    padded = _pad_images(tree, count * chunk)
+    devices = list(mesh.devices.flat)
+    operands = [jax.device_put(shared, device) for device in devices]
+    outs = []
+    for index in range(count):
+        device = index * len(devices) // count
+        part = jax.device_put(jax.tree.map(lambda a: a[index * chunk:(index + 1) * chunk], padded), devices[device])
+        outs.append(jax.device_put(_one_chunk(part, operands[device], fn=fn, config=config), devices[0]))
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts)[:n], *outs)
+
+
+def _pad_images(tree, total: int):
+    def pad(a):
+        n = a.shape[0]
+        return jnp.concatenate([a, jnp.broadcast_to(a[:1], (total - n,) + a.shape[1:])]) if total > n else a
+
+    return jax.tree.map(pad, tree)
+
+
+@partial(jax.jit, static_argnames=("fn", "config"))
+def _one_chunk(part, shared, *, fn, config):
+    return fn(config, part, *shared)
+
+
+def _sharded_chunks(tree, shared, fn, config, mesh: Mesh, chunk: int):
+    share = jax.tree.leaves(tree)[0].shape[0] // num_shards_of(mesh)
+
+    def per_device(block, operands):
+        chunks = jax.tree.map(lambda a: a.reshape(share // chunk, chunk, *a.shape[1:]), block)
+        out = jax.lax.map(lambda part: fn(config, part, *operands), chunks)
+        return jax.tree.map(lambda a: a.reshape(share, *a.shape[2:]), out)
+
+    rows = PartitionSpec(AXIS)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(rows, PartitionSpec()), out_specs=rows,
+                         check_vma=False)(tree, shared)
+
+
+def fuse_scores(zero_shot: tuple[jax.Array, jax.Array], few_map: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """anomalib's few-shot fusion: (zero-shot image (B,), map (B, g, g)) and a few-shot map (B, g, g) ->
+    (image (zero-shot + max few-shot) / 2, map (zero-shot + few-shot) / 2)."""
+    image, maps = zero_shot
+    return (image + jnp.max(few_map, axis=(1, 2))) / 2.0, (maps + few_map) / 2.0
+
+
+def _zero_shot_chunk(config, part, text):
+    return zero_shot_scores(part, text, config)
+
+
+def _few_shot_chunk(config, part, memory):
+    return few_shot_map(part, memory, config)
+
+
+def _winclip_chunk(config, part, text, memory):
+    zero = zero_shot_scores(part, text, config)
+    return zero if memory is None else fuse_scores(zero, few_shot_map(part, memory, config))
+
+
+def zero_shot_stage(config: WinCLIPConfig, features: WinCLIPFeatures, text: jax.Array, mesh=None):
+    """``zero_shot_scores`` over query images split over mesh -> (image (N,), map (N, g, g))."""
+    return map_image_chunks(_zero_shot_chunk, config, mesh, config.image_chunk, features, text)
+
+
+def few_shot_stage(config: WinCLIPConfig, features: WinCLIPFeatures, memory: WinCLIPMemory, mesh=None):
+    """``few_shot_map`` over query images split over mesh -> (N, g, g)."""
+    return map_image_chunks(_few_shot_chunk, config, mesh, config.image_chunk, features, memory)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def winclip_score(config: WinCLIPConfig, state: WinCLIPState, queries: Features, mesh: Mesh | None = None):
+    """WinCLIP on query features as one program -> (Scores(grid maps (N, g, g), image scores (N,)), state)."""
+    image, maps = map_image_chunks(_winclip_chunk, config, mesh, config.image_chunk, winclip_view(queries),
+                                   state.text, state.memory)
+    return Scores(maps, image), state
+
+
+def winclip_staged(config: WinCLIPConfig, state: WinCLIPState, queries: Features, mesh: Mesh | None, clock):
+    """``winclip_score`` stage by stage on ``clock``: "zero_shot", then (few-shot) "few_shot" (with the fusion)."""
+    features = winclip_view(queries)
+    zero = clock.run("zero_shot", zero_shot_stage, config, features, state.text, mesh)
+    if state.memory is None:
+        return Scores(zero[1], zero[0]), state
+    image, maps = clock.run("few_shot", lambda: fuse_scores(zero, few_shot_stage(config, features, state.memory,
+                                                                                 mesh)))
+    return Scores(maps, image), state
+
+
+def winclip_maps(config: WinCLIPConfig, patch_scores: jax.Array, size) -> jax.Array:
+    """Anomaly maps at image resolution: bilinear (align_corners=False) from the grid, no smoothing."""
+    del config
+    return resize_bilinear(patch_scores, size)
+
+
+BACKBONE_PRESETS = {"ViT-B-16-plus-240": BackboneRun(image_size=240, activation="gelu")}
+"""WinCLIP's published configuration: OpenCLIP ViT-B-16-plus-240 at 240 px (15 x 15 grid), exact GELU. Other
+CLIP backbones run at their native size and activation."""
+
+
+def backbone_run(architecture: str | None) -> BackboneRun:
+    """WinCLIP's run settings for a backbone architecture name (WinCLIP+ shares them)."""
+    return BACKBONE_PRESETS.get(architecture or "", BackboneRun())
+
+
+def image_prep(config, image_size: int) -> ImagePrep:
+    """anomalib's WinCLIP transform: the float image resized straight to the model square, antialiased bicubic."""
+    return ImagePrep("square_float")
+
+
+def class_name(text: str) -> str:
+    """--class-name: a non-empty object word for the prompts (argparse type)."""
+    if not text.strip():
+        raise ValueError("expected a non-empty object name such as 'metal nut'")
+    return text
+
+
+CLASS_NAME = Option("--class-name", "class_name", "object word of the text prompts (default: the category "
+                    "folder name verbatim, as anomalib)", class_name, metavar="NAME")
+
+
+def winclip_configure(values: dict, context: RunContext) -> WinCLIPConfig:
+    """WinCLIPConfig for a run: maps at the model input size, compute dtype and GEMM precision from
+    --precision, the prompts' object word from --class-name."""
+    precision = values.get("precision", "fp32")
+    try:
+        return WinCLIPConfig(map_size=context.image_size, dtype="bfloat16" if precision == "bf16" else "float32",
+                             precision=precision, class_name=values.get("class_name"))
+    except ValueError as err:
+        raise OptionError(f"winclip options: {err}") from err
+
+
+METHOD = register(Method(
+    name="winclip",
+    summary="WinCLIP: zero-shot (--shots 0) or few-shot CLIP prompts and window embeddings, as anomalib",
+    config_type=WinCLIPConfig,
+    pools=False,
+    few_shot="optional",
+    options=(CLASS_NAME,),
+    request=lambda config: FeatureRequest(embedding=True),
+    fit=winclip_fit,
+    score=winclip_score,
+    staged=winclip_staged,
+    configure=winclip_configure,
+    maps=winclip_maps,
+    backbone_run=backbone_run,
+    default_backbone="vit-b-16-plus-240",
+    demo_backbone="random-vit-b-16-plus-240",
+    stages=("zero_shot", "few_shot"),
+    tiny_backbone="random-tiny-text",
+    prep=image_prep,
+    prepare=winclip_prepare,
+    extractor=winclip_extractor,
+    needs_text=True,
+))
