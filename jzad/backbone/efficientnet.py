@@ -252,6 +252,26 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    """Depthwise k x k convolution as k * k shifted, strided multiply-adds.
+
+    x (B, H, W, C), kernel (k, k, 1, C), padding ((top, bottom), (left, right)) zeros -> (B, h, w, C). The same
+    numbers as ``conv_general_dilated`` with ``feature_group_count=C`` (summed in another order), 5-25x faster
+    on XLA's CPU backend, whose grouped convolution is not vectorised over channels.
+    """
+    x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    size = kernel.shape[0]
+    height = (x.shape[1] - size) // stride + 1
+    width = (x.shape[2] - size) // stride + 1
+    out = None
+    for i in range(size):
+        for j in range(size):
+            window = x[:, i : i + (height - 1) * stride + 1 : stride, j : j + (width - 1) * stride + 1 : stride, :]
+            term = window * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
 class SameConv(nnx.Module):
     """k x k convolution without bias, TF "SAME" padding computed from the input's (static) height and width.
 
@@ -268,6 +288,8 @@ class SameConv(nnx.Module):
         kernel = self.kernel[...]
         size = kernel.shape[0]
         padding = tuple(same_padding(n, size, self.stride) for n in x.shape[1:3])
+        if self.groups > 1 and self.groups == x.shape[-1] == kernel.shape[-1]:
+            return depthwise_conv(x, kernel.astype(x.dtype), self.stride, padding)
         return jax.lax.conv_general_dilated(
             x,
             kernel.astype(x.dtype),
