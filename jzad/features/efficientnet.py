@@ -55,7 +55,6 @@ from jzad.features.types import BackboneRun, Features
 from jzad.kernels.resize import bilinear_matrix
 
 RANDOM_PREFIX = "random-"
-DEFAULT_SIZE = 224
 DEFAULT_TAPS = ("stride8", "stride16")
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -197,8 +196,9 @@ def load_efficientnet_backbone(
     with_text: bool = False,
 ) -> Backbone:
     """An EfficientNet-Lite Backbone by name or path (see the module docstring). Explicit arguments override
-    the settings recorded at port time, which override the method's preset ``run``, then 224 px with taps
-    stride8 and stride16. ``run.align`` puts every tap on the finest tap's grid."""
+    the settings recorded at port time, which override the method's preset ``run``, then the variant's native
+    size (rounded down to a multiple of the coarsest tap's stride: lite2's 260 -> 256) with taps stride8 and
+    stride16. ``run.align`` puts every tap on the finest tap's grid."""
     text = str(name)
     if with_text:
         raise ValueError(f"{text}: an EfficientNet has no text tower, and the method embeds text prompts")
@@ -217,7 +217,8 @@ def load_efficientnet_backbone(
         params, config, origin, recorded_size, recorded_taps = _open(name, weights_dir)
     chosen = block_taps(_resolve(taps, recorded_taps, run.taps, DEFAULT_TAPS), config)
     coarsest = max(tap_stride(config, t) for t in chosen)
-    size = _resolve(image_size, recorded_size, run.image_size, DEFAULT_SIZE)
+    native = max(coarsest, config.image_size // coarsest * coarsest)
+    size = _resolve(image_size, recorded_size, run.image_size, native)
     if isinstance(size, bool) or not isinstance(size, int) or size < coarsest or size % coarsest:
         what = "--image-size" if image_size is not None else "image size"
         raise ValueError(
