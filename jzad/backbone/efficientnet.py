@@ -228,6 +228,19 @@ CONFIGS: dict[str, EfficientNetConfig] = {
 strides) for tests and demos."""
 
 
+def config_to_dict(config: EfficientNetConfig) -> dict:
+    """Plain dict of config (for manifest.json): stages as lists of [repeats, kernel, stride, expand, channels]."""
+    return {**dataclasses.asdict(config), "stages": [list(stage) for stage in config.stages]}
+
+
+def config_from_dict(data: dict) -> EfficientNetConfig:
+    """Inverse of ``config_to_dict``; unknown, missing or malformed fields raise ValueError."""
+    try:
+        return EfficientNetConfig(**{**data, "stages": tuple(Stage(*stage) for stage in data["stages"])})
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a valid EfficientNetConfig dict ({err}): {data!r}") from err
+
+
 def get_config(name: str | EfficientNetConfig) -> EfficientNetConfig:
     """The named config ("efficientnet-lite0", "efficientnet_lite0" and "lite0" all work); configs pass through."""
     if isinstance(name, EfficientNetConfig):
