@@ -5,9 +5,10 @@
 
 Per-image breakdown by stage for both implementations (MuSc paper Tables 6/13: feature extraction, LNAMD,
 MSM, upsample, RsCIN), on random weights of the backbone's real shapes and random images:
-- JAX: every stage is compiled ahead of time (``jit(...).lower(...).compile()``, compile seconds reported
-  apart), run once as warm-up, then timed ``--repeats`` times; ``jax.block_until_ready`` before every clock
-  read; the median is reported. The whole scoring is also timed as one fused program (``score_musc``).
+- JAX: the shared driver users run (``jzad.pipeline.run_category``: decode, extract, LNAMD, MSM, maps,
+  RsCIN over the category) on random uint8 images, stage by stage on its ``StageClock`` (device-synchronised,
+  compile seconds apart): one warm-up run, then ``--repeats`` timed runs; the median is reported. The
+  method's fused scorer (``method.score`` + ``finalize``) is also timed as one compiled program.
 - Reference (``benchmarks.reference_torch``): transformers CLIP with the same weights, then the per-image
   ``torch.cdist`` MuSc of the original code (cdist's default mm mode unless --cdist-mode says otherwise);
   ``torch.cuda.synchronize`` around every stage on CUDA; a warm-up on a few images; median of repeats.
@@ -16,19 +17,21 @@ MSM, upsample, RsCIN), on random weights of the backbone's real shapes and rando
   features (LNAMD, taps concatenated), init, expand, filter, score, upsample for both implementations,
   Otsu filtering, parity, roofline; the MuSc-vs-FSLC comparison of the FSLC paper's Table 4.
 - Scaling (--scaling): time and peak memory of the scoring stages (LNAMD, MSM, upsample, RsCIN) against N
-  for both, on random tokens of the backbone's shape (extraction is per image and does not grow with N).
+  for both, on random tokens of the backbone's shape (extraction is per image and does not grow with N);
+  the JAX side runs the pipeline's scoring of a group (``score_features``).
   The reference stops at the first N where it runs out of memory (torch.cuda.OutOfMemoryError /
   MemoryError, recorded); either implementation stops growing N when the last measured run, extrapolated
   quadratically to the next N, would exceed --max-seconds. The table says which and why.
 - Roofline: FLOPs and bytes of every stage from the shapes (``benchmarks.roofline``), measured device
   ceilings (large fp32/bf16 matmuls, a streaming copy), time over floor.
-- Memory: JAX compiled ``memory_analysis()`` per program; measured peak device memory per implementation
-  (GPU: torch.cuda.max_memory_allocated, XLA peak_bytes_in_use; CPU: peak RSS growth via /proc VmHWM after
-  malloc_trim). The 1-minute load average is sampled during the run and stored with the device.
+- Memory: ``memory_analysis()`` of the programs the pipeline runs (compiled apart); measured peak device
+  memory per implementation (GPU: torch.cuda.max_memory_allocated, XLA peak_bytes_in_use; CPU: peak RSS growth
+  via /proc VmHWM after malloc_trim). The 1-minute load average is sampled during the run and stored with the device.
 
 Output: markdown tables on stdout and ``<out>/musc_<platform>_<backbone>_N<n>.json`` (device, versions,
 shapes, every number, date). ``benchmarks/report.py`` turns the JSON files into the README section.
-On CPU, --shards K needs XLA_FLAGS=--xla_force_host_platform_device_count=K set before Python starts.
+--shards K splits MSM over K devices as ``--shards`` of ``python -m jzad.run`` does; on CPU it needs
+XLA_FLAGS=--xla_force_host_platform_device_count=K set before Python starts.
 """
 
 from __future__ import annotations
@@ -50,22 +53,26 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from benchmarks import report, roofline  # noqa: E402
-from jzad.backbone import encode_image, init_random_encoder  # noqa: E402
-from jzad.backbone.config import CLIPConfig, default_taps, get_architecture  # noqa: E402
+from jzad.backbone import CLIP_MEAN, CLIP_STD, ImageEncoder, init_random_encoder  # noqa: E402
+from jzad.backbone.config import CLIPConfig, architecture_name, default_taps, get_architecture  # noqa: E402
+from jzad.data import ArrayImages  # noqa: E402
+from jzad.features import Features, normalize_pixels  # noqa: E402
+from jzad.features.clip import clip_backbone  # noqa: E402
 from jzad.kernels import device_mesh  # noqa: E402
+from jzad.methods import get_method  # noqa: E402
 from jzad.methods.musc import (  # noqa: E402
     MuScConfig,
     lnamd,
+    max_of_upsampled,
     mutual_scores,
     resolve_schedule,
     rscin,
-    score_musc,
-    tokens_to_grid,
     upsample,
 )
+from jzad.pipeline import Scorer, extract_source, finalize, maps_at, run_category  # noqa: E402
+from jzad.timing import StageClock  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MUSC_STAGES = ("extract", "lnamd", "msm", "upsample", "rscin")
@@ -326,145 +333,151 @@ def _batches(n: int, batch: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch, n)) for start in range(0, n, batch)]
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+def random_images(n: int, size: int, seed: int) -> np.ndarray:
+    """N random uint8 RGB images (N, S, S, 3), what a source hands to the backbone."""
+    return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
 
 
-def build_scoring_programs(n: int, m: int, c: int, d: int, spec_grid: int, musc: MuScConfig, mesh,
-                           num_layers: int) -> dict:
-    """Compiled JAX scoring stages for N images of M = h*w patches: lnamd per r, msm (accumulating), upsample
-    (maps, their max, the mean patch scores), rscin. Tokens (N, 1 + M, C), embeddings (N, D)."""
-    f32 = jnp.float32
-    tokens = jax.ShapeDtypeStruct((n, 1 + m, c), f32)
-    feats = jax.ShapeDtypeStruct((n, m, c), f32)
-    total = jax.ShapeDtypeStruct((n, m), f32)
-    raw = jax.ShapeDtypeStruct((n,), f32)
-    embeds = jax.ShapeDtypeStruct((n, d), f32)
-    count = num_layers * len(musc.r_list)
-    size = musc.map_size
-
-    def upsample_stage(acc):
-        patch = acc / count
-        maps = upsample(patch.reshape(n, spec_grid, spec_grid), size)
-        return patch, maps, jnp.max(maps, axis=(1, 2))
-
-    programs = {f"lnamd_r{r}": compile_program(lambda t, r=r: lnamd(tokens_to_grid(t), r), tokens)
-                for r in musc.r_list}
-    programs["msm"] = compile_program(lambda acc, f: acc + mutual_scores(f, musc, mesh), total, feats)
-    programs["upsample"] = compile_program(upsample_stage, total)
-    programs["rscin"] = compile_program(lambda s, e: rscin(s, e, musc.windows), raw, embeds)
-    return programs
+def reference_pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, S, S, 3) -> float32 (N, 3, S, S): the CLIP-normalised pixels the JAX forward computes inside
+    its jitted program, for the PyTorch reference."""
+    pixels = np.asarray(normalize_pixels(jnp.asarray(images), CLIP_MEAN, CLIP_STD))
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
 
 
-def jax_scoring_pass(programs: dict, tokens: tuple, embeds, r_list: tuple[int, ...]) -> tuple[dict, dict]:
-    """One timed pass of the compiled scoring stages -> (outputs, {stage: seconds}).
+def image_source(images: np.ndarray) -> ArrayImages:
+    """An in-memory source of uint8 images at the model size, as the pipeline reads any data set."""
+    return ArrayImages(images, [f"image_{i:05d}" for i in range(len(images))])
 
-    (layer, r) pairs run one after another like the reference (LNAMD then MSM), so only one feature set
-    (N, M, C) is alive at a time; MSM adds each map into the running total.
+
+def musc_scorer(spec: BackboneSpec, params: dict, musc: MuScConfig, mesh, batch: int, dtype: str = "float32",
+                attention: str = "einsum") -> Scorer:
+    """The pipeline's Scorer for MuSc over a CLIP Backbone holding ``params`` (random weights of the spec's
+    shapes), at compute dtype and attention implementation: what ``python -m jzad.run`` builds from a checkpoint."""
+    config = spec.config.replace(attention=attention)
+    encoder = ImageEncoder(config, params, spec.taps, dtype, origin=f"random:{spec.arch}")
+    backbone = clip_backbone(encoder, f"random-{spec.arch}", architecture_name(config))
+    return Scorer(get_method("musc"), musc, backbone, mesh, batch)
+
+
+def pipeline_run(scorer: Scorer, source, repeats: int, platform_name: str, warmup: bool = True,
+                 references=None, calibration=None, category: str = "benchmark") -> dict:
+    """``jzad.pipeline.run_category`` (decode, extract, the method's stages, maps, finalize), timed stage by
+    stage on its StageClock: an untimed warm-up run (when ``warmup``), then ``repeats`` timed runs.
+
+    Returns {"runs": [{stage: seconds}] per timed run, "compile_s": {stage: seconds} of the first run,
+    "result": the last CategoryResult, "memory": the first timed run's peak (``PeakMemory``)}.
     """
-    seconds = dict.fromkeys(SCORING_STAGES, 0.0)
-    n, t, _ = tokens[0].shape
-    total = jax.block_until_ready(jnp.zeros((n, t - 1), jnp.float32))
-    for layer in tokens:
-        for r in r_list:
-            feats, dt = _timed(programs[f"lnamd_r{r}"]["run"], layer)
-            seconds["lnamd"] += dt
-            total, dt = _timed(programs["msm"]["run"], total, feats)
-            seconds["msm"] += dt
-            del feats
-    (patch, maps, raw), seconds["upsample"] = _timed(programs["upsample"]["run"], total)
-    scores, seconds["rscin"] = _timed(programs["rscin"]["run"], raw, embeds)
-    return {"patch_scores": patch, "maps": maps, "image_scores_raw": raw, "image_scores": scores}, seconds
+    compile_s = None
+    if warmup:
+        clock = StageClock()
+        run_category(scorer, source, category, references, clock=clock, calibration=calibration)
+        compile_s = dict(clock.compile_seconds)
+    runs, memory, result = [], None, None
+    for index in range(repeats):
+        clock = StageClock()
+        meter = PeakMemory("jax", platform_name)
+        with meter:
+            result = run_category(scorer, source, category, references, clock=clock, calibration=calibration)
+        if compile_s is None:
+            compile_s = dict(clock.compile_seconds)
+        if index == 0:
+            memory = meter.as_dict()
+        runs.append(dict(clock.run_seconds))
+    return {"runs": runs, "compile_s": compile_s, "result": result, "memory": memory}
 
 
-def _scoring_compile_seconds(programs: dict) -> dict:
-    lnamd_s = sum(p["compile_s"] for name, p in programs.items() if name.startswith("lnamd"))
-    return {"lnamd": lnamd_s, "msm": programs["msm"]["compile_s"], "upsample": programs["upsample"]["compile_s"],
-            "rscin": programs["rscin"]["compile_s"]}
+def stage_summary(timed: dict, stages: tuple[str, ...], n: int) -> dict:
+    """``_stage_summary`` of a ``pipeline_run`` over the named stages (a stage a run did not time counts 0)."""
+    runs = [{s: run.get(s, 0.0) for s in stages} for run in timed["runs"]]
+    return _stage_summary(runs, n, {s: timed["compile_s"].get(s, 0.0) for s in stages})
 
 
-def _program_memory(programs: dict) -> dict:
-    return {name: p["memory"] for name, p in programs.items()}
+def score_features(scorer: Scorer, features: Features, clock: StageClock) -> dict:
+    """The pipeline's scoring of one pooled group on given features: the method's ``staged`` stages, the maps
+    (``jzad.pipeline.maps_at``) and the set-level ``finalize`` (RsCIN), as ``run_category`` runs them after
+    extraction -> host arrays patch_scores (N, h, w), image_scores_raw (N,), image_scores (N,), maps (N, S, S)."""
+    method, config = scorer.method, scorer.config
+    state = method.fit(config, None, scorer.mesh, None)
+    scores, _ = method.staged(config, state, features, scorer.mesh, clock)
+    host = jax.tree.map(np.asarray, scores)
+    maps = maps_at(method, config, host.patch_scores, scorer.backbone.image_size, clock)
+    outputs = {"patch_scores": host.patch_scores, "image_scores_raw": host.image_scores, "keep": host.keep}
+    return {"patch_scores": host.patch_scores, "image_scores_raw": host.image_scores, "maps": maps,
+            "image_scores": finalize(scorer, outputs, clock)}
+
+
+def pipeline_program_memory(scorer: Scorer, n: int) -> dict:
+    """``memory_analysis`` of the programs the pipeline runs for MuSc over N images: the backbone forward per
+    batch, LNAMD per r, MSM, the max of the upsampled maps and RsCIN (compiled apart, for the report)."""
+    backbone, config, mesh = scorer.backbone, scorer.config, scorer.mesh
+    vision = backbone.config.vision
+    g, c, size = vision.grid_size, vision.width, backbone.image_size
+    f32 = jnp.float32
+    embedding = scorer.request.embedding
+    batch = jax.ShapeDtypeStruct((scorer.batch_size, size, size, 3), jnp.uint8)
+    out = {f"extract_b{scorer.batch_size}":
+           compile_program(lambda p, x: backbone.forward(p, x, embedding), backbone.params, batch)["memory"]}
+    grid = jax.ShapeDtypeStruct((n, g, g, c), f32)
+    for r in config.r_list:
+        out[f"lnamd_r{r}"] = compile_program(lambda x, r=r: lnamd(x, r), grid)["memory"]
+    feats = jax.ShapeDtypeStruct((n, g * g, c), f32)
+    out["msm"] = compile_program(lambda f: mutual_scores(f, config, mesh), feats)["memory"]
+    patch = jax.ShapeDtypeStruct((n, g, g), f32)
+    out["upsample"] = compile_program(lambda x: max_of_upsampled(x, config.map_size), patch)["memory"]
+    if config.windows and backbone.config.embed_dim:
+        scores = jax.ShapeDtypeStruct((n,), f32)
+        embeds = jax.ShapeDtypeStruct((n, backbone.config.embed_dim), f32)
+        out["rscin"] = compile_program(lambda a, e: rscin(a, e, config.windows), scores, embeds)["memory"]
+    return out
 
 
 def time_jax_musc(spec: BackboneSpec, params: dict, images: np.ndarray, musc: MuScConfig, mesh, batch: int,
                   dtype: str, repeats: int, fused: bool, platform_name: str) -> dict:
-    """JAX MuSc end to end on N images (B, S, S, 3): compile, warm-up, ``repeats`` timed passes.
+    """JAX MuSc end to end through the shared driver on N uint8 images (N, S, S, 3): a warm-up run, then
+    ``repeats`` timed runs of ``run_category``; the features of the set (``extract_source``) for parity.
 
-    Returns {"summary", "outputs" (last pass), "taps"/"embeds" (last pass), "memory", "programs", "fused"}.
+    Returns {"summary", "outputs" (last run), "grids"/"embeds", "memory", "programs", "fused"}.
     """
     n = images.shape[0]
-    shards = int(mesh.shape["data"])
-    batch = _round_up(min(batch, n), shards)
-    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-    placed = []
-    for start, stop in _batches(n, batch):
-        chunk = images[start:stop]
-        padded = _round_up(len(chunk), shards)
-        if padded > len(chunk):
-            chunk = np.concatenate([chunk, np.zeros((padded - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-        placed.append((stop - start, jax.device_put(chunk, data_sharding)))
-    jax.block_until_ready([p for _, p in placed])
-
-    config, taps = spec.config, spec.taps
-    extract_programs = {}
-    for _, chunk in placed:
-        if chunk.shape[0] not in extract_programs:
-            extract_programs[chunk.shape[0]] = compile_program(
-                lambda p, x: encode_image(p, x, config, taps, dtype), params, chunk
-            )
-
-    def extract():
-        outs = [(rows, extract_programs[chunk.shape[0]]["run"](params, chunk)) for rows, chunk in placed]
-        layers = tuple(jnp.concatenate([o[0][i][:rows] for rows, o in outs]) for i in range(len(taps)))
-        embeds = jnp.concatenate([o[1][:rows] for rows, o in outs])
-        return layers, embeds
-
-    m = spec.grid**2
-    c = spec.config.vision.width
-    d = spec.config.embed_dim
-    programs = build_scoring_programs(n, m, c, d, spec.grid, musc, mesh, len(taps))
-    compile_s = {"extract": sum(p["compile_s"] for p in extract_programs.values()), **_scoring_compile_seconds(programs)}
-
-    (layers, embeds), _ = _timed(extract)
-    jax_scoring_pass(programs, layers, embeds, musc.r_list)
-    runs = []
-    memory = None
-    for index in range(repeats):
-        meter = PeakMemory("jax", platform_name)
-        with meter:
-            (layers, embeds), extract_s = _timed(extract)
-            outputs, seconds = jax_scoring_pass(programs, layers, embeds, musc.r_list)
-        if index == 0:
-            memory = meter.as_dict()
-        runs.append({"extract": extract_s, **seconds})
-    result = {
-        "summary": _stage_summary(runs, n, compile_s),
+    scorer = musc_scorer(spec, params, musc, mesh, batch, dtype)
+    source = image_source(images)
+    timed = pipeline_run(scorer, source, repeats, platform_name)
+    result = timed["result"]
+    features, _ = extract_source(scorer, source, np.arange(n), StageClock())
+    outputs = {"patch_scores": result.patch_scores.reshape(n, -1), "maps": result.maps,
+               "image_scores_raw": result.image_scores_raw, "image_scores": result.image_scores}
+    out = {
+        "summary": stage_summary(timed, MUSC_STAGES, n),
         "outputs": outputs,
-        "taps": layers,
-        "embeds": embeds,
-        "memory": memory,
-        "programs": {**{f"extract_b{k}": p["memory"] for k, p in extract_programs.items()},
-                     **_program_memory(programs)},
+        "grids": features.layers,
+        "embeds": features.embeds,
+        "memory": timed["memory"],
+        "programs": pipeline_program_memory(scorer, n),
+        "backbone": scorer.backbone,
+        "scorer": scorer,
     }
     if fused:
-        result["fused"] = _time_fused(layers, embeds, musc, mesh, repeats, n)
-    return result
+        out["fused"] = _time_fused(scorer, features, repeats)
+    return out
 
 
-def _time_fused(layers: tuple, embeds, musc: MuScConfig, mesh, repeats: int, n: int) -> dict:
-    """The scoring as one compiled program (``score_musc``: LNAMD, MSM, max of the upsampled maps, RsCIN)."""
+def _time_fused(scorer: Scorer, features: Features, repeats: int) -> dict:
+    """The method's fused scorer as one compiled program (``method.score`` then ``finalize``: LNAMD, MSM, max of
+    the upsampled maps, RsCIN) on the pipeline's features."""
+    method, config, mesh = scorer.method, scorer.config, scorer.mesh
+    state = method.fit(config, None, mesh, None)
+    n = features.num_images
 
-    def fused(toks, emb):
-        res = score_musc(toks, emb, musc, mesh)
-        return res.patch_scores, res.image_scores_raw, res.image_scores
+    def fused(feats):
+        scores, _ = method.score(config, state, feats, mesh)
+        return scores.patch_scores, scores.image_scores, method.finalize(config, scores).image_scores
 
-    program = compile_program(fused, layers, embeds)
-    jax.block_until_ready(program["run"](layers, embeds))
+    program = compile_program(fused, features)
+    jax.block_until_ready(program["run"](features))
     runs = []
     for _ in range(repeats):
-        out, seconds = _timed(program["run"], layers, embeds)
+        out, seconds = _timed(program["run"], features)
         runs.append(seconds)
     median = statistics.median(runs)
     return {"compile_s": program["compile_s"], "median_s": median, "runs_s": runs, "per_image_ms": 1e3 * median / n,
@@ -503,13 +516,14 @@ def reference_pass(model, images, batch: int, taps, musc: MuScConfig, cdist_mode
     return result, {stage: timer.seconds[stage] for stage in MUSC_STAGES}
 
 
-def time_reference_musc(model, images_np: np.ndarray, spec: BackboneSpec, musc: MuScConfig, batch: int,
+def time_reference_musc(model, pixels: np.ndarray, spec: BackboneSpec, musc: MuScConfig, batch: int,
                         cdist_mode: str, repeats: int, device: str) -> dict:
-    """Reference MuSc end to end: warm-up on a few images, then ``repeats`` timed passes over all N."""
+    """Reference MuSc end to end on normalised pixels (N, 3, S, S) (``reference_pixels``): warm-up on a few
+    images, then ``repeats`` timed passes over all N."""
     import torch
 
-    n = images_np.shape[0]
-    images = torch.from_numpy(np.ascontiguousarray(images_np.transpose(0, 3, 1, 2))).to(device)
+    n = pixels.shape[0]
+    images = torch.from_numpy(pixels).to(device)
     warm = min(n, REFERENCE_WARMUP_IMAGES)
     with torch.no_grad():
         reference_pass(model, images[:warm], batch, spec.taps, musc, cdist_mode, device)
@@ -528,11 +542,13 @@ def time_reference_musc(model, images_np: np.ndarray, spec: BackboneSpec, musc: 
 
 
 def parity_report(jax_run: dict, ref_run: dict) -> dict:
-    """Max abs differences JAX - reference of taps, embeddings, patch scores, maps, raw and final image scores."""
+    """Max abs differences JAX - reference of the taps' patch tokens, embeddings, patch scores, maps, raw and
+    final image scores."""
     ours, theirs = jax_run["outputs"], ref_run["outputs"]
+    grids = [np.asarray(g).reshape(g.shape[0], -1, g.shape[-1]) for g in jax_run["grids"]]
     parity = {
-        "taps_max_abs": max(_max_abs(a, _to_numpy(b)) for a, b in zip(jax_run["taps"], theirs["taps"])),
-        "taps_max_magnitude": max(float(np.max(np.abs(_to_numpy(b)))) for b in theirs["taps"]),
+        "taps_max_abs": max(_max_abs(a, _to_numpy(b)[:, 1:]) for a, b in zip(grids, theirs["taps"])),
+        "taps_max_magnitude": max(float(np.max(np.abs(_to_numpy(b)[:, 1:]))) for b in theirs["taps"]),
         "embeds_max_abs": _max_abs(jax_run["embeds"], _to_numpy(theirs["embeds"])),
         "patch_scores_max_abs": _max_abs(ours["patch_scores"], _to_numpy(theirs["patch_scores"])),
         "maps_max_abs": _max_abs(ours["maps"], _to_numpy(theirs["maps"])),
@@ -604,34 +620,45 @@ def _next_allowed(seconds: float, n: int, next_n: int, max_seconds: float | None
             f"> --max-seconds {max_seconds:g}")
 
 
-def run_scaling(spec: BackboneSpec, sizes: tuple[int, ...], musc: MuScConfig, mesh, repeats: int,
-                max_seconds: float | None, seed: int, torch_device: str, cdist_mode: str,
-                platform_name: str) -> list[dict]:
-    """Scoring time and peak memory against N for JAX and the reference; one row per N (see module doc)."""
+def jax_scaling_entry(scorer: Scorer, tokens: tuple, embeds, repeats: int, platform_name: str) -> dict:
+    """The pipeline's scoring stages (``score_features``) on L x (N, 1 + M, C) tokens: a warm-up pass, then
+    ``repeats`` timed passes -> {"status", "summary", "memory", "msm_program_memory", "schedule"}."""
+    n, count, c = tokens[0].shape
+    side = int(round((count - 1) ** 0.5))
+    features = Features(tuple(t[:, 1:].reshape(n, side, side, c) for t in tokens), embeds)
+    warm = StageClock()
+    score_features(scorer, features, warm)
+    runs, memory = [], None
+    for rep in range(repeats):
+        clock = StageClock()
+        meter = PeakMemory("jax", platform_name)
+        with meter:
+            score_features(scorer, features, clock)
+        memory = meter.as_dict() if rep == 0 else memory
+        runs.append({s: clock.run_seconds.get(s, 0.0) for s in SCORING_STAGES})
+    compile_s = {s: warm.compile_seconds.get(s, 0.0) for s in SCORING_STAGES}
+    feats = jax.ShapeDtypeStruct((n, count - 1, c), jnp.float32)
+    msm_memory = compile_program(lambda f: mutual_scores(f, scorer.config, scorer.mesh), feats)["memory"]
+    return {"status": "ok", "summary": _stage_summary(runs, n, compile_s), "memory": memory,
+            "msm_program_memory": msm_memory, "schedule": resolve_schedule(scorer.config, n, count - 1)}
+
+
+def run_scaling(scorer: Scorer, spec: BackboneSpec, sizes: tuple[int, ...], repeats: int, max_seconds: float | None,
+                seed: int, torch_device: str, cdist_mode: str, platform_name: str,
+                reference: bool = True) -> list[dict]:
+    """Scoring time and peak memory against N for JAX (the pipeline's stages, ``score_features``) and the
+    reference (unless ``reference`` is False); one row per N (see module doc)."""
     import torch
 
     ref = _reference_module()
-    stopped = {"jax": None, "reference": None}
+    musc = scorer.config
+    stopped = {"jax": None, "reference": None if reference else "not asked for"}
     rows = []
-    m, c, d = spec.grid**2, spec.config.vision.width, spec.config.embed_dim
     for index, n in enumerate(sizes):
         row = {"n": n}
         tokens, embeds = _scaling_tokens(spec, n, seed)
         if stopped["jax"] is None:
-            programs = build_scoring_programs(n, m, c, d, spec.grid, musc, mesh, len(spec.taps))
-            jax_scoring_pass(programs, tokens, embeds, musc.r_list)
-            runs, memory = [], None
-            for rep in range(repeats):
-                meter = PeakMemory("jax", platform_name)
-                with meter:
-                    _, seconds = jax_scoring_pass(programs, tokens, embeds, musc.r_list)
-                memory = meter.as_dict() if rep == 0 else memory
-                runs.append(seconds)
-            summary = _stage_summary(runs, n, _scoring_compile_seconds(programs))
-            msm_memory = programs["msm"]["memory"]
-            row["jax"] = {"status": "ok", "summary": summary, "memory": memory, "msm_program_memory": msm_memory,
-                          "schedule": resolve_schedule(musc, n, m)}
-            del programs
+            row["jax"] = jax_scaling_entry(scorer, tokens, embeds, repeats, platform_name)
         else:
             row["jax"] = {"status": "skipped", "reason": stopped["jax"]}
         if stopped["reference"] is None:
@@ -717,7 +744,7 @@ def _fslc_config(sizes: FslcSizes, precision: str, map_size: int):
                       map_size=map_size)
 
 
-def jax_fslc_pass(programs: dict | None, layers: tuple, embeds, config, mesh, grid: int):
+def jax_fslc_pass(programs: dict | None, grids: tuple, embeds, config, mesh, grid: int):
     """One pass of JAX FSLC stage by stage -> (outputs, {stage: seconds}, programs).
 
     With ``programs`` None each stage is compiled (AOT, on the previous stage's real outputs) and run once
@@ -727,7 +754,7 @@ def jax_fslc_pass(programs: dict | None, layers: tuple, embeds, config, mesh, gr
 
     n = embeds.shape[0]
     fns = {
-        "features": lambda toks: fslc.fslc_features(toks, config)[0],
+        "features": lambda layer_grids: fslc.fslc_sets(layer_grids, config)[0],
         "init": lambda f, e: fslc.fslc_init(f, e, config, mesh),
         "expand": lambda f, core, images, patches: fslc.fslc_expand(f, core, images, patches, config, mesh),
         "filter": lambda f, core: fslc.fslc_filter(f, core, config, mesh),
@@ -744,7 +771,7 @@ def jax_fslc_pass(programs: dict | None, layers: tuple, embeds, config, mesh, gr
         out, seconds[name] = _timed(programs[name]["run"], *args)
         return out
 
-    features = stage("features", layers)
+    features = stage("features", grids)
     init = stage("init", features, embeds)
     expanded = stage("expand", features, init.coreset, init.image_indices, init.patch_indices)
     filtered = stage("filter", features, expanded.coreset)
@@ -756,18 +783,29 @@ def jax_fslc_pass(programs: dict | None, layers: tuple, embeds, config, mesh, gr
     return outputs, seconds, programs
 
 
-def time_jax_fslc(layers: tuple, embeds, sizes: FslcSizes, precision: str, map_size: int, mesh, grid: int,
-                  repeats: int) -> dict:
-    """JAX FSLC on the JAX features: compile + warm-up pass, then ``repeats`` timed passes."""
-    config = _fslc_config(sizes, precision, map_size)
-    _, _, programs = jax_fslc_pass(None, layers, embeds, config, mesh, grid)
+def time_jax_fslc(backbone, grids: tuple, embeds, sizes: FslcSizes, precision: str, mesh, repeats: int) -> dict:
+    """JAX FSLC on the JAX features through the pipeline's scoring (``score_features`` with the registered fslc
+    method; its "lnamd" stage reported as "features"): a warm-up pass, then ``repeats`` timed passes. One pass
+    of the stage functions (``jax_fslc_pass``, untimed) gives the diagnostics (coreset sizes, init images) and
+    the compiled programs' memory."""
+    config = _fslc_config(sizes, precision, backbone.image_size)
+    scorer = Scorer(get_method("fslc"), config, backbone, mesh)
+    features = Features(tuple(grids), embeds)
+    n = features.num_images
+    names = {stage: "lnamd" if stage == "features" else stage for stage in FSLC_STAGES}
+    warm = StageClock()
+    score_features(scorer, features, warm)
     runs = []
     for _ in range(repeats):
-        outputs, seconds, _ = jax_fslc_pass(programs, layers, embeds, config, mesh, grid)
-        runs.append(seconds)
-    compile_s = {name: p["compile_s"] for name, p in programs.items()}
-    return {"summary": _stage_summary(runs, embeds.shape[0], compile_s), "outputs": outputs,
-            "program_memory": _program_memory(programs)}
+        clock = StageClock()
+        outputs = score_features(scorer, features, clock)
+        runs.append({stage: clock.run_seconds.get(name, 0.0) for stage, name in names.items()})
+    compile_s = {stage: warm.compile_seconds.get(name, 0.0) for stage, name in names.items()}
+    diagnostics, _, programs = jax_fslc_pass(None, grids, embeds, config, mesh, backbone.config.vision.grid_size)
+    outputs = {**diagnostics, "patch_scores": outputs["patch_scores"].reshape(n, -1),
+               "image_scores": outputs["image_scores"], "maps": outputs["maps"]}
+    return {"summary": _stage_summary(runs, n, compile_s), "outputs": outputs,
+            "program_memory": {name: p["memory"] for name, p in programs.items()}}
 
 
 def reference_fslc_pass(layers: list, embeds, sizes: FslcSizes, map_size: int, cdist_mode: str, device: str):
@@ -799,8 +837,7 @@ def fslc_comparison(jax_run: dict, ref_run: dict, spec: BackboneSpec, sizes: Fsl
                     mesh, cdist_mode: str, repeats: int, device: str) -> dict:
     """FSLC for both implementations on the MuSc run's features (same N), parity and roofline."""
     n = jax_run["embeds"].shape[0]
-    ours = time_jax_fslc(jax_run["taps"], jax_run["embeds"], sizes, precision, spec.image_size, mesh, spec.grid,
-                         repeats)
+    ours = time_jax_fslc(jax_run["backbone"], jax_run["grids"], jax_run["embeds"], sizes, precision, mesh, repeats)
     theirs = time_reference_fslc(ref_run["outputs"]["taps"], ref_run["outputs"]["embeds"], sizes, spec.image_size,
                                  cdist_mode, repeats, device)
     a, b = ours["outputs"], theirs["outputs"]
@@ -963,13 +1000,12 @@ def measure(args: argparse.Namespace, spec: BackboneSpec, argv) -> dict:
     musc = MuScConfig(precision=args.precision, map_size=spec.image_size, schedule=args.schedule)
     params = init_random_encoder(spec.config, taps=spec.taps, seed=args.seed).params
     model = torch_clip_model(params, spec.config, torch_device)
-    images = np.random.default_rng(args.seed).normal(size=(args.n, spec.image_size, spec.image_size, 3))
-    images = images.astype(np.float32)
+    images = random_images(args.n, spec.image_size, args.seed)
 
     jax_run = time_jax_musc(spec, params, images, musc, mesh, args.batch, PRECISIONS[args.precision],
                             args.repeats, not args.no_fused, platform_name)
-    ref_run = time_reference_musc(model, images, spec, musc, args.batch, args.cdist_mode, args.repeats,
-                                  torch_device)
+    ref_run = time_reference_musc(model, reference_pixels(images), spec, musc, args.batch, args.cdist_mode,
+                                  args.repeats, torch_device)
     parity = parity_report(jax_run, ref_run)
     if args.no_fslc:
         fslc = {"status": "not run", "reason": "--no-fslc"}
@@ -979,11 +1015,12 @@ def measure(args: argparse.Namespace, spec: BackboneSpec, argv) -> dict:
         sizes = fslc_sizes(args.n, m, args.fslc_init_images, args.fslc_coreset, args.fslc_per_image)
         fslc = fslc_comparison(jax_run, ref_run, spec, sizes, args.precision, mesh, args.cdist_mode, args.repeats,
                                torch_device)
-    del model, jax_run["taps"], jax_run["outputs"], ref_run["outputs"]
+    scorer = jax_run["scorer"]
+    del model, jax_run["grids"], jax_run["outputs"], ref_run["outputs"]
 
     scaling = None
     if args.scaling:
-        scaling = run_scaling(spec, args.scaling, musc, mesh, args.scaling_repeats, args.max_seconds, args.seed,
+        scaling = run_scaling(scorer, spec, args.scaling, args.scaling_repeats, args.max_seconds, args.seed,
                               torch_device, args.cdist_mode, platform_name)
 
     ceiling_size = args.ceiling_size or (2048 if platform_name == "cpu" else 8192)
@@ -1029,7 +1066,8 @@ def measure(args: argparse.Namespace, spec: BackboneSpec, argv) -> dict:
             "interval": list(musc.interval), "windows": list(musc.windows), "map_size": musc.map_size,
             "schedule": args.schedule, "schedule_resolved": resolve_schedule(musc, args.n, m),
             "cdist_mode": args.cdist_mode, "seed": args.seed, "weights": "random (init_random_encoder), real shapes",
-            "images": "random normal (N, S, S, 3)", "reference_warmup_images": REFERENCE_WARMUP_IMAGES,
+            "images": "random uint8 (N, S, S, 3); CLIP-normalised inside the jitted forward, the reference gets the "
+                      "same normalised pixels", "reference_warmup_images": REFERENCE_WARMUP_IMAGES,
         },
         "stages": list(MUSC_STAGES),
         "jax": _strip(jax_run),

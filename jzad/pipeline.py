@@ -70,7 +70,8 @@ class CategoryResult:
 
     image_scores (N,) after ``finalize``; image_scores_raw (N,) before it; patch_scores (N, h, w); maps
     (N, S, S) float32 at the model input size (what the metrics use); masks (N, S, S) bool or None;
-    original_sizes: each image's (H, W) on disk; groups: the index arrays scored together.
+    original_sizes: each image's (H, W) on disk; groups: the index arrays scored together. notes: warnings about
+    the result (``contrast_note``), also written to results.json.
     """
 
     category: str
@@ -261,7 +262,21 @@ def run_category(
         original_sizes=outputs["original_sizes"], groups=[np.asarray(g) for g in groups],
     )
     result.metrics = category_metrics(source.labels, masks, image_scores, result.maps, aupro_convention)
+    note = contrast_note(image_scores, result.maps)
+    if note is not None:
+        result.notes.append(note)
     return result
+
+
+def contrast_note(image_scores: np.ndarray, maps: np.ndarray) -> str | None:
+    """A note when a category has no contrast: every image score and every map value is the same number (e.g. a
+    set of identical images: MuSc scores them exactly 0, see ``jzad.methods.musc``); None otherwise."""
+    values = np.concatenate([np.ravel(image_scores), np.ravel(maps)])
+    if values.size == 0 or not np.all(values == values[0]):
+        return None
+    return (f"no contrast: all {len(image_scores)} images score {float(values[0]):.6g} at every pixel (identical "
+            "images, up to float rounding); the metrics are those of fully tied scores (AUROC 0.5) and say nothing "
+            "about the method")
 
 
 def peak_memory() -> dict:

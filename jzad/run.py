@@ -9,7 +9,10 @@ does not apply to the chosen method is an error naming it, and every option is c
 decoded. Outputs under --out (written as each category finishes): results.json (atomic; its "status" says
 running, complete, failed or interrupted), scores_<category>.csv, summary_<category>.png and
 heatmaps/<category>/<image path>.png (unless --no-heatmaps), maps/<category>/<image path>.tiff (--save-maps).
-User errors print one line and exit with status 2 (a traceback only with --debug).
+User errors print one line (two when several categories fail) and exit with status 2; a traceback only with
+--debug. A run in which some categories fail keeps the others' outputs, lists each failure in results.json
+("failed") and exits with status 1; Ctrl-C leaves results.json with status "interrupted" and the finished
+categories (exit status 130).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from jzad.timing import StageClock
 DEMO_CATEGORY = "synthetic"
 DEMO_IMAGE_SIZE = 224
 DEMO_SHOTS_POOL = 4
-OUTPUT_NAMES = ("results.json", "heatmaps", "maps")
+OUTPUT_NAMES = ("results.json", "results.json.tmp", "heatmaps", "maps")
 OUTPUT_PREFIXES = ("scores_", "summary_")
 RESTRICTED = {
     "--subsets": lambda m: m.pools,
@@ -44,6 +47,21 @@ RESTRICTED = {
 
 class UserError(Exception):
     """A problem with the command line or the inputs: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in two lines (the message, then where the options are listed) instead of the
+    whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists every option)\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from err
 
 
 def _positive_int(text: str) -> int:
@@ -91,7 +109,7 @@ def _method_options() -> dict[str, tuple]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: common options, then each method's own (documented in --help)."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m jzad.run",
         description="Training-free anomaly detection: score a test set, print metrics and per-stage timings. "
         "Writes under --out: results.json, scores_<category>.csv, summary_<category>.png and "
@@ -107,13 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", default="all", help="category name, or 'all' for every category")
     p.add_argument("--infer-labels", action="store_true",
                    help="--dataset folder: images under good/ok/normal folders are normal, others anomalous")
+    p.add_argument("--allow-missing-masks", action="store_true",
+                   help="score a category whose anomalous images lack ground-truth masks (no pixel metrics for it; "
+                   "MPDD re-split: images without a mask count as normal) instead of stopping with an error")
     p.add_argument("--backbone", default=None,
                    help="ported or catalogue name (`python -m jzad.weights list`), or random-<architecture> for "
                    "random weights of the real shape; default: the method's demo backbone without --data, its "
                    "default backbone with --data")
     p.add_argument("--weights", type=Path, default=None, help="a checkpoint file or folder to load directly")
-    p.add_argument("--image-size", type=_positive_int, default=None,
-                   help="model input side (a multiple of the patch size); default: the method's preset")
+    p.add_argument("--image-size", type=_int, default=None,
+                   help="model input side, a positive multiple of the backbone's patch size (checked when the "
+                   "backbone is known: the error names the nearest valid sizes); default: the method's preset")
     p.add_argument("--taps", type=_argparse_type(_int_list), default=None,
                    help="1-based ViT blocks to tap, e.g. 6,12,18,24; default: the method's preset")
     p.add_argument("--activation", choices=("gelu", "quick_gelu"), default=None,
@@ -174,9 +196,23 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
         raise OptionError("--maps-at-image-size needs --save-maps")
     if args.infer_labels and args.dataset != "folder":
         raise OptionError("--infer-labels applies to --dataset folder only")
+    if args.allow_missing_masks and (args.data is None or args.dataset == "folder"):
+        raise OptionError("--allow-missing-masks applies to --data with a dataset layout that has masks")
     values = {o.dest: given[o.dest] for o in method.options if o.dest in given}
     values["precision"] = args.precision
     return values
+
+
+def check_categories(args) -> list[str]:
+    """The categories --category names in --data (every one for 'all'); an unknown name is an error listing
+    the categories found (--dataset folder: any sub-folder, checked when it is read)."""
+    found = jdata.list_categories(args.dataset, args.data)
+    if args.category == "all":
+        return found
+    if args.dataset != "folder" and args.category not in found:
+        raise UserError(f"--category: {args.data} has no {args.dataset} category {args.category!r}; it has "
+                        f"{', '.join(found)} (or use --category all)")
+    return [args.category]
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -228,6 +264,8 @@ def data_sources(args, category: str, shots: int, draw_seed: int):
     """One category of --data as sources: the test images (named as seen under --data) and ``shots`` normal
     train images drawn by ``reference_draw`` (labelled-normal only: re-split MPDD trains hold defects too)."""
     options = {"infer_labels": True} if args.infer_labels else {}
+    if args.allow_missing_masks:
+        options["allow_missing_masks"] = True
     image_set = jdata.read_dataset(args.dataset, args.data, category, **options)
     print(image_set.summary(), file=sys.stderr)
     source = jdata.FileImages(image_set, root=args.data)
@@ -245,6 +283,7 @@ def data_sources(args, category: str, shots: int, draw_seed: int):
 def load_scorer(args, method: Method, values: dict, shots: int):
     """The backbone the options name at the method's preset, and the method's config."""
     from jzad.backbone.config import architecture_name, get_architecture
+    from jzad.backbone.port import MissingDependencyError
     from jzad.features import load_backbone
     from jzad.kernels import device_mesh
 
@@ -264,11 +303,39 @@ def load_scorer(args, method: Method, values: dict, shots: int):
     image_size = args.image_size
     if demo and image_size is None and run.image_size is None:
         image_size = DEMO_IMAGE_SIZE
-    backbone = load_backbone(name, run, image_size, args.taps, args.activation, dtype, args.seed,
-                             with_text=method.needs_text)
+    try:
+        backbone = load_backbone(name, run, image_size, args.taps, args.activation, dtype, args.seed,
+                                 with_text=method.needs_text)
+    except (ValueError, FileNotFoundError, ConnectionError, MissingDependencyError) as err:
+        raise UserError(_backbone_error(args, method, str(name), err)) from err
     context = RunContext(dataset="synthetic" if demo else args.dataset, image_size=backbone.image_size, shots=shots)
-    config = method.configure(values, context)
+    try:
+        config = method.configure(values, context)
+    except ValueError as err:
+        raise OptionError(_with_flag(method, str(err))) from err
     return Scorer(method, config, backbone, device_mesh(args.shards), args.batch_size)
+
+
+def _backbone_error(args, method: Method, name: str, err: Exception) -> str:
+    """The one-line message for a backbone that cannot be loaded: an option's own message as it is, else
+    which option (or the method's default backbone) named what could not be loaded, and why."""
+    text = str(err)
+    if text.startswith("--"):
+        return text
+    if args.weights is not None:
+        return f"--weights: cannot load {name!r}: {text}"
+    if args.backbone is not None:
+        return f"--backbone: cannot load {name!r}: {text}"
+    return (f"no --backbone given, and the default backbone of --method {method.name}, {name!r}, cannot be "
+            f"loaded: {text}")
+
+
+def _with_flag(method: Method, text: str) -> str:
+    """A config error ("musc options: r_list: ...") with the config field replaced by its command-line flag."""
+    for option in method.options:
+        if option.field is not None and f"{option.field}:" in text:
+            return text.replace(f"{option.field}:", f"{option.flag}:", 1)
+    return text
 
 
 def timing_rows(clock: StageClock, num_images: int, method: Method) -> list[dict]:
@@ -362,18 +429,16 @@ def run(args: argparse.Namespace) -> int:
     if args.shards > len(jax.devices()):
         raise OptionError(f"--shards: expected 1..{len(jax.devices())} (devices here: {jax.devices()[0].platform} x "
                           f"{len(jax.devices())}); on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N")
+    seeds = list(getattr(args, "seeds", (args.seed,)))
+    if len(seeds) > 1 and shots < 1:
+        raise OptionError("--seeds repeats the few-shot reference draw: it needs --shots K >= 1")
     demo = args.data is None
     if not demo and not args.data.is_dir():
         raise UserError(f"--data: {args.data} is not a directory")
-    categories = [DEMO_CATEGORY] if demo else (
-        jdata.list_categories(args.dataset, args.data) if args.category == "all" else [args.category])
+    categories = [DEMO_CATEGORY] if demo else check_categories(args)
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     check_out(out, args.overwrite)
-    try:
-        scorer = load_scorer(args, method, values, shots)
-    except (ValueError, FileNotFoundError, ConnectionError) as err:
-        source = args.weights or args.backbone or method.default_backbone
-        raise UserError(f"--backbone/--weights: cannot load {str(source)!r}: {err}") from err
+    scorer = load_scorer(args, method, values, shots)
     backbone = scorer.backbone
     data_text = (f"built-in synthetic demo ({backbone.image_size} px, 16 normal + 12 with planted defects, "
                  f"seed {args.seed})" if demo else f"{args.dataset} at {args.data}")
@@ -394,9 +459,6 @@ def run(args: argparse.Namespace) -> int:
     results_path = out / "results.json"
     write_json_atomic(results_path, payload)
     total_clock, rows, std_rows, total_images = StageClock(), [], [], 0
-    seeds = list(getattr(args, "seeds", (args.seed,)))
-    if len(seeds) > 1 and shots < 1:
-        raise OptionError("--seeds repeats the few-shot reference draw: it needs --shots K >= 1")
     try:
         with RunProgress(enabled=not args.quiet) as progress:
             for category in categories:
@@ -417,14 +479,18 @@ def run(args: argparse.Namespace) -> int:
                             print(result.mask_report["summary"], file=sys.stderr)
                             if result.mask_report.get("warning"):
                                 print(f"warning: {result.mask_report['warning']}", file=sys.stderr)
+                        for note in result.notes:
+                            print(f"warning: {label}: {note}", file=sys.stderr)
                         written = write_category_outputs(args, out, result, scorer, source, clock,
                                                          seed if len(seeds) > 1 else None, index == 0)
                         runs.append((seed, result, written))
                 except (ValueError, OSError, UserError) as err:
                     if args.debug:
                         raise
-                    payload["failed"].append({"category": category, "error": f"{type(err).__name__}: {err}"})
-                    print(f"{category}: FAILED: {err}", file=sys.stderr)
+                    payload["failed"].append({"category": category, "error": str(err),
+                                              "error_type": type(err).__name__})
+                    if len(categories) > 1:
+                        print(f"{category}: FAILED: {err}", file=sys.stderr)
                     write_json_atomic(results_path, payload)
                     continue
                 total_clock.merge(clock)
@@ -439,7 +505,8 @@ def run(args: argparse.Namespace) -> int:
                     "category": category, "num_images": count, "metrics": mean,
                     "metrics_std": std if len(runs) > 1 else None,
                     "seeds": [{"seed": seed, "metrics": r.metrics} for seed, r, _ in runs] if shots else None,
-                    "mask_report": result.mask_report, "subset_sizes": [len(g) for g in result.groups],
+                    "mask_report": result.mask_report, "notes": list(result.notes),
+                    "subset_sizes": [len(g) for g in result.groups],
                     "timing_ms_per_image": clock.per_image_ms(count * len(runs)),
                     "compile_s": dict(clock.compile_seconds), "files": [f for _, _, w in runs for f in w],
                 })
@@ -475,12 +542,20 @@ def run(args: argparse.Namespace) -> int:
         files += ["summary_<category>.png", "heatmaps/"]
     if args.save_maps:
         files.append("maps/")
-    print(f"\nwrote {out}: {', '.join(files)}")
-    if payload["failed"]:
-        print(f"{len(payload['failed'])} of {len(categories)} categories failed: "
-              + "; ".join(f"{f['category']}: {f['error']}" for f in payload["failed"]), file=sys.stderr)
-        return 1
-    return 0
+    print(f"\nwrote {out}: {', '.join(files) if rows else 'results.json'}")
+    failed = payload["failed"]
+    if not failed:
+        return 0
+    if not rows:
+        first = failed[0]
+        where = f"{first['category']}: " if len(categories) > 1 else ""
+        more = (f"\n({len(failed)} of {len(categories)} categories failed; {results_path} lists every error)"
+                if len(failed) > 1 else "")
+        print(f"python -m jzad.run: error: {where}{first['error']}{more}", file=sys.stderr)
+        return 2
+    print(f"{len(failed)} of {len(categories)} categories failed (the others are complete; {results_path} lists "
+          "each error): " + "; ".join(f"{f['category']}: {f['error']}" for f in failed), file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,6 +569,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"python -m jzad.run: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ def _finite_numbers(tree, path="payload"):
 
 
 def test_smoke_run_tiny_backbone(tmp_path, capsys):
+    jax.clear_caches()  # programs compiled by earlier tests would report no compile time
     payload = musc_timing.main([
         "--backbone", "tiny@32", "--n", "5", "--repeats", "1", "--batch", "4", "--scaling", "4,6",
         "--max-seconds", "1e-6", "--ceiling-size", "64", "--copy-mib", "1", "--out", str(tmp_path),

@@ -67,17 +67,30 @@ class MLP(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention with a fused q|k|v projection (OpenAI's in_proj), optionally causal."""
+    """Multi-head self-attention with a fused q|k|v projection (OpenAI's in_proj), optionally causal.
 
-    def __init__(self, width: int, heads: int, causal: bool):
+    implementation: "einsum" (explicit logits, float32 softmax) or "xla" / "cudnn", passed to
+    ``jax.nn.dot_product_attention`` (cuDNN's fused kernel takes bfloat16 or float16 only).
+    """
+
+    def __init__(self, width: int, heads: int, causal: bool, implementation: str = "einsum"):
         self.qkv = nnx.Linear(width, 3 * width, kernel_init=_ZEROS, rngs=_RNGS)
         self.out = nnx.Linear(width, width, kernel_init=_ZEROS, rngs=_RNGS)
         self.heads = heads
         self.causal = causal
+        self.implementation = implementation
 
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, tokens, width = x.shape
         head_dim = width // self.heads
+        if self.implementation != "einsum":
+            if self.implementation == "cudnn" and x.dtype not in (jnp.bfloat16, jnp.float16):
+                raise ValueError(f"attention 'cudnn' computes in bfloat16 or float16 only, got {x.dtype}; "
+                                 "use dtype bfloat16 or attention 'xla'")
+            qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, head_dim)
+            out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], is_causal=self.causal,
+                                               implementation=self.implementation)
+            return self.out(out.reshape(batch, tokens, width))
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, head_dim).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, T, head_dim)
         logits = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim**-0.5, k, preferred_element_type=jnp.float32)
@@ -92,9 +105,9 @@ class Attention(nnx.Module):
 class ResidualBlock(nnx.Module):
     """Pre-norm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.))."""
 
-    def __init__(self, width, heads, mlp_dim, activation, eps, causal):
+    def __init__(self, width, heads, mlp_dim, activation, eps, causal, attention="einsum"):
         self.ln_1 = nnx.LayerNorm(width, epsilon=eps, rngs=_RNGS)
-        self.attn = Attention(width, heads, causal)
+        self.attn = Attention(width, heads, causal, attention)
         self.ln_2 = nnx.LayerNorm(width, epsilon=eps, rngs=_RNGS)
         self.mlp = MLP(width, mlp_dim, activation)
 
@@ -106,7 +119,8 @@ class ResidualBlock(nnx.Module):
 class VisionTransformer(nnx.Module):
     """OpenAI's VisionTransformer: conv1 patches, CLS, position embeddings, ln_pre, blocks, ln_post, proj."""
 
-    def __init__(self, config: VisionConfig, embed_dim: int | None, activation: str, eps: float):
+    def __init__(self, config: VisionConfig, embed_dim: int | None, activation: str, eps: float,
+                 attention: str = "einsum"):
         width = config.width
         self.config = config
         self.conv1 = nnx.Conv(
@@ -124,7 +138,7 @@ class VisionTransformer(nnx.Module):
         self.ln_pre = nnx.LayerNorm(width, epsilon=eps, rngs=_RNGS)
         self.blocks = nnx.List(
             [
-                ResidualBlock(width, config.heads, config.mlp_dim, activation, eps, False)
+                ResidualBlock(width, config.heads, config.mlp_dim, activation, eps, False, attention)
                 for _ in range(config.layers)
             ]
         )
@@ -171,14 +185,15 @@ class VisionTransformer(nnx.Module):
 class TextTransformer(nnx.Module):
     """OpenAI's text tower: token + position embeddings, causal blocks, ln_final, EOT pooling, projection."""
 
-    def __init__(self, config: TextConfig, embed_dim: int | None, activation: str, eps: float):
+    def __init__(self, config: TextConfig, embed_dim: int | None, activation: str, eps: float,
+                 attention: str = "einsum"):
         width = config.width
         self.config = config
         self.token_embedding = nnx.Embed(config.vocab_size, width, embedding_init=_ZEROS, rngs=_RNGS)
         self.positional_embedding = nnx.Param(jnp.zeros((config.context_length, width)))
         self.blocks = nnx.List(
             [
-                ResidualBlock(width, config.heads, config.mlp_dim, activation, eps, True)
+                ResidualBlock(width, config.heads, config.mlp_dim, activation, eps, True, attention)
                 for _ in range(config.layers)
             ]
         )
@@ -208,9 +223,9 @@ class CLIP(nnx.Module):
 
     def __init__(self, config: CLIPConfig):
         eps = config.layer_norm_eps
-        self.visual = VisionTransformer(config.vision, config.embed_dim, config.activation, eps)
+        self.visual = VisionTransformer(config.vision, config.embed_dim, config.activation, eps, config.attention)
         if config.text is not None:
-            self.text = TextTransformer(config.text, config.embed_dim, config.activation, eps)
+            self.text = TextTransformer(config.text, config.embed_dim, config.activation, eps, config.attention)
             self.logit_scale = nnx.Param(jnp.full((), jnp.log(1 / 0.07), dtype=jnp.float32))
         else:
             self.text = nnx.data(None)
@@ -227,7 +242,7 @@ def _split_abstract(config: CLIPConfig):
 def _split_vision(config: CLIPConfig):
     eps = config.layer_norm_eps
     model = nnx.eval_shape(
-        lambda: VisionTransformer(config.vision, config.embed_dim, config.activation, eps)
+        lambda: VisionTransformer(config.vision, config.embed_dim, config.activation, eps, config.attention)
     )
     return nnx.split(model)
 
@@ -236,7 +251,7 @@ def _split_vision(config: CLIPConfig):
 def _split_text(config: CLIPConfig):
     eps = config.layer_norm_eps
     model = nnx.eval_shape(
-        lambda: TextTransformer(config.text, config.embed_dim, config.activation, eps)
+        lambda: TextTransformer(config.text, config.embed_dim, config.activation, eps, config.attention)
     )
     return nnx.split(model)
 

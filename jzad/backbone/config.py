@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 ACTIVATIONS = ("quick_gelu", "gelu")
+ATTENTIONS = ("einsum", "xla", "cudnn")
 TEXT_POOLING = ("argmax", "eos")
 
 
@@ -96,6 +97,9 @@ class CLIPConfig:
     carry no projection (Hugging Face CLIPVisionModel), where the image embedding is ln_post(CLS) itself.
     activation: "quick_gelu" (x * sigmoid(1.702 x), what OpenAI trained with) or "gelu" (exact erf GELU,
     OpenCLIP models and what MuSc runs at 518).
+    attention: how self-attention is computed (the same function; a speed choice, static under jit): "einsum"
+    (explicit logits, float32 softmax: the default), or ``jax.nn.dot_product_attention`` with implementation
+    "xla" or "cudnn" (cuDNN's fused kernel: CUDA GPUs, bfloat16/float16 compute only).
     """
 
     vision: VisionConfig
@@ -103,6 +107,7 @@ class CLIPConfig:
     embed_dim: int | None = None
     activation: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    attention: str = "einsum"
 
     def __post_init__(self):
         if not isinstance(self.vision, VisionConfig):
@@ -111,6 +116,8 @@ class CLIPConfig:
             raise ValueError(f"CLIPConfig.text must be a TextConfig or None, got {type(self.text).__name__}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"CLIPConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"CLIPConfig.attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.embed_dim is not None and (not isinstance(self.embed_dim, int) or self.embed_dim < 1):
             raise ValueError(f"CLIPConfig.embed_dim must be a positive int or None, got {self.embed_dim!r}")
 

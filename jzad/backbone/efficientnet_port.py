@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from jzad.backbone.efficientnet import CONFIGS, EfficientNetConfig, abstract_params, get_config
+from jzad.backbone.port import check_torch_file, import_torch, torch_load_state
 
 BN_TABLE = (
     ("weight", "scale"),
@@ -232,15 +233,11 @@ def read_torch_state(path: str | Path) -> dict[str, np.ndarray]:
     Loaded with ``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary
     unpickling. A ``{"state_dict": ...}`` wrapper is unwrapped.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint file {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{str(path)!r} is not a weights-only torch checkpoint: {err}") from err
+    check_torch_file(path)
+    state = torch_load_state(path, import_torch(f"reading the PyTorch checkpoint {path}"))
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):

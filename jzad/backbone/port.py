@@ -452,9 +452,62 @@ def _unwrap(obj, path: Path) -> dict:
     return obj
 
 
+TORCH_INSTALL = ("pip install torch==2.13.0 (the CPU build; or the project's extra: pip install -e '.[port]' from "
+                 "a clone of jzad)")
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL = 0x80
+
+
+class MissingDependencyError(ImportError):
+    """An optional package a step needs is not installed; the message says what to install."""
+
+
+def import_torch(purpose: str):
+    """The torch module, or MissingDependencyError saying that ``purpose`` needs PyTorch and how to install it."""
+    try:
+        import torch
+    except ImportError as err:
+        raise MissingDependencyError(f"{purpose} needs PyTorch, which is not installed here: {TORCH_INSTALL}") from err
+    return torch
+
+
+def check_torch_file(path: Path) -> None:
+    """Refuse, naming the file, what cannot be a PyTorch checkpoint: an empty file, or one that is neither a zip
+    archive (torch.save since 1.6, TorchScript) nor a pickle (the legacy torch.save format)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise ValueError(f"{path} is not a checkpoint: the file is empty")
+    if head != ZIP_MAGIC and head[0] != PICKLE_PROTOCOL:
+        raise ValueError(f"{path} is not a checkpoint: not a PyTorch (.pt/.pth/.bin), TorchScript or safetensors "
+                         f"file (it starts with {head!r})")
+
+
+def torch_load_state(path: Path, torch):
+    """``torch.load(weights_only=True)`` of a state-dict file. A file holding Python objects besides tensors is
+    refused as not a state dict (never loaded with arbitrary unpickling, and torch's advice to do so is not
+    repeated); other failures name the file as damaged or not a checkpoint."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        text = str(err)
+        if "weights_only" in text or "Weights only" in text:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f" (it contains {found.group(1)})" if found else ""
+            raise ValueError(
+                f"{path} is not a state dict of tensors{what}: jzad reads only tensors and plain containers; save "
+                "the weights with torch.save(model.state_dict(), path)"
+            ) from None
+        reason = f": {type(err).__name__} {text.splitlines()[0] if text else ''}".rstrip()
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (damaged, truncated or another kind of "
+                         f"file{reason})") from err
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
     """One weights file -> (name -> float32/int numpy array, format) with format in
-    {"safetensors", "torchscript", "torch"}. Damaged or truncated files raise ValueError naming the file."""
+    {"safetensors", "torchscript", "torch"}. Damaged or truncated files, files of another kind and pickles of
+    objects other than tensors raise ValueError naming the file; a PyTorch file without torch installed raises
+    MissingDependencyError saying what to install."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} does not exist")
@@ -466,6 +519,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
         except Exception as err:
             if "bfloat16" not in str(err).lower() and "bf16" not in str(err).lower():
                 raise ValueError(f"cannot read safetensors file {path} (damaged or truncated?): {err}") from err
+            import_torch(f"reading the bfloat16 safetensors file {path}")
             from safetensors.torch import load_file as load_torch
 
             try:
@@ -474,19 +528,17 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
                 raise ValueError(f"cannot read safetensors file {path}: {err2}") from err2
         fmt = "safetensors"
     else:
-        import torch
-
-        try:
-            if _is_torchscript(path):
+        check_torch_file(path)
+        torch = import_torch(f"reading the PyTorch checkpoint {path}")
+        if _is_torchscript(path):
+            try:
                 raw = torch.jit.load(str(path), map_location="cpu").state_dict()
-                fmt = "torchscript"
-            else:
-                raw = torch.load(str(path), map_location="cpu", weights_only=True)
-                fmt = "torch"
-        except Exception as err:
-            raise ValueError(
-                f"cannot read PyTorch checkpoint {path} (damaged, truncated or not a state dict): {err}"
-            ) from err
+            except Exception as err:
+                raise ValueError(f"cannot read TorchScript checkpoint {path} (damaged or truncated?): {err}") from err
+            fmt = "torchscript"
+        else:
+            raw = torch_load_state(path, torch)
+            fmt = "torch"
     state = _unwrap(dict(raw) if not isinstance(raw, dict) else raw, path)
     return {k: _to_numpy(v, k, path) for k, v in state.items()}, fmt
 

@@ -161,7 +161,7 @@ def read_loco(
                 if not files and not allow_missing_masks:
                     raise FileNotFoundError(
                         f"loco: no ground-truth channels for {image}: expected {gt_dir}/000.png (one .png per "
-                        "defect); pass allow_missing_masks=True to read it without pixel ground truth"
+                        "defect); to read it without pixel ground truth, pass allow_missing_masks=True"
                     )
             paths.append(str(image))
             labels.append(0 if defect_type == "good" else 1)

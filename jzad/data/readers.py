@@ -127,7 +127,8 @@ def _missing_mask_error(image: Path, mask_dir: Path, stem: str) -> DataNotFoundE
     return DataNotFoundError(
         f"no ground-truth mask for anomalous image {image}: expected {mask_dir / (stem + '_mask.png')} "
         f"or {mask_dir / (stem + '.png')} (extensions {', '.join(MASK_EXTENSIONS)} accepted); "
-        "pass allow_missing_masks=True to read it without pixel ground truth",
+        "to score it without pixel ground truth, pass --allow-missing-masks (python -m jzad.run) or "
+        "allow_missing_masks=True (read_dataset)",
         image,
     )
 
@@ -255,8 +256,8 @@ def _read_mpdd_resplit(root: Path, category: str, split: str, allow_missing_mask
                 raise DataNotFoundError(
                     f"mpdd (re-split layout): no mask for image {image}: expected "
                     f"{mask_dir / (image.stem + '.png')} or {mask_dir / (image.stem + '_mask.png')} (an "
-                    "empty mask marks a normal image); pass allow_missing_masks=True to read images "
-                    "without a mask as normal",
+                    "empty mask marks a normal image); to read images without a mask as normal, pass "
+                    "--allow-missing-masks (python -m jzad.run) or allow_missing_masks=True (read_dataset)",
                     image,
                 )
             rows.append((str(image), 0, "good", None))
@@ -294,8 +295,8 @@ def _read_visa(root: Path, category: str, split: str, allow_missing_masks: bool,
                 shown = mask if mask is not None else "(empty mask column)"
                 raise DataNotFoundError(
                     f"visa: no ground-truth mask for anomalous image {image}: expected {shown} "
-                    f"as listed in {root / csv_path}; pass allow_missing_masks=True to read it without "
-                    "pixel ground truth",
+                    f"as listed in {root / csv_path}; to score it without pixel ground truth, pass "
+                    "--allow-missing-masks (python -m jzad.run) or allow_missing_masks=True (read_dataset)",
                     image,
                 )
             mask = None
@@ -368,7 +369,8 @@ def _read_mtd(
                 if not allow_missing_masks:
                     raise DataNotFoundError(
                         f"mtd: no ground-truth mask for anomalous image {image}: expected {mask}; "
-                        "pass allow_missing_masks=True to read it without pixel ground truth",
+                        "to score it without pixel ground truth, pass --allow-missing-masks (python -m "
+                        "jzad.run) or allow_missing_masks=True (read_dataset)",
                         image,
                     )
                 mask = None

@@ -24,7 +24,7 @@ from jzad.backbone import (
     load_tokenizer,
     with_image_size,
 )
-from jzad.backbone.clip import _encode_image, encode_text
+from jzad.backbone.clip import _encode_image, check_taps, encode_text
 from jzad.backbone.config import ACTIVATIONS, CLIPConfig
 from jzad.features.backbone import Backbone, normalize_pixels
 from jzad.features.types import BackboneRun, Features
@@ -33,10 +33,13 @@ from jzad.weights import open_checkpoint
 RANDOM_PREFIX = "random-"
 
 
-def check_image_size(image_size, patch_size: int, what: str = "--image-size") -> int:
-    """A positive multiple of the patch size, else ValueError naming the nearest valid sizes."""
+def check_image_size(image_size, patch_size: int, what: str = "--image-size", native: int | None = None) -> int:
+    """A positive multiple of the patch size, else ValueError naming the nearest valid sizes (and the
+    backbone's ``native`` size when given)."""
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"{what}: expected a positive multiple of the patch size {patch_size}, got {image_size!r}")
+        example = f"e.g. {native} (the backbone's native size)" if native else f"e.g. {16 * patch_size}"
+        raise ValueError(f"{what}: expected a positive multiple of the patch size {patch_size}, {example}; got "
+                         f"{image_size!r}")
     if image_size % patch_size:
         low = max(patch_size, image_size // patch_size * patch_size)
         raise ValueError(
@@ -126,7 +129,13 @@ def load_clip_backbone(
     preset = run
     size = _resolve(image_size, recorded.image_size if recorded else None, preset.image_size,
                     native.vision.image_size)
-    check_image_size(size, native.vision.patch_size, "--image-size" if image_size is not None else "image size")
+    check_image_size(size, native.vision.patch_size, "--image-size" if image_size is not None else "image size",
+                     native.vision.image_size)
+    if taps is not None:
+        try:
+            check_taps(taps, native.vision.layers)
+        except ValueError as err:
+            raise ValueError(f"--taps: {err}") from err
     act = _resolve(activation, recorded.activation if recorded else None, preset.activation, native.activation)
     if act not in ACTIVATIONS:
         raise ValueError(f"--activation: expected one of {ACTIVATIONS}, got {act!r}")

@@ -7,6 +7,8 @@ not silently use TF32) or "bf16" (bfloat16 inputs, float32 accumulation).
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -17,6 +19,28 @@ def check_precision(precision: str) -> None:
     """Raise a clear error for an unknown precision name."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def rounding_floor(channels: int, precision: str = "fp32") -> float:
+    """Relative rounding error of a squared distance formed as ||a||^2 + ||b||^2 - 2 a.b over ``channels``.
+
+    A result at or below ``rounding_floor * (||a||^2 + ||b||^2)`` cannot be told from 0. For two identical rows
+    the three float32 sums round differently and leave a few sqrt(C) units in the last place (measured on CPU:
+    up to 2.6e-6 for unit rows of C = 1024, where the floor is 2 * 7.6e-6), which the square root of a distance
+    amplifies (2.6e-6 -> 1.6e-3). The floor is 4 sqrt(C) 2^-24 (the sqrt(C) growth of blocked and pairwise
+    summation, with a margin of 4) for both precisions. bf16 GEMMs round their inputs to 8 bits while the norms
+    are of the unrounded rows, which leaves up to about 2^-8 relative (measured on CPU: 6.8e-4 for unit rows of
+    C = 1024); zeroing that much (distances up to 0.088 between unit rows) would erase real near-matches, so bf16
+    keeps that noise: exactly equal scores for identical images are an fp32 guarantee.
+    """
+    check_precision(precision)
+    return 4.0 * math.sqrt(max(channels, 1)) * 2.0**-24
+
+
+def zero_below_rounding(squared: jax.Array, scale: jax.Array, channels: int, precision: str = "fp32") -> jax.Array:
+    """Squared distances from the GEMM form with the values at or below their rounding error set to exactly 0:
+    ``squared`` (...), ``scale`` (broadcastable) = ||a||^2 + ||b||^2 (or an upper bound of it) -> (...)."""
+    return jnp.where(squared <= rounding_floor(channels, precision) * scale, 0.0, squared)
 
 
 def dot_nt(a: jax.Array, b: jax.Array, precision: str = "fp32") -> jax.Array:

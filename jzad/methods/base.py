@@ -168,16 +168,22 @@ def method_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def check_finite(features: Features, names=None, what: str = "features") -> None:
+def check_finite(features, names=None, what: str = "features") -> None:
     """Raise ValueError naming the images whose features hold NaN or inf (a silent NaN would spread to every
-    score of a pooling method). names: (N,) image names for the message (indices when None)."""
+    score of a pooling method). features: any pytree of arrays with a leading image axis N (``Features``, a
+    tuple of tapped tokens); names: (N,) image names for the message (indices when None). Under an outer jit
+    the values are unknown and nothing is checked: call it where the arrays are concrete."""
     leaves = jax.tree.leaves(features)
+    if not leaves or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return
     bad = None
     for leaf in leaves:
         per_image = jax.numpy.all(jax.numpy.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
         bad = ~per_image if bad is None else bad | ~per_image
     indices = [int(i) for i in jax.numpy.flatnonzero(bad)]
     if indices:
-        shown = [names[i] if names is not None else str(i) for i in indices[:5]]
+        shown = [names[i] for i in indices[:5]] if names is not None else [str(i) for i in indices[:5]]
         more = f" and {len(indices) - 5} more" if len(indices) > 5 else ""
-        raise ValueError(f"{what} of {len(indices)} image(s) are not finite (NaN or inf): {', '.join(shown)}{more}")
+        where = "" if names is not None else "at index "
+        raise ValueError(f"{what} of {len(indices)} image(s) are not finite (NaN or inf): {where}"
+                         f"{', '.join(shown)}{more}")

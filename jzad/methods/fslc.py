@@ -54,7 +54,17 @@ from jzad.kernels.distances import check_precision, dot_nt, squared_norms
 from jzad.kernels.kcenter import sharded_kcenter_greedy
 from jzad.kernels.select import interval_bounds, smallest_k
 from jzad.kernels.sharding import AXIS, device_mesh, map_row_shards, num_shards_of
-from jzad.methods.base import FeatureRequest, Features, Method, Option, OptionError, RunContext, Scores, register
+from jzad.methods.base import (
+    FeatureRequest,
+    Features,
+    Method,
+    Option,
+    OptionError,
+    RunContext,
+    Scores,
+    check_finite,
+    register,
+)
 from jzad.methods.musc import backbone_run, grid_features, int_list, musc_maps, tokens_to_grid, upsample
 
 COMBINES = ("concat", "per_layer")
@@ -640,9 +650,11 @@ def score_fslc(
 ) -> FSLCResult:
     """FSLC over one set: tapped tokens (L x (N, 1 + h*w, C)) and image embeddings (N, D) -> FSLCResult.
 
-    Square patch grids only (as ``tokens_to_grid``). Maps are upsampled when ``config.map_size`` is set.
+    Square patch grids only (as ``tokens_to_grid``). Maps are upsampled when ``config.map_size`` is set. Tokens
+    or embeddings holding NaN or inf raise ValueError naming the images (by index).
     """
     _mesh(mesh)
+    check_finite((tuple(layer_tokens), image_embeds), what="score_fslc: layer_tokens / image_embeds")
     out = fslc_pipeline(tuple(layer_tokens), image_embeds, config, mesh)
     maps = None if config.map_size is None else upsample(out["patch_scores"], config.map_size)
     return FSLCResult(maps=maps, **out)

@@ -6,7 +6,12 @@ Stages, each a pure function over arrays that works under jit (names follow the 
   mean), L2 normalisation of every patch vector.
 - ``mutual_scores`` (MSM): every patch p of image i against every other image j, d_j(p) = min_q ||z_ip - z_jq||;
   the patch score is the mean of the k smallest d_j(p) over j != i, k = max(1, floor(0.3 (N - 1))). The k >= 1
-  guard is our deviation for tiny sets (N < 5), where the paper's k would be 0.
+  guard is our deviation for tiny sets (N < 5), where the paper's k would be 0. Distances come from the GEMM
+  form ||a||^2 + ||b||^2 - 2 a.b; a squared distance within its rounding error (``rounding_floor``: for unit
+  LNAMD features of C = 1024, d^2 <= 1.5e-5, d <= 3.9e-3; with bf16 GEMMs d <= 0.088, what bfloat16 inputs
+  cannot resolve) is exactly 0, so identical patches score exactly 0 and a set of identical images scores 0
+  everywhere (its metrics are those of all-tied scores: AUROC 0.5), instead of the float noise the square root
+  would otherwise turn into hot spots (deviation: the reference's cdist keeps that noise).
 - ``rscin``: re-scoring with the constrained image-level neighbourhood: min-max normalised image scores
   smoothed over each image's k most similar images (by CLIP image embedding), averaged over the windows.
 - ``score_musc``: the whole method over the tapped layers of one set; layers and r values are scored
@@ -28,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from jzad.kernels.distances import check_precision, dot_nt, l2_normalize
+from jzad.kernels.distances import check_precision, dot_nt, l2_normalize, squared_norms, zero_below_rounding
 from jzad.kernels.nearest import nearest_group_distance
 from jzad.kernels.select import interval_bounds, mean_of_ranks
 from jzad.kernels.sharding import device_mesh, map_row_shards
@@ -41,6 +46,7 @@ from jzad.methods.base import (
     OptionError,
     RunContext,
     Scores,
+    check_finite,
     register,
 )
 
@@ -168,16 +174,20 @@ def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start: 
         steps = -(-rows // b)
         padded = jnp.pad(query_images, ((0, steps * b - rows), (0, 0), (0, 0)))
         pool_ids = jnp.arange(pool.shape[0])
+        pool_scale = jnp.max(squared_norms(pool))
 
         def one_step(step):
-            images = jax.lax.dynamic_slice_in_dim(padded, step * b, b)
-            dist = nearest_group_distance(
-                images.reshape(b * m, c),
+            images = jax.lax.dynamic_slice_in_dim(padded, step * b, b).reshape(b * m, c)
+            squared = nearest_group_distance(
+                images,
                 pool,
                 query_tile=config.query_tile,
                 group_tile=config.group_tile,
                 precision=config.precision,
-            ).reshape(b, m, -1)
+                squared=True,
+            )
+            scale = squared_norms(images)[:, None] + pool_scale
+            dist = jnp.sqrt(zero_below_rounding(squared, scale, c, config.precision)).reshape(b, m, -1)
             if exclude_self:
                 image_ids = first_row + step * b + jnp.arange(b)
                 is_self = (image_ids[:, None] == pool_ids[None, :]) & (pool_ids[None, :] < num_test)
@@ -254,10 +264,12 @@ def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, st
         out_specs=PartitionSpec(),
         check_vma=False,
     )
-    squared = run(pairs, tile_rows, tile_norms)[:n, :, :n]
+    squared = jnp.maximum(run(pairs, tile_rows, tile_norms)[:n, :, :n], 0.0)
+    norms = squared_norms(features)
+    squared = zero_below_rounding(squared, norms[:, :, None] + jnp.max(norms), c, config.precision)
     ids = jnp.arange(n)
     squared = jnp.where((ids[:, None] == ids[None, :])[:, None, :], jnp.inf, squared)
-    distances = jnp.sqrt(jnp.maximum(squared, 0.0))
+    distances = jnp.sqrt(squared)
     return mean_of_ranks(distances, start, stop)
 
 
@@ -421,10 +433,15 @@ def score_musc(
     """MuSc over one set: tapped tokens (L x (N, 1 + h*w, C)) and image embeddings (N, D) -> MuScResult.
 
     The image score is the max of the map upsampled to ``config.map_size`` (computed one image at a time, so
-    the full-size maps of the set are never held at once). ``image_embeds`` None skips RsCIN.
+    the full-size maps of the set are never held at once). ``image_embeds`` None skips RsCIN. Tokens or
+    embeddings holding NaN or inf raise ValueError naming the images (by index), since one such image would
+    turn every score of the pool into NaN.
     """
     if mesh is not None and not isinstance(mesh, Mesh):
         raise ValueError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+    check_finite((tuple(layer_tokens), image_embeds), what="score_musc: layer_tokens / image_embeds")
+    if reference_tokens is not None:
+        check_finite(tuple(reference_tokens), what="score_musc: reference_tokens")
     patch = musc_patch_scores(tuple(layer_tokens), config, mesh, None if reference_tokens is None else tuple(reference_tokens))
     raw = max_of_upsampled(patch, config.map_size)
     scores = raw if image_embeds is None else rscin(raw, image_embeds, config.windows)

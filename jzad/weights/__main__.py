@@ -81,10 +81,12 @@ def main(argv=None) -> int:
     listing = sub.add_parser("list", help="list the catalogue and which checkpoints are ported")
     listing.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR or the repo's weights/)")
     args = parser.parse_args(argv)
+    from jzad.backbone.port import MissingDependencyError
+
     try:
         return _port(args) if args.command == "port" else _list(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError, MissingDependencyError) as err:
+        print(f"python -m jzad.weights: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -50,11 +50,14 @@ class CatalogueEntry:
         return self.source.get("hf_id")
 
     def port_hint(self) -> str:
-        """How to port this checkpoint from a local file."""
+        """How to port this checkpoint from a local file: the copy the OpenAI ``clip`` package keeps in
+        ~/.cache/clip when it is there, else a placeholder path."""
         file = (self.source.get("openai_file") or self.source.get("openclip_file")
                 or f"{self.source.get('openclip_name', self.name)}.bin")
         arch = "" if self.source.get("kind") == "openai" else f" --arch {self.architecture}"
-        return f"python -m jzad.weights port /path/to/{file} --name {self.name}{arch}"
+        local = Path("~/.cache/clip").expanduser() / file
+        where = local if self.source.get("openai_file") and local.is_file() else f"/path/to/{file}"
+        return f"python -m jzad.weights port {where} --name {self.name}{arch}"
 
 
 def _entry(name: str, data: dict, path: Path) -> CatalogueEntry:
