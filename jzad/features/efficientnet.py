@@ -16,7 +16,8 @@ Grids (``BackboneRun.align``): CNN taps have different strides. Left native, eac
 (PatchCore aggregates them itself, upsampling after its 3x3 unfold). Aligned, every tap is resampled to the
 finest tap's grid (``align_taps``) for methods that score layers on one grid (MuSc, FSLC): PyTorch bilinear
 with align_corners=False, the resize MuSc's LNAMD (and PatchCore's code, which it copies) applies to a CNN
-layer whose patch grid differs from the first layer's. align_corners=False treats each feature as the value
+layer whose patch grid differs from the first layer's (there after its layer norm and r x r unfold; here
+before, so every method sees one grid). align_corners=False treats each feature as the value
 at its cell centre, which is where a stride-s feature sits in the image (centre of its s x s cell), so the
 stride-16 map lands on the stride-8 cells it covers; align_corners=True would stretch it by (h8 - 1) /
 (h16 - 1) and shift it off those cells.

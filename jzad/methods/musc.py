@@ -531,8 +531,10 @@ BACKBONE_PRESETS = {
 }
 """MuSc's published configuration: OpenAI ViT-L/14-336 run at 518 px (37x37 patches) with exact GELU, taps
 6/12/18/24. EfficientNet-Lite (a CNN; MuSc's paper uses ViTs only): the stride-8 and stride-16 stages at the
-native size (lite2's 260 rounded down to a multiple of 16), the stride-16 map upsampled to the stride-8 grid as
-MuSc's LNAMD does for a layer on a coarser grid, LNAMD over both. Other backbones run at their native size and
+native size (lite2's 260 rounded down to a multiple of 16), the stride-16 map upsampled to the stride-8 grid by
+the backbone (bilinear, align_corners False, the resize MuSc's code applies to a layer on a coarser grid; its code
+resizes after the layer norm and r x r unfold, so there the norm's statistics and the window's footprint are the
+coarse grid's), then LNAMD over both. Other backbones run at their native size and
 activation, tapped at each quarter of the depth, every tap on one grid (``DEFAULT_RUN``)."""
 
 DEFAULT_RUN = BackboneRun(align=True)
