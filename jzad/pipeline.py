@@ -9,6 +9,10 @@ are decoded and only its features live on the device; the host keeps the per-ima
 patch maps, maps at the model input size for the metrics). Host memory is bounded by the largest group plus
 those outputs, never by the features of the whole set. Set-level re-scoring (MuSc's RsCIN) runs once over the
 whole category after every group is scored.
+
+Several processes (``jzad.kernels.multihost``): each decodes and extracts only its share of a group, the
+shares become global arrays over one mesh of every process's devices, the method runs on those, and every
+process receives the gathered per-image outputs (the command line lets process 0 write them).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from jzad.data.subsets import official_subsets, stratified_subsets
 from jzad.data.imageset import ImageSet
 from jzad.eval import metrics as jmetrics
 from jzad.features import Backbone, extract
+from jzad.kernels.multihost import assemble, gather_rows, process_share, to_host
 from jzad.methods.base import Method, Scores, check_finite
 from jzad.progress import RunProgress
 from jzad.timing import StageClock
@@ -108,9 +113,15 @@ def score_groups(method: Method, num_images: int, defect_types, subsets: int, sp
 
 
 def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None):
-    """Decode (thread pool, ahead of the device) and extract the images at ``indices`` -> (Features, sizes)."""
+    """Decode (thread pool, ahead of the device) and extract the images at ``indices`` -> (Features, sizes).
+
+    In a multi-process run each process decodes and extracts only its share of ``indices``
+    (``process_share``); the shares become global arrays over the scorer's mesh (``assemble``, timed as part
+    of "extract") and the original sizes of every image are gathered. One process: the shares are the whole.
+    """
     sizes = []
-    decoded_batches = prefetch_batches(source, indices, scorer.prep, scorer.backbone.image_size, scorer.batch_size)
+    mine = process_share(indices)
+    decoded_batches = prefetch_batches(source, mine, scorer.prep, scorer.backbone.image_size, scorer.batch_size)
 
     def images():
         for _, decoded in decoded_batches:
@@ -119,6 +130,9 @@ def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None
 
     features = extract(scorer.extract_fn, images(), scorer.batch_size, clock,
                        on_batch=None if task is None else task.advance)
+    features = clock.run("extract", assemble, features, len(indices), scorer.mesh)
+    if jax.process_count() > 1:
+        sizes = [tuple(int(v) for v in hw) for hw in gather_rows(np.asarray(sizes, np.int64), len(indices))]
     return features, sizes
 
 
@@ -157,21 +171,18 @@ def maps_at(method: Method, config, patch_scores: np.ndarray, size: int, clock: 
     return out
 
 
-def _to_host(tree):
-    return jax.tree.map(np.asarray, tree)
-
-
 def score_source(scorer: Scorer, state, source, groups, clock: StageClock, progress: RunProgress | None = None,
                  label: str = ""):
     """Score every group of ``source`` (decode, extract, method stages, maps) -> (host arrays dict, state).
 
     Returns keys image_scores_raw (N,), patch_scores (N, h, w), maps (N, S, S), keep (dict of (N, ...)),
-    original_sizes (list of (H, W)).
+    original_sizes (list of (H, W)); in a multi-process run every process gets the whole of each (the scores
+    are gathered from the global mesh).
     """
     progress = progress or RunProgress(False)
     n = len(source)
     size = scorer.backbone.image_size
-    extract_task = progress.task(f"{label} decode+extract", n)
+    extract_task = progress.task(f"{label} decode+extract", sum(len(process_share(g)) for g in groups))
     score_task = progress.task(f"{label} {scorer.method.name}", len(groups))
     clock_hook = clock.on_start
     clock.on_start = lambda stage: (score_task.stage(stage) if stage != "extract" else extract_task.stage(stage))
@@ -185,7 +196,7 @@ def score_source(scorer: Scorer, state, source, groups, clock: StageClock, progr
             check_finite(features, [source.names[i] for i in indices])
             scores, state = scorer.method.staged(scorer.config, state, features, scorer.mesh, clock)
             del features
-            host = _to_host(scores)
+            host = to_host(scores)
             if patch is None:
                 patch = np.zeros((n,) + host.patch_scores.shape[1:], np.float32)
                 maps = np.zeros((n, size, size), np.float32)
@@ -280,9 +291,10 @@ def contrast_note(image_scores: np.ndarray, maps: np.ndarray) -> str | None:
 
 
 def peak_memory() -> dict:
-    """Peak host RSS of this process so far (MiB) and, where the backend reports it, peak device memory."""
+    """Peak host RSS of this process so far (MiB) and, where the backend reports it, the peak memory of its
+    first local device."""
     out = {"host_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         out["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
     return out

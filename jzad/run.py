@@ -13,11 +13,18 @@ User errors print one line (two when several categories fail) and exit with stat
 --debug. A run in which some categories fail keeps the others' outputs, lists each failure in results.json
 ("failed") and exits with status 1; Ctrl-C leaves results.json with status "interrupted" and the finished
 categories (exit status 130).
+
+Several processes (machines) score one run together through JAX's distributed runtime: start the same command
+once per process with --coordinator HOST:PORT --num-processes P --process-id I (or the JZAD_COORDINATOR,
+JZAD_NUM_PROCESSES, JZAD_PROCESS_ID environment variables; --coordinator auto lets JAX detect a SLURM, Open MPI
+or TPU-pod cluster). Each process extracts its share of every group of images, the method's kernels run over one
+mesh of every process's devices, and process 0 writes every output.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -35,6 +42,8 @@ from jzad.timing import StageClock
 DEMO_CATEGORY = "synthetic"
 DEMO_IMAGE_SIZE = 224
 DEMO_SHOTS_POOL = 4
+DISTRIBUTED_ENV = {"coordinator": "JZAD_COORDINATOR", "num_processes": "JZAD_NUM_PROCESSES",
+                   "process_id": "JZAD_PROCESS_ID"}
 OUTPUT_NAMES = ("results.json", "results.json.tmp", "heatmaps", "maps")
 OUTPUT_PREFIXES = ("scores_", "summary_")
 RESTRICTED = {
@@ -140,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1-based ViT blocks to tap, e.g. 6,12,18,24; default: the method's preset")
     p.add_argument("--activation", choices=("gelu", "quick_gelu"), default=None,
                    help="ViT MLP activation; default: the method's preset, else the checkpoint's")
-    p.add_argument("--shards", type=_positive_int, default=1, help="devices to split the scoring over")
+    p.add_argument("--shards", type=_positive_int, default=None,
+                   help="devices to split the scoring over (default: 1, or every device of every process in a "
+                   "multi-process run)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="matmul precision")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per backbone forward")
     p.add_argument("--subsets", type=_positive_int, default=argparse.SUPPRESS,
@@ -166,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(few-shot runs) repeat the reference draw with each seed, e.g. 0,1,2,3,4, and report the "
                    "mean and std of every metric")
     p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-process run: process 0's address for JAX's distributed runtime (env "
+                   "JZAD_COORDINATOR), or 'auto' to let JAX detect the cluster (SLURM, Open MPI, TPU pods)")
+    p.add_argument("--num-processes", type=_positive_int, default=None,
+                   help="multi-process run: how many processes take part (env JZAD_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=_non_negative_int, default=None,
+                   help="multi-process run: this process's rank, 0..P-1; process 0 writes the outputs (env "
+                   "JZAD_PROCESS_ID)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     for flag, (option, owners) in _method_options().items():
         p.add_argument(flag, dest=option.dest, type=_argparse_type(option.parse), choices=option.choices,
@@ -413,14 +432,76 @@ def _resize(array: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
 
 
+def distributed_settings(args: argparse.Namespace, environ=os.environ) -> dict | None:
+    """The multi-process settings of a run: --coordinator, --num-processes, --process-id, each falling back to
+    its JZAD_* environment variable; None when neither names a coordinator (a single-process run)."""
+    values = {}
+    for dest, variable in DISTRIBUTED_ENV.items():
+        value = getattr(args, dest)
+        if value is None and environ.get(variable, "").strip():
+            text = environ[variable].strip()
+            if dest == "coordinator":
+                value = text
+            else:
+                try:
+                    value = int(text)
+                except ValueError as err:
+                    raise OptionError(f"{variable}: expected an integer, got {text!r}") from err
+        values[dest] = value
+    if values["coordinator"] is None:
+        given = [f"--{d.replace('_', '-')}" for d in ("num_processes", "process_id") if values[d] is not None]
+        if given:
+            raise OptionError(f"{', '.join(given)} need --coordinator HOST:PORT (or 'auto')")
+        return None
+    from jzad.kernels.multihost import AUTO
+
+    coordinator = values["coordinator"]
+    if coordinator != AUTO:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise OptionError(f"--coordinator: expected HOST:PORT or 'auto', got {coordinator!r}")
+        if values["num_processes"] is None or values["process_id"] is None:
+            raise OptionError("--coordinator HOST:PORT needs --num-processes P and --process-id I (or 'auto')")
+    if values["num_processes"] is not None and values["num_processes"] < 1:
+        raise OptionError(f"--num-processes: expected >= 1, got {values['num_processes']}")
+    if (values["process_id"] is not None and values["num_processes"] is not None
+            and not 0 <= values["process_id"] < values["num_processes"]):
+        raise OptionError(f"--process-id: expected 0..{values['num_processes'] - 1}, got {values['process_id']}")
+    return values
+
+
+def start_distributed(settings: dict) -> None:
+    """Start JAX's distributed runtime (before anything touches a device); a failure is a one-line error."""
+    from jzad.kernels.multihost import initialize
+
+    try:
+        initialize(settings["coordinator"], settings["num_processes"], settings["process_id"])
+    except (RuntimeError, ValueError) as err:
+        raise UserError(f"--coordinator {settings['coordinator']}: cannot start the distributed runtime: "
+                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+
+
 def run(args: argparse.Namespace) -> int:
-    """Validate everything, then score category by category; returns the exit status."""
+    """Validate everything, then score category by category; returns the exit status.
+
+    In a multi-process run every process scores (its share of the images, the kernels over the global mesh)
+    and only process 0 touches --out; the first category that fails ends the category loop, so no process
+    waits on a peer that moved on to the next category.
+    """
     import jax
 
     from jzad.eval import report
+    from jzad.kernels.multihost import agree, is_writer
 
     method = get_method(args.method)
     values = check_options(args, method)
+    processes = jax.process_count()
+    writer = is_writer()
+    if processes > 1 and not method.multi_process:
+        raise OptionError(f"--method {method.name} does not support multi-process scoring ({processes} processes); "
+                          "run it in one process")
+    if args.shards is None:
+        args.shards = len(jax.devices()) if processes > 1 else 1
     subsets = getattr(args, "subsets", 1)
     split = getattr(args, "subset_split", "official")
     shots = getattr(args, "shots", 0)
@@ -429,6 +510,9 @@ def run(args: argparse.Namespace) -> int:
     if args.shards > len(jax.devices()):
         raise OptionError(f"--shards: expected 1..{len(jax.devices())} (devices here: {jax.devices()[0].platform} x "
                           f"{len(jax.devices())}); on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N")
+    if args.shards % processes:
+        raise OptionError(f"--shards: expected a multiple of the {processes} processes (each gives the same number "
+                          f"of devices), got {args.shards}")
     seeds = list(getattr(args, "seeds", (args.seed,)))
     if len(seeds) > 1 and shots < 1:
         raise OptionError("--seeds repeats the few-shot reference draw: it needs --shots K >= 1")
@@ -437,7 +521,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--data: {args.data} is not a directory")
     categories = [DEMO_CATEGORY] if demo else check_categories(args)
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    check_out(out, args.overwrite)
+    problem = None
+    if writer:
+        try:
+            check_out(out, args.overwrite)
+        except UserError as err:
+            problem = err
+    if not agree(problem is None):
+        raise problem or UserError("--out: process 0 cannot use it (see its error)")
     scorer = load_scorer(args, method, values, shots)
     backbone = scorer.backbone
     data_text = (f"built-in synthetic demo ({backbone.image_size} px, 16 normal + 12 with planted defects, "
@@ -445,8 +536,9 @@ def run(args: argparse.Namespace) -> int:
     mode = getattr(scorer.config, "mode", "few_shot" if shots else "zero_shot")
     print(f"method: {method.name} | mode: {mode} | shots: {shots} | subsets: {subsets if method.pools else '-'} | "
           f"categories: {len(categories)} | data: {data_text}")
-    print(f"backbone: {backbone.describe()} | device: {jax.devices()[0].device_kind} x {args.shards} shard(s) | "
-          f"precision: {args.precision}")
+    spread = f" over {processes} processes" if processes > 1 else ""
+    print(f"backbone: {backbone.describe()} | device: {jax.devices()[0].device_kind} x {args.shards} shard(s)"
+          f"{spread} | precision: {args.precision}")
 
     payload = {
         "status": "running", "method": method.name, "method_config": repr(scorer.config),
@@ -454,13 +546,19 @@ def run(args: argparse.Namespace) -> int:
         "backbone": {"name": backbone.name, "architecture": backbone.architecture, "origin": backbone.origin,
                      "image_size": backbone.image_size, "taps": list(backbone.taps), "dtype": backbone.dtype,
                      **backbone.info},
-        "data": data_text, "environment": report.environment_info(), "categories": [], "failed": [],
+        "data": data_text, "environment": report.environment_info(), "processes": processes,
+        "categories": [], "failed": [],
     }
     results_path = out / "results.json"
-    write_json_atomic(results_path, payload)
+
+    def save_results() -> None:
+        if writer:
+            write_json_atomic(results_path, payload)
+
+    save_results()
     total_clock, rows, std_rows, total_images = StageClock(), [], [], 0
     try:
-        with RunProgress(enabled=not args.quiet) as progress:
+        with RunProgress(enabled=not args.quiet and writer) as progress:
             for category in categories:
                 clock = StageClock()
                 try:
@@ -481,8 +579,10 @@ def run(args: argparse.Namespace) -> int:
                                 print(f"warning: {result.mask_report['warning']}", file=sys.stderr)
                         for note in result.notes:
                             print(f"warning: {label}: {note}", file=sys.stderr)
-                        written = write_category_outputs(args, out, result, scorer, source, clock,
-                                                         seed if len(seeds) > 1 else None, index == 0)
+                        written = []
+                        if writer:
+                            written = write_category_outputs(args, out, result, scorer, source, clock,
+                                                             seed if len(seeds) > 1 else None, index == 0)
                         runs.append((seed, result, written))
                 except (ValueError, OSError, UserError) as err:
                     if args.debug:
@@ -491,7 +591,10 @@ def run(args: argparse.Namespace) -> int:
                                               "error_type": type(err).__name__})
                     if len(categories) > 1:
                         print(f"{category}: FAILED: {err}", file=sys.stderr)
-                    write_json_atomic(results_path, payload)
+                    save_results()
+                    if processes > 1:
+                        print("a multi-process run stops at its first failed category", file=sys.stderr)
+                        break
                     continue
                 total_clock.merge(clock)
                 count = len(runs[0][1].names)
@@ -511,10 +614,10 @@ def run(args: argparse.Namespace) -> int:
                     "compile_s": dict(clock.compile_seconds), "files": [f for _, _, w in runs for f in w],
                 })
                 payload["memory"] = peak_memory()
-                write_json_atomic(results_path, payload)
+                save_results()
     except KeyboardInterrupt:
         payload["status"] = "interrupted"
-        write_json_atomic(results_path, payload)
+        save_results()
         print(f"\ninterrupted: {results_path} lists the categories that finished", file=sys.stderr)
         return 130
 
@@ -536,7 +639,7 @@ def run(args: argparse.Namespace) -> int:
                            else float("nan") for c in METRIC_COLUMNS}
     payload["memory"] = peak_memory()
     payload["status"] = "failed" if payload["failed"] else "complete"
-    write_json_atomic(results_path, payload)
+    save_results()
     files = ["results.json", "scores_<category>.csv"]
     if not args.no_heatmaps:
         files += ["summary_<category>.png", "heatmaps/"]
@@ -558,11 +661,34 @@ def run(args: argparse.Namespace) -> int:
     return 1
 
 
+def run_here(args: argparse.Namespace) -> int:
+    """``run`` in this process: process 0 (or the only process) prints and writes as usual; the others say
+    what they are and score silently (their errors still reach ``main``)."""
+    import jax
+
+    rank, processes = jax.process_index(), jax.process_count()
+    try:
+        if rank == 0:
+            return run(args)
+        print(f"process {rank} of {processes}: scoring its share; process 0 writes the outputs", file=sys.stderr)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            return run(args)
+    except jax.errors.JaxRuntimeError as err:
+        if processes == 1 or args.debug:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"process {rank} of {processes}: exchanging data with the other processes failed (did "
+                        f"one of them stop? see its output): {first}") from err
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m jzad.run``; returns the process exit status (2: a user error)."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        settings = distributed_settings(args)
+        if settings is not None:
+            start_distributed(settings)
+        return run_here(args)
     except (UserError, OptionError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
             ConnectionError) as err:
         if args.debug:

@@ -4,7 +4,8 @@ Work is split over the leading (row) axis of one array: queries, query images or
 device runs the same kernel on its block of rows against replicated operands; rows are padded to a multiple
 of the device count and the padding is dropped afterwards. One shard is the same code path with a mesh of one
 device, so ``--shards 1`` and ``--shards 8`` differ only in the mesh. Multi-host runs call
-``jax.distributed.initialize()`` first; ``jax.devices()`` then lists every host's devices.
+``jax.distributed.initialize()`` first (``jzad.kernels.multihost``); ``jax.devices()`` then lists every host's
+devices and the mesh takes the same number from each host.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ AXIS = "data"
 
 
 def device_mesh(num_shards: int = 1, devices: list | None = None) -> Mesh:
-    """A 1-D mesh named ``"data"`` over the first ``num_shards`` devices (Auto axis type).
+    """A 1-D mesh named ``"data"`` over the first ``num_shards`` devices (Auto axis type); in a multi-process
+    run the first num_shards / P devices of each of the P processes.
 
     Auto (not Explicit) axes keep top_k, sort and dynamic indexing legal on sharded values.
     """
@@ -33,7 +35,21 @@ def device_mesh(num_shards: int = 1, devices: list | None = None) -> Mesh:
             f"({devices[0].platform}); on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N "
             "before jax is imported"
         )
-    return Mesh(np.array(devices[:num_shards]), (AXIS,), axis_types=(AxisType.Auto,))
+    return Mesh(np.array(_take_evenly(devices, num_shards)), (AXIS,), axis_types=(AxisType.Auto,))
+
+
+def _take_evenly(devices: list, num_shards: int) -> list:
+    """The first ``num_shards`` devices; over several processes the first num_shards / P of each process,
+    grouped in process order (each process then holds one contiguous block of the mesh)."""
+    processes = sorted({d.process_index for d in devices})
+    if len(processes) == 1:
+        return devices[:num_shards]
+    if num_shards % len(processes):
+        raise ValueError(f"num_shards={num_shards}: expected a multiple of the {len(processes)} processes, so "
+                         "each process holds the same number of devices")
+    per_process = num_shards // len(processes)
+    by_process = {p: [d for d in devices if d.process_index == p] for p in processes}
+    return [d for p in processes for d in by_process[p][:per_process]]
 
 
 def num_shards_of(mesh: Mesh) -> int:

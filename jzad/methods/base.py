@@ -108,6 +108,9 @@ class Method:
     -> Features), or None to use the backbone's own features (``request``). calibrate(config, state,
     features, mesh) -> state, or None: fitted on held-out normal images (``calibration`` names their split).
     needs_text: the backbone must keep its text tower (``Backbone.encode_prompts``) for ``prepare``.
+    multi_process: its stages run on global arrays over a mesh spanning several processes (every function
+    jitted or built of jitted calls, per-category constants identical on every process); the command line
+    refuses a multi-process run of a method without it.
     """
 
     name: str
@@ -135,6 +138,7 @@ class Method:
     calibrate: Callable | None = None
     calibration: str | None = None
     needs_text: bool = False
+    multi_process: bool = False
 
     def __post_init__(self):
         if self.few_shot not in FEW_SHOT_MODES:

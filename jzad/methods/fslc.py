@@ -788,4 +788,5 @@ METHOD = register(Method(
     default_backbone="vit-l-14-336",
     demo_backbone="random-vit-b-16",
     stages=("lnamd", "init", "expand", "filter", "score", "upsample"),
+    multi_process=True,
 ))

@@ -619,4 +619,5 @@ METHOD = register(Method(
     stages=("lnamd", "msm", "upsample", "rscin"),
     finalize=musc_finalize,
     finalize_stage="rscin",
+    multi_process=True,
 ))
