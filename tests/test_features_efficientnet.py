@@ -174,3 +174,9 @@ def test_claims_lukemelas_names_only():
     assert claims_efficientnet(names) and claims_efficientnet({f"module.{n}" for n in names})
     assert not claims_efficientnet({"conv1.weight", "layer1.0.conv1.weight", "fc.weight"})
     assert not claims_efficientnet({"_conv_stem.weight", "_bn0.weight"})
+
+
+def test_tap_strides_of_lite0():
+    config = CONFIGS["efficientnet-lite0"]
+    strides = {t: config.tap_stride(t) for t in ("stem", "blocks.0", "blocks.1", "stride8", "blocks.10", "head")}
+    assert strides == {"stem": 2, "blocks.0": 2, "blocks.1": 4, "stride8": 8, "blocks.10": 16, "head": 32}

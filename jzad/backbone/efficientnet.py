@@ -188,6 +188,13 @@ class EfficientNetConfig:
             f"or one of {tuple(self.stride_taps)}"
         )
 
+    def tap_stride(self, name: str) -> int:
+        """Output stride of a tap (its grid is the input side over it, rounded up): stem 2, head 32."""
+        stride = 2
+        for block in self.blocks[: self.tap_position(name)]:
+            stride *= block.stride
+        return stride
+
     def tap_channels(self, name: str) -> int:
         """Channels C of a tap's (B, h, w, C) output."""
         position = self.tap_position(name)
@@ -226,6 +233,31 @@ CONFIGS: dict[str, EfficientNetConfig] = {
 """Named configs: TF's efficientnet_lite_params (width, depth, resolution) for lite0 (1.0, 1.0, 224), lite1
 (1.0, 1.1, 240), lite2 (1.1, 1.2, 260), and a tiny one (every block kind, 5x5 kernels, shortcuts, all five
 strides) for tests and demos."""
+
+
+def variant_name(config: EfficientNetConfig) -> str | None:
+    """The named variant config is ("efficientnet-lite0"), or None for custom shapes."""
+    for name, known in CONFIGS.items():
+        if known == config:
+            return name
+    return None
+
+
+def check_taps(taps, config: EfficientNetConfig) -> tuple[str, ...]:
+    """Taps as names: names pass through (checked), 1-based block numbers (5 -> "blocks.4", the output of the
+    5th MBConv block, as the CLI's ``--taps`` gives them) are converted; ValueError names the bad tap."""
+    count = len(config.blocks)
+    named = []
+    for tap in (taps,) if isinstance(taps, (str, int)) else taps:
+        if isinstance(tap, int) and not isinstance(tap, bool):
+            if not 1 <= tap <= count:
+                raise ValueError(f"--taps: {config.name} has MBConv blocks 1..{count}, got {tap}")
+            tap = f"blocks.{tap - 1}"
+        config.tap_position(tap)
+        named.append(tap)
+    if not named:
+        raise ValueError(f"--taps: expected at least one tap of {config.name}")
+    return tuple(named)
 
 
 def config_to_dict(config: EfficientNetConfig) -> dict:

@@ -41,9 +41,11 @@ from jzad.backbone.efficientnet import (
     MEAN,
     STD,
     EfficientNetConfig,
+    check_taps,
     encode_efficientnet,
     get_config,
     init_efficientnet,
+    variant_name,
 )
 from jzad.backbone.efficientnet_port import (
     PACKAGES,
@@ -63,41 +65,6 @@ HIGHEST = jax.lax.Precision.HIGHEST
 def knows_architecture(name: str) -> bool:
     """Whether ``random-<name>`` names an EfficientNet of this family ("efficientnet-lite0", ...)."""
     return name in CONFIGS
-
-
-def architecture_name(config: EfficientNetConfig) -> str | None:
-    """The named variant config is ("efficientnet-lite0"), or None for custom shapes."""
-    for name, known in CONFIGS.items():
-        if known == config:
-            return name
-    return None
-
-
-def tap_stride(config: EfficientNetConfig, tap: str) -> int:
-    """Output stride of a tap (its grid is the input side divided by it, rounded up): stem 2, head 32."""
-    position = config.tap_position(tap)
-    stride = 2
-    for block in config.blocks[:position]:
-        stride *= block.stride
-    return stride
-
-
-def block_taps(taps, config: EfficientNetConfig) -> tuple[str, ...] | None:
-    """Taps as names: names pass through (checked), 1-based block numbers (5 -> "blocks.4") are converted."""
-    if taps is None:
-        return None
-    count = len(config.blocks)
-    named = []
-    for tap in (taps,) if isinstance(taps, (str, int)) else taps:
-        if isinstance(tap, int) and not isinstance(tap, bool):
-            if not 1 <= tap <= count:
-                raise ValueError(f"--taps: {config.name} has MBConv blocks 1..{count}, got {tap}")
-            tap = f"blocks.{tap - 1}"
-        config.tap_position(tap)
-        named.append(tap)
-    if not named:
-        raise ValueError(f"--taps: expected at least one tap of {config.name}")
-    return tuple(named)
 
 
 def align_taps(maps: tuple) -> tuple:
@@ -136,13 +103,13 @@ def efficientnet_backbone(params, config: EfficientNetConfig, name: str, origin:
     def forward(params, images, embedding):
         return efficientnet_features(params, images, embedding, config=config, taps=taps, dtype=dtype, align=align)
 
-    strides = {t: tap_stride(config, t) for t in taps}
+    strides = {t: config.tap_stride(t) for t in taps}
     finest = min(strides.values())
     grids = {t: image_size // (finest if align else s) for t, s in strides.items()}
     channels = {t: config.tap_channels(t) for t in taps}
     info = {"family": "efficientnet", "variant": config.name, "strides": strides, "grid": grids,
             "channels": channels, "aligned": align, "embed_dim": config.head_channels}
-    return Backbone("efficientnet", name, architecture_name(config), origin, image_size, max(strides.values()),
+    return Backbone("efficientnet", name, variant_name(config), origin, image_size, max(strides.values()),
                     taps, dtype, params, forward, info, None, config)
 
 
@@ -216,8 +183,8 @@ def load_efficientnet_backbone(
         recorded_size = recorded_taps = None
     else:
         params, config, origin, recorded_size, recorded_taps = _open(name, weights_dir)
-    chosen = block_taps(_resolve(taps, recorded_taps, run.taps, DEFAULT_TAPS), config)
-    coarsest = max(tap_stride(config, t) for t in chosen)
+    chosen = check_taps(_resolve(taps, recorded_taps, run.taps, DEFAULT_TAPS), config)
+    coarsest = max(config.tap_stride(t) for t in chosen)
     native = max(coarsest, config.image_size // coarsest * coarsest)
     size = _resolve(image_size, recorded_size, run.image_size, native)
     if isinstance(size, bool) or not isinstance(size, int) or size < coarsest or size % coarsest:
