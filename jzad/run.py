@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from jzad import data as jdata
-from jzad.methods import Method, OptionError, RunContext, get_method, method_names
+from jzad.methods import Method, OptionError, RunContext, get_method, get_streaming, method_names, streaming_names
 from jzad.pipeline import METRIC_COLUMNS, SPLITS, Scorer, peak_memory, run_category
 from jzad.progress import RunProgress
 from jzad.timing import StageClock
@@ -116,6 +116,18 @@ def _method_options() -> dict[str, tuple]:
     return table
 
 
+def _stream_options() -> dict[str, tuple]:
+    """flag -> (Option, names of the methods whose streaming declares it)."""
+    table: dict[str, tuple] = {}
+    for name in streaming_names():
+        for option in get_streaming(name).options:
+            first, owners = table.get(option.flag, (option, []))
+            if first.dest != option.dest:
+                raise ValueError(f"stream option {option.flag} is declared with two destinations")
+            table[option.flag] = (first, owners + [name])
+    return table
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: common options, then each method's own (documented in --help)."""
     p = _Parser(
@@ -190,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, dest=option.dest, type=_argparse_type(option.parse), choices=option.choices,
                        metavar=option.metavar, default=argparse.SUPPRESS,
                        help=f"({', '.join(owners)}) {option.help}")
+    p.add_argument("--stream", action="store_true",
+                   help="score images as they arrive: --data is a folder (oldest modification time first), a file "
+                   "listing image paths, or - (paths on standard input); each batch's scores are appended to "
+                   "scores_stream.csv (and maps/stream/ with --save-maps) as soon as they are computed")
+    p.add_argument("--stream-batch", type=_positive_int, default=argparse.SUPPRESS,
+                   help="(--stream) arrivals scored together (default 1)")
+    p.add_argument("--stream-state", type=Path, default=argparse.SUPPRESS,
+                   help="(--stream) folder for checkpoints of the stream state (orbax); when it holds one, the "
+                   "stream resumes from it: a folder or list is replayed and its scored images skipped, standard "
+                   "input continues with the lines that arrive")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=argparse.SUPPRESS,
+                   help="(--stream-state) batches between checkpoints (default 1)")
+    for flag, (option, owners) in _stream_options().items():
+        p.add_argument(flag, dest=option.dest, type=_argparse_type(option.parse), choices=option.choices,
+                       metavar=option.metavar, default=argparse.SUPPRESS,
+                       help=f"(--stream; {', '.join(owners)}) {option.help}")
     return p
 
 
@@ -211,6 +239,23 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
         dest = flag.lstrip("-").replace("-", "_")
         if dest in given and not allowed(method):
             raise OptionError(f"{flag} does not apply to --method {method.name}")
+    stream_only = ("--stream-batch", "--stream-state", "--checkpoint-every", *_stream_options())
+    for flag in stream_only:
+        if flag.lstrip("-").replace("-", "_") in given and not args.stream:
+            raise OptionError(f"{flag} applies to --stream only")
+    for flag, (option, owners) in _stream_options().items():
+        if option.dest in given and method.name not in owners:
+            raise OptionError(f"{flag} does not apply to --method {method.name} (a stream option of "
+                              f"{', '.join(owners)})")
+    if args.stream:
+        get_streaming(method.name)
+        for flag in ("--subsets", "--subset-split", "--shots", "--seeds"):
+            if flag.lstrip("-").replace("-", "_") in given:
+                raise OptionError(f"{flag} does not apply to --stream")
+        if args.data is None:
+            raise OptionError("--stream needs --data: a folder of images, a file listing image paths, or -")
+        if "checkpoint_every" in given and "stream_state" not in given:
+            raise OptionError("--checkpoint-every needs --stream-state")
     if args.maps_at_image_size and not args.save_maps:
         raise OptionError("--maps-at-image-size needs --save-maps")
     if args.infer_labels and args.dataset != "folder":
@@ -516,6 +561,8 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(getattr(args, "seeds", (args.seed,)))
     if len(seeds) > 1 and shots < 1:
         raise OptionError("--seeds repeats the few-shot reference draw: it needs --shots K >= 1")
+    if args.stream:
+        return run_stream_cli(args, method, values)
     demo = args.data is None
     if not demo and not args.data.is_dir():
         raise UserError(f"--data: {args.data} is not a directory")
@@ -679,6 +726,75 @@ def run_here(args: argparse.Namespace) -> int:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"process {rank} of {processes}: exchanging data with the other processes failed (did "
                         f"one of them stop? see its output): {first}") from err
+
+
+def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> int:
+    """--stream: score --data's images in arrival order with the method's streaming functions, appending each
+    batch to scores_stream.csv; resume from --stream-state when it holds a checkpoint. Returns the exit status."""
+    from jzad.data.arrivals import arrivals
+    from jzad.eval import report
+    from jzad.stream import StreamOutputs, Streamer, has_checkpoint, restore_state, run_stream
+
+    given = vars(args)
+    streaming = get_streaming(method.name)
+    if str(args.data) != "-" and not args.data.exists():
+        raise UserError(f"--data: {args.data} does not exist (--stream takes a folder, a list file or -)")
+    state_dir = Path(args.stream_state).absolute() if "stream_state" in given else None
+    done = has_checkpoint(state_dir) if state_dir is not None else None
+    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if done is not None and args.overwrite:
+        raise UserError(f"--stream-state: {state_dir} holds a checkpoint of {done} images; drop --overwrite to "
+                        "resume it, or remove the folder to start again")
+    if done is None:
+        check_out(out, args.overwrite)
+    try:
+        scorer = load_scorer(args, method, values, 0)
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
+        name = args.weights or args.backbone or method.default_backbone
+        raise UserError(f"--backbone/--weights: cannot load {str(name)!r}: {err}") from err
+    stream_config = streaming.configure({o.dest: given[o.dest] for o in streaming.options if o.dest in given},
+                                        scorer.config)
+    streamer = Streamer(scorer, stream_config, given.get("stream_batch", 1))
+    source = arrivals(args.data)
+    state = None
+    if done is not None:
+        state, done = restore_state(state_dir, streamer.init(), streamer.signature())
+    outputs = StreamOutputs(out, args.save_maps, args.maps_at_image_size, keep=done or 0)
+    print(f"method: {method.name} (stream) | batch: {streamer.batch} | {stream_config} | data: {args.data}"
+          + (f" | resuming after {done} images" if done else ""))
+    print(f"backbone: {scorer.backbone.describe()} | device: {jax_device_kind()}")
+    payload = {"status": "running", "mode": "stream", "method": method.name, "method_config": repr(scorer.config),
+               "stream_config": repr(stream_config),
+               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()},
+               "environment": report.environment_info()}
+    results_path = Path(out) / "results.json"
+    write_json_atomic(results_path, payload)
+
+    def progress(count: int) -> None:
+        if not args.quiet and count % 100 < streamer.batch:
+            print(f"{count} images scored", file=sys.stderr)
+
+    try:
+        summary, _ = run_stream(streamer, source, outputs, state, done or 0, state_dir,
+                                given.get("checkpoint_every", 1), progress, replay=str(args.data) != "-")
+    finally:
+        outputs.close()
+    stats = summary.report()
+    payload.update(stream=stats, memory=peak_memory(), status="interrupted" if summary.interrupted else "complete")
+    write_json_atomic(results_path, payload)
+    print(f"{summary.images} images in {summary.batches} batches: latency median {stats['latency_ms_median']:.1f} "
+          f"ms, p95 {stats['latency_ms_p95']:.1f} ms; {stats['images_per_s']:.2f} images/s "
+          f"({stats['images_per_s_after_first_batch']:.2f} after the first batch); {summary.warming} warming, "
+          f"{summary.banked} banked")
+    print(f"wrote {out}: results.json, {outputs.path.name}" + (", maps/" if args.save_maps else ""))
+    return 130 if summary.interrupted else 0
+
+
+def jax_device_kind() -> str:
+    """The default device's kind (e.g. "cpu", "NVIDIA H100 80GB HBM3")."""
+    import jax
+
+    return jax.devices()[0].device_kind
 
 
 def main(argv: list[str] | None = None) -> int:

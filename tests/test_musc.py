@@ -172,6 +172,15 @@ def test_rscin_matches_numpy(windows):
     np.testing.assert_allclose(rscin(scores, embeds, windows), np_rscin(scores, embeds, windows), atol=1e-6)
 
 
+@pytest.mark.parametrize("block", [1, 3, 4, 64])
+def test_rscin_in_row_blocks_matches_numpy(block):
+    rng = np.random.default_rng(8)
+    scores = rng.random(11).astype(np.float32)
+    embeds = rng.normal(size=(11, 6)).astype(np.float32)
+    got = rscin(scores, embeds, (1, 8, 9), block=block)
+    np.testing.assert_allclose(got, np_rscin(scores, embeds, (1, 8, 9)), atol=1e-6)
+
+
 def test_rscin_window_one_is_normalised_scores_and_constant_scores_are_finite():
     rng = np.random.default_rng(7)
     scores = rng.random(6).astype(np.float32)

@@ -201,5 +201,6 @@ def test_host_memory_is_bounded_by_the_subset_size(tmp_path):
     # Per-image outputs and the metrics over them scale with N by design: maps (4 B/pixel), masks (1 B/pixel)
     # and the pixel-metric sort (int64 order, sorted scores, cumulative counts: about 32 B/pixel).
     outputs_kib = 400 * 64 * 64 * (4 + 1 + 32) // 1024
-    assert subsets_400["growth_kib"] <= whole_50["growth_kib"] + outputs_kib + 24 * 1024, (whole_50, subsets_400)
+    # Slack of 48 MiB: allocator and thread-stack noise measured up to about 40 MiB on a heavily loaded machine.
+    assert subsets_400["growth_kib"] <= whole_50["growth_kib"] + outputs_kib + 48 * 1024, (whole_50, subsets_400)
     assert whole_400["growth_kib"] >= subsets_400["growth_kib"] + 40 * 1024, (subsets_400, whole_400)

@@ -14,6 +14,7 @@ from jzad.kernels.nearest import nearest_group_distance, sharded_nearest_group_d
 from jzad.kernels.select import (
     interval_bounds,
     interval_mean,
+    interval_table,
     kth_smallest,
     largest_k,
     mean_of_ranks,
@@ -41,6 +42,7 @@ __all__ = [
     "dot_nt",
     "interval_bounds",
     "interval_mean",
+    "interval_table",
     "kth_smallest",
     "kcenter_greedy",
     "l2_normalize",

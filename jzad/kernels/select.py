@@ -12,6 +12,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _last_axis(x: jax.Array, axis: int) -> jax.Array:
@@ -72,6 +73,11 @@ def kth_smallest(x: jax.Array, k: int) -> jax.Array:
     n = x.shape[-1]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    return _kth_smallest(x, k)
+
+
+def _kth_smallest(x: jax.Array, k) -> jax.Array:
+    """``kth_smallest`` without the static check: k a Python int or an int32 array (traced) in [1, n]."""
     keys = _order_keys(x)
     lo = jnp.min(keys, axis=-1)
     hi = jnp.max(keys, axis=-1)
@@ -93,22 +99,47 @@ def sum_smallest(x: jax.Array, k: int) -> jax.Array:
     Values below the k-th smallest t are summed and the remaining count is filled with t, so ties are
     exact. +inf entries count as the largest values.
     """
-    t = kth_smallest(x, k)
+    n = x.shape[-1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    return _sum_smallest(x, k)
+
+
+def _sum_smallest(x: jax.Array, k) -> jax.Array:
+    """``sum_smallest`` without the static check: k a Python int or an int32 array (traced) in [1, n]."""
+    t = _kth_smallest(x, k)
     below = x < t[..., None]
     count = jnp.sum(below, axis=-1)
     return jnp.sum(jnp.where(below, x, 0.0), axis=-1) + (k - count).astype(x.dtype) * t
 
 
-def mean_of_ranks(x: jax.Array, start: int, stop: int) -> jax.Array:
+def mean_of_ranks(x: jax.Array, start, stop) -> jax.Array:
     """Mean of the values ranked [start, stop) (ascending, 0-based) along the last axis: (..., n) -> (...).
 
-    start == 0 uses the exact ``sum_smallest`` (no sort); otherwise the ``stop`` smallest are selected and
-    the first ``start`` dropped. +inf entries rank last.
+    Static bounds (Python ints): start == 0 uses the exact ``sum_smallest`` (no sort); otherwise the ``stop``
+    smallest are selected and the first ``start`` dropped. Traced bounds (int32 arrays, e.g. an interval of a
+    count that depends on masked entries, so one program serves every count): the difference of two exact
+    k-smallest sums; the caller keeps 0 <= start < stop <= n (a Python 0 start skips the second sum, and
+    then the result equals the static path's bit for bit). +inf entries rank last.
     """
-    if start == 0:
-        return sum_smallest(x.astype(jnp.float32), stop) / stop
-    values, _ = smallest_k(x, stop)
-    return jnp.mean(values[..., start:stop], axis=-1)
+    if isinstance(start, int) and isinstance(stop, int):
+        if start == 0:
+            return sum_smallest(x.astype(jnp.float32), stop) / stop
+        values, _ = smallest_k(x, stop)
+        return jnp.mean(values[..., start:stop], axis=-1)
+    x = x.astype(jnp.float32)
+    upper = _sum_smallest(x, stop)
+    if isinstance(start, int) and start == 0:
+        return upper / stop
+    lower = jnp.where(start > 0, _sum_smallest(x, jnp.maximum(start, 1)), 0.0)
+    return (upper - lower) / (stop - start)
+
+
+def interval_table(max_n: int, lo: float, hi: float) -> np.ndarray:
+    """``interval_bounds`` of every count n = 0..max_n as an int32 (max_n + 1, 2) table, to index with a
+    traced count (row 0, no values, holds (0, 1)); the bounds are the static function's, bit for bit."""
+    rows = [(0, 1)] + [interval_bounds(n, lo, hi) for n in range(1, max_n + 1)]
+    return np.asarray(rows, np.int32)
 
 
 @partial(jax.jit, static_argnames=("lo", "hi", "axis"))

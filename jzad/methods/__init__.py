@@ -4,6 +4,7 @@ Importing this package registers every method; ``get_method(name)`` returns one,
 """
 
 from jzad.methods import fslc, musc  # noqa: F401  (registration on import)
+from jzad.methods import stream_fslc, stream_musc  # noqa: F401  (streaming registration on import)
 from jzad.methods.base import (
     BackboneRun,
     FeatureRequest,
@@ -14,10 +15,15 @@ from jzad.methods.base import (
     OptionError,
     RunContext,
     Scores,
+    StreamScores,
+    Streaming,
     check_finite,
     get_method,
+    get_streaming,
     method_names,
     register,
+    register_streaming,
+    streaming_names,
 )
 
 __all__ = [
@@ -30,8 +36,13 @@ __all__ = [
     "OptionError",
     "RunContext",
     "Scores",
+    "StreamScores",
+    "Streaming",
     "check_finite",
     "get_method",
+    "get_streaming",
     "method_names",
     "register",
+    "register_streaming",
+    "streaming_names",
 ]

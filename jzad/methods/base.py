@@ -172,6 +172,69 @@ def method_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+class StreamScores(NamedTuple):
+    """A streaming step's output for a batch of b arrivals (rows of padding included; the caller drops them).
+
+    patch_scores (b, h, w); image_scores (b,) (NaN where nothing could be compared yet); warming (b,) bool:
+    the method's memory did not yet hold enough images when the row was scored (scores reported, flagged);
+    banked (b,) bool: the image entered the method's memory (MuSc's bank, FSLC's coreset window).
+    """
+
+    patch_scores: Any
+    image_scores: Any
+    warming: Any
+    banked: Any
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """A method's streaming functions: images scored as they arrive against a bounded memory.
+
+    The state is a pytree of fixed shapes carried through ``step``, so every batch runs one compiled program
+    and a state can be saved and restored (orbax) to continue a stream in another process.
+    config_type: the frozen stream config (static under jit). options: its command-line options (fields of
+    config_type). configure(values: dict, method_config) -> stream config. request(method_config) ->
+    FeatureRequest. init(method_config, stream_config, features, mesh) -> state (only the shapes of
+    ``features``, a batch as the backbone returns it, are read; ShapeDtypeStructs do), placed as ``step``
+    returns it so every step runs one compiled program. step(method_config, stream_config,
+    state, features (b images), valid (b,) bool, mesh) -> (StreamScores, state); rows with valid False are
+    padding: they neither score against nor enter the memory.
+    """
+
+    config_type: type
+    options: tuple
+    configure: Callable
+    request: Callable
+    init: Callable
+    step: Callable
+
+
+_STREAMING: dict[str, Streaming] = {}
+
+
+def register_streaming(name: str, streaming: Streaming) -> Streaming:
+    """Attach streaming functions to the registered method ``name``."""
+    get_method(name)
+    names = [f.name for f in fields(streaming.config_type)]
+    for option in streaming.options:
+        if option.field is not None and option.field not in names:
+            raise ValueError(f"Streaming {name}: option {option.flag} sets unknown config field {option.field!r}")
+    _STREAMING[name] = streaming
+    return streaming
+
+
+def get_streaming(name: str) -> Streaming:
+    """The streaming functions of method ``name``; ValueError naming the methods that stream otherwise."""
+    if name not in _STREAMING:
+        raise ValueError(f"--method {name} does not stream; methods that do: {', '.join(sorted(_STREAMING))}")
+    return _STREAMING[name]
+
+
+def streaming_names() -> tuple[str, ...]:
+    """Names of the methods with streaming functions, in registration order."""
+    return tuple(_STREAMING)
+
+
 def check_finite(features, names=None, what: str = "features") -> None:
     """Raise ValueError naming the images whose features hold NaN or inf (a silent NaN would spread to every
     score of a pooling method). features: any pytree of arrays with a leading image axis N (``Features``, a

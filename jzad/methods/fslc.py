@@ -400,28 +400,39 @@ def fslc_expand(
 
 
 @partial(jax.jit, static_argnames=("bins",))
-def otsu_split(values: jax.Array, bins: int = 256) -> tuple[jax.Array, jax.Array]:
+def otsu_split(values: jax.Array, bins: int = 256, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Otsu's method on 1-D values (n,) -> (threshold (), low-class mask (n,) bool).
 
     Histogram of ``bins`` equal bins over [min, max]; bin index floor((v - min) / (max - min) * bins),
     clamped to bins - 1. For each split t in 1..bins-1 (low class: bins < t) the between-class variance
     w0 w1 (mu0 - mu1)^2 is computed from the bin centres; the first maximum wins; threshold =
     min + t (max - min) / bins. Constant values: everything is low class, threshold = the value.
+    ``valid`` (n,) bool: only those values enter the histogram and the low class (a buffer with empty rows,
+    as streaming FSLC keeps its coreset); None: all of them.
     """
     if values.ndim != 1 or values.shape[0] < 1:
         raise ValueError(f"values: expected a non-empty 1-D array, got shape {values.shape}")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise ValueError(f"bins: expected an integer >= 2, got {bins!r}")
+    if valid is not None and valid.shape != values.shape:
+        raise ValueError(f"valid: expected {values.shape} like values, got {valid.shape}")
     v = values.astype(jnp.float32)
-    low, high = jnp.min(v), jnp.max(v)
+    if valid is None:
+        low, high = jnp.min(v), jnp.max(v)
+    else:
+        low, high = jnp.min(jnp.where(valid, v, jnp.inf)), jnp.max(jnp.where(valid, v, -jnp.inf))
     span = high - low
     spread = span > 0
     safe_span = jnp.where(spread, span, 1.0)
     index = jnp.clip(jnp.floor((v - low) / safe_span * bins), 0, bins - 1).astype(jnp.int32)
-    counts = jnp.bincount(index, length=bins).astype(jnp.float32)
+    if valid is None:
+        counts = jnp.bincount(index, length=bins).astype(jnp.float32)
+        total = jnp.float32(v.shape[0])
+    else:
+        counts = jnp.bincount(index, weights=valid.astype(jnp.float32), length=bins)
+        total = jnp.sum(valid.astype(jnp.float32))
     width = safe_span / bins
     offsets = (jnp.arange(bins, dtype=jnp.float32) + 0.5) * width
-    total = jnp.float32(v.shape[0])
     w0 = jnp.cumsum(counts)[:-1]
     mass0 = jnp.cumsum(counts * offsets)[:-1]
     w1 = total - w0
@@ -432,7 +443,7 @@ def otsu_split(values: jax.Array, bins: int = 256) -> tuple[jax.Array, jax.Array
     split = jnp.argmax(between).astype(jnp.int32) + 1
     threshold = jnp.where(spread, low + split.astype(jnp.float32) * width, high)
     mask = jnp.where(spread, index < split, True)
-    return threshold, mask
+    return threshold, mask if valid is None else mask & valid
 
 
 @partial(jax.jit, static_argnames=("bins",))

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jzad.kernels.distances import check_precision, dot_nt, l2_normalize, squared_norms, zero_below_rounding
 from jzad.kernels.nearest import nearest_group_distance
-from jzad.kernels.select import interval_bounds, mean_of_ranks
+from jzad.kernels.select import interval_bounds, interval_table, mean_of_ranks
 from jzad.kernels.sharding import device_mesh, map_row_shards
 from jzad.methods.base import (
     BackboneRun,
@@ -165,16 +165,21 @@ def lnamd(grid: jax.Array, r: int) -> jax.Array:
     return l2_normalize(pooled.reshape(n, h * w, c))
 
 
-def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start: int, stop: int):
-    """Per-device MSM body: a block of query images against the replicated pool -> (b, M) scores."""
+def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start, stop):
+    """Per-device MSM body: a block of query images against the replicated pool -> (b, M) scores.
 
-    def block_fn(query_images, first_row, pool):
+    ``start``/``stop`` are the static rank bounds, or None when they travel as the traced operand ``bounds``
+    (2,) int32 with a pool mask ``pool_valid`` (P,) bool (empty pool slots count as +inf, ranked last).
+    """
+
+    def block_fn(query_images, first_row, pool, pool_valid=None, bounds=None):
         rows, m, c = query_images.shape
         b = min(images_per_step(config.image_block, m), rows)
         steps = -(-rows // b)
         padded = jnp.pad(query_images, ((0, steps * b - rows), (0, 0), (0, 0)))
         pool_ids = jnp.arange(pool.shape[0])
         pool_scale = jnp.max(squared_norms(pool))
+        lo, hi = (start, stop) if bounds is None else (0 if config.interval[0] == 0 else bounds[0], bounds[1])
 
         def one_step(step):
             images = jax.lax.dynamic_slice_in_dim(padded, step * b, b).reshape(b * m, c)
@@ -192,7 +197,9 @@ def _msm_block_fn(config: MuScConfig, num_test: int, exclude_self: bool, start: 
                 image_ids = first_row + step * b + jnp.arange(b)
                 is_self = (image_ids[:, None] == pool_ids[None, :]) & (pool_ids[None, :] < num_test)
                 dist = jnp.where(is_self[:, None, :], jnp.inf, dist)
-            return mean_of_ranks(dist, start, stop)
+            if pool_valid is not None:
+                dist = jnp.where(pool_valid[None, None, :], dist, jnp.inf)
+            return mean_of_ranks(dist, lo, hi)
 
         scores = jax.lax.map(one_step, jnp.arange(steps))
         return scores.reshape(steps * b, m)[:rows]
@@ -335,13 +342,51 @@ def _mutual_scores(
     return map_row_shards(block_fn, mesh, features.astype(jnp.float32), pool.astype(jnp.float32))
 
 
-@partial(jax.jit, static_argnames=("windows",))
-def rscin(image_scores: jax.Array, image_embeds: jax.Array, windows: tuple[int, ...] = (1, 2, 3)) -> jax.Array:
+@partial(jax.jit, static_argnames=("num_queries", "config", "mesh"))
+def masked_mutual_scores(
+    pool: jax.Array,
+    pool_valid: jax.Array,
+    num_queries: int,
+    config: MuScConfig = MuScConfig(),
+    mesh: Mesh | None = None,
+) -> jax.Array:
+    """Zero-shot MSM over a pool with empty slots: pool (P, M, C), pool_valid (P,) bool -> (num_queries, M).
+
+    Pool rows 0..num_queries-1 are the queries; each is scored against every other valid row, with k of the
+    interval from the real number of others n = sum(pool_valid) - 1 (a traced count: one program serves a
+    bank at any fill). With every row valid this is ``mutual_scores`` on the pool's first rows (the "rows"
+    schedule), bit for bit when the interval starts at 0. Rows of invalid queries are undefined; with no
+    valid other image (n = 0) every score is +inf.
+    """
+    if pool.ndim != 3 or pool_valid.shape != pool.shape[:1]:
+        raise ValueError(f"masked_mutual_scores: expected pool (P, M, C) and pool_valid (P,), got {pool.shape} "
+                         f"and {pool_valid.shape}")
+    if not 1 <= num_queries <= pool.shape[0]:
+        raise ValueError(f"num_queries: expected 1..{pool.shape[0]} (the pool rows), got {num_queries}")
+    if config.mode != "zero_shot":
+        raise ValueError(f"masked_mutual_scores: mode 'zero_shot' only (the bank is the pool), got {config.mode!r}")
+    table = jnp.asarray(interval_table(pool.shape[0] - 1, *config.interval))
+    others = jnp.maximum(jnp.sum(pool_valid.astype(jnp.int32)) - 1, 0)
+    bounds = table[others]
+    block_fn = _msm_block_fn(config, num_queries, True, None, None)
+    mesh = device_mesh(1) if mesh is None else mesh
+    pool = pool.astype(jnp.float32)
+    return map_row_shards(block_fn, mesh, pool[:num_queries], pool, pool_valid, bounds)
+
+
+RSCIN_BLOCK = 256
+
+
+@partial(jax.jit, static_argnames=("windows", "block"))
+def rscin(image_scores: jax.Array, image_embeds: jax.Array, windows: tuple[int, ...] = (1, 2, 3),
+          block: int = RSCIN_BLOCK) -> jax.Array:
     """RsCIN re-scoring: (N,) scores and (N, D) image embeddings -> (N,) re-scored.
 
     s = min-max normalised scores (all zeros when the scores are constant); W = F F^T over L2-normalised
     embeddings; per window k keep each row's k largest entries (self included), divide by their sum, and
     smooth s with them; the result is the mean over the windows. A window larger than N is clamped to N.
+    W is computed ``block`` rows at a time, keeping only each row's largest entries, so memory is
+    block * N floats, not N^2 (a category of 10,000 images would otherwise need a 400 MB matrix).
     """
     if image_scores.ndim != 1 or image_embeds.ndim != 2 or image_embeds.shape[0] != image_scores.shape[0]:
         raise ValueError(
@@ -351,13 +396,23 @@ def rscin(image_scores: jax.Array, image_embeds: jax.Array, windows: tuple[int, 
     span = jnp.max(s) - jnp.min(s)
     s = jnp.where(span > 0, (s - jnp.min(s)) / jnp.where(span > 0, span, 1.0), 0.0)
     f = l2_normalize(image_embeds.astype(jnp.float32))
-    similarity = jnp.matmul(f, f.T, precision=jax.lax.Precision.HIGHEST)
     n = s.shape[0]
+    widest = min(max(windows), n)
+    rows = min(block, n)
+    steps = -(-n // rows)
+    padded = jnp.pad(f, ((0, steps * rows - n), (0, 0))).reshape(steps, rows, -1)
+
+    def neighbours(part):
+        return jax.lax.top_k(jnp.matmul(part, f.T, precision=jax.lax.Precision.HIGHEST), widest)
+
+    values, indices = jax.lax.map(neighbours, padded)
+    values = values.reshape(steps * rows, widest)[:n]
+    indices = indices.reshape(steps * rows, widest)[:n]
     smoothed = []
     for k in windows:
-        values, indices = jax.lax.top_k(similarity, min(k, n))
-        weights = values / jnp.sum(values, axis=-1, keepdims=True)
-        smoothed.append(jnp.sum(weights * s[indices], axis=-1))
+        top = values[:, :min(k, n)]
+        weights = top / jnp.sum(top, axis=-1, keepdims=True)
+        smoothed.append(jnp.sum(weights * s[indices[:, :min(k, n)]], axis=-1))
     return jnp.mean(jnp.stack(smoothed), axis=0)
 
 
