@@ -119,7 +119,7 @@ def refine_reference(
     m_steps: int = 1,
     epsilon: float = 0.05,
     sinkhorn_iterations: int = 50,
-    plan_scale: str = "row",
+    plan_scale: str = "printed",
     ridge: float = 1e-4,
     score: str = "nearest",
     precision: str = "fp32",

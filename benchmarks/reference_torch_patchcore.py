@@ -131,3 +131,39 @@ def patchcore_reference(
     patch = nearest_reference(features, bank).reshape(len(test2), *test2.shape[-2:])
     image = image_scores_reference(patch, features, bank, b)
     return bank, image, patch, maps_reference(patch, size, sigma)
+
+
+def patchcore_plus_reference(
+    train2: torch.Tensor,
+    train3: torch.Tensor,
+    test2: torch.Tensor,
+    test3: torch.Tensor,
+    ratio: float,
+    projection: torch.Tensor | None,
+    start_points,
+    dim: int = 1024,
+    size: int = 224,
+    sigma: float = 4.0,
+    online_images: int = 0,
+    **refine,
+):
+    """PatchCore+ (FastRef on PatchCore), one query at a time: PatchCore's bank as the prototypes, each query's
+    features refined by ``reference_torch_fastref.refine_reference`` (keyword arguments: RefineConfig's field
+    names) and scored against its refined prototypes; image score = max; PatchCore's maps.
+
+    online_images K > 0: Online PatchCore+, the refined prototypes of the K previous queries (in order) join
+    the bank. Returns (bank (n, dim), image scores (N,), patch scores (N, h, w), maps (N, size, size)).
+    """
+    from benchmarks.reference_torch_fastref import refine_reference
+
+    bank = memory_bank_reference(embed_reference(train2, train3, dim).reshape(-1, dim), ratio, projection, start_points)
+    features = embed_reference(test2, test3, dim)
+    recent, patches = [], []
+    for f in features:
+        prototypes = torch.cat([bank, *recent[-online_images:]]) if online_images and recent else bank
+        scores, _, _, refined = refine_reference(f, prototypes, **refine)
+        recent.append(refined)
+        patches.append(scores)
+    patch = torch.stack(patches).reshape(len(test2), *test2.shape[-2:])
+    image = patch.reshape(len(test2), -1).max(dim=1).values
+    return bank, image, patch, maps_reference(patch, size, sigma)

@@ -42,6 +42,9 @@ from jzad.timing import StageClock
 DEMO_CATEGORY = "synthetic"
 DEMO_IMAGE_SIZE = 224
 DEMO_SHOTS_POOL = 4
+DEMO_CALIBRATION = 8
+DEMO_SHOTS = 2
+"""Reference images of the demo for a method that needs them, when --shots is not given."""
 DISTRIBUTED_ENV = {"coordinator": "JZAD_COORDINATOR", "num_processes": "JZAD_NUM_PROCESSES",
                    "process_id": "JZAD_PROCESS_ID"}
 OUTPUT_NAMES = ("results.json", "results.json.tmp", "heatmaps", "maps")
@@ -142,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=method_names(), default="musc",
                    help="; ".join(get_method(n).summary for n in method_names()))
     p.add_argument("--data", type=Path, default=None, help="dataset root; omitted = built-in synthetic demo")
-    p.add_argument("--dataset", choices=jdata.DATASETS, default="mvtec", help="layout of --data")
+    p.add_argument("--dataset", choices=jdata.CLI_DATASETS, default="mvtec", help="layout of --data")
     p.add_argument("--category", default="all", help="category name, or 'all' for every category")
+    p.add_argument("--loco-subtypes", default=argparse.SUPPRESS, metavar="rule|off|FILE",
+                   help="--dataset loco: score juice_bottle and splicing_connectors per sub-type, found by the "
+                   "colour rule (rule, the default), from a list file of '<category>/<path> <sub-type>' lines "
+                   "(FILE), or whole (off)")
     p.add_argument("--infer-labels", action="store_true",
                    help="--dataset folder: images under good/ok/normal folders are normal, others anomalous")
     p.add_argument("--allow-missing-masks", action="store_true",
@@ -260,6 +267,10 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
         raise OptionError("--maps-at-image-size needs --save-maps")
     if args.infer_labels and args.dataset != "folder":
         raise OptionError("--infer-labels applies to --dataset folder only")
+    if "loco_subtypes" in given:
+        if args.dataset != "loco":
+            raise OptionError("--loco-subtypes applies to --dataset loco only")
+        jdata.check_subtypes(args.loco_subtypes)
     if args.allow_missing_masks and (args.data is None or args.dataset == "folder"):
         raise OptionError("--allow-missing-masks applies to --data with a dataset layout that has masks")
     values = {o.dest: given[o.dest] for o in method.options if o.dest in given}
@@ -268,15 +279,21 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
 
 
 def check_categories(args) -> list[str]:
-    """The categories --category names in --data (every one for 'all'); an unknown name is an error listing
-    the categories found (--dataset folder: any sub-folder, checked when it is read)."""
-    found = jdata.list_categories(args.dataset, args.data)
+    """The categories --category names in --data (every one for 'all'; LOCO: a category with sub-types names
+    its sub-type categories); an unknown name is an error listing the categories found (--dataset folder: any
+    sub-folder, checked when it is read)."""
+    subtypes = getattr(args, "loco_subtypes", "rule")
+    found = jdata.dataset_categories(args.dataset, args.data, "all", subtypes)
     if args.category == "all":
         return found
-    if args.dataset != "folder" and args.category not in found:
+    if args.dataset == "folder":
+        return [args.category]
+    base = (lambda c: c.split("-", 1)[0]) if args.dataset == "loco" else (lambda c: c)
+    named = [c for c in found if args.category in (c, base(c))]
+    if not named:
         raise UserError(f"--category: {args.data} has no {args.dataset} category {args.category!r}; it has "
                         f"{', '.join(found)} (or use --category all)")
-    return [args.category]
+    return named
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -309,60 +326,47 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(temp, path)
 
 
-def demo_sources(size: int, seed: int, shots: int, draw_seed: int):
-    """The built-in synthetic set (16 normal + 12 defective images, exact masks) and ``shots`` normal references
-    drawn (``reference_draw``) from a pool of max(shots, 4) synthetic normal images."""
+def demo_sources(size: int, seed: int, shots: int, draw_seed: int, calibration: str | None = None):
+    """The built-in synthetic set (16 normal + 12 defective images, exact masks), ``shots`` normal references
+    drawn (``reference_draw``) from a pool of max(shots, 4) synthetic normal images, and 8 more normal images
+    when the method calibrates."""
     images, masks, labels, types = jdata.make_synthetic_set(16, 12, size=size, seed=seed)
     names = [f"{t}_{i:03d}" for i, t in enumerate(types)]
     source = jdata.ArrayImages(images, names, labels, types, masks)
-    references = None
+    references = held_out = None
     if shots:
         pool, _, _, _ = jdata.make_synthetic_set(max(shots, DEMO_SHOTS_POOL), 0, size=size, seed=seed + 1)
         picked = jdata.reference_draw(len(pool), shots, draw_seed)
         references = jdata.ArrayImages(pool[picked], [f"reference_{i:03d}" for i in picked],
                                        np.zeros(shots, np.int64), ("good",) * shots)
-    return source, references
+    if calibration is not None:
+        normal, _, _, _ = jdata.make_synthetic_set(DEMO_CALIBRATION, 0, size=size, seed=seed + 2)
+        held_out = jdata.ArrayImages(normal, [f"{calibration}_{i:03d}" for i in range(DEMO_CALIBRATION)],
+                                     np.zeros(DEMO_CALIBRATION, np.int64), ("good",) * DEMO_CALIBRATION)
+    return jdata.CategorySources(source, references, held_out, DEMO_CATEGORY, "")
 
 
-def data_sources(args, category: str, shots: int, draw_seed: int):
-    """One category of --data as sources: the test images (named as seen under --data) and ``shots`` normal
-    train images drawn by ``reference_draw`` (labelled-normal only: re-split MPDD trains hold defects too)."""
-    options = {"infer_labels": True} if args.infer_labels else {}
-    if args.allow_missing_masks:
-        options["allow_missing_masks"] = True
-    image_set = jdata.read_dataset(args.dataset, args.data, category, **options)
-    print(image_set.summary(), file=sys.stderr)
-    source = jdata.FileImages(image_set, root=args.data)
-    references = None
-    if shots:
-        train = jdata.read_dataset(args.dataset, args.data, category, split="train", **options)
-        normal = np.asarray([i for i in range(len(train)) if train.labels is None or train.labels[i] == 0])
-        if len(normal) < shots:
-            raise UserError(f"--shots {shots}: {category} has only {len(normal)} normal train images")
-        picked = normal[jdata.reference_draw(len(normal), shots, draw_seed)]
-        references = jdata.FileImages(train.select(picked), root=args.data)
-    return source, references
+def data_sources(args, category: str, shots: int, draw_seed: int, calibration: str | None = None):
+    """One category of --data as sources (``jzad.data.category_sources``): the test images, ``shots`` normal
+    train images drawn by ``reference_draw`` (labelled-normal only: re-split MPDD trains hold defects too) and,
+    for methods that calibrate, their held-out normal images."""
+    sources = jdata.category_sources(args.dataset, args.data, category, shots, draw_seed, calibration,
+                                     subtypes=getattr(args, "loco_subtypes", "rule"), infer_labels=args.infer_labels,
+                                     allow_missing_masks=args.allow_missing_masks)
+    print(sources.summary, file=sys.stderr)
+    return sources
 
 
 def load_scorer(args, method: Method, values: dict, shots: int):
     """The backbone the options name at the method's preset, and the method's config."""
-    from jzad.backbone.config import architecture_name, get_architecture
     from jzad.backbone.port import MissingDependencyError
-    from jzad.features import load_backbone
+    from jzad.features import backbone_architecture, load_backbone
     from jzad.kernels import device_mesh
 
     dtype = "bfloat16" if args.precision == "bf16" else "float32"
     demo = args.data is None
     name = args.weights or args.backbone or (method.demo_backbone if demo else method.default_backbone)
-    arch = None
-    text = str(name)
-    if text.startswith("random-"):
-        arch = architecture_name(get_architecture(text[len("random-"):]))
-    elif args.weights is None:
-        from jzad.weights import load_catalogue
-
-        entry = load_catalogue().get(text.lower())
-        arch = entry.architecture if entry else None
+    arch = None if args.weights is not None else backbone_architecture(name)
     run = method.backbone_run(arch)
     image_size = args.image_size
     if demo and image_size is None and run.image_size is None:
@@ -372,9 +376,12 @@ def load_scorer(args, method: Method, values: dict, shots: int):
                                  with_text=method.needs_text)
     except (ValueError, FileNotFoundError, ConnectionError, MissingDependencyError) as err:
         raise UserError(_backbone_error(args, method, str(name), err)) from err
-    context = RunContext(dataset="synthetic" if demo else args.dataset, image_size=backbone.image_size, shots=shots)
+    context = RunContext(dataset="synthetic" if demo else args.dataset, image_size=backbone.image_size, shots=shots,
+                         taps=backbone.taps)
     try:
         config = method.configure(values, context)
+        if method.extractor is not None:
+            method.extractor(config, backbone)  # checks the backbone against the config before any image is read
     except ValueError as err:
         raise OptionError(_with_flag(method, str(err))) from err
     return Scorer(method, config, backbone, device_mesh(args.shards), args.batch_size)
@@ -418,7 +425,7 @@ def timing_rows(clock: StageClock, num_images: int, method: Method) -> list[dict
 def seed_statistics(metrics: list[dict]) -> tuple[dict, dict]:
     """Mean and (population) std over seeds of every metric (nan stays nan)."""
     mean, std = {}, {}
-    for name in METRIC_COLUMNS:
+    for name in metrics[0]:
         values = np.asarray([m[name] for m in metrics], np.float64)
         finite = np.isfinite(values).all()
         mean[name] = float(values.mean()) if finite else float("nan")
@@ -427,9 +434,10 @@ def seed_statistics(metrics: list[dict]) -> tuple[dict, dict]:
 
 
 def write_category_outputs(args, out: Path, result, scorer: Scorer, source, clock: StageClock,
-                           seed: int | None = None, pictures: bool = True) -> list[str]:
+                           seed: int | None = None, pictures: bool = True, maps_folder: str | None = None) -> list[str]:
     """Scores CSV (``scores_<category>.csv``, or ``scores_<category>_seed<S>.csv`` when several seeds run),
-    and for the first seed the map TIFFs, overlays and the summary figure; returns what it wrote."""
+    and for the first seed the map TIFFs (under maps/<maps_folder>, default the category), overlays and the
+    summary figure; returns what it wrote."""
     from jzad.data.sources import prefetch_batches
     from jzad.eval import report
     from jzad.eval.heatmaps import value_range
@@ -445,8 +453,9 @@ def write_category_outputs(args, out: Path, result, scorer: Scorer, source, cloc
         return written
     if args.save_maps:
         sizes = result.original_sizes if args.maps_at_image_size else None
-        save_map_tiffs(out / "maps" / cat, result.names, result.maps, sizes)
-        written.append(str(out / "maps" / cat))
+        folder = out / "maps" / (maps_folder or cat)
+        save_map_tiffs(folder, result.names, result.maps, sizes)
+        written.append(str(folder))
     if not args.no_heatmaps:
         written.append(str(save_summary(out / f"summary_{cat}.png", cat, result.image_scores, result.labels)))
         scale = value_range(result.maps)
@@ -536,6 +545,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from jzad.eval import report
+    from jzad.eval.datasets import dataset_metrics
     from jzad.kernels.multihost import agree, is_writer
 
     method = get_method(args.method)
@@ -549,7 +559,7 @@ def run(args: argparse.Namespace) -> int:
         args.shards = len(jax.devices()) if processes > 1 else 1
     subsets = getattr(args, "subsets", 1)
     split = getattr(args, "subset_split", "official")
-    shots = getattr(args, "shots", 0)
+    shots = getattr(args, "shots", DEMO_SHOTS if args.data is None and method.few_shot == "required" else 0)
     if method.few_shot == "required" and shots < 1:
         raise OptionError(f"--method {method.name} needs --shots K >= 1 normal reference images")
     if args.shards > len(jax.devices()):
@@ -567,6 +577,8 @@ def run(args: argparse.Namespace) -> int:
     if not demo and not args.data.is_dir():
         raise UserError(f"--data: {args.data} is not a directory")
     categories = [DEMO_CATEGORY] if demo else check_categories(args)
+    extra_metrics = None if demo else dataset_metrics(args.dataset)
+    columns = METRIC_COLUMNS if extra_metrics is None else extra_metrics.columns
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     problem = None
     if writer:
@@ -612,14 +624,19 @@ def run(args: argparse.Namespace) -> int:
                     runs = []
                     for index, seed in enumerate(seeds):
                         if demo:
-                            source, references = demo_sources(backbone.image_size, args.seed, shots, seed)
+                            sources = demo_sources(backbone.image_size, args.seed, shots, seed, method.calibration)
                         else:
-                            source, references = data_sources(args, category, shots, seed)
+                            sources = data_sources(args, category, shots, seed, method.calibration)
+                        source = sources.source
                         label = category if len(seeds) == 1 else f"{category} (seed {seed})"
-                        print(f"{label}: {len(source)} images" + (f", {shots} references" if shots else ""),
+                        print(f"{label}: {len(source)} images" + (f", {shots} references" if shots else "")
+                              + (f", {len(sources.calibration)} calibration images" if sources.calibration else ""),
                               file=sys.stderr)
-                        result = run_category(scorer, source, category, references, subsets, split,
-                                              aupro_convention=args.aupro, clock=clock, progress=progress)
+                        result = run_category(scorer, source, category, sources.references, subsets, split,
+                                              aupro_convention=args.aupro, clock=clock, progress=progress,
+                                              calibration=sources.calibration)
+                        if extra_metrics is not None:
+                            result.metrics.update(extra_metrics.compute(result, source))
                         if index == 0 and result.mask_report is not None:
                             print(result.mask_report["summary"], file=sys.stderr)
                             if result.mask_report.get("warning"):
@@ -629,7 +646,8 @@ def run(args: argparse.Namespace) -> int:
                         written = []
                         if writer:
                             written = write_category_outputs(args, out, result, scorer, source, clock,
-                                                             seed if len(seeds) > 1 else None, index == 0)
+                                                             seed if len(seeds) > 1 else None, index == 0,
+                                                             sources.maps_folder)
                         runs.append((seed, result, written))
                 except (ValueError, OSError, UserError) as err:
                     if args.debug:
@@ -671,10 +689,10 @@ def run(args: argparse.Namespace) -> int:
     if rows:
         print()
         title = f"{method.name} metrics" + (f" (mean over seeds {seeds})" if len(seeds) > 1 else "")
-        print(report.format_table(rows, ("category",) + METRIC_COLUMNS, title=title))
+        print(report.format_table(rows, ("category",) + tuple(columns), title=title))
         if std_rows:
             print()
-            print(report.format_table(std_rows, ("category",) + METRIC_COLUMNS,
+            print(report.format_table(std_rows, ("category",) + tuple(columns),
                                       title=f"{method.name} metrics: std over seeds {seeds}", mean_row=False))
         print()
         timing = timing_rows(total_clock, total_images, method)
@@ -683,7 +701,7 @@ def run(args: argparse.Namespace) -> int:
                                   mean_row=False))
         payload["timing"] = timing
         payload["mean"] = {c: float(np.nanmean([r[c] for r in rows])) if any(np.isfinite(r[c]) for r in rows)
-                           else float("nan") for c in METRIC_COLUMNS}
+                           else float("nan") for c in rows[0] if c != "category"}
     payload["memory"] = peak_memory()
     payload["status"] = "failed" if payload["failed"] else "complete"
     save_results()

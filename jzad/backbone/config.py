@@ -163,9 +163,17 @@ ARCHITECTURES: dict[str, CLIPConfig] = {
         embed_dim=32,
         activation="quick_gelu",
     ),
+    "tiny-text": CLIPConfig(
+        vision=VisionConfig(width=64, layers=4, heads=4, patch_size=8, image_size=32),
+        text=TextConfig(width=64, layers=2, heads=4, context_length=77, vocab_size=49408),
+        embed_dim=32,
+        activation="quick_gelu",
+    ),
 }
 """Named architectures: OpenAI ViT-B/32, B/16, L/14, L/14-336 (QuickGELU), OpenCLIP ViT-B-16-plus-240 (GELU),
-and "tiny" (4 layers of width 64 on 32x32 inputs) for tests and demos."""
+"tiny" (4 layers of width 64 on 32x32 inputs) for tests and demos, and "tiny-text": tiny's vision tower with a
+text tower over CLIP's real 49,408-token vocabulary and 77-token context, so methods that embed prompts run
+the shipped BPE tokenizer in tests."""
 
 
 def _normalise_name(name: str) -> str:

@@ -94,13 +94,48 @@ RESNET_CONFIGS = {
 """Named configs; "tiny" (layer2 64 channels, layer3 128) is for tests and demos."""
 
 
+RESNET_ARCHITECTURES = {
+    "wide-resnet50-2": RESNET_CONFIGS["wide-resnet50-2"],
+    "resnet50": RESNET_CONFIGS["resnet50"],
+    "tiny-resnet": RESNET_CONFIGS["tiny"],
+}
+"""Architecture names as users write them (``random-<name>``, catalogue entries); "tiny-resnet" is "tiny"
+under a name that cannot be confused with the tiny CLIP."""
+
+
+def resnet_architecture_name(config: ResNetConfig) -> str | None:
+    """The name in RESNET_ARCHITECTURES of config's shapes (classifier and eps ignored), or None."""
+    shape = config.replace(num_classes=None, eps=1e-5)
+    for name, known in RESNET_ARCHITECTURES.items():
+        if known == shape:
+            return name
+    return None
+
+
+def resnet_config_to_dict(config: ResNetConfig) -> dict:
+    """Plain dict of config (for manifest.json)."""
+    return {**dataclasses.asdict(config), "layers": list(config.layers)}
+
+
+def resnet_config_from_dict(data: dict) -> ResNetConfig:
+    """Inverse of ``resnet_config_to_dict``; unknown or missing fields raise ValueError."""
+    try:
+        return ResNetConfig(**{**data, "layers": tuple(data["layers"])})
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a valid ResNetConfig dict ({err}): {data!r}") from err
+
+
 def get_resnet_config(name: str | ResNetConfig) -> ResNetConfig:
-    """A ResNetConfig by name ("wide-resnet50-2", "wide_resnet50_2", "resnet50", "tiny") or as given."""
+    """A ResNetConfig by name ("wide-resnet50-2", "wide_resnet50_2", "resnet50", "tiny", "tiny-resnet") or as
+    given."""
     if isinstance(name, ResNetConfig):
         return name
     key = str(name).strip().lower().replace("_", "-")
+    if key in RESNET_ARCHITECTURES:
+        return RESNET_ARCHITECTURES[key]
     if key not in RESNET_CONFIGS:
-        raise ValueError(f"unknown ResNet config {name!r}; known: {sorted(RESNET_CONFIGS)}")
+        known = sorted(set(RESNET_CONFIGS) | set(RESNET_ARCHITECTURES))
+        raise ValueError(f"unknown ResNet config {name!r}; known: {known}")
     return RESNET_CONFIGS[key]
 
 

@@ -36,6 +36,15 @@ from jzad.data.loco import (
     read_subtype_list,
     select_subtype,
     subtype_of,
+    union_mask,
+)
+from jzad.data.datasets import (
+    CLI_DATASETS,
+    CategorySources,
+    LocoImages,
+    category_sources,
+    check_subtypes,
+    dataset_categories,
 )
 from jzad.data.readers import (
     DATASETS,
@@ -48,9 +57,17 @@ from jzad.data.readers import (
 from jzad.data.sources import ArrayImages, FileImages, prefetch_batches
 from jzad.data.synthetic_features import ShiftedFeatureSet, make_shifted_feature_set
 from jzad.data.subsets import official_subsets, reference_draw, stratified_subsets
-from jzad.data.synthetic import DEFECT_KINDS, make_synthetic_set, write_synthetic_mvtec
+from jzad.data.synthetic import DEFECT_KINDS, make_synthetic_set, write_synthetic_loco, write_synthetic_mvtec
 
 __all__ = [
+    "CLI_DATASETS",
+    "CategorySources",
+    "LocoImages",
+    "category_sources",
+    "check_subtypes",
+    "dataset_categories",
+    "union_mask",
+    "write_synthetic_loco",
     "ShiftedFeatureSet",
     "make_shifted_feature_set",
     "reference_draw",

@@ -218,9 +218,13 @@ def load_loco_masks(loco: LocoSet, size: int | Sequence[int], rule: str = "half"
     out = np.zeros((len(loco), h, w), bool)
     for i, files in enumerate(loco.mask_files):
         if files:
-            union = np.logical_or.reduce([_read_channel(f) > 0 for f in files])
-            out[i] = resize_binary_mask(np.where(union, 255, 0).astype(np.uint8), (h, w), rule)
+            out[i] = resize_binary_mask(np.where(union_mask(files), 255, 0).astype(np.uint8), (h, w), rule)
     return out
+
+
+def union_mask(files: Sequence[str]) -> np.ndarray:
+    """bool (H, W): the union of one image's ground-truth channel files at full resolution."""
+    return np.logical_or.reduce([_read_channel(f) > 0 for f in files])
 
 
 # ------------------------------------------------------------------------------------------- sub-types

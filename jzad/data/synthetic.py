@@ -11,10 +11,15 @@ product's colours (so even weak patch features separate it):
              hole colour.
 The mask is exactly the set of painted pixels. Everything is vectorised over images with NumPy and
 deterministic given the seed.
+
+``write_synthetic_loco`` writes an MVTec LOCO-like tree instead (``write_synthetic_loco`` docstring): coloured
+parts on a tray, logical anomalies (a missing part, an extra part, a wrong colour), structural ones
+(scratches), several ground-truth files per image and a ``defects_config.json``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -196,3 +201,144 @@ def write_synthetic_mvtec(
         if labels[i] == 1:
             save(masks[i].astype(np.uint8) * 255, cat_dir / "ground_truth" / types[i], f"{stem}_mask")
     return cat_dir
+
+
+# ----------------------------------------------------------------------------------- MVTec LOCO-like tree
+
+LOCO_LOGICAL_KINDS = ("missing_part", "extra_part", "wrong_colour")
+LOCO_SYNTHETIC_DEFECTS = (
+    {"defect_name": "missing_part", "pixel_value": 255, "saturation_threshold": 1.0, "relative_saturation": True},
+    {"defect_name": "extra_part", "pixel_value": 254, "saturation_threshold": 1.0, "relative_saturation": True},
+    {"defect_name": "wrong_colour", "pixel_value": 253, "saturation_threshold": 1.0, "relative_saturation": True},
+    {"defect_name": "scratch", "pixel_value": 252, "saturation_threshold": 60, "relative_saturation": False},
+)
+"""The tree's defects_config.json: one entry per defect kind (pixel value 255 down to 252)."""
+
+_LOCO_BACKGROUND = np.array([38.0, 40.0, 46.0], np.float32)
+_LOCO_TRAY = np.array([200.0, 200.0, 190.0], np.float32)
+_LOCO_COLOURS = {"red": (200.0, 35.0, 35.0), "green": (40.0, 160.0, 60.0), "blue": (40.0, 70.0, 210.0)}
+_LOCO_PARTS = (("red", "disc"), ("red", "disc"), ("green", "bar"), ("blue", "square"))
+_LOCO_SLOTS = 6  # part places on the tray: 2 rows x 3 columns
+
+
+def _loco_part(kind: str, cy: float, cx: float, h: int, w: int) -> np.ndarray:
+    """bool (h, w) footprint of a part centred at (cy, cx) pixels: disc (radius 0.09 h), bar (0.1 h x 0.3 h)
+    or square (side 0.18 h)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    if kind == "disc":
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= (0.09 * h) ** 2
+    half_h, half_w = (0.05 * h, 0.15 * h) if kind == "bar" else (0.09 * h, 0.09 * h)
+    return (np.abs(yy - cy) <= half_h) & (np.abs(xx - cx) <= half_w)
+
+
+def _loco_scratch(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """bool (h, w): a straight segment about 1.5 px wide across the tray."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    ay, ax = rng.uniform(0.25 * h, 0.75 * h), rng.uniform(0.2 * w, 0.45 * w)
+    theta = rng.uniform(-0.6, 0.6)
+    length = rng.uniform(0.25, 0.4) * w
+    by, bx = ay + np.sin(theta) * length, ax + np.cos(theta) * length
+    vy, vx = by - ay, bx - ax
+    t = np.clip(((yy - ay) * vy + (xx - ax) * vx) / (vy * vy + vx * vx), 0.0, 1.0)
+    return (yy - ay - t * vy) ** 2 + (xx - ax - t * vx) ** 2 <= 0.75**2
+
+
+def _loco_scene(kind: str, h: int, w: int, tray, rng: np.random.Generator):
+    """(uint8 (h, w, 3) image, [bool (h, w) channel per defect]) of one image of ``kind`` ("good", a
+    LOCO_LOGICAL_KINDS entry, "scratch" or "scratch2": two scratches, two channels)."""
+    image = np.empty((h, w, 3), np.float32)
+    image[:] = _LOCO_BACKGROUND
+    top, bottom, left, right = int(0.12 * h), int(0.88 * h), int(0.1 * w), int(0.9 * w)
+    image[top:bottom, left:right] = tray
+    rows, cols = (0.33 * h, 0.67 * h), tuple(left + (right - left) * f for f in (1 / 6, 1 / 2, 5 / 6))
+    slots = rng.permutation(_LOCO_SLOTS)
+    parts = [list(p) for p in _LOCO_PARTS]
+    channels = []
+    if kind == "extra_part":
+        parts.append(["red", "disc"])
+    missing = int(rng.integers(len(parts))) if kind == "missing_part" else -1
+    if kind == "wrong_colour":
+        parts[2][0] = "blue"
+    jitter = rng.uniform(-0.03, 0.03, (len(parts), 2)) * h
+    for index, ((colour, shape), slot) in enumerate(zip(parts, slots)):
+        cy = rows[slot // 3] + jitter[index, 0]
+        cx = cols[slot % 3] + jitter[index, 1]
+        footprint = _loco_part(shape, cy, cx, h, w)
+        if index == missing:
+            channels.append(footprint)
+            continue
+        image[footprint] = _LOCO_COLOURS[colour]
+        if (kind == "extra_part" and index == len(parts) - 1) or (kind == "wrong_colour" and index == 2):
+            channels.append(footprint)
+    if kind.startswith("scratch"):
+        for _ in range(2 if kind == "scratch2" else 1):
+            line = _loco_scratch(h, w, rng)
+            image[line] = (15.0, 15.0, 15.0)
+            channels.append(line)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(3.0)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), channels
+
+
+def write_synthetic_loco(
+    root: str | os.PathLike,
+    category: str = "parts_tray",
+    num_train: int = 4,
+    num_validation: int = 4,
+    num_good: int = 4,
+    num_logical: int = 3,
+    num_structural: int = 2,
+    size: Sequence[int] = (48, 96),
+    seed: int = 0,
+    subtypes: dict[str, Sequence[float]] | None = None,
+) -> dict:
+    """Write an MVTec LOCO-like category under <root>/<category> (read it with ``jzad.data.read_loco``).
+
+    A tray (light gray, or per sub-type the colour ``subtypes[name]`` (R, G, B)) on a dark background holds
+    two red discs, a green bar and a blue square in 4 of 6 jittered places. Logical anomalies cycle through
+    LOCO_LOGICAL_KINDS: a part left out (its channel: where it would be), an extra red disc (its footprint),
+    the green bar painted blue (the bar). Structural anomalies are dark scratches; every second image has
+    two, each its own ground-truth file. Layout: train/good, validation/good, test/{good, logical_anomalies,
+    structural_anomalies}/NNN.png, ground_truth/<type>/NNN/000.png[, 001.png] (0 or the defect's pixel
+    value), defects_config.json (``LOCO_SYNTHETIC_DEFECTS``). size: (H, W), not square like LOCO's photos.
+
+    subtypes: each count is per sub-type and the images cycle through them. Returns {"category": folder,
+    "kinds": {path relative to root: kind}, "subtypes": {path relative to root: sub-type} (empty without)}.
+    """
+    for name, value in (("num_train", num_train), ("num_validation", num_validation), ("num_good", num_good),
+                        ("num_logical", num_logical), ("num_structural", num_structural)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    h, w = _as_hw(size)
+    if min(h, w) < 24:
+        raise ValueError(f"synthetic LOCO images need a side of at least 24 pixels, got {size!r}")
+    cat_dir = Path(root) / category
+    if cat_dir.exists() and any(cat_dir.iterdir()):
+        raise FileExistsError(f"{cat_dir} exists and is not empty")
+    rng = np.random.default_rng(seed)
+    trays = {None: _LOCO_TRAY} if not subtypes else {k: np.asarray(v, np.float32) for k, v in subtypes.items()}
+    plan = [("train", "good", "good", num_train), ("validation", "good", "good", num_validation),
+            ("test", "good", "good", num_good), ("test", "logical_anomalies", None, num_logical),
+            ("test", "structural_anomalies", None, num_structural)]
+    pixel_values = {d["defect_name"]: d["pixel_value"] for d in LOCO_SYNTHETIC_DEFECTS}
+    kinds, names = {}, {}
+    for split, folder, fixed, count in plan:
+        for index in range(count * len(trays)):
+            subtype = list(trays)[index % len(trays)]
+            number = index // len(trays)
+            kind = fixed or (LOCO_LOGICAL_KINDS[number % 3] if folder == "logical_anomalies"
+                             else ("scratch", "scratch2")[number % 2])
+            image, channels = _loco_scene(kind, h, w, trays[subtype], rng)
+            relative = Path(category) / split / folder / f"{index:03d}.png"
+            path = Path(root) / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path)
+            value = pixel_values.get("scratch" if kind.startswith("scratch") else kind, 0)
+            for j, channel in enumerate(channels):
+                gt = cat_dir / "ground_truth" / folder / f"{index:03d}" / f"{j:03d}.png"
+                gt.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.where(channel, value, 0).astype(np.uint8)).save(gt)
+            kinds[relative.as_posix()] = kind
+            if subtype is not None:
+                names[relative.as_posix()] = subtype
+    (cat_dir / "defects_config.json").write_text(json.dumps(list(LOCO_SYNTHETIC_DEFECTS), indent=1))
+    return {"category": cat_dir, "kinds": kinds, "subtypes": names}

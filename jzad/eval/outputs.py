@@ -36,19 +36,26 @@ def output_paths(names, suffix: str) -> list[str]:
     return [(s if counts[s.lower()] == 1 else full) + suffix for s, full in zip(short, safe)]
 
 
+def map_at_size(amap: np.ndarray, size) -> np.ndarray:
+    """A float map (h, w) resized to size (H, W) with PIL bilinear on the float32 image (what the map TIFFs
+    at image size hold); unchanged when it already has that size."""
+    h, w = (int(v) for v in size)
+    amap = np.ascontiguousarray(amap, dtype=np.float32)
+    if amap.shape == (h, w):
+        return amap
+    return np.asarray(Image.fromarray(amap, mode="F").resize((w, h), Image.Resampling.BILINEAR))
+
+
 def save_map_tiffs(out_dir, names, maps: np.ndarray, sizes=None) -> list[Path]:
     """One float32 TIFF per map under out_dir (paths from ``output_paths``); sizes: each image's (H, W) to
-    resize to (PIL bilinear on the float map), or None for the maps' own resolution."""
+    resize to (``map_at_size``), or None for the maps' own resolution."""
     out_dir = Path(out_dir)
     paths = []
     for rel, index in zip(output_paths(names, ".tiff"), range(len(maps))):
-        image = Image.fromarray(np.ascontiguousarray(maps[index], dtype=np.float32), mode="F")
-        if sizes is not None and tuple(sizes[index]) != maps[index].shape:
-            h, w = sizes[index]
-            image = image.resize((int(w), int(h)), Image.Resampling.BILINEAR)
+        amap = maps[index] if sizes is None else map_at_size(maps[index], sizes[index])
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, format="TIFF")
+        Image.fromarray(np.ascontiguousarray(amap, dtype=np.float32), mode="F").save(path, format="TIFF")
         paths.append(path)
     return paths
 

@@ -5,24 +5,120 @@ shapes, a ported or catalogue name, a checkpoint file) at a method's run preset;
 batches of one compiled shape. Sits above ``jzad.weights`` (it finds checkpoints) and below ``jzad.methods``:
 methods never load weights themselves. The loaders are imported lazily (they pull in orbax), so importing the
 types here stays cheap.
+
+Backbone families ("clip": ``jzad.features.clip``; "resnet": ``jzad.features.resnet``) are rows of
+``BACKBONE_FAMILIES``: which random architectures each knows, and its loader. ``load_backbone`` picks the row
+from the "random-<arch>" name, else from the checkpoint's family (``jzad.weights.checkpoint_family``: the
+manifest, the catalogue entry or the file's tensor names). A new family is one more row.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from jzad.features.backbone import Backbone, extract, normalize_pixels
 from jzad.features.types import BackboneRun, FeatureRequest, Features, ImagePrep
 
-_LAZY = {"check_image_size", "load_clip", "load_clip_backbone", "load_image_encoder"}
+_LAZY = {"check_image_size": "clip", "load_clip": "clip", "load_clip_backbone": "clip",
+         "load_image_encoder": "clip", "load_resnet_backbone": "resnet"}
+RANDOM_PREFIX = "random-"
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from jzad.features import clip
+        import importlib
 
-        return getattr(clip, name)
+        return getattr(importlib.import_module(f"jzad.features.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'jzad.features' has no attribute {name!r}")
+
+
+def _clip_knows(arch: str) -> bool:
+    from jzad.backbone.config import get_architecture
+
+    try:
+        get_architecture(arch)
+    except ValueError:
+        return False
+    return True
+
+
+def _clip_architecture(arch: str) -> str | None:
+    from jzad.backbone.config import architecture_name, get_architecture
+
+    return architecture_name(get_architecture(arch))
+
+
+def _resnet_knows(arch: str) -> bool:
+    from jzad.backbone.resnet import RESNET_ARCHITECTURES
+
+    return arch in RESNET_ARCHITECTURES
+
+
+def _load_clip(*args):
+    from jzad.features.clip import load_clip_backbone
+
+    return load_clip_backbone(*args)
+
+
+def _load_resnet(*args):
+    from jzad.features.resnet import load_resnet_backbone
+
+    return load_resnet_backbone(*args)
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """One family of backbones: knows(arch) -> whether "random-<arch>" is one of its architectures;
+    architecture(arch) -> the canonical name of such an architecture; load(name, run, image_size, taps,
+    activation, dtype, seed, weights_dir, with_text) -> Backbone."""
+
+    name: str
+    knows: Callable[[str], bool]
+    architecture: Callable[[str], str | None]
+    load: Callable[..., Backbone]
+
+
+BACKBONE_FAMILIES = {
+    "clip": BackboneFamily("clip", _clip_knows, _clip_architecture, _load_clip),
+    "resnet": BackboneFamily("resnet", _resnet_knows, lambda arch: arch, _load_resnet),
+}
+"""Family name -> row; ``random-<arch>`` goes to the first family that knows arch."""
+
+
+def _random_family(arch: str) -> BackboneFamily:
+    for family in BACKBONE_FAMILIES.values():
+        if family.knows(arch):
+            return family
+    from jzad.backbone.config import ARCHITECTURES
+    from jzad.backbone.resnet import RESNET_ARCHITECTURES
+
+    known = ", ".join(RANDOM_PREFIX + a.lower() for a in (*ARCHITECTURES, *RESNET_ARCHITECTURES))
+    raise ValueError(f"unknown architecture {arch!r} in {RANDOM_PREFIX}{arch}; known: {known}")
+
+
+def backbone_family(name: str | Path, weights_dir: str | Path | None = None) -> BackboneFamily:
+    """The family that loads name: "random-<arch>" by its architecture, anything else by its checkpoint."""
+    text = str(name)
+    if text.startswith(RANDOM_PREFIX):
+        return _random_family(text[len(RANDOM_PREFIX):])
+    from jzad.weights import checkpoint_family
+
+    return BACKBONE_FAMILIES[checkpoint_family(name, weights_dir)]
+
+
+def backbone_architecture(name: str | Path) -> str | None:
+    """The architecture a method's preset is chosen by: that of a "random-<arch>" name or of a catalogue
+    entry; None for other names and paths (the method's default run applies)."""
+    text = str(name)
+    if text.startswith(RANDOM_PREFIX):
+        arch = text[len(RANDOM_PREFIX):]
+        return _random_family(arch).architecture(arch)
+    from jzad.weights import load_catalogue
+
+    entry = load_catalogue().get(text.lower())
+    return entry.architecture if entry else None
 
 
 def load_backbone(
@@ -36,24 +132,28 @@ def load_backbone(
     weights_dir: str | Path | None = None,
     with_text: bool = False,
 ) -> Backbone:
-    """A Backbone by name or path at the given run preset (explicit arguments override it); with_text keeps a
-    CLIP text tower for methods that embed prompts."""
-    from jzad.features.clip import load_clip_backbone
-
-    return load_clip_backbone(name, run, image_size, taps, activation, dtype, seed, weights_dir, with_text)
+    """A Backbone by name or path at the given run preset (explicit arguments override it), loaded by its
+    family (``BACKBONE_FAMILIES``); with_text keeps a CLIP text tower for methods that embed prompts."""
+    family = backbone_family(name, weights_dir)
+    return family.load(name, run, image_size, taps, activation, dtype, seed, weights_dir, with_text)
 
 
 __all__ = [
+    "BACKBONE_FAMILIES",
     "Backbone",
+    "BackboneFamily",
     "BackboneRun",
     "FeatureRequest",
     "Features",
     "ImagePrep",
+    "backbone_architecture",
+    "backbone_family",
     "check_image_size",
     "extract",
     "load_backbone",
     "load_clip",
     "load_clip_backbone",
     "load_image_encoder",
+    "load_resnet_backbone",
     "normalize_pixels",
 ]

@@ -17,11 +17,12 @@ from jzad.backbone import (
     CLIP_MEAN,
     CLIP_STD,
     ImageEncoder,
-    clip_tokenizer,
     architecture_name,
+    clip_tokenizer,
     get_architecture,
     init_clip,
     load_tokenizer,
+    tokenize,
     with_image_size,
 )
 from jzad.backbone.clip import _encode_image, check_taps, encode_text
@@ -75,7 +76,15 @@ def clip_backbone(encoder: ImageEncoder, name: str, architecture: str | None, te
         text_params, text_config, tokenizer = text
 
         def encode_prompts(prompts):
-            return encode_text({"text": text_params}, list(prompts), text_config, dtype, tokenizer)
+            # The causal text tower's state at the end-of-text token depends on the tokens up to it only, so the
+            # padding after the longest prompt's end token is cut (rounded up to 8 columns, few compiled shapes).
+            words = tokenizer or clip_tokenizer()
+            if words.vocab_size != text_config.text.vocab_size:
+                raise ValueError(f"tokenizer has {words.vocab_size} tokens but the text tower embeds "
+                                 f"{text_config.text.vocab_size}; the checkpoint needs its own tokenizer")
+            ids, eot = tokenize(words, list(prompts), text_config.text.context_length, truncate=True)
+            length = min(ids.shape[1], -(-(int(eot.max()) + 1) // 8) * 8)
+            return encode_text({"text": text_params}, ids[:, :length], text_config, dtype)
 
     return Backbone("clip", name, architecture, encoder.origin, encoder.image_size, vision.patch_size, taps, dtype,
                     encoder.params, forward, info, encode_prompts, config)

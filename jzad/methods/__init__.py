@@ -3,7 +3,7 @@
 Importing this package registers every method; ``get_method(name)`` returns one, ``method_names()`` lists them.
 """
 
-from jzad.methods import fslc, musc  # noqa: F401  (registration on import)
+from jzad.methods import clip_lad, fslc, musc, patchcore, patchcore_plus  # noqa: F401  (registration on import)
 from jzad.methods import stream_fslc, stream_musc  # noqa: F401  (streaming registration on import)
 from jzad.methods.base import (
     BackboneRun,

@@ -69,11 +69,13 @@ class Option:
 
 @dataclass(frozen=True)
 class RunContext:
-    """What a method's ``configure`` may depend on: the dataset layout, the model input side, the shots."""
+    """What a method's ``configure`` may depend on: the dataset layout, the model input side, the shots and the
+    backbone's tapped blocks (None: the method's own default taps)."""
 
     dataset: str
     image_size: int
     shots: int = 0
+    taps: tuple | None = None
 
 
 class OptionError(ValueError):

@@ -39,22 +39,45 @@ validation scores that do not vary still give a finite distance.
 Text enters as arrays (``CLIPLADPrompts``): unit text embeddings of the coarse and fine classes, each the
 normalised mean of its normalised template embeddings (``ensemble_text``). ``LOCO_PROMPTS`` holds the class
 names and N_c per MVTec LOCO category; ``prompt_texts`` expands them with the templates.
+
+The registered method "clip_lad" (bottom of this file) runs these functions through the method seam:
+``prepare`` embeds the category's prompts with the backbone's text tower, the extractor is the NACLIP pass,
+``fit`` resolves N_c and the fine level for the category and keeps the memories, ``calibrate`` fits Eq. 4 on
+validation/good, and scoring runs ``STAGES`` in fixed-size image chunks split over the device mesh. Its
+image score is the fused s; its patch scores the structural map (logical anomalies are scored per image,
+not localised).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
-from jzad.backbone.config import CLIPConfig
+from jzad.backbone import CLIP_MEAN, CLIP_STD
+from jzad.backbone.config import CLIPConfig, default_taps, get_architecture
 from jzad.backbone.naclip import naclip_encode
+from jzad.features.backbone import normalize_pixels
 from jzad.kernels.distances import check_precision, dot_nt, l2_normalize
 from jzad.kernels.kmeans import assign, kmeans
 from jzad.kernels.nearest import nearest_group_distance
+from jzad.kernels.sharding import AXIS, device_mesh, num_shards_of, pad_rows, replicated
+from jzad.methods.base import (
+    BackboneRun,
+    FeatureRequest,
+    Features,
+    Method,
+    Option,
+    OptionError,
+    RunContext,
+    Scores,
+    register,
+)
 from jzad.methods.musc import tokens_to_grid
 
 FINE_LEVELS = ("patch", "region")
@@ -69,9 +92,12 @@ class CLIPLADConfig:
     quarter of the depth below the NACLIP block). cluster_taps: the taps clustered for region proposals
     (the first two stages). structural_taps: the taps forming the patch memory. upsample: feature-map scale
     factor. num_clusters: N_c. kmeans_iterations, seed: the k-means run (k-means++ from ``seed``, then a
-    fixed number of Lloyd steps). fine_level: "patch" or "region" fine classification. delta: histogram
-    smoothing of Eq. 2. ridge: relative diagonal loading of the fusion covariance. precision: "fp32" or "bf16"
-    GEMMs for the distances. query_tile: query patches per tile of the nearest-neighbour search.
+    fixed number of Lloyd steps). fine_level: "patch" or "region" fine classification. num_clusters and
+    fine_level None: the category's values (``for_category``; the method seam resolves them at fit time).
+    delta: histogram smoothing of Eq. 2. ridge: relative diagonal loading of the fusion covariance.
+    precision: "fp32" or "bf16" GEMMs for the distances. query_tile: query patches per tile of the
+    nearest-neighbour search. image_chunk: images per fixed-shape chunk of the method seam's stages (each
+    device's share of a batch is scored in chunks of this many images).
     """
 
     image_size: int = 448
@@ -80,18 +106,21 @@ class CLIPLADConfig:
     cluster_taps: tuple[int, ...] = (6, 12)
     structural_taps: tuple[int, ...] = (6, 12, 18)
     upsample: int = 2
-    num_clusters: int = 6
+    num_clusters: int | None = 6
     kmeans_iterations: int = 30
     seed: int = 0
-    fine_level: str = "patch"
+    fine_level: str | None = "patch"
     delta: float = 0.01
     ridge: float = 1e-6
     precision: str = "fp32"
     query_tile: int = 2048
+    image_chunk: int = 2
 
     def __post_init__(self):
-        for name in ("image_size", "upsample", "num_clusters", "query_tile"):
+        for name in ("image_size", "upsample", "num_clusters", "query_tile", "image_chunk"):
             value = getattr(self, name)
+            if name == "num_clusters" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         if isinstance(self.kmeans_iterations, bool) or not isinstance(self.kmeans_iterations, int) \
@@ -108,13 +137,27 @@ class CLIPLADConfig:
         object.__setattr__(self, "taps", taps)
         if not float(self.sigma) > 0:
             raise ValueError(f"sigma: expected a positive width, got {self.sigma!r}")
-        if self.fine_level not in FINE_LEVELS:
+        if self.fine_level is not None and self.fine_level not in FINE_LEVELS:
             raise ValueError(f"fine_level: expected one of {FINE_LEVELS}, got {self.fine_level!r}")
         if not float(self.delta) > 0:
             raise ValueError(f"delta: expected a positive value, got {self.delta!r}")
         if not float(self.ridge) >= 0:
             raise ValueError(f"ridge: expected a value >= 0, got {self.ridge!r}")
         check_precision(self.precision)
+
+    def for_category(self, prompts: "CategoryPrompts") -> "CLIPLADConfig":
+        """This config with num_clusters and fine_level taken from a category's row where they are None."""
+        return dataclasses.replace(
+            self,
+            num_clusters=prompts.num_clusters if self.num_clusters is None else self.num_clusters,
+            fine_level=prompts.fine_level if self.fine_level is None else self.fine_level,
+        )
+
+    def check_resolved(self) -> None:
+        """ValueError unless num_clusters and fine_level are set (``for_category``)."""
+        if self.num_clusters is None or self.fine_level is None:
+            raise ValueError("num_clusters and fine_level are None (the category's values): resolve them with "
+                             "config.for_category(category_prompts(category)) first")
 
     def tap_index(self, tap: int) -> int:
         """Position of block ``tap`` in ``taps`` (and in the features' tap tuple)."""
@@ -175,6 +218,20 @@ LOCO_PROMPTS: dict[str, CategoryPrompts] = {
 class names written for this port and N_c read as plausible values; the paper gives the part names by
 example only ("splicing connector", "red/yellow/blue cable") and N_c per category in a figure whose values
 are not in its text. Tune N_c per category as the paper's Fig. 4 does."""
+
+GENERIC_PROMPTS = CategoryPrompts(
+    _BACKGROUND, ("object", "product"),
+    ("red part", "orange part", "yellow part", "green part", "blue part", "white part", "black part"), 6,
+)
+"""The row for a category outside ``LOCO_PROMPTS`` (the built-in demo, a user's own LOCO-like set, the
+synthetic LOCO tree of the tests): parts named by colour, so the part histogram counts colours."""
+
+
+def category_prompts(category: str) -> CategoryPrompts:
+    """The ``LOCO_PROMPTS`` row of a LOCO category or of one of its sub-types ("juice_bottle-banana": the
+    name before the first "-"), else ``GENERIC_PROMPTS``."""
+    base = category.split("-", 1)[0]
+    return LOCO_PROMPTS.get(category, LOCO_PROMPTS.get(base, GENERIC_PROMPTS))
 
 
 def prompt_texts(names: Sequence[str], templates: Sequence[str] = PROMPT_TEMPLATES) -> list[list[str]]:
@@ -255,8 +312,8 @@ def upsample_grid(grid: jax.Array, factor: int) -> jax.Array:
     return jax.image.resize(grid.astype(jnp.float32), (b, factor * h, factor * w, c), "bilinear")
 
 
-def _patches(tokens: jax.Array, factor: int) -> jax.Array:
-    grid = upsample_grid(tokens_to_grid(tokens), factor)
+def _patches(grid: jax.Array, factor: int) -> jax.Array:
+    grid = upsample_grid(grid, factor)
     b, h, w, c = grid.shape
     return grid.reshape(b, h * w, c)
 
@@ -270,16 +327,22 @@ def _check_features(features: CLIPLADFeatures, config: CLIPLADConfig) -> None:
 
 
 @partial(jax.jit, static_argnames=("config",))
+def prepare_grids(taps: tuple[jax.Array, ...], dense: jax.Array, config: CLIPLADConfig) -> PreparedFeatures:
+    """Upsample and normalise patch grids (module docstring): taps, one (B, g, g, W) grid per ``config.taps``
+    entry, and the dense (B, g, g, D) grid (class tokens dropped) -> PreparedFeatures."""
+    if len(taps) != len(config.taps):
+        raise ValueError(f"features carry {len(taps)} taps but config.taps is {config.taps}")
+    shallow = [l2_normalize(_patches(taps[config.tap_index(t)], config.upsample)) for t in config.cluster_taps]
+    cluster = l2_normalize(jnp.concatenate(shallow, axis=-1))
+    levels = tuple(l2_normalize(_patches(taps[config.tap_index(t)], config.upsample)) for t in config.structural_taps)
+    return PreparedFeatures(cluster, l2_normalize(_patches(dense, config.upsample)), levels)
+
+
+@partial(jax.jit, static_argnames=("config",))
 def prepare_features(features: CLIPLADFeatures, config: CLIPLADConfig) -> PreparedFeatures:
     """Drop the class tokens, upsample, normalise (module docstring): CLIPLADFeatures -> PreparedFeatures."""
     _check_features(features, config)
-    shallow = [l2_normalize(_patches(features.taps[config.tap_index(t)], config.upsample)) for t in config.cluster_taps]
-    cluster = l2_normalize(jnp.concatenate(shallow, axis=-1))
-    dense = l2_normalize(_patches(features.dense, config.upsample))
-    levels = tuple(
-        l2_normalize(_patches(features.taps[config.tap_index(t)], config.upsample)) for t in config.structural_taps
-    )
-    return PreparedFeatures(cluster, dense, levels)
+    return prepare_grids(tuple(tokens_to_grid(t) for t in features.taps), tokens_to_grid(features.dense), config)
 
 
 # ---------------------------------------------------------------------------------------- coarse to fine
@@ -288,6 +351,7 @@ def prepare_features(features: CLIPLADFeatures, config: CLIPLADConfig) -> Prepar
 @partial(jax.jit, static_argnames=("config",))
 def fit_centres(cluster: jax.Array, config: CLIPLADConfig) -> jax.Array:
     """k-means centres (N_c, C) of the k normal images' shallow features (k, P, C)."""
+    config.check_resolved()
     points = cluster.reshape(-1, cluster.shape[-1])
     result = kmeans(points, config.num_clusters, jax.random.key(config.seed), config.kmeans_iterations,
                     precision=config.precision)
@@ -369,6 +433,7 @@ def segment(
     prepared: PreparedFeatures, centres: jax.Array, prompts: CLIPLADPrompts, config: CLIPLADConfig
 ) -> Segmentation:
     """The coarse-to-fine segmentation of B images with fixed centres (the normal images' k-means)."""
+    config.check_resolved()
     regions = assign_regions(prepared.cluster, centres, config.precision)
     emb, counts = region_embeddings(prepared.dense, regions, config.num_clusters)
     fg = foreground(emb, counts, regions, prompts)
@@ -465,6 +530,7 @@ class CLIPLADScores(NamedTuple):
 @partial(jax.jit, static_argnames=("config",))
 def clip_lad_fit(normal: CLIPLADFeatures, prompts: CLIPLADPrompts, config: CLIPLADConfig) -> CLIPLADState:
     """Fit on the k normal images' features: centres, histogram memory, patch memory."""
+    config.check_resolved()
     prepared = prepare_features(normal, config)
     centres = fit_centres(prepared.cluster, config)
     seg = segment(prepared, centres, prompts, config)
@@ -497,3 +563,322 @@ def clip_lad_score(state: CLIPLADState, features: CLIPLADFeatures, config: CLIPL
     return CLIPLADScores(
         logical, structural, fused, maps.reshape(b, side, side), seg.labels.reshape(b, side, side), seg.histograms
     )
+
+
+# ------------------------------------------------------------------------------------------ method seam
+# The registered method ("clip_lad"): the backbone pass is NACLIP (``clip_lad_extractor``), the prompts are
+# embedded once per category (``clip_lad_prepare``), fit keeps the memories of the k references, calibrate
+# fits Eq. 4 on validation/good, and scoring runs the stages below on fixed-size chunks of images split over
+# the device mesh by image, so every array has the same shape on any shard count and sharded scores equal
+# unsharded ones bit for bit.
+
+DENSE = "dense"
+"""The ``Features.extras`` key of the NACLIP dense grid (B, g, g, D)."""
+
+STAGES = ("features", "assign", "match", "histogram", "memory", "fusion")
+"""Stages of the seam, in order: upsample + normalise the grids; nearest k-means centre per patch (clustering
+assignment); region embeddings against coarse prompts, patches against fine prompts (prompt matching); part
+histogram and s_log; patch-memory distances and s_str; Mahalanobis fusion."""
+
+
+@partial(jax.jit, static_argnames=("clip_config", "taps", "sigma", "dtype"))
+def _naclip_features(params, images, *, clip_config, taps, sigma, dtype) -> Features:
+    pixels = normalize_pixels(images, CLIP_MEAN, CLIP_STD)
+    streams, dense = naclip_encode(params, pixels, clip_config, taps, sigma, dtype)
+    return Features(tuple(tokens_to_grid(t) for t in streams), None, {DENSE: tokens_to_grid(dense)})
+
+
+def clip_lad_extractor(config: CLIPLADConfig, backbone):
+    """uint8 (B, S, S, 3) images -> Features: the residual-stream grids of ``config.taps`` as layers and the
+    NACLIP dense grid in extras[DENSE], from one pass of the backbone's CLIP vision tower."""
+    if backbone.family != "clip" or not isinstance(backbone.config, CLIPConfig):
+        raise ValueError(f"clip_lad runs NACLIP on a CLIP vision tower; {backbone.name} is a {backbone.family} "
+                         "backbone")
+    layers = backbone.config.vision.layers
+    if any(t >= layers for t in config.taps):
+        raise ValueError(
+            f"--taps {','.join(map(str, config.taps))}: NACLIP replaces the last block ({layers}) of {backbone.name}; "
+            f"tap blocks 1..{layers - 1}, e.g. {','.join(map(str, default_taps(layers)[:-1]))}"
+        )
+    if backbone.image_size != config.image_size:
+        raise ValueError(f"the backbone runs at {backbone.image_size} px, the clip_lad config at {config.image_size}")
+    clip_config, dtype = backbone.config, backbone.dtype
+
+    def extract(images) -> Features:
+        return _naclip_features(backbone.params, jnp.asarray(images), clip_config=clip_config, taps=config.taps,
+                                sigma=float(config.sigma), dtype=dtype)
+
+    return extract
+
+
+class CategoryText(NamedTuple):
+    """What ``prepare`` computes once per category: the prompt embeddings and the category's table row."""
+
+    prompts: CLIPLADPrompts
+    row: CategoryPrompts
+
+
+def encode_category(encode, row: CategoryPrompts, templates: Sequence[str] = PROMPT_TEMPLATES) -> CLIPLADPrompts:
+    """CLIPLADPrompts of a table row: encode(list of str) -> (P, D) text embeddings of every (class, template)
+    prompt, ensembled per class (``ensemble_text``)."""
+    names = [*row.background, *row.objects, *row.parts]
+    texts = [t for per_class in prompt_texts(names, templates) for t in per_class]
+    classes = ensemble_text(jnp.asarray(encode(texts)).reshape(len(names), len(templates), -1))
+    b, o = len(row.background), len(row.objects)
+    return make_prompts(classes[:b], classes[b:b + o], classes[b + o:])
+
+
+def clip_lad_prepare(config: CLIPLADConfig, backbone, category: str) -> CategoryText:
+    """The category's prompt embeddings (``category_prompts`` row, ``PROMPT_TEMPLATES``) from the backbone's
+    text tower."""
+    del config
+    if backbone.encode_prompts is None:
+        raise ValueError(f"clip_lad embeds text prompts: {backbone.name} was loaded without its text tower")
+    row = category_prompts(category)
+    return CategoryText(encode_category(backbone.encode_prompts, row), row)
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["fitted"], meta_fields=["config"])
+@dataclass(frozen=True)
+class CLIPLADMethodState:
+    """The seam's state: the fitted CLIPLADState and, static, the config resolved for its category."""
+
+    fitted: CLIPLADState
+    config: CLIPLADConfig
+
+
+def _by_image(fn, mesh: Mesh, chunk: int, rows, *shared):
+    """fn(rows chunk, *shared) -> pytree of (chunk, ...) arrays, over fixed chunks of ``chunk`` images: rows (a
+    pytree of (n, ...) arrays) split over the mesh by image, each device's share padded to whole chunks and
+    mapped chunk by chunk; ``shared`` operands replicated. Returns the outputs of the n real images."""
+    n = jax.tree.leaves(rows)[0].shape[0]
+    shards = num_shards_of(mesh)
+    share = -(-n // shards)  # images per device
+    per_device = -(-share // chunk) * chunk  # in whole chunks
+    padded = jax.tree.map(lambda a: pad_rows(a, per_device * shards), rows)
+
+    def per_device_fn(block, *operands):
+        chunks = jax.tree.map(lambda a: a.reshape((per_device // chunk, chunk) + a.shape[1:]), block)
+        out = jax.lax.map(lambda c: fn(c, *operands), chunks)
+        return jax.tree.map(lambda a: a.reshape((per_device,) + a.shape[2:]), out)
+
+    mapped = jax.shard_map(per_device_fn, mesh=mesh, in_specs=(PartitionSpec(AXIS),) + (PartitionSpec(),) * len(shared),
+                           out_specs=PartitionSpec(AXIS), check_vma=False)
+    return jax.tree.map(lambda a: a[:n], mapped(padded, *shared))
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def features_stage(layers: tuple, dense: jax.Array, config: CLIPLADConfig, mesh: Mesh) -> PreparedFeatures:
+    """``prepare_grids`` per chunk of images: layers per tap (B, g, g, W), dense (B, g, g, D)."""
+    return _by_image(lambda rows: prepare_grids(rows[0], rows[1], config), mesh, config.image_chunk, (layers, dense))
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def assign_stage(cluster: jax.Array, centres: jax.Array, config: CLIPLADConfig, mesh: Mesh) -> jax.Array:
+    """Clustering assignment: the region (nearest centre) of every patch, (B, P, C), (N_c, C) -> (B, P)."""
+    return _by_image(lambda c, cen: assign_regions(c, cen, config.precision), mesh, config.image_chunk, cluster,
+                     centres)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def match_stage(dense: jax.Array, regions: jax.Array, prompts: CLIPLADPrompts, config: CLIPLADConfig,
+                mesh: Mesh) -> jax.Array:
+    """Prompt matching: region embeddings vs coarse prompts (foreground), patches (or regions) vs fine prompts
+    -> part labels (B, P) int32, -1 on the background."""
+    config.check_resolved()
+
+    def fn(rows, text):
+        dense_rows, region_rows = rows
+        emb, counts = region_embeddings(dense_rows, region_rows, config.num_clusters)
+        fg = foreground(emb, counts, region_rows, text)
+        return part_labels(dense_rows, fg, text, region_rows, emb, config.fine_level)
+
+    return _by_image(fn, mesh, config.image_chunk, (dense, regions), prompts)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh", "num_classes"))
+def histogram_stage(labels: jax.Array, memory: jax.Array | None, config: CLIPLADConfig, mesh: Mesh,
+                    num_classes: int) -> tuple[jax.Array, jax.Array | None]:
+    """Part histograms (B, Tf) of the labels (B, P) and, given the memory histograms (k, Tf), s_log (B,)."""
+
+    def fn(rows, *bank):
+        hist = class_histograms(rows, num_classes)
+        return (hist, logical_scores(hist, bank[0], config.delta)) if bank else (hist, None)
+
+    return _by_image(fn, mesh, config.image_chunk, labels, *(() if memory is None else (memory,)))
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def memory_stage(levels: tuple, memory: tuple, config: CLIPLADConfig, mesh: Mesh) -> tuple[jax.Array, jax.Array]:
+    """Patch memory: the structural map (B, P) and s_str (B,) of the query levels against the k references'."""
+
+    def fn(rows, bank):
+        maps = structural_maps(rows, bank, config.precision, config.query_tile)
+        return maps, structural_scores(maps)
+
+    return _by_image(fn, mesh, config.image_chunk, levels, memory)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def fusion_stage(logical: jax.Array, structural: jax.Array, fusion: Fusion, config: CLIPLADConfig,
+                 mesh: Mesh) -> jax.Array:
+    """Eq. 4 per image: (B,), (B,) -> (B,) Mahalanobis distances."""
+    return _by_image(lambda rows, f: fused_scores(jnp.stack(rows, axis=1), f), mesh, config.image_chunk,
+                     (logical, structural), fusion)
+
+
+def _direct(stage, fn, *args, **kwargs):
+    del stage
+    return fn(*args, **kwargs)
+
+
+def _on_mesh(mesh: Mesh, tree):
+    return jax.device_put(tree, replicated(mesh))
+
+
+def _stages(config: CLIPLADConfig, fitted: CLIPLADState, queries: Features, mesh: Mesh, run) -> tuple:
+    """Run the stages up to fusion on queries -> (maps (B, P), s_log (B,), s_str (B,)); run(stage, fn, ...)
+    calls each stage (timed by a StageClock in ``staged``)."""
+    if DENSE not in queries.extras:
+        raise ValueError("clip_lad features need the NACLIP dense grid (use the method's extractor)")
+    layers, dense, fitted = _on_mesh(mesh, (tuple(queries.layers), queries.extras[DENSE], fitted))
+    prepared = run("features", features_stage, layers, dense, config, mesh)
+    regions = run("assign", assign_stage, prepared.cluster, fitted.centres, config, mesh)
+    labels = run("match", match_stage, prepared.dense, regions, fitted.prompts, config, mesh)
+    _, logical = run("histogram", histogram_stage, labels, fitted.histograms, config, mesh,
+                     fitted.prompts.fine.shape[0])
+    maps, structural = run("memory", memory_stage, prepared.levels, fitted.patch_memory, config, mesh)
+    return maps, logical, structural
+
+
+def _scores(config, state: CLIPLADMethodState, queries: Features, mesh, run) -> Scores:
+    del config
+    cfg, fitted = state.config, state.fitted
+    if fitted.fusion is None:
+        raise ValueError("clip_lad: the state has no fusion; calibrate it on validation images first")
+    mesh = device_mesh(1) if mesh is None else mesh
+    maps, logical, structural = _stages(cfg, fitted, queries, mesh, run)
+    fused = run("fusion", fusion_stage, logical, structural, _on_mesh(mesh, fitted.fusion), cfg, mesh)
+    side = queries.layers[0].shape[1] * cfg.upsample
+    return Scores(maps.reshape(-1, side, side), fused)
+
+
+def clip_lad_method_fit(config: CLIPLADConfig, references: Features | None = None, mesh: Mesh | None = None,
+                        prepared: CategoryText | None = None) -> CLIPLADMethodState:
+    """The category's config (``for_category``), k-means centres of the k references (on one device, so the
+    centres do not depend on the mesh), their part histograms and patch memory; fusion comes with calibrate."""
+    if references is None:
+        raise ValueError("clip_lad needs k normal reference images (--shots K >= 1)")
+    if prepared is None:
+        raise ValueError("clip_lad fits with its category's prompt embeddings (the method's prepare step)")
+    cfg = config.for_category(prepared.row)
+    mesh = device_mesh(1) if mesh is None else mesh
+    layers, dense = _on_mesh(mesh, (tuple(references.layers), references.extras[DENSE]))
+    features = features_stage(layers, dense, cfg, mesh)
+    centres = fit_centres(jax.device_put(features.cluster, jax.devices()[0]), cfg)
+    prompts = _on_mesh(mesh, prepared.prompts)
+    regions = assign_stage(features.cluster, _on_mesh(mesh, centres), cfg, mesh)
+    labels = match_stage(features.dense, regions, prompts, cfg, mesh)
+    histograms, _ = histogram_stage(labels, None, cfg, mesh, prompts.fine.shape[0])
+    return CLIPLADMethodState(CLIPLADState(centres, histograms, features.levels, prepared.prompts), cfg)
+
+
+def clip_lad_calibrate(config: CLIPLADConfig, state: CLIPLADMethodState, features: Features,
+                       mesh: Mesh | None = None) -> CLIPLADMethodState:
+    """Eq. 4's mu and Sigma from the (s_log, s_str) of validation normal images (V >= 2)."""
+    del config
+    mesh = device_mesh(1) if mesh is None else mesh
+    _, logical, structural = _stages(state.config, state.fitted, features, mesh, _direct)
+    scores = jax.device_put(jnp.stack([logical, structural], axis=1), jax.devices()[0])
+    fusion = fit_fusion(scores, state.config.ridge)
+    return CLIPLADMethodState(state.fitted._replace(fusion=fusion), state.config)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def clip_lad_method_score(config: CLIPLADConfig, state: CLIPLADMethodState, queries: Features,
+                          mesh: Mesh | None = None):
+    """Every stage as one program -> (Scores: structural maps (B, 2g, 2g), fused image scores (B,), state)."""
+    return _scores(config, state, queries, mesh, _direct), state
+
+
+def clip_lad_method_staged(config: CLIPLADConfig, state: CLIPLADMethodState, queries: Features, mesh: Mesh | None,
+                           clock):
+    """``clip_lad_method_score`` stage by stage, each timed on ``clock`` (``STAGES``)."""
+    return _scores(config, state, queries, mesh, clock.run), state
+
+
+@partial(jax.jit, static_argnames=("config", "size"))
+def clip_lad_maps(config: CLIPLADConfig, patch_scores: jax.Array, size) -> jax.Array:
+    """Structural maps (N, h, w) -> (N, H, W) at image resolution: bilinear, half-pixel centres."""
+    del config
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return jax.image.resize(patch_scores.astype(jnp.float32), (patch_scores.shape[0], h, w), "bilinear")
+
+
+BACKBONE_PRESETS = {"ViT-L-14": BackboneRun(image_size=448, activation="gelu", taps=(6, 12, 18))}
+"""The paper's backbone: OpenCLIP ViT-L/14 (DataComp-1B, GELU) at 448 px (32 x 32 patches), tapped at the first
+three quarters of its depth (the fourth block is NACLIP's)."""
+
+
+def backbone_run(architecture: str | None) -> BackboneRun:
+    """CLIP-LAD's run settings for a backbone architecture: the preset above, else the native size and the
+    quarter-depth taps below the last block (which NACLIP replaces)."""
+    if architecture in BACKBONE_PRESETS:
+        return BACKBONE_PRESETS[architecture]
+    if architecture is None:
+        return BackboneRun()
+    return BackboneRun(taps=default_taps(get_architecture(architecture))[:-1])
+
+
+OPTIONS = (
+    Option("--clusters", "num_clusters", "N_c, k-means regions (default: the category's value in LOCO_PROMPTS)",
+           int),
+    Option("--fine-level", "fine_level", "fine prompts per patch or per region (default: the category's)", str,
+           choices=FINE_LEVELS),
+    Option("--sigma", "sigma", "NACLIP neighbourhood width in patches", float),
+    Option("--delta", "delta", "histogram smoothing of the logical score (Eq. 2)", float),
+    Option("--kmeans-iterations", "kmeans_iterations", "Lloyd steps after k-means++", int),
+)
+
+
+def clip_lad_configure(values: dict, context: RunContext) -> CLIPLADConfig:
+    """CLIPLADConfig for a run: the backbone's taps (the first two clustered, all in the patch memory), its
+    input side, option values; N_c and the fine level default to each category's (None until fit)."""
+    fields = {o.field: values[o.dest] for o in OPTIONS if values.get(o.dest) is not None}
+    if values.get("precision") is not None:
+        fields["precision"] = values["precision"]
+    fields.setdefault("num_clusters", None)
+    fields.setdefault("fine_level", None)
+    if context.taps is not None:
+        taps = tuple(int(t) for t in context.taps)
+        fields.update(taps=taps, cluster_taps=taps[:2], structural_taps=taps)
+    try:
+        return CLIPLADConfig(image_size=context.image_size, **fields)
+    except ValueError as err:
+        raise OptionError(f"clip_lad options: {err}") from err
+
+
+METHOD = register(Method(
+    name="clip_lad",
+    summary="CLIP-LAD: few-shot logical + structural anomalies (NACLIP, k-means regions, prompts, histograms)",
+    config_type=CLIPLADConfig,
+    pools=False,
+    few_shot="required",
+    options=OPTIONS,
+    request=lambda config: FeatureRequest(),
+    fit=clip_lad_method_fit,
+    score=clip_lad_method_score,
+    staged=clip_lad_method_staged,
+    configure=clip_lad_configure,
+    maps=clip_lad_maps,
+    backbone_run=backbone_run,
+    default_backbone="vit-l-14-datacomp",
+    demo_backbone="random-vit-b-16",
+    tiny_backbone="random-tiny-text",
+    stages=STAGES,
+    prepare=clip_lad_prepare,
+    extractor=clip_lad_extractor,
+    calibrate=clip_lad_calibrate,
+    calibration="validation",
+    needs_text=True,
+))

@@ -24,6 +24,14 @@ Stages (amazon-science/patchcore-inspection, WideResNet-50-2 taps layer2 / layer
 - ``patchcore_maps``: bilinear upsample to the crop size (align_corners False), then scipy's Gaussian
   (sigma 4, 33 taps, 'reflect'), axis 0 then axis 1 with a float32 intermediate.
 
+Method seam (registered as "patchcore"; ``jzad.methods.base``): ``patchcore_fit`` builds the memory bank of
+the reference images' features (``PatchCoreState``), ``patchcore_score`` is the fused program and
+``patchcore_staged`` the same arithmetic in timed stages ("embed", "nearest"); maps as above. The run preset
+is the original's: a ResNet family backbone (WideResNet-50-2 by default) at 224 x 224 crops of 256 (PIL
+bilinear, ``patchcore_prep``), taps layer2 and layer3. ``--coreset-ratio`` defaults to 0.05 for runs with at
+most 16 reference images (PatchCore+'s few-shot setting) and 0.1 (the paper's full-shot setting) above;
+``--reweight-b`` turns on the b-nearest reweighting.
+
 Sharding (``mesh``: 1-D "data" axis, None = one device): scoring splits query images over devices and runs
 each device's share in fixed-size chunks of images (one image per distance GEMM tile), so every array has
 the same shape on any shard count and sharded results equal unsharded ones bit for bit. The coreset splits
@@ -48,6 +56,18 @@ from jzad.kernels.nearest import nearest_group_distance
 from jzad.kernels.pool import adaptive_avg_pool1d
 from jzad.kernels.resize import bilinear_matrix, resize_bilinear
 from jzad.kernels.sharding import device_mesh, map_row_shards, pad_rows, replicated
+from jzad.methods.base import (
+    BackboneRun,
+    FeatureRequest,
+    Features,
+    ImagePrep,
+    Method,
+    Option,
+    OptionError,
+    RunContext,
+    Scores,
+    register,
+)
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -71,7 +91,7 @@ class PatchCoreConfig:
     224). sigma: Gaussian smoothing of the maps. precision: "fp32" or "bf16" distance GEMMs. bank_tile:
     bank rows per GEMM tile in scoring (peak memory ~ patches per image x bank_tile floats per device).
     image_chunk: query images scored together in ``score_patchcore`` (a device's share is padded to a
-    multiple of it).
+    multiple of it). seed: the coreset's random draws (projection, start points) in ``patchcore_fit``.
     """
 
     dim: int = 1024
@@ -84,6 +104,7 @@ class PatchCoreConfig:
     precision: str = "fp32"
     bank_tile: int = 4096
     image_chunk: int = 4
+    seed: int = 0
 
     def __post_init__(self):
         for name in ("dim", "num_starts", "map_size", "bank_tile", "image_chunk"):
@@ -216,11 +237,11 @@ def coreset_select(
     if projection is not None:
         points = jnp.matmul(points, projection, precision=HIGHEST)
     mesh = device_mesh(1) if mesh is None else mesh
-    points, start_points = _on_mesh(mesh, points, start_points)
+    points, start_points = on_mesh(mesh, points, start_points)
     return sharded_kcenter_greedy(points, k, mesh, start_points=start_points)
 
 
-def _on_mesh(mesh: Mesh, *arrays):
+def on_mesh(mesh: Mesh, *arrays):
     """Replicate operands onto mesh's devices (arrays committed to another device would clash)."""
     return tuple(jax.device_put(jnp.asarray(a), replicated(mesh)) for a in arrays)
 
@@ -320,7 +341,7 @@ def nearest_scores(
     if isinstance(bank_tile, bool) or not isinstance(bank_tile, int) or bank_tile < 1:
         raise ValueError(f"bank_tile must be a positive int, got {bank_tile!r}")
     mesh = device_mesh(1) if mesh is None else mesh
-    features, bank = _on_mesh(mesh, features, bank)
+    features, bank = on_mesh(mesh, features, bank)
     return _nearest(features, bank, mesh=mesh, precision=precision, bank_tile=bank_tile)
 
 
@@ -380,7 +401,7 @@ def patchcore_maps(patch: jax.Array, size=224, sigma: float = 4.0) -> jax.Array:
 
 
 class PatchCoreScores(NamedTuple):
-    """score_patchcore's result: image (N,), patch (N, h, w) squared distances, maps (N, S, S)."""
+    """score_patchcore's result: image (N,), patch (N, h, w) squared distances, maps (N, S, S) or None."""
 
     image: jax.Array
     patch: jax.Array
@@ -399,8 +420,8 @@ def fit_patchcore(
     )
 
 
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def _score(layer2, layer3, bank, *, config, mesh):
+@partial(jax.jit, static_argnames=("config", "mesh", "with_maps"))
+def _score(layer2, layer3, bank, *, config, mesh, with_maps=True):
     n, h, w, c2 = layer2.shape
     _, h3, w3, c3 = layer3.shape
     patches, size, chunk, split = h * w, config.map_size, config.image_chunk, h * w * c2
@@ -419,6 +440,8 @@ def _score(layer2, layer3, bank, *, config, mesh):
             )
             patch = _nearest_block(features - origin, groups, config.precision)
             image = image_scores(patch, features, bank, config.num_neighbors)
+            if not with_maps:
+                return jnp.concatenate([image[:, None], patch], axis=1)
             maps = patchcore_maps(patch.reshape(chunk, h, w), size, config.sigma)
             return jnp.concatenate([image[:, None], patch, maps.reshape(chunk, size * size)], axis=1)
 
@@ -428,9 +451,8 @@ def _score(layer2, layer3, bank, *, config, mesh):
         return jax.lax.map(one_chunk, chunks).reshape(total, -1)[:count]
 
     out = map_row_shards(block, mesh, rows, bank.astype(jnp.float32))
-    return PatchCoreScores(
-        out[:, 0], out[:, 1 : 1 + patches].reshape(n, h, w), out[:, 1 + patches :].reshape(n, size, size)
-    )
+    maps = out[:, 1 + patches :].reshape(n, size, size) if with_maps else None
+    return PatchCoreScores(out[:, 0], out[:, 1 : 1 + patches].reshape(n, h, w), maps)
 
 
 def score_patchcore(
@@ -439,12 +461,13 @@ def score_patchcore(
     bank: jax.Array,
     config: PatchCoreConfig = PatchCoreConfig(),
     mesh: Mesh | None = None,
+    with_maps: bool = True,
 ) -> PatchCoreScores:
     """Query taps (N, h, w, C2), (N, h3, w3, C3) and a bank (K, dim) -> PatchCoreScores, in one jitted program.
 
-    Per chunk of ``config.image_chunk`` images: embed -> nearest squared distances -> image scores -> maps;
-    chunks are split over mesh by image and every chunk has the same shapes on any shard count, so sharded
-    and unsharded results are equal bit for bit.
+    Per chunk of ``config.image_chunk`` images: embed -> nearest squared distances -> image scores -> maps
+    (maps None when with_maps is False); chunks are split over mesh by image and every chunk has the same
+    shapes on any shard count, so sharded and unsharded results are equal bit for bit.
     """
     features_dim = config.dim
     if getattr(bank, "ndim", 0) != 2 or bank.shape[1] != features_dim:
@@ -455,5 +478,131 @@ def score_patchcore(
     if layer2.shape[0] != layer3.shape[0]:
         raise ValueError(f"layer2 and layer3 must hold the same images, got N={layer2.shape[0]} and {layer3.shape[0]}")
     mesh = device_mesh(1) if mesh is None else mesh
-    layer2, layer3, bank = _on_mesh(mesh, layer2, layer3, bank)
-    return _score(layer2, layer3, bank, config=config, mesh=mesh)
+    layer2, layer3, bank = on_mesh(mesh, layer2, layer3, bank)
+    return _score(layer2, layer3, bank, config=config, mesh=mesh, with_maps=with_maps)
+
+
+# ------------------------------------------------------------------------------------------ method seam
+
+
+class PatchCoreState(NamedTuple):
+    """What ``fit`` learns from the reference images: the memory bank (K, dim)."""
+
+    bank: jax.Array
+
+
+FEW_SHOT_MAX = 16
+"""Runs with at most this many reference images use the few-shot coreset ratio (0.05, PatchCore+'s setting);
+more use the paper's full-shot 0.1."""
+
+RUN = BackboneRun(image_size=224, taps=("layer2", "layer3"))
+"""The original code's run: 224 x 224 crops, taps layer2 and layer3 (any ResNet of the family)."""
+
+RESIZE_RATIO = 256 / 224
+"""Resize(256) before CenterCrop(224): other crop sizes keep the ratio."""
+
+
+def backbone_run(architecture: str | None) -> BackboneRun:
+    """PatchCore's run settings (the same for every ResNet architecture)."""
+    del architecture
+    return RUN
+
+
+def patchcore_prep(config, image_size: int) -> ImagePrep:
+    """torchvision Resize(round(S * 256 / 224)) of the shorter side (PIL bilinear) + CenterCrop(S)."""
+    del config
+    return ImagePrep("resize_crop", resize_to=int(round(image_size * RESIZE_RATIO)))
+
+
+def tapped_layers(features: Features) -> tuple[jax.Array, jax.Array]:
+    """The two taps PatchCore embeds (layer2, layer3) from a backbone's Features; a clear error otherwise."""
+    if len(features.layers) < 2:
+        raise ValueError(f"PatchCore needs two tapped layers (layer2, layer3), got {len(features.layers)}")
+    return features.layers[0], features.layers[1]
+
+
+def patchcore_fit(config: PatchCoreConfig, references: Features | None, mesh: Mesh | None = None,
+                  prepared=None) -> PatchCoreState:
+    """Memory bank of the reference images' patch features (embed + greedy coreset, seed ``config.seed``)."""
+    del prepared
+    if references is None:
+        raise ValueError("PatchCore needs normal reference images (--shots K >= 1)")
+    layer2, layer3 = tapped_layers(references)
+    return PatchCoreState(fit_patchcore(layer2, layer3, config, config.seed, mesh))
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def patchcore_score(config: PatchCoreConfig, state: PatchCoreState, queries: Features, mesh: Mesh | None = None):
+    """PatchCore over a batch of queries as one program -> (Scores, state): patch scores (N, h, w) squared
+    distances to the bank, image scores (N,) their max (or the b-nearest reweighting)."""
+    layer2, layer3 = tapped_layers(queries)
+    out = score_patchcore(layer2, layer3, state.bank, config, mesh, with_maps=False)
+    return Scores(out.patch, out.image), state
+
+
+def patchcore_staged(config: PatchCoreConfig, state: PatchCoreState, queries: Features, mesh: Mesh | None, clock):
+    """``patchcore_score`` stage by stage on ``clock``: "embed" (patch features), "nearest" (distances to the
+    bank and image scores)."""
+    layer2, layer3 = tapped_layers(queries)
+    n, h, w, _ = layer2.shape
+    features = clock.run("embed", patchcore_embed, layer2, layer3, config.dim)
+    image, patch = clock.run("nearest", _nearest_and_image, features, state.bank, config, mesh)
+    return Scores(patch.reshape(n, h, w), image), state
+
+
+def _nearest_and_image(features, bank, config: PatchCoreConfig, mesh):
+    patch = nearest_scores(features, bank, mesh, config.precision, config.bank_tile)
+    return image_scores(patch, features, bank, config.num_neighbors), patch
+
+
+def patchcore_method_maps(config: PatchCoreConfig, patch_scores: jax.Array, size) -> jax.Array:
+    """Anomaly maps at the crop size: bilinear (align_corners False), then Gaussian sigma (33 taps, reflect)."""
+    return patchcore_maps(patch_scores, size, config.sigma)
+
+
+OPTIONS = (
+    Option("--coreset-ratio", "coreset_ratio", f"share of the reference patches kept in the memory bank (default "
+           f"0.05 with <= {FEW_SHOT_MAX} shots, else 0.1; 1 keeps every patch)", float),
+    Option("--reweight-b", "num_neighbors", "b of the paper's image-score reweighting (anomalib's; 9 in the "
+           "paper); default: the plain max of the original code", int),
+)
+
+
+def default_ratio(shots: int) -> float:
+    """The coreset ratio for a run with ``shots`` reference images (see FEW_SHOT_MAX)."""
+    preset = "few-shot" if shots <= FEW_SHOT_MAX else "full-shot"
+    return PATCHCORE_PRESETS[preset].coreset_ratio
+
+
+def patchcore_configure(values: dict, context: RunContext) -> PatchCoreConfig:
+    """PatchCoreConfig from option values (dest -> value; missing = default) for a run."""
+    fields = {"coreset_ratio": default_ratio(context.shots), "map_size": context.image_size}
+    fields.update({o.field: values[o.dest] for o in OPTIONS if values.get(o.dest) is not None})
+    if values.get("precision") is not None:
+        fields["precision"] = values["precision"]
+    try:
+        return PatchCoreConfig(**fields)
+    except ValueError as err:
+        raise OptionError(f"patchcore options: {err}") from err
+
+
+METHOD = register(Method(
+    name="patchcore",
+    summary="PatchCore: nearest distance to a coreset memory bank of the normal reference patches",
+    config_type=PatchCoreConfig,
+    pools=False,
+    few_shot="required",
+    options=OPTIONS,
+    request=lambda config: FeatureRequest(),
+    fit=patchcore_fit,
+    score=patchcore_score,
+    staged=patchcore_staged,
+    configure=patchcore_configure,
+    maps=patchcore_method_maps,
+    backbone_run=backbone_run,
+    default_backbone="wide-resnet50-2",
+    demo_backbone="random-wide-resnet50-2",
+    tiny_backbone="random-tiny-resnet",
+    prep=patchcore_prep,
+    stages=("embed", "nearest", "upsample"),
+))

@@ -1,7 +1,10 @@
-"""Weights: the catalogue, porting PyTorch CLIP checkpoints to orbax folders, and finding them again.
+"""Weights: the catalogue, porting PyTorch checkpoints (CLIP, torchvision/timm ResNets) to orbax folders, and
+finding them again.
 
 - ``port(src, name, ...)``: a local file/folder (or a Hugging Face id when the hub is reachable) ->
   weights/<name>/ with params, manifest.json and tokenizer files. Also ``python -m jzad.weights port``.
+  The checkpoint family (``jzad.weights.families``) comes from the catalogue entry of ``name``, else from
+  the source's tensor names, and is recorded in the manifest.
 - ``open_checkpoint(name_or_path)``: what ``jzad.features`` (and so the run command) uses: a ported
   folder, a ported name under the weights folder, a catalogue name (ported on first use from the hub
   when reachable), a raw checkpoint file/folder (ported in memory) or a Hugging Face id.
@@ -12,9 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from jzad.backbone.clip import check_taps
-from jzad.backbone.config import CLIPConfig
-from jzad.backbone.port import LoadedCheckpoint, load_checkpoint
+from jzad.backbone.port import LoadedCheckpoint
 from jzad.weights.catalogue import (
     WEIGHTS_ENV,
     CatalogueEntry,
@@ -23,12 +24,14 @@ from jzad.weights.catalogue import (
     repo_weights_dir,
     weights_dir,
 )
+from jzad.weights.families import FAMILIES, WeightsFamily, detect_family, family_of, get_family, read_checkpoint
 from jzad.weights.hub import HubUnavailableError, download_hf, hub_offline, looks_like_hf_id
 from jzad.weights.store import (
     MANIFEST,
     PortedCheckpoint,
     list_ported,
     load_ported,
+    manifest_family,
     read_manifest,
     save_ported,
     sha256_file,
@@ -37,22 +40,29 @@ from jzad.weights.store import (
 __all__ = [
     "WEIGHTS_ENV",
     "CatalogueEntry",
+    "FAMILIES",
     "HubUnavailableError",
     "OpenedCheckpoint",
     "PortedCheckpoint",
     "catalogue_entry",
+    "checkpoint_family",
+    "detect_family",
     "download_hf",
+    "family_of",
+    "get_family",
     "hub_offline",
     "list_ported",
     "load_catalogue",
     "load_ported",
     "open_checkpoint",
     "port",
+    "read_checkpoint",
     "read_manifest",
     "repo_weights_dir",
     "save_ported",
     "sha256_file",
     "weights_dir",
+    "WeightsFamily",
 ]
 
 
@@ -61,13 +71,14 @@ def _catalogue_or_none(name: str) -> CatalogueEntry | None:
     return catalogue.get(name.lower())
 
 
-def _read_source(src: str | Path, arch, port_hint: str | None) -> tuple[LoadedCheckpoint, str]:
+def _read_source(src: str | Path, arch, port_hint: str | None,
+                 family: str | None = None) -> tuple[LoadedCheckpoint, str]:
     path = Path(src).expanduser()
     if path.exists():
-        return load_checkpoint(path, arch=arch), str(path.resolve())
+        return read_checkpoint(path, arch, family), str(path.resolve())
     if isinstance(src, str) and looks_like_hf_id(src):
         folder = download_hf(src, port_hint=port_hint)
-        return load_checkpoint(folder, arch=arch), src
+        return read_checkpoint(folder, arch, family), src
     raise FileNotFoundError(
         f"{src} is neither an existing checkpoint file/folder nor a Hugging Face model id (owner/name)"
     )
@@ -85,15 +96,17 @@ def port(
 ) -> Path:
     """Port src to <weights dir>/<name>/ and return that folder.
 
-    src: an OpenAI .pt, an OpenCLIP/HF state dict file, a Hugging Face folder, or a Hugging Face id
-    (downloaded only when the hub is reachable). For a catalogue name, arch defaults to the catalogue's
-    (checked tensor by tensor). image_size / activation / taps, when given, are recorded as this
-    checkpoint's run settings (they override a method's preset). The params are stored at the native size.
+    src: an OpenAI .pt, an OpenCLIP/HF state dict file, a Hugging Face folder, a torchvision or timm ResNet
+    state dict (.pth / .safetensors), or a Hugging Face id (downloaded only when the hub is reachable). For a
+    catalogue name, arch and the family default to the catalogue's (checked tensor by tensor). image_size /
+    activation / taps, when given, are recorded as this checkpoint's run settings (they override a method's
+    preset). The params are stored at the native size.
     """
     entry = _catalogue_or_none(name)
     if arch is None and entry is not None:
         arch = entry.architecture
-    checkpoint, source = _read_source(src, arch, entry.port_hint() if entry else None)
+    checkpoint, source = _read_source(src, arch, entry.port_hint() if entry else None,
+                                      entry.family if entry else None)
     return save_ported(
         checkpoint,
         name,
@@ -109,26 +122,48 @@ def port(
 @dataclass(frozen=True, eq=False)
 class OpenedCheckpoint:
     """Native config + params of a checkpoint, wherever it came from, and the run settings recorded when it was
-    ported (None where none were recorded: a method's preset or the native value applies)."""
+    ported (None where none were recorded: a method's preset or the native value applies). family: "clip"
+    (config a CLIPConfig, taps 1-based blocks) or "resnet" (a ResNetConfig, taps stage names)."""
 
-    config: CLIPConfig
+    config: object
     params: dict
     image_size: int | None
     activation: str | None
-    taps: tuple[int, ...] | None
+    taps: tuple | None
     tokenizer_dir: Path | None
     origin: str
+    family: str = "clip"
 
 
 def _from_ported(ported: PortedCheckpoint) -> OpenedCheckpoint:
-    taps = None if ported.taps is None else check_taps(ported.taps, ported.config.vision.layers)
+    family = get_family(ported.family)
+    _, _, taps = family.check_run(ported.config, None, None, ported.taps)
     return OpenedCheckpoint(
-        ported.config, ported.params, ported.image_size, ported.activation, taps, ported.tokenizer_dir, str(ported.path)
+        ported.config, ported.params, ported.image_size, ported.activation, taps, ported.tokenizer_dir,
+        str(ported.path), family.name,
     )
 
 
 def _from_loaded(loaded: LoadedCheckpoint, origin: str) -> OpenedCheckpoint:
-    return OpenedCheckpoint(loaded.config, loaded.params, None, None, None, loaded.tokenizer_dir, origin)
+    return OpenedCheckpoint(loaded.config, loaded.params, None, None, None, loaded.tokenizer_dir, origin,
+                            family_of(loaded.config).name)
+
+
+def checkpoint_family(name_or_path: str | Path, weights_dir_override: str | Path | None = None) -> str:
+    """The family ("clip", "resnet") of what ``open_checkpoint`` would open, found cheaply: a ported folder's
+    manifest, a raw file's tensor names, a catalogue entry; anything else (a Hugging Face id, an unknown name)
+    is "clip", whose loader reports what is wrong with it."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir() and (path / MANIFEST).is_file():
+            return manifest_family(read_manifest(path))
+        return detect_family(path).name
+    folder = weights_dir(weights_dir_override)
+    if "/" not in text and (folder / text / MANIFEST).is_file():
+        return manifest_family(read_manifest(folder / text))
+    entry = _catalogue_or_none(text) if "/" not in text else None
+    return entry.family if entry is not None else "clip"
 
 
 def open_checkpoint(
@@ -146,7 +181,7 @@ def open_checkpoint(
     if path.exists():
         if path.is_dir() and (path / MANIFEST).is_file():
             return _from_ported(load_ported(path))
-        return _from_loaded(load_checkpoint(path, arch=arch), str(path.resolve()))
+        return _from_loaded(read_checkpoint(path, arch), str(path.resolve()))
     folder = weights_dir(weights_dir_override)
     if "/" not in text and (folder / text / MANIFEST).is_file():
         return _from_ported(load_ported(folder / text))

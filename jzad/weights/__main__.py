@@ -1,4 +1,7 @@
-"""Command line: ``python -m jzad.weights port SRC --name NAME [...]`` and ``python -m jzad.weights list``."""
+"""Command line: ``python -m jzad.weights port SRC --name NAME [...]`` and ``python -m jzad.weights list``.
+
+Ports CLIP checkpoints and torchvision / timm ResNets (``--name wide-resnet50-2``); the family comes from the
+catalogue entry of the name, else from the source's tensor names (``jzad.weights.families``)."""
 
 from __future__ import annotations
 
@@ -9,9 +12,12 @@ from jzad.backbone.config import ACTIVATIONS
 
 
 def _port(args) -> int:
-    from jzad.weights import port, read_manifest
+    from jzad.weights import get_family, manifest_family, port, read_manifest
 
-    taps = tuple(int(t) for t in args.taps.split(",")) if args.taps else None
+    taps = None
+    if args.taps:
+        parts = [t.strip() for t in args.taps.split(",") if t.strip()]
+        taps = tuple(int(t) if t.isdigit() else t for t in parts)
     target = port(
         args.src,
         args.name,
@@ -23,14 +29,10 @@ def _port(args) -> int:
         force=args.force,
     )
     manifest = read_manifest(target)
-    config = manifest["config"]
-    vision = config["vision"]
+    family = get_family(manifest_family(manifest))
+    config = family.from_dict(manifest["config"])
     print(f"ported {manifest['source']['path']} -> {target}")
-    print(
-        f"  architecture {manifest['architecture'] or 'custom'}: width {vision['width']}, layers {vision['layers']}, "
-        f"heads {vision['heads']}, patch {vision['patch_size']}, native {vision['image_size']}px, "
-        f"embed {config['embed_dim']}, text tower {'yes' if config['text'] else 'no'}"
-    )
+    print(f"  {family.name} architecture {manifest['architecture'] or 'custom'}: {family.describe(config)}")
     recorded = {k: manifest[k] for k in ("image_size", "activation", "taps") if manifest[k] is not None}
     print(
         f"  run settings recorded: {recorded or 'none (each method uses its preset)'}; "
@@ -40,42 +42,49 @@ def _port(args) -> int:
 
 
 def _list(args) -> int:
-    from jzad.weights import list_ported, load_catalogue, weights_dir
+    from jzad.weights import list_ported, load_catalogue, manifest_family, weights_dir
 
     folder = weights_dir(args.weights_dir)
     catalogue = load_catalogue()
     ported = list_ported(folder)
     print(f"weights folder: {folder}")
-    print(f"{'name':<20} {'architecture':<20} {'ported':<7} {'native':<7} {'activation':<11} source")
+    print(f"{'name':<20} {'family':<7} {'architecture':<20} {'ported':<7} {'native':<7} {'activation':<11} source")
     for name, entry in catalogue.items():
-        source = entry.hf_id or f"{entry.source.get('openclip_name')} ({entry.source.get('pretrained')})"
+        source = (entry.hf_id or entry.source.get("file")
+                  or f"{entry.source.get('openclip_name')} ({entry.source.get('pretrained')})")
         state = "yes" if name in ported else "no"
         print(
-            f"{name:<20} {entry.architecture:<20} {state:<7} {entry.native_image_size:<7} "
-            f"{entry.activation:<11} {source}"
+            f"{name:<20} {entry.family:<7} {entry.architecture:<20} {state:<7} {entry.native_image_size:<7} "
+            f"{entry.activation or '-':<11} {source}"
         )
     for name, manifest in ported.items():
         if name not in catalogue:
+            native = manifest["native_image_size"] or "-"
+            activation = manifest["config"].get("activation") or "-"
             print(
-                f"{name:<20} {manifest.get('architecture') or 'custom':<20} {'yes':<7} "
-                f"{manifest['native_image_size']:<7} {manifest['config']['activation']:<11} {manifest['source']['path']}"
+                f"{name:<20} {manifest_family(manifest):<7} {manifest.get('architecture') or 'custom':<20} "
+                f"{'yes':<7} {native:<7} {activation:<11} {manifest['source']['path']}"
             )
     return 0
 
 
 def main(argv=None) -> int:
     """Parse argv and run the sub-command; errors print one line and exit 2."""
-    parser = argparse.ArgumentParser(prog="python -m jzad.weights", description="Port and list CLIP checkpoints.")
+    parser = argparse.ArgumentParser(prog="python -m jzad.weights",
+                                     description="Port and list checkpoints (CLIP, ResNet).")
     sub = parser.add_subparsers(dest="command", required=True)
-    port = sub.add_parser("port", help="port a PyTorch CLIP checkpoint to weights/<name>/")
-    port.add_argument("src", help="OpenAI .pt, OpenCLIP/HF state dict, HF folder, or HF id (needs the hub)")
+    port = sub.add_parser("port", help="port a PyTorch checkpoint (CLIP, torchvision/timm ResNet) to weights/<name>/")
+    port.add_argument("src", help="OpenAI .pt, OpenCLIP/HF state dict, HF folder, torchvision/timm ResNet .pth, "
+                      "or HF id (needs the hub)")
     port.add_argument("--name", required=True, help="folder name under the weights dir (catalogue names get defaults)")
-    port.add_argument("--arch", help="named architecture to check the tensors against (e.g. ViT-L-14-336)")
+    port.add_argument("--arch", help="named architecture to check the tensors against (e.g. ViT-L-14-336, "
+                      "wide-resnet50-2)")
     port.add_argument("--activation", choices=ACTIVATIONS,
                       help="run activation recorded in the manifest (overrides a method's preset)")
     port.add_argument("--image-size", type=int,
                       help="run image size recorded in the manifest (overrides a method's preset)")
-    port.add_argument("--taps", help="run taps recorded in the manifest, comma-separated 1-based blocks")
+    port.add_argument("--taps", help="run taps recorded in the manifest, comma-separated: 1-based blocks (CLIP) "
+                      "or stage names such as layer2,layer3 (ResNet)")
     port.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR or the repo's weights/)")
     port.add_argument("--force", action="store_true", help="replace an existing ported folder")
     listing = sub.add_parser("list", help="list the catalogue and which checkpoints are ported")

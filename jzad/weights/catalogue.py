@@ -1,7 +1,8 @@
 """The catalogue of supported checkpoints (weights/catalogue.json) and where ported weights live.
 
-Each entry names its source (OpenAI name and file, Hugging Face id, or OpenCLIP name + pretrained tag),
-its architecture, its native input size and activation. How a method runs a backbone (input size, taps) is the
+Each entry names its family ("clip" when absent, "resnet"), its source (OpenAI name and file, Hugging Face id,
+OpenCLIP name + pretrained tag, or a torchvision file), its architecture, its native input size and (CLIP)
+activation. How a method runs a backbone (input size, taps) is the
 method's preset (``jzad.methods``), not the catalogue's.
 """
 
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jzad
-from jzad.backbone.config import ACTIVATIONS, get_architecture
+from jzad.backbone.config import ACTIVATIONS
+from jzad.weights.families import get_family
 
 WEIGHTS_ENV = "JZAD_WEIGHTS_DIR"
 
@@ -35,14 +37,16 @@ def weights_dir(override: str | Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class CatalogueEntry:
-    """One supported checkpoint: source, architecture, native input size and activation."""
+    """One supported checkpoint: source, architecture, native input size, activation (None: a family without
+    one) and family ("clip", "resnet")."""
 
     name: str
     architecture: str
     source: dict
     native_image_size: int
-    activation: str
+    activation: str | None
     notes: str = ""
+    family: str = "clip"
 
     @property
     def hf_id(self) -> str | None:
@@ -52,9 +56,9 @@ class CatalogueEntry:
     def port_hint(self) -> str:
         """How to port this checkpoint from a local file: the copy the OpenAI ``clip`` package keeps in
         ~/.cache/clip when it is there, else a placeholder path."""
-        file = (self.source.get("openai_file") or self.source.get("openclip_file")
+        file = (self.source.get("openai_file") or self.source.get("openclip_file") or self.source.get("file")
                 or f"{self.source.get('openclip_name', self.name)}.bin")
-        arch = "" if self.source.get("kind") == "openai" else f" --arch {self.architecture}"
+        arch = "" if self.source.get("kind") in ("openai", "torchvision") else f" --arch {self.architecture}"
         local = Path("~/.cache/clip").expanduser() / file
         where = local if self.source.get("openai_file") and local.is_file() else f"/path/to/{file}"
         return f"python -m jzad.weights port {where} --name {self.name}{arch}"
@@ -67,15 +71,18 @@ def _entry(name: str, data: dict, path: Path) -> CatalogueEntry:
             architecture=data["architecture"],
             source=dict(data["source"]),
             native_image_size=int(data["native_image_size"]),
-            activation=data["activation"],
+            activation=data.get("activation"),
             notes=data.get("notes", ""),
+            family=data.get("family", "clip"),
         )
+        family = get_family(entry.family)
+        arch = family.check_architecture(entry.architecture)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: catalogue entry {name!r} is malformed ({err!r})") from err
-    arch = get_architecture(entry.architecture)
-    if entry.native_image_size != arch.vision.image_size:
+    native = family.native_image_size(arch)
+    if native is not None and entry.native_image_size != native:
         raise ValueError(f"{path}: {name!r} native_image_size differs from {entry.architecture}'s")
-    if entry.activation not in ACTIVATIONS:
+    if family.name == "clip" and entry.activation not in ACTIVATIONS:
         raise ValueError(f"{path}: {name!r} activation must be in {ACTIVATIONS}")
     return entry
 

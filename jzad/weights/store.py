@@ -1,8 +1,9 @@
 """Ported checkpoints on disk: weights/<name>/{params/ (orbax), manifest.json, tokenizer/}.
 
 The params are saved at the source's native image size and activation-free (activation is only a forward
-option); the manifest records the architecture, the source files with their sha256, and the default run
-settings (image size, activation, taps). Loading re-hashes every params file against the manifest and
+option); the manifest records the checkpoint family ("clip", "resnet": ``jzad.weights.families``; manifests
+written before families existed are CLIP's), the architecture, the source files with their sha256, and the
+default run settings (image size, activation, taps). Loading re-hashes every params file against the manifest and
 restores into the tree the manifest's config implies, so a tampered file or a wrong tree is an error.
 """
 
@@ -19,10 +20,9 @@ import jax
 import numpy as np
 
 import jzad
-from jzad.backbone.clip import abstract_params, check_taps
-from jzad.backbone.config import ACTIVATIONS, CLIPConfig, architecture_name, default_taps
 from jzad.backbone.port import LoadedCheckpoint
 from jzad.backbone.tokenizer import TOKENIZER_FILES
+from jzad.weights.families import family_of, get_family
 
 MANIFEST = "manifest.json"
 PARAMS_DIR = "params"
@@ -55,13 +55,19 @@ def _hash_tree(folder: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class PortedCheckpoint:
-    """A verified ported checkpoint: native config and params, manifest, tokenizer folder (or None)."""
+    """A verified ported checkpoint: native config (the family's: CLIPConfig, ResNetConfig) and params,
+    manifest, tokenizer folder (or None)."""
 
-    config: CLIPConfig
+    config: object
     params: dict
     manifest: dict
     path: Path
     tokenizer_dir: Path | None
+
+    @property
+    def family(self) -> str:
+        """The checkpoint family ("clip", "resnet")."""
+        return manifest_family(self.manifest)
 
     @property
     def image_size(self) -> int | None:
@@ -75,8 +81,8 @@ class PortedCheckpoint:
         return self.manifest["activation"]
 
     @property
-    def taps(self) -> tuple[int, ...] | None:
-        """Taps (1-based blocks) chosen at port time (None: not chosen)."""
+    def taps(self) -> tuple | None:
+        """Taps chosen at port time (CLIP: 1-based blocks; ResNet: stage names; None: not chosen)."""
         value = self.manifest["taps"]
         return None if value is None else tuple(value)
 
@@ -102,20 +108,13 @@ def save_ported(
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"checkpoint name must be a plain folder name, got {name!r}")
     config = checkpoint.config
+    family = family_of(config)
     target = (Path(weights_dir) / name).resolve()
     if target.exists():
         if not force:
             raise FileExistsError(f"{target} already exists; pass force=True (--force) to replace it")
         shutil.rmtree(target)
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if image_size is not None:
-        image_size = int(image_size)
-        if image_size < config.vision.patch_size or image_size % config.vision.patch_size:
-            raise ValueError(
-                f"image_size {image_size} must be a positive multiple of the patch size {config.vision.patch_size}"
-            )
-    taps = check_taps(taps, config.vision.layers) if taps is not None else None
+    image_size, activation, taps = family.check_run(config, image_size, activation, taps)
     target.mkdir(parents=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(target / PARAMS_DIR, checkpoint.params)
@@ -130,8 +129,9 @@ def save_ported(
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": name,
-        "architecture": architecture_name(config),
-        "config": config.to_dict(),
+        "family": family.name,
+        "architecture": family.architecture_name(config),
+        "config": family.to_dict(config),
         "source": {
             "path": str(source if source is not None else checkpoint.files[0]),
             "format": checkpoint.source_format,
@@ -141,7 +141,7 @@ def save_ported(
         "source_sha256": sha256_file(checkpoint.files[0]) if len(checkpoint.files) == 1 else None,
         "activation": activation,
         "image_size": image_size,
-        "native_image_size": config.vision.image_size,
+        "native_image_size": family.native_image_size(config),
         "taps": None if taps is None else list(taps),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jzad_version": jzad.__version__,
@@ -154,6 +154,11 @@ def save_ported(
     }
     (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return target
+
+
+def manifest_family(manifest: dict) -> str:
+    """The family a manifest records ("clip" for manifests written before families were recorded)."""
+    return manifest.get("family", "clip")
 
 
 def read_manifest(folder: Path) -> dict:
@@ -170,6 +175,10 @@ def read_manifest(folder: Path) -> dict:
             raise ValueError(f"{path} lacks {key!r}")
     if manifest["format_version"] != FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {manifest['format_version']}, expected {FORMAT_VERSION}")
+    try:
+        get_family(manifest_family(manifest))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
     return manifest
 
 
@@ -182,7 +191,8 @@ def load_ported(folder: str | Path, verify: bool = True) -> PortedCheckpoint:
 
     folder = Path(folder).expanduser().resolve()
     manifest = read_manifest(folder)
-    config = CLIPConfig.from_dict(manifest["config"])
+    family = get_family(manifest_family(manifest))
+    config = family.from_dict(manifest["config"])
     params_dir = folder / manifest["params"]["dir"]
     recorded = manifest["params"]["files"]
     if verify:
@@ -198,7 +208,7 @@ def load_ported(folder: str | Path, verify: bool = True) -> PortedCheckpoint:
                     f"{params_dir / rel}: sha256 {actual} does not match the manifest ({digest}); "
                     "the ported checkpoint was modified or damaged, port it again"
                 )
-    abstract = abstract_params(config)
+    abstract = family.abstract_params(config)
     expected_tree = _tree_shapes(abstract)
     if expected_tree != manifest["params"]["tree"]:
         ours = {(k, tuple(v)) for k, v in expected_tree.items()}

@@ -1,0 +1,259 @@
+"""Datasets as the command line sees them: the categories of a dataset and the image sources of one category.
+
+``dataset_categories`` lists what ``--category`` names; ``category_sources`` returns one category's test images,
+few-shot references and calibration images as pipeline sources, so the CLI's core loop is the same for every
+layout:
+
+- MVTec AD, VisA, BTAD, MPDD, MTD and plain folders (``jzad.data.readers``): the category's test images; the
+  references drawn by ``reference_draw`` from its labelled-normal train images; calibration images (for methods
+  that fit statistics on held-out normals) are the normal train images not drawn as references, since these
+  layouts have no validation split.
+- MVTec LOCO ("loco", ``jzad.data.loco``): test/{good, logical_anomalies, structural_anomalies} as a
+  ``LocoImages`` source (each image's mask is the union of its ground-truth files; the per-defect channels go
+  to the sPRO metric), references drawn from train/good, calibration = validation/good. Image names are paths
+  relative to the category folder (test/good/000.png), so map TIFFs land where the official MVTec LOCO
+  evaluation reads them: maps/<category>/test/<type>/000.tiff.
+
+LOCO sub-types (``subtypes``): "rule" (default) splits juice_bottle and splicing_connectors into their three
+sub-types, each scored as a category "<category>-<sub-type>" with its own references and calibration images
+(``jzad.data.loco.SUBTYPE_RULES`` decides; each split's images are decoded once per process to find them);
+"off" keeps the categories whole; any other value is a list file with one "<category>/<path relative to the
+category folder> <sub-type>" per line (e.g. "juice_bottle/test/good/000.png banana") covering every image of
+the categories it names. The map TIFFs of a sub-type go to its category's folder (maps/juice_bottle/...), so
+the three sub-type runs together fill the folder the official evaluation reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jzad.data.errors import DataError, DataNotFoundError
+from jzad.data.loco import (
+    SUBTYPE_RULES,
+    LocoSet,
+    assign_subtypes,
+    load_loco_truth,
+    loco_categories,
+    read_loco,
+    select_subtype,
+    union_mask,
+)
+from jzad.data.masks import resize_binary_mask
+from jzad.data.readers import DATASETS, list_categories, read_dataset
+from jzad.data.sources import FileImages, center_crop, resized_shape
+from jzad.data.subsets import reference_draw
+from jzad.eval.spro import SPROTruth
+from jzad.features.types import ImagePrep
+
+CLI_DATASETS = DATASETS + ("loco",)
+"""The layouts ``--dataset`` accepts."""
+
+SUBTYPE_MODES = ("rule", "off")
+LOCO_MASK_RULE = "half"
+
+
+@dataclass(frozen=True)
+class CategorySources:
+    """One category as the pipeline takes it: source (test images), references (few-shot normals or None),
+    calibration (held-out normals or None), maps_folder (the folder under maps/ its TIFFs go to), summary (a
+    line saying what was read)."""
+
+    source: Any
+    references: Any
+    calibration: Any
+    maps_folder: str
+    summary: str
+
+
+class LocoImages(FileImages):
+    """A LOCO test split on disk: ``FileImages`` whose masks are the union of each image's ground-truth files,
+    and whose per-defect channels ``truth()`` gives to sPRO. root: the category folder (names test/...)."""
+
+    def __init__(self, loco: LocoSet, root: str | os.PathLike):
+        super().__init__(loco.images, root=root)
+        self.loco = loco
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether every anomalous image has ground-truth files."""
+        return self.loco.has_truth
+
+    def masks(self, prep: ImagePrep, size: int) -> tuple[np.ndarray, dict]:
+        """bool (N, S, S) unions at the model input geometry (resized with PIL bilinear, kept where >= 128,
+        then centre-cropped for "resize_crop") and what reading them did."""
+        out = np.zeros((len(self), size, size), bool)
+        files = empty = 0
+        for i, channels in enumerate(self.loco.mask_files):
+            if not channels:
+                continue
+            union = union_mask(channels)
+            h, w = union.shape
+            mask = resize_binary_mask(np.where(union, 255, 0).astype(np.uint8), resized_shape(w, h, prep, size),
+                                      LOCO_MASK_RULE)
+            out[i] = mask if prep.kind == "square" else center_crop(mask, size)
+            files += len(channels)
+            empty += int(not out[i].any())
+        anomalous = sum(1 for c in self.loco.mask_files if c)
+        summary = (f"{files} ground-truth files of {anomalous} anomalous images (one mask per image: the union of "
+                   f"its files, resized with rule '{LOCO_MASK_RULE}'); {empty} empty after resizing")
+        return out, {"rule": LOCO_MASK_RULE, "threshold": None, "masks_read": files, "empty_anomalous": empty,
+                     "summary": summary, "warning": None}
+
+    def truth(self) -> SPROTruth:
+        """Every defect channel at full resolution, for ``jzad.eval.spro``."""
+        return load_loco_truth(self.loco)
+
+
+def check_subtypes(subtypes: str) -> str:
+    """"rule", "off" or an existing list file; ValueError naming --loco-subtypes otherwise."""
+    if subtypes in SUBTYPE_MODES or Path(subtypes).is_file():
+        return subtypes
+    raise ValueError(f"--loco-subtypes: expected rule, off or a sub-type list file; {subtypes!r} is not a file")
+
+
+@functools.lru_cache(maxsize=4)
+def read_subtype_listing(path: str) -> dict[str, dict[str, str]]:
+    """A root-relative sub-type list file -> {category: {path relative to the category folder: sub-type}}.
+    Lines "<category>/<relative path> <sub-type>"; blank lines and '#' comments skipped; errors name the line."""
+    listing: dict[str, dict[str, str]] = {}
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            parts = text.split()
+            where = f"{path} line {number}"
+            if len(parts) != 2 or "/" not in parts[0]:
+                raise ValueError(f"{where}: expected '<category>/<path in the category> <sub-type>', got {text!r}")
+            category, relative = parts[0].split("/", 1)
+            if category not in SUBTYPE_RULES:
+                raise ValueError(f"{where}: {category!r} has no sub-types; categories with sub-types: "
+                                 f"{tuple(SUBTYPE_RULES)}")
+            names = SUBTYPE_RULES[category].names
+            if parts[1] not in names:
+                raise ValueError(f"{where}: unknown {category} sub-type {parts[1]!r}; expected one of {names}")
+            key = Path(relative).as_posix()
+            if key in listing.setdefault(category, {}):
+                raise ValueError(f"{where}: {category}/{key} is listed twice")
+            listing[category][key] = parts[1]
+    return listing
+
+
+@functools.lru_cache(maxsize=16)
+def _rule_subtypes(loco: LocoSet, root: str) -> tuple[str, ...]:
+    return assign_subtypes(loco, root)
+
+
+def loco_subtypes(loco: LocoSet, root: str | os.PathLike, subtypes: str) -> tuple[str, ...]:
+    """The sub-type of every image of a juice_bottle / splicing_connectors split, by the rule (decoded once per
+    process) or from the list file."""
+    if subtypes == "rule":
+        return _rule_subtypes(loco, str(root))
+    category = loco.images.category
+    listed = read_subtype_listing(str(subtypes)).get(category, {})
+    base = Path(root) / category
+    out = []
+    for path in loco.images.paths:
+        key = Path(path).relative_to(base).as_posix()
+        if key not in listed:
+            raise ValueError(f"--loco-subtypes {subtypes}: no sub-type listed for {category}/{key}")
+        out.append(listed[key])
+    return tuple(out)
+
+
+def _loco_name(root: Path, category: str, subtypes: str) -> tuple[str, str | None]:
+    """(category folder, sub-type or None) of a LOCO category name, checked against root."""
+    found = loco_categories(root)
+    base, _, sub = category.partition("-")
+    if base not in found:
+        raise DataNotFoundError(f"loco: unknown category {category!r}; {root} has {found}", root / base)
+    if not sub:
+        return base, None
+    if subtypes == "off" or base not in SUBTYPE_RULES or sub not in SUBTYPE_RULES[base].names:
+        known = SUBTYPE_RULES[base].names if base in SUBTYPE_RULES else ()
+        raise DataError(f"loco: {category!r} is not a sub-type category (sub-types of {base}: {known}; "
+                        f"--loco-subtypes {subtypes})", root / base)
+    return base, sub
+
+
+def dataset_categories(dataset: str, root: str | os.PathLike, category: str = "all",
+                       subtypes: str = "rule") -> list[str]:
+    """The categories a run scores: every one ("all") or the one named; LOCO categories with sub-types expand
+    to "<category>-<sub-type>" unless subtypes is "off" (a sub-type named directly is kept)."""
+    if dataset != "loco":
+        return list_categories(dataset, root) if category == "all" else [category]
+    root = Path(root)
+    if category == "all":
+        names = loco_categories(root)
+    else:
+        base, sub = _loco_name(root, category, subtypes)
+        if sub is not None:
+            return [category]
+        names = [base]
+    out = []
+    for name in names:
+        split = subtypes != "off" and name in SUBTYPE_RULES
+        out += [f"{name}-{s}" for s in SUBTYPE_RULES[name].names] if split else [name]
+    return out
+
+
+def _loco_sources(root: Path, category: str, shots: int, seed: int, calibration: str | None,
+                  subtypes: str, allow_missing_masks: bool) -> CategorySources:
+    base, sub = _loco_name(root, category, subtypes)
+    cat_dir = root / base
+
+    def read(split: str) -> LocoSet:
+        loco = read_loco(root, base, split, allow_missing_masks)
+        return loco if sub is None else select_subtype(loco, loco_subtypes(loco, root, subtypes), sub)
+
+    test = read("test")
+    references = cal = None
+    if shots:
+        train = read("train")
+        if len(train) < shots:
+            raise ValueError(f"--shots {shots}: {category} has only {len(train)} train images")
+        references = FileImages(train.images.select(reference_draw(len(train), shots, seed)), root=cat_dir)
+    if calibration is not None:
+        cal = FileImages(read(calibration).images, root=cat_dir)
+    anomalous = sum(test.images.labels)
+    summary = (f"loco/{category}: {len(test)} test images ({anomalous} anomalous)"
+               + (f", {len(cal)} {calibration} images" if cal is not None else ""))
+    return CategorySources(LocoImages(test, cat_dir), references, cal, base, summary)
+
+
+def category_sources(dataset: str, root: str | os.PathLike, category: str, shots: int = 0, seed: int = 0,
+                     calibration: str | None = None, subtypes: str = "rule", infer_labels: bool = False,
+                     allow_missing_masks: bool = False) -> CategorySources:
+    """One category of a dataset under root as sources (module docstring): ``shots`` references drawn with
+    ``seed``; calibration: the split of held-out normals the method calibrates on (e.g. "validation"), or None.
+    allow_missing_masks: read anomalous test images without ground truth (no pixel metrics then)."""
+    root = Path(root)
+    if dataset == "loco":
+        return _loco_sources(root, category, shots, seed, calibration, subtypes, allow_missing_masks)
+    options = {"infer_labels": True} if infer_labels else {}
+    if allow_missing_masks:
+        options["allow_missing_masks"] = True
+    image_set = read_dataset(dataset, root, category, **options)
+    references = cal = None
+    if shots or calibration is not None:
+        train = read_dataset(dataset, root, category, split="train", **options)
+        normal = np.asarray([i for i in range(len(train)) if train.labels is None or train.labels[i] == 0], np.int64)
+        if len(normal) < shots:
+            raise ValueError(f"--shots {shots}: {category} has only {len(normal)} normal train images")
+        picked = normal[reference_draw(len(normal), shots, seed)] if shots else normal[:0]
+        if shots:
+            references = FileImages(train.select(picked), root=root)
+        if calibration is not None:
+            rest = np.setdiff1d(normal, picked)
+            if len(rest) < 2:
+                raise ValueError(f"{category}: calibration needs at least 2 normal train images besides the "
+                                 f"{shots} references ({dataset} has no {calibration} split), found {len(rest)}")
+            cal = FileImages(train.select(rest), root=root)
+    summary = image_set.summary() + (f"; calibration on {len(cal)} normal train images" if cal is not None else "")
+    return CategorySources(FileImages(image_set, root=root), references, cal, category, summary)

@@ -1,0 +1,283 @@
+"""PatchCore+ (FastRef on PatchCore: arXiv 2506.21398, Secs. 4-6): PatchCore's features and coreset, then each
+query image's prototypes refined by the Sinkhorn-EM of ``jzad.methods.refine`` before it is scored.
+
+- ``fit``: PatchCore's memory bank of the k-shot reference features, the prototypes M (n, 1024) (coreset
+  ratio 0.05 by default, the paper's PatchCore+ setting, Sec. 6.1; ``--coreset-ratio``).
+- ``score``: per query image, PatchCore's patch features f (m, 1024) (m = 28 x 28 at 224 px); Algorithm 1 on
+  (f, M): W0 = f M^T (M M^T + rho I)^-1, then N EM rounds of an entropic OT plan (E-step, Eqs. 4-5) and a
+  gradient or closed-form update of W (M-step, Eq. 3 with Eq. 7's squared Euclidean dis and lambda 0.3);
+  patch scores s_j = min over the refined prototypes W* M of ||f_j - r||^2 (Eq. 6) or the position-wise
+  residual ||f_j - (W* M)_j||^2 (the CVPR version); image score max_j s_j (Sec. 4.3). Every choice the paper
+  leaves open (the init's Gram matrix, epsilon, how the plan is scaled inside the loss, the closed M-step) is
+  made and documented in ``jzad.methods.refine``; its options are exposed here (--em-update, --em-iterations,
+  --lam, --plan-scale, --score).
+- ``maps``: PatchCore's: bilinear to the crop size (align_corners False), Gaussian sigma 4.
+- Batching and sharding: the refinement is vmapped over chunks of ``chunk`` query images (``lax.map`` over
+  the chunks) and the images are split over the device mesh (``--shards``), so every chunk has the same
+  shapes on any shard count and sharded scores equal unsharded ones bit for bit.
+- Online PatchCore+ (Table 6, ``--online K``): the refined prototypes of the last K scored images join the
+  prototypes of the next (a ring buffer of K x m rows after the coreset, ``refine_online``). Images are then
+  scored one after another in arrival order (a ``lax.scan``, on one device); the memory is the method's
+  state, carried from batch to batch, so scores depend on the order of the images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from jzad.kernels.sharding import device_mesh, map_row_shards, pad_rows
+from jzad.methods.base import FeatureRequest, Features, Method, Option, OptionError, RunContext, Scores, register
+from jzad.methods.patchcore import (
+    PATCHCORE_PRESETS,
+    PatchCoreConfig,
+    backbone_run,
+    check_ratio,
+    fit_patchcore,
+    on_mesh,
+    patchcore_embed,
+    patchcore_maps,
+    patchcore_prep,
+    tapped_layers,
+)
+from jzad.methods.refine import (
+    EM_UPDATES,
+    PATCHCORE_PLUS,
+    PLAN_SCALES,
+    SCORES,
+    OnlineMemory,
+    RefineConfig,
+    online_memory,
+    refine_online,
+    refined_patch_scores,
+)
+
+
+@dataclass(frozen=True)
+class PatchCorePlusConfig:
+    """Static configuration of PatchCore+ (hashable, a static jit argument).
+
+    patchcore: the features, the coreset (ratio 0.05) and the maps (PatchCoreConfig). refine: the refinement
+    (RefineConfig; PATCHCORE_PLUS: squared Euclidean, lambda 0.3). chunk: query images refined together
+    per device (one vmapped program, ``lax.map`` over the chunks). online_images: K > 0 runs Online
+    PatchCore+ with the refined prototypes of the last K images in the memory (0: off).
+    """
+
+    patchcore: PatchCoreConfig = PATCHCORE_PRESETS["few-shot"]
+    refine: RefineConfig = PATCHCORE_PLUS
+    chunk: int = 4
+    online_images: int = 0
+
+    def __post_init__(self):
+        if self.refine.distance != "sqeuclidean":
+            raise ValueError(f"PatchCore+ refines with the squared Euclidean distance, got {self.refine.distance!r}")
+        for name in ("chunk", "online_images"):
+            value = getattr(self, name)
+            minimum = 1 if name == "chunk" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"PatchCorePlusConfig.{name} must be an int >= {minimum}, got {value!r}")
+
+
+class PatchCorePlusState(NamedTuple):
+    """The prototypes M (n, dim) (PatchCore's memory bank) and, for Online PatchCore+, the memory that grows
+    with the scored images (None otherwise)."""
+
+    bank: jax.Array
+    memory: OnlineMemory | None = None
+
+
+def patchcore_plus_fit(config: PatchCorePlusConfig, references: Features | None, mesh: Mesh | None = None,
+                       prepared=None) -> PatchCorePlusState:
+    """Prototypes from the reference images (PatchCore's coreset); an empty online memory when online."""
+    del prepared
+    if references is None:
+        raise ValueError("PatchCore+ needs normal reference images (--shots K >= 1)")
+    layer2, layer3 = tapped_layers(references)
+    bank = fit_patchcore(layer2, layer3, config.patchcore, config.patchcore.seed, mesh)
+    if not config.online_images:
+        return PatchCorePlusState(bank)
+    patches = layer2.shape[1] * layer2.shape[2]
+    return PatchCorePlusState(bank, online_memory(bank, config.online_images * patches))
+
+
+def _refine_chunks(rows: jax.Array, bank: jax.Array, config: PatchCorePlusConfig, mesh: Mesh | None,
+                   features_of, patches: int) -> jax.Array:
+    """Refined patch scores (N, m) of N images given as flat rows (N, L): features_of maps a chunk of rows
+    (chunk, L) to features (chunk, m, dim). Images are split over mesh; each device runs its share in chunks
+    of ``config.chunk`` images (``lax.map``; one vmapped refinement per chunk), so every program has the same
+    shapes on any shard count. Optimization barriers keep the prototypes and each chunk's features apart from
+    the surrounding arithmetic (constant folding of a closed-over state, fusion with the embedding), so the
+    staged and fused programs compute the refinement alike."""
+    chunk, refine = config.chunk, config.refine
+
+    def block(images, first_row, prototypes):
+        del first_row
+        prototypes = jax.lax.optimization_barrier(prototypes)
+        count = images.shape[0]
+        total = -(-count // chunk) * chunk
+        chunks = pad_rows(images, total).reshape(total // chunk, chunk, images.shape[1])
+
+        def one_chunk(chunk_rows):
+            features = jax.lax.optimization_barrier(features_of(chunk_rows))
+            return jax.vmap(lambda f: refined_patch_scores(f, prototypes, refine))(features)
+
+        return jax.lax.map(one_chunk, chunks).reshape(total, patches)[:count]
+
+    mesh = device_mesh(1) if mesh is None else mesh
+    rows, bank = on_mesh(mesh, rows, bank)
+    return map_row_shards(block, mesh, rows, bank)
+
+
+def refine_images(features: jax.Array, bank: jax.Array, config: PatchCorePlusConfig,
+                  mesh: Mesh | None = None) -> jax.Array:
+    """Refined patch scores of every query: features (N, m, dim), prototypes (n, dim) -> (N, m).
+
+    Split over mesh by image and refined in chunks of ``config.chunk`` images, so results do not depend on
+    the shard count. Works under jit.
+    """
+    n, m, dim = features.shape
+    return _refine_chunks(features.reshape(n, m * dim), bank, config, mesh,
+                          lambda rows: rows.reshape(rows.shape[0], m, dim), m)
+
+
+def _check_memory(state: PatchCorePlusState) -> None:
+    if state.memory is None:
+        raise ValueError("Online PatchCore+ needs the online memory that patchcore_plus_fit builds with online_images")
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _online_stage(features, memory: OnlineMemory, config: PatchCorePlusConfig):
+    """Online PatchCore+ in arrival order (one device): (N, m, dim) -> (N, m), (N,), the memory advanced."""
+    scores, memory = refine_online(features, jax.lax.optimization_barrier(memory), config.refine)
+    return scores, jnp.max(scores, axis=1), memory
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def _refine_stage(features, bank, config: PatchCorePlusConfig, mesh):
+    scores = refine_images(features, bank, config, mesh)
+    return scores, jnp.max(scores, axis=1)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def _embed_and_refine(layer2, layer3, bank, config: PatchCorePlusConfig, mesh):
+    """The fused program: per chunk of images, PatchCore's embedding then the refinement -> (N, m), (N,)."""
+    n, h, w, c2 = layer2.shape
+    _, h3, w3, c3 = layer3.shape
+    split = h * w * c2
+    rows = jnp.concatenate([layer2.reshape(n, -1), layer3.reshape(n, -1)], axis=1).astype(jnp.float32)
+
+    def features_of(chunk_rows):
+        count = chunk_rows.shape[0]
+        return patchcore_embed(chunk_rows[:, :split].reshape(count, h, w, c2),
+                               chunk_rows[:, split:].reshape(count, h3, w3, c3), config.patchcore.dim)
+
+    scores = _refine_chunks(rows, bank, config, mesh, features_of, h * w)
+    return scores, jnp.max(scores, axis=1)
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def patchcore_plus_score(config: PatchCorePlusConfig, state: PatchCorePlusState, queries: Features,
+                         mesh: Mesh | None = None):
+    """PatchCore+ over a batch of queries as one program -> (Scores, state): patch scores (N, h, w) against
+    each image's refined prototypes, image scores (N,) their max; the online memory advanced when online."""
+    layer2, layer3 = tapped_layers(queries)
+    n, h, w, _ = layer2.shape
+    if config.online_images:
+        _check_memory(state)
+        features = patchcore_embed(layer2, layer3, config.patchcore.dim)
+        patch, image, memory = _online_stage(features, state.memory, config=config)
+        return Scores(patch.reshape(n, h, w), image), state._replace(memory=memory)
+    patch, image = _embed_and_refine(layer2, layer3, state.bank, config=config, mesh=mesh)
+    return Scores(patch.reshape(n, h, w), image), state
+
+
+def patchcore_plus_staged(config: PatchCorePlusConfig, state: PatchCorePlusState, queries: Features,
+                          mesh: Mesh | None, clock):
+    """``patchcore_plus_score`` stage by stage on ``clock``: "embed" (patch features), "refine" (Sinkhorn-EM
+    per image and the scores against the refined prototypes)."""
+    layer2, layer3 = tapped_layers(queries)
+    n, h, w, _ = layer2.shape
+    features = clock.run("embed", patchcore_embed, layer2, layer3, config.patchcore.dim)
+    if config.online_images:
+        _check_memory(state)
+        patch, image, memory = clock.run("refine", _online_stage, features, state.memory, config=config)
+        return Scores(patch.reshape(n, h, w), image), state._replace(memory=memory)
+    patch, image = clock.run("refine", _refine_stage, features, state.bank, config=config, mesh=mesh)
+    return Scores(patch.reshape(n, h, w), image), state
+
+
+def patchcore_plus_maps(config: PatchCorePlusConfig, patch_scores: jax.Array, size) -> jax.Array:
+    """Anomaly maps at the crop size, as PatchCore's (bilinear, then Gaussian sigma)."""
+    return patchcore_maps(patch_scores, size, config.patchcore.sigma)
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+OPTIONS = (
+    Option("--coreset-ratio", None, "share of the reference patches kept as prototypes (default 0.05, the paper's "
+           "PatchCore+ setting; 1 keeps every patch)", float),
+    Option("--em-update", None, "M-step: gradient (optax steps, Algorithm 1) or closed (the exact minimiser, "
+           "the CVPR version)", str, choices=EM_UPDATES),
+    Option("--em-iterations", None, "N, EM rounds (paper 10; the CVPR closed form uses 2)", int),
+    Option("--lam", None, "lambda, weight of the OT term (paper 0.3)", float),
+    Option("--plan-scale", None, "how the plan enters the M-step loss: printed (T as Eq. 5 prints it; default) or "
+           "row (m T^T, rows sum to 1)", str, choices=PLAN_SCALES),
+    Option("--score", None, "nearest (Eq. 6: min over the refined prototypes) or residual (||f_j - (W M)_j||^2)",
+           str, choices=SCORES),
+    Option("--online", "online_images", "Online PatchCore+: the refined prototypes of the last K scored images "
+           "join the memory (0: off)", _non_negative_int, metavar="K"),
+)
+
+_REFINE_FIELDS = {"em_update": "em_update", "em_iterations": "iterations", "lam": "lam",
+                  "plan_scale": "plan_scale", "score": "score"}
+
+
+def patchcore_plus_configure(values: dict, context: RunContext) -> PatchCorePlusConfig:
+    """PatchCorePlusConfig from option values (dest -> value; missing = default) for a run."""
+    patchcore = {"map_size": context.image_size}
+    refine = {field: values[dest] for dest, field in _REFINE_FIELDS.items() if values.get(dest) is not None}
+    try:
+        if values.get("coreset_ratio") is not None:
+            patchcore["coreset_ratio"] = check_ratio(values["coreset_ratio"])
+        if values.get("precision") is not None:
+            patchcore["precision"] = refine["precision"] = values["precision"]
+        return PatchCorePlusConfig(
+            patchcore=dataclasses.replace(PATCHCORE_PRESETS["few-shot"], **patchcore),
+            refine=dataclasses.replace(PATCHCORE_PLUS, **refine),
+            online_images=values.get("online_images") or 0,
+        )
+    except ValueError as err:
+        raise OptionError(f"patchcore_plus options: {err}") from err
+
+
+METHOD = register(Method(
+    name="patchcore_plus",
+    summary="PatchCore+: PatchCore's coreset prototypes refined per query image by a Sinkhorn-EM (FastRef)",
+    config_type=PatchCorePlusConfig,
+    pools=False,
+    few_shot="required",
+    options=OPTIONS,
+    request=lambda config: FeatureRequest(),
+    fit=patchcore_plus_fit,
+    score=patchcore_plus_score,
+    staged=patchcore_plus_staged,
+    configure=patchcore_plus_configure,
+    maps=patchcore_plus_maps,
+    backbone_run=backbone_run,
+    default_backbone="wide-resnet50-2",
+    demo_backbone="random-wide-resnet50-2",
+    tiny_backbone="random-tiny-resnet",
+    prep=patchcore_prep,
+    stages=("embed", "refine", "upsample"),
+))
