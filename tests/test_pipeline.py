@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from jzad import data as jdata
-from jzad.backbone.config import architecture_name, get_architecture
-from jzad.features import load_backbone
+from jzad.features import backbone_architecture, load_backbone
 from jzad.kernels import device_mesh
 from jzad.methods import FeatureRequest, RunContext, Scores, get_method, method_names
 from jzad.methods.musc import rscin
@@ -29,7 +28,7 @@ def tiny_setup(name: str, n: int = 10, seed: int = 0):
     images and 2 references."""
     method = get_method(name)
     shots = 2 if method.few_shot == "required" else 0
-    arch = architecture_name(get_architecture(method.tiny_backbone.removeprefix("random-")))
+    arch = backbone_architecture(method.tiny_backbone)
     backbone = load_backbone(method.tiny_backbone, method.backbone_run(arch), image_size=SIZE, seed=seed,
                              with_text=method.needs_text)
     config = method.configure({}, RunContext("synthetic", backbone.image_size, shots, backbone.taps))
