@@ -48,7 +48,7 @@ from benchmarks import musc_timing as mt  # noqa: E402
 from benchmarks import report, roofline  # noqa: E402
 from benchmarks.report import fmt  # noqa: E402
 from jzad.data import ArrayImages  # noqa: E402
-from jzad.features import load_backbone  # noqa: E402
+from jzad.features import backbone_architecture, load_backbone  # noqa: E402
 from jzad.kernels import device_mesh  # noqa: E402
 from jzad.methods import RunContext, get_method, method_names  # noqa: E402
 from jzad.methods.musc import MuScConfig, resolve_schedule  # noqa: E402
@@ -634,18 +634,6 @@ class MethodRun:
     dataset: str = "mvtec"
 
 
-def _architecture(name: str) -> str | None:
-    """The architecture of a "random-<arch>" CLIP backbone name (as ``jzad.run`` resolves it), else None."""
-    from jzad.backbone.config import architecture_name, get_architecture
-
-    if not name.startswith("random-"):
-        return None
-    try:
-        return architecture_name(get_architecture(name[len("random-"):]))
-    except ValueError:
-        return None
-
-
 def method_run(spec: MethodRun) -> Callable:
     """A registered method through the pipeline on its random-weight backbone (--method-backbone demo: its
     real-shape demo backbone; tiny: its test backbone), --method-shots normal references when it takes them and
@@ -658,9 +646,10 @@ def method_run(spec: MethodRun) -> Callable:
         method = get_method(spec.method)
         shots = args.method_shots if method.few_shot != "never" else 0
         name = method.tiny_backbone if args.method_backbone == "tiny" else method.demo_backbone
-        backbone = load_backbone(name, method.backbone_run(_architecture(name)), seed=args.seed,
+        backbone = load_backbone(name, method.backbone_run(backbone_architecture(name)), seed=args.seed,
                                  with_text=method.needs_text)
-        config = method.configure({"precision": "fp32"}, RunContext(spec.dataset, backbone.image_size, shots))
+        config = method.configure({"precision": "fp32"},
+                                  RunContext(spec.dataset, backbone.image_size, shots, backbone.taps))
         scorer = Scorer(method, config, backbone, suite.mesh, args.batch)
         size, n = backbone.image_size, args.method_images
         images = mt.random_images(n + shots + args.method_calibration, size, args.seed + 1)
