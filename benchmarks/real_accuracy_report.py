@@ -114,8 +114,8 @@ def render(payload: dict) -> str:
     """The whole README section as markdown."""
     device = payload["device"]
     load = device.get("load_average")
-    load_text = (f"; 1-min load average during the last session {fmt(load['min'])} / {fmt(load['median'])} / "
-                 f"{fmt(load['max'])} min / median / max" if load else "")
+    load_text = (f"; 1-min load average at the end of the {load['runs']} runs {fmt(load['min'])} / "
+                 f"{fmt(load['median'])} / {fmt(load['max'])} min / median / max" if load else "")
     versions = payload["versions"]
     sets = ", ".join(f"{name} ({d['images']} images: {d['anomalous']} anomalous, {d['normal']} normal; reference "
                      f"pool {d['reference_pool']})" for name, d in payload["sets"].items())
@@ -130,6 +130,7 @@ def render(payload: dict) -> str:
         *_settings_lines(payload["settings"]), "",
         f"Sets: {sets}.", "",
     ]
+    out += [f"Note: {note}" for note in payload.get("notes", [])] + ([""] if payload.get("notes") else [])
     if payload.get("not_run"):
         out += [f"Not run (not registered in the checkout that ran the benchmark): "
                 f"{', '.join(payload['not_run'])}.", ""]
