@@ -155,9 +155,9 @@ def test_clip_manifests_without_a_family_still_load_as_clip(tmp_path):
     from jzad.weights.store import manifest_family
 
     assert manifest_family({"format_version": 1}) == "clip"
-    manifest = {"format_version": 1, "family": "efficientnet", "config": {}, "params": {}, "activation": None,
+    manifest = {"format_version": 1, "family": "mobilenet", "config": {}, "params": {}, "activation": None,
                 "image_size": None, "taps": None}
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="unknown checkpoint family 'efficientnet'"):
+    with pytest.raises(ValueError, match="unknown checkpoint family 'mobilenet'"):
         read_manifest(tmp_path / "odd")

@@ -188,6 +188,13 @@ class EfficientNetConfig:
             f"or one of {tuple(self.stride_taps)}"
         )
 
+    def tap_stride(self, name: str) -> int:
+        """Output stride of a tap (its grid is the input side over it, rounded up): stem 2, head 32."""
+        stride = 2
+        for block in self.blocks[: self.tap_position(name)]:
+            stride *= block.stride
+        return stride
+
     def tap_channels(self, name: str) -> int:
         """Channels C of a tap's (B, h, w, C) output."""
         position = self.tap_position(name)
@@ -228,6 +235,44 @@ CONFIGS: dict[str, EfficientNetConfig] = {
 strides) for tests and demos."""
 
 
+def variant_name(config: EfficientNetConfig) -> str | None:
+    """The named variant config is ("efficientnet-lite0"), or None for custom shapes."""
+    for name, known in CONFIGS.items():
+        if known == config:
+            return name
+    return None
+
+
+def check_taps(taps, config: EfficientNetConfig) -> tuple[str, ...]:
+    """Taps as names: names pass through (checked), 1-based block numbers (5 -> "blocks.4", the output of the
+    5th MBConv block, as the CLI's ``--taps`` gives them) are converted; ValueError names the bad tap."""
+    count = len(config.blocks)
+    named = []
+    for tap in (taps,) if isinstance(taps, (str, int)) else taps:
+        if isinstance(tap, int) and not isinstance(tap, bool):
+            if not 1 <= tap <= count:
+                raise ValueError(f"--taps: {config.name} has MBConv blocks 1..{count}, got {tap}")
+            tap = f"blocks.{tap - 1}"
+        config.tap_position(tap)
+        named.append(tap)
+    if not named:
+        raise ValueError(f"--taps: expected at least one tap of {config.name}")
+    return tuple(named)
+
+
+def config_to_dict(config: EfficientNetConfig) -> dict:
+    """Plain dict of config (for manifest.json): stages as lists of [repeats, kernel, stride, expand, channels]."""
+    return {**dataclasses.asdict(config), "stages": [list(stage) for stage in config.stages]}
+
+
+def config_from_dict(data: dict) -> EfficientNetConfig:
+    """Inverse of ``config_to_dict``; unknown, missing or malformed fields raise ValueError."""
+    try:
+        return EfficientNetConfig(**{**data, "stages": tuple(Stage(*stage) for stage in data["stages"])})
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a valid EfficientNetConfig dict ({err}): {data!r}") from err
+
+
 def get_config(name: str | EfficientNetConfig) -> EfficientNetConfig:
     """The named config ("efficientnet-lite0", "efficientnet_lite0" and "lite0" all work); configs pass through."""
     if isinstance(name, EfficientNetConfig):
@@ -252,6 +297,26 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax.Array:
+    """Depthwise k x k convolution as k * k shifted, strided multiply-adds.
+
+    x (B, H, W, C), kernel (k, k, 1, C), padding ((top, bottom), (left, right)) zeros -> (B, h, w, C). The same
+    numbers as ``conv_general_dilated`` with ``feature_group_count=C`` (summed in another order), 5-25x faster
+    on XLA's CPU backend, whose grouped convolution is not vectorised over channels.
+    """
+    x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    size = kernel.shape[0]
+    height = (x.shape[1] - size) // stride + 1
+    width = (x.shape[2] - size) // stride + 1
+    out = None
+    for i in range(size):
+        for j in range(size):
+            window = x[:, i : i + (height - 1) * stride + 1 : stride, j : j + (width - 1) * stride + 1 : stride, :]
+            term = window * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
 class SameConv(nnx.Module):
     """k x k convolution without bias, TF "SAME" padding computed from the input's (static) height and width.
 
@@ -268,6 +333,8 @@ class SameConv(nnx.Module):
         kernel = self.kernel[...]
         size = kernel.shape[0]
         padding = tuple(same_padding(n, size, self.stride) for n in x.shape[1:3])
+        if self.groups > 1 and self.groups == x.shape[-1] == kernel.shape[-1]:
+            return depthwise_conv(x, kernel.astype(x.dtype), self.stride, padding)
         return jax.lax.conv_general_dilated(
             x,
             kernel.astype(x.dtype),

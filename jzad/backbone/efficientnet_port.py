@@ -39,6 +39,16 @@ PACKAGES = {
 """Variant -> the pip package (module name) that ships its weights under ``models/efficientnet-liteN-*.pth``."""
 
 
+def claims_efficientnet(names) -> bool:
+    """Whether a state dict with these tensor names is a lukemelas-style EfficientNet (optionally under one
+    ``module.`` / ``model.`` prefix): it has ``_conv_stem.weight`` and a first block's depthwise conv."""
+    names = set(names)
+    for prefix in ("", "module.", "model."):
+        if {f"{prefix}_conv_stem.weight", f"{prefix}_blocks.0._depthwise_conv.weight"} <= names:
+            return True
+    return False
+
+
 def _conv(torch_key: str, flax_path: str) -> list[tuple[str, str, str]]:
     return [(torch_key, flax_path, "conv")]
 

@@ -6,7 +6,8 @@ batches of one compiled shape. Sits above ``jzad.weights`` (it finds checkpoints
 methods never load weights themselves. The loaders are imported lazily (they pull in orbax), so importing the
 types here stays cheap.
 
-Backbone families ("clip": ``jzad.features.clip``; "resnet": ``jzad.features.resnet``) are rows of
+Backbone families ("clip": ``jzad.features.clip``; "resnet": ``jzad.features.resnet``; "efficientnet":
+``jzad.features.efficientnet``) are rows of
 ``BACKBONE_FAMILIES``: which random architectures each knows, and its loader. ``load_backbone`` picks the row
 from the "random-<arch>" name, else from the checkpoint's family (``jzad.weights.checkpoint_family``: the
 manifest, the catalogue entry or the file's tensor names). A new family is one more row.
@@ -22,7 +23,8 @@ from jzad.features.backbone import Backbone, extract, normalize_pixels
 from jzad.features.types import BackboneRun, FeatureRequest, Features, ImagePrep
 
 _LAZY = {"check_image_size": "clip", "load_clip": "clip", "load_clip_backbone": "clip",
-         "load_image_encoder": "clip", "load_resnet_backbone": "resnet"}
+         "load_image_encoder": "clip", "load_resnet_backbone": "resnet",
+         "load_efficientnet_backbone": "efficientnet"}
 RANDOM_PREFIX = "random-"
 
 
@@ -56,6 +58,18 @@ def _resnet_knows(arch: str) -> bool:
     return arch in RESNET_ARCHITECTURES
 
 
+def _efficientnet_knows(arch: str) -> bool:
+    from jzad.backbone.efficientnet import CONFIGS
+
+    return arch in CONFIGS
+
+
+def _load_efficientnet(*args):
+    from jzad.features.efficientnet import load_efficientnet_backbone
+
+    return load_efficientnet_backbone(*args)
+
+
 def _load_clip(*args):
     from jzad.features.clip import load_clip_backbone
 
@@ -83,6 +97,7 @@ class BackboneFamily:
 BACKBONE_FAMILIES = {
     "clip": BackboneFamily("clip", _clip_knows, _clip_architecture, _load_clip),
     "resnet": BackboneFamily("resnet", _resnet_knows, lambda arch: arch, _load_resnet),
+    "efficientnet": BackboneFamily("efficientnet", _efficientnet_knows, lambda arch: arch, _load_efficientnet),
 }
 """Family name -> row; ``random-<arch>`` goes to the first family that knows arch."""
 
@@ -92,9 +107,10 @@ def _random_family(arch: str) -> BackboneFamily:
         if family.knows(arch):
             return family
     from jzad.backbone.config import ARCHITECTURES
+    from jzad.backbone.efficientnet import CONFIGS
     from jzad.backbone.resnet import RESNET_ARCHITECTURES
 
-    known = ", ".join(RANDOM_PREFIX + a.lower() for a in (*ARCHITECTURES, *RESNET_ARCHITECTURES))
+    known = ", ".join(RANDOM_PREFIX + a.lower() for a in (*ARCHITECTURES, *RESNET_ARCHITECTURES, *CONFIGS))
     raise ValueError(f"unknown architecture {arch!r} in {RANDOM_PREFIX}{arch}; known: {known}")
 
 
@@ -109,14 +125,19 @@ def backbone_family(name: str | Path, weights_dir: str | Path | None = None) -> 
 
 
 def backbone_architecture(name: str | Path) -> str | None:
-    """The architecture a method's preset is chosen by: that of a "random-<arch>" name or of a catalogue
-    entry; None for other names and paths (the method's default run applies)."""
+    """The architecture a method's preset is chosen by: that of a "random-<arch>" name, of a ported folder or
+    name (its manifest) or of a catalogue entry; None for other names and raw checkpoint files (the method's
+    default run applies)."""
     text = str(name)
     if text.startswith(RANDOM_PREFIX):
         arch = text[len(RANDOM_PREFIX):]
         return _random_family(arch).architecture(arch)
-    from jzad.weights import load_catalogue
+    from jzad.weights import MANIFEST, load_catalogue, read_manifest, weights_dir
 
+    path = Path(text).expanduser()
+    for folder in (path, weights_dir(None) / text if "/" not in text else None):
+        if folder is not None and folder.is_dir() and (folder / MANIFEST).is_file():
+            return read_manifest(folder)["architecture"]
     entry = load_catalogue().get(text.lower())
     return entry.architecture if entry else None
 
@@ -153,6 +174,7 @@ __all__ = [
     "load_backbone",
     "load_clip",
     "load_clip_backbone",
+    "load_efficientnet_backbone",
     "load_image_encoder",
     "load_resnet_backbone",
     "normalize_pixels",

@@ -21,10 +21,10 @@ from jzad.features.types import FeatureRequest, Features
 class Backbone:
     """A backbone at a fixed input size, taps and compute dtype.
 
-    family: "clip" or "resnet" (``jzad.features.BACKBONE_FAMILIES``). name: what the user asked for.
-    architecture: the named architecture (None for custom shapes). origin: where the weights came from.
-    image_size: input side S. patch_size: the stride of the coarsest tap grid (ViT patch size). taps: tapped
-    layers. dtype: compute dtype. forward(params, images uint8 (B, S, S, 3), embedding: bool) -> Features,
+    family: "clip", "resnet" or "efficientnet" (``jzad.features.BACKBONE_FAMILIES``). name: what the user
+    asked for. architecture: the named architecture (None for custom shapes). origin: where the weights came
+    from. image_size: input side S. patch_size: the stride of the coarsest tap grid (ViT patch size). taps:
+    tapped layers. dtype: compute dtype. forward(params, images uint8 (B, S, S, 3), embedding: bool) -> Features,
     jitted with ``embedding`` static. info: details for reports (width, activation, grid, ...).
     encode_prompts: list of str -> (P, D) text embeddings (CLIP loaded with its text tower), else None.
     config: the family's model config (e.g. the CLIPConfig at the run size), for methods that run parts of

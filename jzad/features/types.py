@@ -40,11 +40,14 @@ class BackboneRun:
     """How a method runs a backbone architecture: input side, MLP activation (ViTs) and the tapped layers.
 
     None fields take the backbone's own defaults (native size, its activation, each quarter of the depth).
+    align: put every tap on the finest tap's grid (CNN taps have different strides; ViT taps share one grid),
+    for methods that score layers on one grid; False keeps each tap's own grid.
     """
 
     image_size: int | None = None
     activation: str | None = None
     taps: tuple | None = None
+    align: bool = False
 
 
 @dataclass(frozen=True)

@@ -578,9 +578,22 @@ def musc_maps(config: MuScConfig, patch_scores: jax.Array, size) -> jax.Array:
     return upsample(patch_scores, size)
 
 
-BACKBONE_PRESETS = {"ViT-L-14-336": BackboneRun(image_size=518, activation="gelu", taps=(6, 12, 18, 24))}
+BACKBONE_PRESETS = {
+    "ViT-L-14-336": BackboneRun(image_size=518, activation="gelu", taps=(6, 12, 18, 24)),
+    "efficientnet-lite0": BackboneRun(image_size=224, taps=("stride8", "stride16"), align=True),
+    "efficientnet-lite1": BackboneRun(image_size=240, taps=("stride8", "stride16"), align=True),
+    "efficientnet-lite2": BackboneRun(image_size=256, taps=("stride8", "stride16"), align=True),
+}
 """MuSc's published configuration: OpenAI ViT-L/14-336 run at 518 px (37x37 patches) with exact GELU, taps
-6/12/18/24. Other backbones run at their native size and activation, tapped at each quarter of the depth."""
+6/12/18/24. EfficientNet-Lite (a CNN; MuSc's paper uses ViTs only): the stride-8 and stride-16 stages at the
+native size (lite2's 260 rounded down to a multiple of 16), the stride-16 map upsampled to the stride-8 grid by
+the backbone (bilinear, align_corners False, the resize MuSc's code applies to a layer on a coarser grid; its code
+resizes after the layer norm and r x r unfold, so there the norm's statistics and the window's footprint are the
+coarse grid's), then LNAMD over both. Other backbones run at their native size and
+activation, tapped at each quarter of the depth, every tap on one grid (``DEFAULT_RUN``)."""
+
+DEFAULT_RUN = BackboneRun(align=True)
+"""MuSc scores every layer on one grid: CNN taps are aligned to the finest tap's grid (ViT taps share one)."""
 
 DATASET_WINDOWS = {"visa": (1, 8, 9)}
 DEFAULT_WINDOWS = (1, 2, 3)
@@ -588,7 +601,7 @@ DEFAULT_WINDOWS = (1, 2, 3)
 
 def backbone_run(architecture: str | None) -> BackboneRun:
     """MuSc's run settings for a backbone architecture name (FSLC shares them)."""
-    return BACKBONE_PRESETS.get(architecture or "", BackboneRun())
+    return BACKBONE_PRESETS.get(architecture or "", DEFAULT_RUN)
 
 
 def int_list(text: str) -> tuple[int, ...]:

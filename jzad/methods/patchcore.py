@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jzad.backbone.efficientnet import CONFIGS as EFFICIENTNET_CONFIGS
 from jzad.kernels.blur import gaussian_blur
 from jzad.kernels.distances import check_precision, pairwise_sq_euclidean
 from jzad.kernels.kcenter import sharded_kcenter_greedy
@@ -502,10 +503,17 @@ RESIZE_RATIO = 256 / 224
 """Resize(256) before CenterCrop(224): other crop sizes keep the ratio."""
 
 
+EFFICIENTNET_RUNS = {name: BackboneRun(taps=("stride8", "stride16")) for name in EFFICIENTNET_CONFIGS}
+"""EfficientNet-Lite: the stride-8 and stride-16 stages in the roles of layer2 and layer3 (the stages anomalib's
+timm extractor returns for this network), each on its own grid (PatchCore's aggregation upsamples the deeper
+one after its 3x3 unfold), at the network's native size (lite0: 224, the original code's crop), with the
+original code's default embedding size (1024)."""
+
+
 def backbone_run(architecture: str | None) -> BackboneRun:
-    """PatchCore's run settings (the same for every ResNet architecture)."""
-    del architecture
-    return RUN
+    """PatchCore's run settings: the original code's for every ResNet (and unknown architectures), the
+    EfficientNet-Lite stages for those networks."""
+    return EFFICIENTNET_RUNS.get(architecture or "", RUN)
 
 
 def patchcore_prep(config, image_size: int) -> ImagePrep:

