@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from jzad.backbone.preprocess import _to_rgb_image
+from jzad.backbone.preprocess import to_rgb_image
 
 MEAN = (127.0 / 255.0,) * 3
 STD = (128.0 / 255.0,) * 3
@@ -562,6 +562,6 @@ def preprocess_efficientnet(images: Sequence, size: int) -> np.ndarray:
     mean, std = np.asarray(MEAN, np.float32), np.asarray(STD, np.float32)
     out = np.empty((len(images), size, size, 3), dtype=np.float32)
     for index, image in enumerate(images):
-        rgb = _to_rgb_image(image, index).resize((int(size), int(size)), resample=Image.Resampling.BICUBIC)
+        rgb = to_rgb_image(image, index).resize((int(size), int(size)), resample=Image.Resampling.BICUBIC)
         out[index] = (np.asarray(rgb, dtype=np.float32) / 255.0 - mean) / std
     return out

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jzad.backbone.preprocess import _to_rgb_image
+from jzad.backbone.preprocess import to_rgb_image
 from jzad.backbone.resnet import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -46,7 +46,7 @@ def resize_center_crop(images: Sequence, resize: int = 256, crop: int = 224) -> 
         raise ValueError("resize_center_crop needs at least one image")
     out = np.empty((len(images), crop, crop, 3), np.uint8)
     for index, image in enumerate(images):
-        rgb = _to_rgb_image(image, index)
+        rgb = to_rgb_image(image, index)
         height, width = resized_shape(rgb.height, rgb.width, int(resize))
         resized = np.asarray(rgb.resize((width, height), resample=Image.Resampling.BILINEAR))
         top, left = center_crop_box(height, width, int(crop))

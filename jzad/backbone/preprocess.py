@@ -14,7 +14,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _to_rgb_image(image, index: int) -> Image.Image:
+def to_rgb_image(image, index: int) -> Image.Image:
+    """A PIL image or a uint8 gray / gray+1 / RGB / RGBA array -> an RGB PIL image; ``index`` names the image in
+    the error raised for any other dtype or shape."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     array = np.asarray(image)
@@ -47,6 +49,6 @@ def preprocess_images(images: Sequence, size: int) -> np.ndarray:
     std = np.asarray(CLIP_STD, dtype=np.float32)
     out = np.empty((len(images), size, size, 3), dtype=np.float32)
     for index, image in enumerate(images):
-        rgb = _to_rgb_image(image, index).resize((int(size), int(size)), resample=Image.Resampling.BICUBIC)
+        rgb = to_rgb_image(image, index).resize((int(size), int(size)), resample=Image.Resampling.BICUBIC)
         out[index] = (np.asarray(rgb, dtype=np.float32) / 255.0 - mean) / std
     return out

@@ -188,7 +188,7 @@ def _max_count_within(max_fpr: float, n_normal: int) -> int:
     return k
 
 
-def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+def area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     """Trapezoid area under (x, y) for x in [x[0], x_max]; x non-decreasing with x[-1] >= x_max.
 
     When x_max is not a curve point, y is linearly interpolated at x_max between its two neighbours.
@@ -235,7 +235,7 @@ def _aupro_mvtec(maps: np.ndarray, regions: np.ndarray, n_regions: int, max_fpr:
     pro = np.minimum(pro_cum[ends] / n_regions, 1.0)
     x = np.concatenate(([0.0], fpr, [1.0]))
     y = np.concatenate(([0.0], pro, [1.0]))
-    return _area_up_to(x, y, max_fpr) / max_fpr
+    return area_up_to(x, y, max_fpr) / max_fpr
 
 
 def _musc_thresholds(maps: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from jzad.eval.metrics import _area_up_to, image_metrics
+from jzad.eval.metrics import area_up_to, image_metrics
 
 OFFICIAL_MAX_FPRS = (0.01, 0.05, 0.1, 0.3, 1.0)
 """The integration limits of the official evaluation; 0.05 is the headline number."""
@@ -352,7 +352,7 @@ def auc_spro(curve: SPROCurve, max_fpr: float) -> float:
     """Area under the curve from FPR 0 to ``max_fpr``, divided by max_fpr (the official normalisation)."""
     if not 0.0 < float(max_fpr) <= 1.0:
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
-    return _area_up_to(np.asarray(curve.fpr), np.asarray(curve.spro), float(max_fpr)) / float(max_fpr)
+    return area_up_to(np.asarray(curve.fpr), np.asarray(curve.spro), float(max_fpr)) / float(max_fpr)
 
 
 def _check_types(defect_types, n: int) -> np.ndarray:
