@@ -20,6 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jzad.backbone.conv_port import get_path, set_path, split_path, to_flax, to_torch
 from jzad.backbone.efficientnet import CONFIGS, EfficientNetConfig, abstract_params, get_config
 from jzad.backbone.port import check_torch_file, import_torch, torch_load_state
 
@@ -74,45 +75,13 @@ def efficientnet_table(config: EfficientNetConfig) -> list[tuple[str, str, str]]
     return rows
 
 
-def _to_flax(array: np.ndarray, transform: str) -> np.ndarray:
-    if transform == "conv":
-        return array.transpose(2, 3, 1, 0)
-    if transform == "linear":
-        return array.T
-    return array
-
-
-def _to_torch(array: np.ndarray, transform: str) -> np.ndarray:
-    if transform == "conv":
-        return array.transpose(3, 2, 0, 1)
-    if transform == "linear":
-        return array.T
-    return array
-
-
-def _path(flax_path: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in flax_path.split("/"))
-
-
-def _get(tree, path: tuple):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _set(tree: dict, path: tuple, value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
 def expected_torch_shapes(config: EfficientNetConfig) -> dict[str, tuple[int, ...]]:
     """torch key -> tensor shape of a checkpoint of config."""
     abstract = abstract_params(config)
     shapes = {}
     for key, flax_path, transform in efficientnet_table(config):
-        shape = _get(abstract, _path(flax_path)).shape
-        shapes[key] = _to_torch(np.empty(shape, dtype=np.uint8), transform).shape
+        shape = get_path(abstract, split_path(flax_path)).shape
+        shapes[key] = to_torch(np.empty(shape, dtype=np.uint8), transform).shape
     return shapes
 
 
@@ -194,7 +163,7 @@ def efficientnet_from_torch(state: Mapping, config: EfficientNetConfig | str | N
             raise ValueError(f"state dict does not fit {config.name}: {problems[0]}{more}")
     params: dict = {}
     for key, flax_path, transform in efficientnet_table(config):
-        _set(params, _path(flax_path), np.ascontiguousarray(_to_flax(stripped[key], transform), dtype=np.float32))
+        set_path(params, split_path(flax_path), np.ascontiguousarray(to_flax(stripped[key], transform), dtype=np.float32))
     return jax.device_put(params), config
 
 
@@ -203,7 +172,7 @@ def efficientnet_to_torch(params: dict, config: EfficientNetConfig) -> dict[str,
     num_batches_tracked buffers included as int64 zeros so torch's strict loading accepts it."""
     state = {}
     for key, flax_path, transform in efficientnet_table(config):
-        state[key] = np.array(_to_torch(np.asarray(_get(params, _path(flax_path))), transform), order="C")
+        state[key] = np.array(to_torch(np.asarray(get_path(params, split_path(flax_path))), transform), order="C")
         if key.endswith(".running_var"):
             state[key[: -len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
     return state

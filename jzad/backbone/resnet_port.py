@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from jzad.backbone.conv_port import get_path, set_path, split_path, to_flax, to_torch
 from jzad.backbone.resnet import STAGES, ResNetConfig, abstract_resnet_params, get_resnet_config
 
 BN_TABLE = (
@@ -58,38 +59,6 @@ def resnet_table(config: ResNetConfig) -> list[tuple[str, str, str]]:
     if config.num_classes is not None:
         rows += [("fc.weight", "fc/kernel", "linear"), ("fc.bias", "fc/bias", "copy")]
     return rows
-
-
-def _to_flax(array: np.ndarray, transform: str) -> np.ndarray:
-    if transform == "conv":
-        return array.transpose(2, 3, 1, 0)
-    if transform == "linear":
-        return array.T
-    return array
-
-
-def _to_torch(array: np.ndarray, transform: str) -> np.ndarray:
-    if transform == "conv":
-        return array.transpose(3, 2, 0, 1)
-    if transform == "linear":
-        return array.T
-    return array
-
-
-def _split_path(path: str) -> tuple:
-    return tuple(int(part) if part.isdigit() else part for part in path.split("/"))
-
-
-def _get(tree, path: tuple):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _set(tree: dict, path: tuple, value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
 
 
 def _as_numpy(value, key: str) -> np.ndarray:
@@ -169,7 +138,7 @@ def resnet_from_torch(state: Mapping, config: ResNetConfig | str | None = None) 
     table = resnet_table(config)
     known = {row[0] for row in table}
     for torch_name, flax_path, transform in table:
-        expected = _to_torch(np.empty(_get(abstract, _split_path(flax_path)).shape, np.uint8), transform).shape
+        expected = to_torch(np.empty(get_path(abstract, split_path(flax_path)).shape, np.uint8), transform).shape
         if torch_name not in state:
             raise ValueError(f"state dict is missing key {torch_name!r} (expected shape {expected})")
         if tuple(state[torch_name].shape) != expected:
@@ -188,7 +157,7 @@ def resnet_from_torch(state: Mapping, config: ResNetConfig | str | None = None) 
     params: dict = {}
     for torch_name, flax_path, transform in table:
         array = np.asarray(state[torch_name], dtype=np.float32)
-        _set(params, _split_path(flax_path), np.ascontiguousarray(_to_flax(array, transform)))
+        set_path(params, split_path(flax_path), np.ascontiguousarray(to_flax(array, transform)))
     return params, config
 
 
@@ -200,8 +169,8 @@ def resnet_to_torch(params: dict, config: ResNetConfig | str) -> dict[str, np.nd
     config = get_resnet_config(config)
     state = {}
     for torch_name, flax_path, transform in resnet_table(config):
-        array = np.asarray(_get(params, _split_path(flax_path)), dtype=np.float32)
-        state[torch_name] = np.ascontiguousarray(_to_torch(array, transform))
+        array = np.asarray(get_path(params, split_path(flax_path)), dtype=np.float32)
+        state[torch_name] = np.ascontiguousarray(to_torch(array, transform))
         if torch_name.endswith(".running_var"):
             state[torch_name[: -len("running_var")] + "num_batches_tracked"] = np.array(0, np.int64)
     return state
