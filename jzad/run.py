@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "input continues with the lines that arrive")
     p.add_argument("--checkpoint-every", type=_positive_int, default=argparse.SUPPRESS,
                    help="(--stream-state) batches between checkpoints (default 1)")
+    p.add_argument("--stream-references", type=Path, default=argparse.SUPPRESS, metavar="FOLDER_OR_LIST",
+                   help="(--stream; few-shot methods) the normal reference images the stream is scored against, "
+                   "fitted once: a folder or a file listing image paths (every image in it is a reference); "
+                   "WinCLIP's prompts name --class-name, else --category, else --data's folder name")
     for flag, (option, owners) in _stream_options().items():
         p.add_argument(flag, dest=option.dest, type=_argparse_type(option.parse), choices=option.choices,
                        metavar=option.metavar, default=argparse.SUPPRESS,
@@ -246,7 +250,8 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
         dest = flag.lstrip("-").replace("-", "_")
         if dest in given and not allowed(method):
             raise OptionError(f"{flag} does not apply to --method {method.name}")
-    stream_only = ("--stream-batch", "--stream-state", "--checkpoint-every", *_stream_options())
+    stream_only = ("--stream-batch", "--stream-state", "--checkpoint-every", "--stream-references",
+                   *_stream_options())
     for flag in stream_only:
         if flag.lstrip("-").replace("-", "_") in given and not args.stream:
             raise OptionError(f"{flag} applies to --stream only")
@@ -255,10 +260,18 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
             raise OptionError(f"{flag} does not apply to --method {method.name} (a stream option of "
                               f"{', '.join(owners)})")
     if args.stream:
-        get_streaming(method.name)
+        streaming = get_streaming(method.name)
         for flag in ("--subsets", "--subset-split", "--shots", "--seeds"):
             if flag.lstrip("-").replace("-", "_") in given:
-                raise OptionError(f"{flag} does not apply to --stream")
+                hint = " (a stream's references are every image of --stream-references)" if flag in (
+                    "--shots", "--seeds") and streaming.references else ""
+                raise OptionError(f"{flag} does not apply to --stream{hint}")
+        if not streaming.references and "stream_references" in given:
+            raise OptionError(f"--stream-references does not apply to --method {method.name} (it scores the "
+                              "stream against its own arrivals)")
+        if streaming.references and method.few_shot == "required" and "stream_references" not in given:
+            raise OptionError(f"--method {method.name} streams against normal reference images: give "
+                              "--stream-references FOLDER_OR_LIST")
         if args.data is None:
             raise OptionError("--stream needs --data: a folder of images, a file listing image paths, or -")
         if "checkpoint_every" in given and "stream_state" not in given:
@@ -565,7 +578,7 @@ def run(args: argparse.Namespace) -> int:
     subsets = getattr(args, "subsets", 1)
     split = getattr(args, "subset_split", "official")
     shots = getattr(args, "shots", DEMO_SHOTS if args.data is None and method.few_shot == "required" else 0)
-    if method.few_shot == "required" and shots < 1:
+    if method.few_shot == "required" and shots < 1 and not args.stream:
         raise OptionError(f"--method {method.name} needs --shots K >= 1 normal reference images")
     if args.shards > len(jax.devices()):
         raise OptionError(f"--shards: expected 1..{len(jax.devices())} (devices here: {jax.devices()[0].platform} x "
@@ -756,7 +769,7 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
     batch to scores_stream.csv; resume from --stream-state when it holds a checkpoint. Returns the exit status."""
     from jzad.data.arrivals import arrivals
     from jzad.eval import report
-    from jzad.stream import StreamOutputs, Streamer, has_checkpoint, restore_state, run_stream
+    from jzad.stream import StreamOutputs, Streamer, decode_batch, has_checkpoint, restore_state, run_stream
 
     given = vars(args)
     streaming = get_streaming(method.name)
@@ -770,14 +783,21 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
                         "resume it, or remove the folder to start again")
     if done is None:
         check_out(out, args.overwrite)
+    reference_paths = stream_reference_paths(args.stream_references) if "stream_references" in given else []
     try:
-        scorer = load_scorer(args, method, values, 0)
+        scorer = load_scorer(args, method, values, len(reference_paths))
     except (ValueError, FileNotFoundError, ConnectionError) as err:
         name = args.weights or args.backbone or method.default_backbone
         raise UserError(f"--backbone/--weights: cannot load {str(name)!r}: {err}") from err
     stream_config = streaming.configure({o.dest: given[o.dest] for o in streaming.options if o.dest in given},
                                         scorer.config)
-    streamer = Streamer(scorer, stream_config, given.get("stream_batch", 1))
+    references, category = None, "stream"
+    if streaming.references:
+        category = args.category if args.category != "all" else (
+            args.data.absolute().name if str(args.data) != "-" else "object")
+        if reference_paths:
+            references, _ = decode_batch(reference_paths, scorer.prep, scorer.backbone.image_size)
+    streamer = Streamer(scorer, stream_config, given.get("stream_batch", 1), references, category)
     source = arrivals(args.data)
     state = None
     if done is not None:
@@ -785,7 +805,9 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
     outputs = StreamOutputs(out, args.save_maps, args.maps_at_image_size, keep=done or 0)
     print(f"method: {method.name} (stream) | batch: {streamer.batch} | {stream_config} | data: {args.data}"
           + (f" | resuming after {done} images" if done else ""))
-    print(f"backbone: {scorer.backbone.describe()} | device: {jax_device_kind()}")
+    print(f"backbone: {scorer.backbone.describe()} | device: {jax_device_kind()}"
+          + (f" | references: {len(references)} from {args.stream_references}" if references is not None else "")
+          + (f" | category: {category}" if streaming.references else ""))
     payload = {"status": "running", "mode": "stream", "method": method.name, "method_config": repr(scorer.config),
                "stream_config": repr(stream_config),
                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()},
@@ -811,6 +833,20 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
           f"{summary.banked} banked")
     print(f"wrote {out}: results.json, {outputs.path.name}" + (", maps/" if args.save_maps else ""))
     return 130 if summary.interrupted else 0
+
+
+def stream_reference_paths(spec: Path) -> list[Path]:
+    """--stream-references: the image paths of a folder or list file; a missing or empty source is a user error
+    naming it."""
+    from jzad.data.arrivals import arrivals
+
+    if not spec.exists():
+        raise UserError(f"--stream-references: {spec} does not exist (expected a folder of normal images or a file "
+                        "listing their paths)")
+    paths = [path for _, path in arrivals(spec)]
+    if not paths:
+        raise UserError(f"--stream-references: no images in {spec}")
+    return paths
 
 
 def jax_device_kind() -> str:

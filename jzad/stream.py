@@ -17,6 +17,7 @@ grow with the stream (beyond 8 bytes of latency per image); device memory is the
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -44,11 +45,17 @@ SIGNATURE_FILE = "stream.json"
 
 @dataclass(frozen=True, eq=False)
 class Streamer:
-    """A method bound to its config and backbone (``scorer``), its stream config and the batch size b."""
+    """A method bound to its config and backbone (``scorer``), its stream config and the batch size b.
+
+    Few-shot methods (``Streaming.references``) also take ``references``, the decoded normal reference images
+    (uint8 (k, S, S, 3); None for a zero-shot WinCLIP stream), fitted once in ``init``, and ``category``, the
+    name ``prepare`` gets (WinCLIP's object word unless ``--class-name`` sets it)."""
 
     scorer: Scorer
     stream_config: Any
     batch: int = 1
+    references: Any = None
+    category: str = "stream"
 
     def __post_init__(self):
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
@@ -70,7 +77,16 @@ class Streamer:
         """An empty state for batches of b images (shapes from an abstract pass of the backbone)."""
         size = self.scorer.backbone.image_size
         shapes = jax.eval_shape(self.extract, jax.ShapeDtypeStruct((self.batch, size, size, 3), jnp.uint8))
-        return self.streaming.init(self.scorer.config, self.stream_config, shapes, self.scorer.mesh)
+        if not self.streaming.references:
+            return self.streaming.init(self.scorer.config, self.stream_config, shapes, self.scorer.mesh)
+        method, config, backbone = self.scorer.method, self.scorer.config, self.scorer.backbone
+        prepared = method.prepare(config, backbone, self.category)
+        references = None
+        if self.references is not None:
+            references = self.extract(np.asarray(self.references))
+            check_finite(references, None, "reference features")
+        return self.streaming.init(config, self.stream_config, shapes, self.scorer.mesh, references=references,
+                                   prepared=prepared)
 
     def step(self, state, images: np.ndarray, names=None) -> tuple[StreamScores, Any]:
         """Score n <= b decoded images (uint8 (n, S, S, 3)) -> (StreamScores of b rows, the first n real, state).
@@ -93,7 +109,13 @@ class Streamer:
         return {"method": self.scorer.method.name, "method_config": repr(self.scorer.config),
                 "stream_config": repr(self.stream_config), "batch": self.batch, "backbone": backbone.name,
                 "weights": backbone.origin, "image_size": backbone.image_size, "taps": list(backbone.taps),
-                "dtype": backbone.dtype}
+                "dtype": backbone.dtype, "references": self._references_digest(), "category": self.category}
+
+    def _references_digest(self) -> str | None:
+        if self.references is None:
+            return None
+        images = np.ascontiguousarray(self.references)
+        return f"{len(images)} images, sha256 {hashlib.sha256(images.tobytes()).hexdigest()[:16]}"
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

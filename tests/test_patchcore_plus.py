@@ -65,7 +65,7 @@ def test_seam_matches_the_pytorch_reference_from_uint8_images(options):
 
 def test_online_memory_matches_the_reference_and_carries_over_batches():
     # Row plan scaling moves the prototypes far enough for the online memory's effect to show (line below).
-    method, backbone, config = tiny({"online_images": 1, "em_iterations": 3, "plan_scale": "row"})
+    method, backbone, config = tiny({"online": 1, "em_iterations": 3, "plan_scale": "row"})
     images, _, _, _ = jdata.make_synthetic_set(2, 2, size=SIZE, seed=4)
     refs, _, _, _ = jdata.make_synthetic_set(2, 0, size=SIZE, seed=9)
     state = method.fit(config, backbone(refs), None)
@@ -102,7 +102,7 @@ def test_chunked_sharded_refinement_equals_the_per_image_refinement(chunk, shard
 def test_configure_and_command_line(tmp_path, capsys):
     method = get_method("patchcore_plus")
     config = method.configure({"em_update": "closed", "em_iterations": 2, "lam": 0.1, "plan_scale": "printed",
-                               "score": "residual", "online_images": 3, "precision": "bf16"},
+                               "score": "residual", "online": 3, "precision": "bf16"},
                               RunContext("mvtec", 224, shots=1))
     assert (config.refine.em_update, config.refine.iterations, config.refine.lam) == ("closed", 2, 0.1)
     assert (config.refine.plan_scale, config.refine.score, config.online_images) == ("printed", "residual", 3)

@@ -126,6 +126,28 @@ def test_run_category_equals_the_method_on_the_whole_set(name):
     assert result.names == tuple(names) and np.isfinite(result.metrics["image_auroc"])
 
 
+RENAMED_OPTION_VALUES = {"--clusters": 3, "--init-images": 4, "--init-coreset": 500, "--reweight-b": 5, "--online": 2}
+"""A value for every option whose argparse dest differs from the config field it sets (the easy ones to miss)."""
+
+
+def test_options_reach_their_config_field_through_their_dest():
+    """``configure`` receives option values by argparse dest; an option whose dest is not its field's name must
+    still set that field (``--online`` once set nothing: Online PatchCore+ was silently off from the CLI)."""
+    renamed = {}
+    for name in method_names():
+        method = get_method(name)
+        for option in method.options:
+            if option.field is not None and option.dest != option.field:
+                renamed.setdefault(option.flag, []).append((method, option))
+    assert set(renamed) == set(RENAMED_OPTION_VALUES)
+    for flag, uses in renamed.items():
+        for method, option in uses:
+            context = RunContext("mvtec", 224, shots=1)
+            config = method.configure({option.dest: RENAMED_OPTION_VALUES[flag]}, context)
+            assert f"{option.field}={RENAMED_OPTION_VALUES[flag]!r}" in repr(config), (method.name, flag)
+            assert repr(config) != repr(method.configure({}, context)), (method.name, flag)
+
+
 def test_official_subsets_match_the_official_deal():
     # Types crack (4), good (6), hole (3) in reader order. The official reader, for subset j: random.seed(42),
     # then per type (sorted) random.shuffle(ids) and every third id from position j. The shuffles with seed 42:

@@ -287,9 +287,16 @@ def test_restart_continues_with_the_same_scores(tmp_path):
 @pytest.mark.parametrize("name", streaming_names())
 def test_every_streaming_method_restarts_from_a_checkpoint_with_the_same_scores(name, tmp_path):
     method, streaming = get_method(name), get_streaming(name)
-    config = method.configure({"r_list": (1,)}, RunContext("synthetic", SIZE))
-    streamer = Streamer(Scorer(method, config, tiny_backbone()), streaming.configure({}, config), 2)
     images, *_ = jdata.make_synthetic_set(4, 2, size=SIZE, seed=6)
+    if streaming.references:  # few-shot: its own tiny backbone, two references fitted once
+        backbone = load_backbone(method.tiny_backbone, method.backbone_run(None), image_size=SIZE, seed=1,
+                                 with_text=method.needs_text)
+        config = method.configure({}, RunContext("synthetic", SIZE, shots=2))
+        references = jdata.make_synthetic_set(2, 0, size=SIZE, seed=7)[0]
+        streamer = Streamer(Scorer(method, config, backbone), streaming.configure({}, config), 2, references)
+    else:
+        config = method.configure({"r_list": (1,)}, RunContext("synthetic", SIZE))
+        streamer = Streamer(Scorer(method, config, tiny_backbone()), streaming.configure({}, config), 2)
     state, scores = streamer.init(), []
     for first in range(0, 6, 2):
         out, state = streamer.step(state, images[first:first + 2])

@@ -5,6 +5,7 @@ Importing this package registers every method; ``get_method(name)`` returns one,
 
 from jzad.methods import clip_lad, fslc, musc, patchcore, patchcore_plus, winclip, winclip_plus  # noqa: F401  (registration on import)
 from jzad.methods import stream_fslc, stream_musc  # noqa: F401  (streaming registration on import)
+from jzad.methods import stream_fewshot  # noqa: F401  (after the methods it streams)
 from jzad.methods.base import (
     BackboneRun,
     FeatureRequest,

@@ -200,7 +200,9 @@ class Streaming:
     ``features``, a batch as the backbone returns it, are read; ShapeDtypeStructs do), placed as ``step``
     returns it so every step runs one compiled program. step(method_config, stream_config,
     state, features (b images), valid (b,) bool, mesh) -> (StreamScores, state); rows with valid False are
-    padding: they neither score against nor enter the memory.
+    padding: they neither score against nor enter the memory. references: the stream is scored against normal
+    reference images fitted once (few-shot methods); ``init`` then also takes ``references=`` (their Features)
+    and ``prepared=`` (the method's ``prepare`` output, e.g. prompt embeddings).
     """
 
     config_type: type
@@ -209,6 +211,7 @@ class Streaming:
     request: Callable
     init: Callable
     step: Callable
+    references: bool = False
 
 
 _STREAMING: dict[str, Streaming] = {}

@@ -152,9 +152,10 @@ def _check_memory(state: PatchCorePlusState) -> None:
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _online_stage(features, memory: OnlineMemory, config: PatchCorePlusConfig):
-    """Online PatchCore+ in arrival order (one device): (N, m, dim) -> (N, m), (N,), the memory advanced."""
-    scores, memory = refine_online(features, jax.lax.optimization_barrier(memory), config.refine)
+def _online_stage(features, memory: OnlineMemory, config: PatchCorePlusConfig, arrived=None):
+    """Online PatchCore+ in arrival order (one device): (N, m, dim) -> (N, m), (N,), the memory advanced by
+    the rows ``arrived`` marks (None: all)."""
+    scores, memory = refine_online(features, jax.lax.optimization_barrier(memory), config.refine, arrived)
     return scores, jnp.max(scores, axis=1), memory
 
 
@@ -195,6 +196,23 @@ def patchcore_plus_score(config: PatchCorePlusConfig, state: PatchCorePlusState,
         return Scores(patch.reshape(n, h, w), image), state._replace(memory=memory)
     patch, image = _embed_and_refine(layer2, layer3, state.bank, config=config, mesh=mesh)
     return Scores(patch.reshape(n, h, w), image), state
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def patchcore_plus_stream_score(config: PatchCorePlusConfig, state: PatchCorePlusState, queries: Features,
+                                arrived: jax.Array, mesh: Mesh | None = None):
+    """``patchcore_plus_score`` for a stream's batch, whose rows with ``arrived`` False are padding ->
+    (Scores, state, banked (N,) bool). Online, only the real rows' refined prototypes enter the memory (banked);
+    otherwise the state is the fitted one and nothing is banked."""
+    if not config.online_images:
+        scores, _ = patchcore_plus_score(config, state, queries, mesh)
+        return scores, state, jnp.zeros(arrived.shape, bool)
+    _check_memory(state)
+    layer2, layer3 = tapped_layers(queries)
+    n, h, w, _ = layer2.shape
+    features = patchcore_embed(layer2, layer3, config.patchcore.dim)
+    patch, image, memory = _online_stage(features, state.memory, config=config, arrived=arrived)
+    return Scores(patch.reshape(n, h, w), image), state._replace(memory=memory), arrived
 
 
 def patchcore_plus_staged(config: PatchCorePlusConfig, state: PatchCorePlusState, queries: Features,
@@ -255,7 +273,7 @@ def patchcore_plus_configure(values: dict, context: RunContext) -> PatchCorePlus
         return PatchCorePlusConfig(
             patchcore=dataclasses.replace(PATCHCORE_PRESETS["few-shot"], **patchcore),
             refine=dataclasses.replace(PATCHCORE_PLUS, **refine),
-            online_images=values.get("online_images") or 0,
+            online_images=values.get("online") or 0,
         )
     except ValueError as err:
         raise OptionError(f"patchcore_plus options: {err}") from err

@@ -574,18 +574,23 @@ def online_prototypes(state: OnlineMemory) -> tuple[jax.Array, jax.Array]:
 
 
 @partial(jax.jit, static_argnames=("config",))
-def refine_online(fs: jax.Array, state: OnlineMemory, config: RefineConfig = PATCHCORE_PLUS):
+def refine_online(fs: jax.Array, state: OnlineMemory, config: RefineConfig = PATCHCORE_PLUS, arrived=None):
     """Online refinement in arrival order (a ``lax.scan``): each query fs[b] (m, c) is refined and scored
-    against the current memory, then its m refined prototypes join the ring. Returns (scores (B, m), state)."""
+    against the current memory, then its m refined prototypes join the ring. ``arrived`` (B,) bool (None: all)
+    marks real queries: a False row (a stream's padding) is scored but leaves the memory as it was.
+    Returns (scores (B, m), state)."""
     if fs.ndim != 3 or fs.shape[2] != state.base.shape[1]:
         raise ValueError(f"fs: expected (B, m, {state.base.shape[1]}), got shape {fs.shape}")
     if fs.shape[1] > state.ring.shape[0]:
         raise ValueError(f"capacity: expected at least m = {fs.shape[1]} ring rows, got {state.ring.shape[0]}")
+    arrived = jnp.ones((fs.shape[0],), bool) if arrived is None else jnp.asarray(arrived, bool)
 
-    def step(memory, f):
+    def step(memory, row):
+        f, real = row
         prototypes, valid = online_prototypes(memory)
         scores, refined = _refine_and_score(f, _basis(prototypes, config, valid), config)
-        return online_update(memory, refined), scores
+        advanced = online_update(memory, refined)
+        return jax.tree.map(lambda new, old: jnp.where(real, new, old), advanced, memory), scores
 
-    state, scores = jax.lax.scan(step, state, fs.astype(jnp.float32))
+    state, scores = jax.lax.scan(step, state, (fs.astype(jnp.float32), arrived))
     return scores, state
