@@ -240,6 +240,13 @@ def streaming_names() -> tuple[str, ...]:
     return tuple(_STREAMING)
 
 
+def option_fields(options, values: dict) -> dict:
+    """{option.field: value} for every option of ``options`` that sets a config field and whose value (by
+    argparse dest, as ``configure`` receives them) is given and not None. Configure functions read declared
+    fields through this, so a flag whose dest differs from its field still reaches the field."""
+    return {o.field: values[o.dest] for o in options if o.field is not None and values.get(o.dest) is not None}
+
+
 def check_finite(features, names=None, what: str = "features") -> None:
     """Raise ValueError naming the images whose features hold NaN or inf (a silent NaN would spread to every
     score of a pooling method). features: any pytree of arrays with a leading image axis N (``Features``, a

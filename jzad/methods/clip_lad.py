@@ -76,6 +76,7 @@ from jzad.methods.base import (
     OptionError,
     RunContext,
     Scores,
+    option_fields,
     register,
 )
 from jzad.methods.musc import tokens_to_grid
@@ -844,7 +845,7 @@ OPTIONS = (
 def clip_lad_configure(values: dict, context: RunContext) -> CLIPLADConfig:
     """CLIPLADConfig for a run: the backbone's taps (the first two clustered, all in the patch memory), its
     input side, option values; N_c and the fine level default to each category's (None until fit)."""
-    fields = {o.field: values[o.dest] for o in OPTIONS if values.get(o.dest) is not None}
+    fields = option_fields(OPTIONS, values)
     if values.get("precision") is not None:
         fields["precision"] = values["precision"]
     fields.setdefault("num_clusters", None)

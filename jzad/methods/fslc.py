@@ -63,6 +63,7 @@ from jzad.methods.base import (
     RunContext,
     Scores,
     check_finite,
+    option_fields,
     register,
 )
 from jzad.methods.musc import backbone_run, grid_features, int_list, musc_maps, tokens_to_grid, upsample
@@ -773,7 +774,7 @@ OPTIONS = (
 def fslc_configure(values: dict, context: RunContext) -> FSLCConfig:
     """FSLCConfig from option values (dest -> value; missing = default)."""
     del context
-    fields = {o.field: values[o.dest] for o in OPTIONS if values.get(o.dest) is not None}
+    fields = option_fields(OPTIONS, values)
     if values.get("precision") is not None:
         fields["precision"] = values["precision"]
     try:

@@ -67,6 +67,7 @@ from jzad.methods.base import (
     OptionError,
     RunContext,
     Scores,
+    option_fields,
     register,
 )
 
@@ -585,7 +586,7 @@ def default_ratio(shots: int) -> float:
 def patchcore_configure(values: dict, context: RunContext) -> PatchCoreConfig:
     """PatchCoreConfig from option values (dest -> value; missing = default) for a run."""
     fields = {"coreset_ratio": default_ratio(context.shots), "map_size": context.image_size}
-    fields.update({o.field: values[o.dest] for o in OPTIONS if values.get(o.dest) is not None})
+    fields.update(option_fields(OPTIONS, values))
     if values.get("precision") is not None:
         fields["precision"] = values["precision"]
     try:

@@ -33,7 +33,17 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jzad.kernels.sharding import device_mesh, map_row_shards, pad_rows
-from jzad.methods.base import FeatureRequest, Features, Method, Option, OptionError, RunContext, Scores, register
+from jzad.methods.base import (
+    FeatureRequest,
+    Features,
+    Method,
+    Option,
+    OptionError,
+    RunContext,
+    Scores,
+    option_fields,
+    register,
+)
 from jzad.methods.patchcore import (
     PATCHCORE_PRESETS,
     PatchCoreConfig,
@@ -273,7 +283,7 @@ def patchcore_plus_configure(values: dict, context: RunContext) -> PatchCorePlus
         return PatchCorePlusConfig(
             patchcore=dataclasses.replace(PATCHCORE_PRESETS["few-shot"], **patchcore),
             refine=dataclasses.replace(PATCHCORE_PLUS, **refine),
-            online_images=values.get("online") or 0,
+            online_images=option_fields(OPTIONS, values).get("online_images", 0),
         )
     except ValueError as err:
         raise OptionError(f"patchcore_plus options: {err}") from err

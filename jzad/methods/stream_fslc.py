@@ -42,6 +42,7 @@ from jzad.methods.base import (
     OptionError,
     StreamScores,
     Streaming,
+    option_fields,
     register_streaming,
 )
 from jzad.methods.fslc import FSLCConfig, _exact_distance, fslc_score, fslc_sets, otsu_split
@@ -254,7 +255,7 @@ OPTIONS = (
 def fslc_stream_configure(values: dict, config: FSLCConfig) -> FSLCStreamConfig:
     """FSLCStreamConfig from option values (dest -> value; missing = default)."""
     del config
-    fields = {o.field: values[o.dest] for o in OPTIONS if values.get(o.dest) is not None}
+    fields = option_fields(OPTIONS, values)
     try:
         return FSLCStreamConfig(**fields)
     except ValueError as err:

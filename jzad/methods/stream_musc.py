@@ -40,6 +40,7 @@ from jzad.methods.base import (
     OptionError,
     StreamScores,
     Streaming,
+    option_fields,
     register_streaming,
 )
 from jzad.methods.musc import MuScConfig, grid_features, masked_mutual_scores, max_of_upsampled, msm_key
@@ -221,7 +222,7 @@ def musc_stream_configure(values: dict, config: MuScConfig) -> MuScStreamConfig:
     """MuScStreamConfig from option values (dest -> value; missing = default); the bank needs zero-shot MuSc."""
     if config.mode != "zero_shot":
         raise OptionError(f"--stream: MuSc streams zero-shot (the bank is the pool); --mode {config.mode} does not")
-    fields = {o.field: values[o.dest] for o in OPTIONS if values.get(o.dest) is not None}
+    fields = option_fields(OPTIONS, values)
     if "capacity" in fields and "warmup" not in fields:
         fields["warmup"] = min(MuScStreamConfig.warmup, fields["capacity"])
     try:
