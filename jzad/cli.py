@@ -14,6 +14,9 @@ from jzad.pipeline import SPLITS
 
 DISTRIBUTED_ENV = {"coordinator": "JZAD_COORDINATOR", "num_processes": "JZAD_NUM_PROCESSES",
                    "process_id": "JZAD_PROCESS_ID"}
+LIBRARY_FLAGS = {"subsets": "--subsets", "shots": "--shots", "subtypes": "--loco-subtypes",
+                 "state_dir": "--stream-state"}
+"""Argument names the library's errors start with -> the flag that sets them."""
 RESTRICTED = {
     "--subsets": lambda m: m.pools,
     "--subset-split": lambda m: m.pools,
@@ -24,6 +27,15 @@ RESTRICTED = {
 
 class UserError(Exception):
     """A problem with the command line or the inputs: printed as one line, exit status 2."""
+
+
+def in_flag_terms(message: str) -> str:
+    """A library error ("subsets: expected 1..8, got 9") worded with the flag that sets the argument it names
+    first ("--subsets: expected 1..8, got 9"); other messages as they are."""
+    for name, flag in LIBRARY_FLAGS.items():
+        if message.startswith((f"{name}:", f"{name} ")):
+            return flag + message[len(name):]
+    return message
 
 
 class _Parser(argparse.ArgumentParser):

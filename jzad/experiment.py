@@ -327,10 +327,11 @@ def category_entry(category: str, runs: list, shots: int, clock: StageClock) -> 
 
 
 def run_experiment(scorer: Scorer, plan: Plan, sources: Callable, results: ResultsFile, outputs: OutputSpec,
-                   extra_metrics=None, show_progress: bool = True, log: Callable[[str], None] = _stderr) -> Experiment:
+                   extra_metrics=None, show_progress: bool = True, log: Callable[[str], None] = _stderr,
+                   describe_error: Callable[[str], str] = str) -> Experiment:
     """Score every category of ``plan`` at every draw seed (``sources(category, seed)`` -> CategorySources),
     recording each in ``results`` as it finishes; a category that fails with a data error is recorded under
-    "failed" and the others go on (see ``Plan`` for the policy). Ctrl-C saves status "interrupted" and
+    "failed" (its message through ``describe_error``) and the others go on (see ``Plan`` for the policy). Ctrl-C saves status "interrupted" and
     re-raises. Ends with status complete or failed, the timing table and the mean over categories."""
     payload, done = results.payload, Experiment()
     results.save()
@@ -343,10 +344,11 @@ def run_experiment(scorer: Scorer, plan: Plan, sources: Callable, results: Resul
                 except CATEGORY_FAILURES as err:
                     if plan.raise_errors:
                         raise
-                    payload["failed"].append({"category": category, "error": str(err),
+                    message = describe_error(str(err))
+                    payload["failed"].append({"category": category, "error": message,
                                               "error_type": type(err).__name__})
                     if len(plan.categories) > 1:
-                        log(f"{category}: FAILED: {err}")
+                        log(f"{category}: FAILED: {message}")
                     results.save()
                     if plan.stop_at_first_failure:
                         log("a multi-process run stops at its first failed category")

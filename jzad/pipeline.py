@@ -257,7 +257,7 @@ def run_category(
     progress = progress or RunProgress(False)
     n = len(source)
     if subsets < 1 or subsets > n:
-        raise ValueError(f"--subsets: expected 1..{n} (the category's image count), got {subsets}")
+        raise ValueError(f"subsets: expected 1..{n} (the category's image count), got {subsets}")
     groups = score_groups(scorer.method, n, source.defect_types, subsets, split, chunk)
     ref_task = progress.task(f"{category} references", len(references)) if references is not None else None
     state = fit(scorer, references, clock, ref_task, category, calibration)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from jzad import data as jdata
 from jzad import experiment
-from jzad.cli import UserError, build_parser, check_options, distributed_settings, start_distributed
+from jzad.cli import UserError, build_parser, check_options, distributed_settings, in_flag_terms, start_distributed
 from jzad.experiment import DEMO_CATEGORY, OutputSpec, Plan, ResultsFile
 from jzad.methods import Method, OptionError, get_method, get_streaming
 from jzad.pipeline import METRIC_COLUMNS
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         done = experiment.run_experiment(scorer, plan, sources, results, outputs, extra_metrics,
-                                         show_progress=not args.quiet and writer)
+                                         show_progress=not args.quiet and writer, describe_error=in_flag_terms)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {out / 'results.json'} lists the categories that finished", file=sys.stderr)
         return 130
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             ConnectionError) as err:
         if args.debug:
             raise
-        print(f"python -m jzad.run: error: {err}", file=sys.stderr)
+        print(f"python -m jzad.run: error: {in_flag_terms(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:

@@ -163,13 +163,13 @@ def restore_state(directory: str | os.PathLike, like, signature: dict) -> tuple[
     directory = Path(directory).absolute()
     found = _checkpoints(directory)
     if not found:
-        raise ValueError(f"--stream-state: no checkpoint in {directory}")
+        raise ValueError(f"state_dir: no checkpoint in {directory}")
     recorded_path = directory / SIGNATURE_FILE
     recorded = json.loads(recorded_path.read_text(encoding="utf-8")) if recorded_path.is_file() else {}
     differing = sorted(k for k in set(signature) | set(recorded) if recorded.get(k) != signature.get(k))
     if differing:
         detail = "; ".join(f"{k}: {recorded.get(k)!r} there, {signature.get(k)!r} now" for k in differing[:3])
-        raise ValueError(f"--stream-state: the checkpoint in {directory} belongs to another stream set-up ({detail})")
+        raise ValueError(f"state_dir: the checkpoint in {directory} belongs to another stream set-up ({detail})")
     leaves, treedef = jax.tree.flatten(like)
     abstract = {"done": np.asarray(0, np.int64),
                 "leaves": {f"{i:04d}": jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for i, leaf in enumerate(leaves)}}
@@ -349,7 +349,7 @@ def run_stream(
             arrived = time.perf_counter()
             if index < skip:
                 if outputs.names[index] != str(name):
-                    raise ValueError(f"--stream-state: arrival {index} is {name!r}, but the checkpointed stream "
+                    raise ValueError(f"state_dir: arrival {index} is {name!r}, but the checkpointed stream "
                                      f"scored {outputs.names[index]!r} there; a resumed stream must replay the "
                                      "same arrivals")
                 continue

@@ -10,19 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from jzad.eval.spro import (
-    OFFICIAL_MAX_FPRS,
-    DefectConfig,
-    SPROTruth,
-    auc_spro,
-    choose_thresholds,
-    loco_image_metrics,
-    loco_localization,
-    parse_defects_config,
-    saturation_area,
-    spro_curve,
-    truth_from_channels,
-)
+from jzad.data.spro_truth import DefectConfig, SPROTruth, parse_defects_config, saturation_area, truth_from_channels
+from jzad.eval.spro import OFFICIAL_MAX_FPRS, auc_spro, choose_thresholds, loco_image_metrics, loco_localization, spro_curve
 
 CONFIGS = Path("/work/shared/data/mvtec_loco_configs")
 

@@ -45,11 +45,11 @@ from jzad.data.loco import (
     union_mask,
 )
 from jzad.data.masks import resize_binary_mask
+from jzad.data.prep import ImagePrep
 from jzad.data.readers import DATASETS, list_categories, read_dataset
 from jzad.data.sources import FileImages, center_crop, resized_shape
+from jzad.data.spro_truth import SPROTruth
 from jzad.data.subsets import reference_draw
-from jzad.eval.spro import SPROTruth
-from jzad.features.types import ImagePrep
 
 CLI_DATASETS = DATASETS + ("loco",)
 """The layouts ``--dataset`` accepts."""
@@ -111,10 +111,10 @@ class LocoImages(FileImages):
 
 
 def check_subtypes(subtypes: str) -> str:
-    """"rule", "off" or an existing list file; ValueError naming --loco-subtypes otherwise."""
+    """"rule", "off" or an existing list file; ValueError naming ``subtypes`` otherwise."""
     if subtypes in SUBTYPE_MODES or Path(subtypes).is_file():
         return subtypes
-    raise ValueError(f"--loco-subtypes: expected rule, off or a sub-type list file; {subtypes!r} is not a file")
+    raise ValueError(f"subtypes: expected rule, off or a sub-type list file; {subtypes!r} is not a file")
 
 
 @functools.lru_cache(maxsize=4)
@@ -162,7 +162,7 @@ def loco_subtypes(loco: LocoSet, root: str | os.PathLike, subtypes: str) -> tupl
     for path in loco.images.paths:
         key = Path(path).relative_to(base).as_posix()
         if key not in listed:
-            raise ValueError(f"--loco-subtypes {subtypes}: no sub-type listed for {category}/{key}")
+            raise ValueError(f"subtypes {subtypes}: no sub-type listed for {category}/{key}")
         out.append(listed[key])
     return tuple(out)
 
@@ -217,7 +217,7 @@ def _loco_sources(root: Path, category: str, shots: int, seed: int, calibration:
     if shots:
         train = read("train")
         if len(train) < shots:
-            raise ValueError(f"--shots {shots}: {category} has only {len(train)} train images")
+            raise ValueError(f"shots {shots}: {category} has only {len(train)} train images")
         references = FileImages(train.images.select(reference_draw(len(train), shots, seed)), root=cat_dir)
     if calibration is not None:
         cal = FileImages(read(calibration).images, root=cat_dir)
@@ -245,7 +245,7 @@ def category_sources(dataset: str, root: str | os.PathLike, category: str, shots
         train = read_dataset(dataset, root, category, split="train", **options)
         normal = np.asarray([i for i in range(len(train)) if train.labels is None or train.labels[i] == 0], np.int64)
         if len(normal) < shots:
-            raise ValueError(f"--shots {shots}: {category} has only {len(normal)} normal train images")
+            raise ValueError(f"shots {shots}: {category} has only {len(normal)} normal train images")
         picked = normal[reference_draw(len(normal), shots, seed)] if shots else normal[:0]
         if shots:
             references = FileImages(train.select(picked), root=root)

@@ -40,7 +40,7 @@ import numpy as np
 from jzad.data.decode import _as_hw, load_image, open_image
 from jzad.data.imageset import ImageSet
 from jzad.data.masks import MASK_RULES, resize_binary_mask
-from jzad.eval.spro import DefectConfig, SPROTruth, parse_defects_config, truth_from_channels
+from jzad.data.spro_truth import DefectConfig, SPROTruth, parse_defects_config, truth_from_channels
 
 LOCO_CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
 LOCO_SPLITS = ("train", "validation", "test")

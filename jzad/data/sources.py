@@ -23,7 +23,7 @@ from jzad.data.decode import load_image
 from jzad.data.imageset import ImageSet
 from jzad.data.masks import _center_crop, read_set_masks, resize_binary_mask
 from jzad.data.names import display_name
-from jzad.features.types import ImagePrep
+from jzad.data.prep import ImagePrep
 
 
 def resized_shape(width: int, height: int, prep: ImagePrep, size: int) -> tuple[int, int]:

@@ -2,17 +2,8 @@
 
 from jzad.eval.heatmaps import colorize, jet, mask_contour, overlay, panels, sanitize_name, save_overlays, value_range
 from jzad.eval.metrics import aupro, image_metrics, label_regions, pixel_metrics
-from jzad.eval.spro import (
-    OFFICIAL_MAX_FPRS,
-    DefectConfig,
-    SPROTruth,
-    auc_spro,
-    loco_image_metrics,
-    loco_localization,
-    parse_defects_config,
-    spro_curve,
-    truth_from_channels,
-)
+from jzad.data.spro_truth import DefectConfig, SPROTruth, parse_defects_config, truth_from_channels
+from jzad.eval.spro import OFFICIAL_MAX_FPRS, auc_spro, loco_image_metrics, loco_localization, spro_curve
 from jzad.eval.report import environment_info, format_table, to_jsonable, write_results_json, write_scores_csv
 
 __all__ = [
