@@ -363,9 +363,21 @@ def jax_device_kind() -> str:
     return jax.devices()[0].device_kind
 
 
+def use_compilation_cache() -> None:
+    """Keep compiled programs in the user cache folder (``jzad.paths.compilation_cache_dir``) so a second run
+    of the same set-up skips most compiling; a folder the user set for JAX (JAX_COMPILATION_CACHE_DIR) wins."""
+    import jax
+
+    from jzad.paths import compilation_cache_dir
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(compilation_cache_dir()))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m jzad.run``; returns the process exit status (2: a user error)."""
     args = build_parser().parse_args(argv)
+    use_compilation_cache()
     try:
         settings = distributed_settings(args)
         if settings is not None:

@@ -19,11 +19,11 @@ from jzad.weights import (
     open_checkpoint,
     port,
     read_manifest,
-    repo_weights_dir,
     sha256_file,
     weights_dir,
 )
 from jzad.weights.__main__ import main as weights_cli
+from jzad.weights.catalogue import CATALOGUE
 
 TINY_VOCAB = 99
 
@@ -157,7 +157,7 @@ def test_catalogue_entries_and_lookup():
     assert catalogue_entry("vit-b-16-plus-240").source["pretrained"] == "laion400m_e31"
     with pytest.raises(ValueError, match="unknown checkpoint name 'vit-z'.*vit-l-14-336"):
         catalogue_entry("vit-z")
-    assert (repo_weights_dir() / "catalogue.json").is_file()
+    assert CATALOGUE.is_file() and CATALOGUE.parent.name == "weights" and CATALOGUE.parent.parent.name == "jzad"
 
 
 def test_offline_hub_errors_name_the_fix(tmp_path, monkeypatch):

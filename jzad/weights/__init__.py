@@ -21,7 +21,6 @@ from jzad.weights.catalogue import (
     CatalogueEntry,
     catalogue_entry,
     load_catalogue,
-    repo_weights_dir,
     weights_dir,
 )
 from jzad.weights.families import FAMILIES, WeightsFamily, detect_family, family_of, get_family, read_checkpoint
@@ -58,7 +57,6 @@ __all__ = [
     "port",
     "read_checkpoint",
     "read_manifest",
-    "repo_weights_dir",
     "save_ported",
     "sha256_file",
     "weights_dir",

@@ -95,10 +95,10 @@ def main(argv=None) -> int:
                       help="run image size recorded in the manifest (overrides a method's preset)")
     port.add_argument("--taps", help="run taps recorded in the manifest, comma-separated: 1-based blocks (CLIP) "
                       "or stage names such as layer2,layer3 (ResNet)")
-    port.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR or the repo's weights/)")
+    port.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR, else the user data folder's jzad/weights)")
     port.add_argument("--force", action="store_true", help="replace an existing ported folder")
     listing = sub.add_parser("list", help="list the catalogue and which checkpoints are ported")
-    listing.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR or the repo's weights/)")
+    listing.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR, else the user data folder's jzad/weights)")
     args = parser.parse_args(argv)
     from jzad.backbone.port import MissingDependencyError
 

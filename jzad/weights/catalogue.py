@@ -1,4 +1,5 @@
-"""The catalogue of supported checkpoints (weights/catalogue.json) and where ported weights live.
+"""The catalogue of supported checkpoints (``catalogue.json``, shipped inside this package); ported weights live
+in ``jzad.paths.weights_dir()`` (the user's data folder, or $JZAD_WEIGHTS_DIR).
 
 Each entry names its family ("clip" when absent, "resnet"), its source (OpenAI name and file, Hugging Face id,
 OpenCLIP name + pretrained tag, or a torchvision file), its architecture, its native input size and (CLIP)
@@ -9,30 +10,16 @@ method's preset (``jzad.methods``), not the catalogue's.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import jzad
 from jzad.backbone.config import ACTIVATIONS
+from jzad.paths import WEIGHTS_ENV, weights_dir
 from jzad.weights.families import get_family
 
-WEIGHTS_ENV = "JZAD_WEIGHTS_DIR"
-
-
-def repo_weights_dir() -> Path:
-    """The repository's top-level weights/ folder (next to the jzad package)."""
-    return Path(jzad.__file__).resolve().parents[1] / "weights"
-
-
-def weights_dir(override: str | Path | None = None) -> Path:
-    """Where ported checkpoints live: override, else $JZAD_WEIGHTS_DIR, else the repo's weights/ (absolute)."""
-    if override is not None:
-        return Path(override).expanduser().resolve()
-    env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    return repo_weights_dir()
+CATALOGUE = Path(__file__).resolve().parent / "catalogue.json"
+"""The catalogue shipped with the package (package data, so it is there in a wheel install too)."""
+__all__ = ["CATALOGUE", "WEIGHTS_ENV", "CatalogueEntry", "catalogue_entry", "load_catalogue", "weights_dir"]
 
 
 @dataclass(frozen=True)
@@ -88,8 +75,8 @@ def _entry(name: str, data: dict, path: Path) -> CatalogueEntry:
 
 
 def load_catalogue(path: str | Path | None = None) -> dict[str, CatalogueEntry]:
-    """name -> CatalogueEntry from catalogue.json (default: the repo's weights/catalogue.json)."""
-    path = Path(path) if path is not None else repo_weights_dir() / "catalogue.json"
+    """name -> CatalogueEntry from a catalogue file (default: the package's ``CATALOGUE``)."""
+    path = Path(path) if path is not None else CATALOGUE
     if not path.is_file():
         raise FileNotFoundError(f"weights catalogue {path} not found")
     try:
