@@ -14,9 +14,7 @@ benchmarks/results/clip_forward_<platform>.json with the device, versions and sh
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from benchmarks import harness
 from jzad.backbone import default_taps, encode_image, get_architecture, hf_to_openai, openai_to_flax
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -159,27 +158,13 @@ def main(argv=None) -> dict:
             parser.error(f"case {item!r} must be ARCH@SIZE, e.g. ViT-L-14@518")
         cases.append((arch, int(size)))
     device = jax.devices()[0]
-    report = {
-        "benchmark": "clip_forward",
-        "device": {
-            "platform": device.platform,
-            "kind": device.device_kind,
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-        },
-        "versions": {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__},
-        "dtype": "float32",
-        "load_average_start": list(os.getloadavg()),
-        "cases": [],
-    }
     try:
-        import flax
-        import torch
-        import transformers
-
-        report["versions"].update(flax=flax.__version__, torch=torch.__version__, transformers=transformers.__version__)
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError as err:
-        raise SystemExit(f"this benchmark needs flax, torch and transformers: {err}") from err
+        raise SystemExit(f"this benchmark needs torch and transformers: {err}") from err
+    report = {"benchmark": "clip_forward", **harness.environment("torch", "transformers"), "dtype": "float32",
+              "cases": []}
     for arch, size in cases:
         result = run_case(arch, size, args.batch, args.repeats, not args.no_torch, args.seed)
         report["cases"].append(result)
@@ -191,8 +176,7 @@ def main(argv=None) -> dict:
         print(line, flush=True)
     report["load_average_end"] = list(os.getloadavg())
     out = args.out or RESULTS / f"clip_forward_{device.platform}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    harness.write_json(out, report)
     print(f"wrote {out}")
     return report
 

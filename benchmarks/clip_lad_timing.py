@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import harness
 from jzad import data as jdata
 from jzad.backbone import CLIP_MEAN, CLIP_STD, default_taps, get_architecture
 from jzad.backbone.port import flax_to_openai
@@ -52,12 +52,6 @@ from jzad.methods.clip_lad import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = ("forward", "features", "assign", "match", "histogram", "memory", "fusion")
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return out, time.perf_counter() - start
 
 
 def run(arch: str, image_size: int, n: int, shots: int, clusters: int, repeats: int, seed: int) -> dict:
@@ -147,10 +141,10 @@ def run(arch: str, image_size: int, n: int, shots: int, clusters: int, repeats: 
         compile_s = time.perf_counter() - start
         runs = {"jax": [], "torch": []}
         with torch.inference_mode():
-            _timed(lambda: compiled(*arrays))
+            harness.timed(compiled, *arrays)
             torch_stages[stage]()
             for _ in range(repeats):
-                runs["jax"].append(_timed(lambda: compiled(*arrays))[1])
+                runs["jax"].append(harness.timed(compiled, *arrays)[1])
                 start = time.perf_counter()
                 torch_stages[stage]()
                 runs["torch"].append(time.perf_counter() - start)
@@ -188,20 +182,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/)")
     args = parser.parse_args(argv)
-    import flax
-    import torch
-
     device = jax.devices()[0]
-    report = {
-        "benchmark": "clip_lad",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "device": {"platform": device.platform, "kind": device.device_kind,
-                   "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
-        "versions": {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-                     "numpy": np.__version__, "torch": torch.__version__},
-        "dtype": "float32",
-        "load_average_start": list(os.getloadavg()),
-    }
+    report = {"benchmark": "clip_lad", **harness.environment("torch"), "dtype": "float32"}
     report["case"] = run(args.arch, args.image_size, args.n, args.shots, args.clusters, args.repeats, args.seed)
     report["load_average_end"] = list(os.getloadavg())
     case = report["case"]
@@ -214,8 +196,7 @@ def main(argv=None) -> dict:
     print(f"{'total':<10} {case['total_ms_per_image']['jax']:>10.2f} {case['total_ms_per_image']['torch']:>10.2f}")
     print("parity:", json.dumps(case["parity"]))
     out = args.out or RESULTS / f"clip_lad_{device.platform}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    harness.write_json(out, report)
     print(f"wrote {out}")
     return report
 

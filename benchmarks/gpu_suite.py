@@ -45,12 +45,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import musc_timing as mt  # noqa: E402
-from benchmarks import report, roofline  # noqa: E402
+from benchmarks import harness, roofline  # noqa: E402
+from benchmarks.harness import jsonable  # noqa: E402
 from benchmarks.report import fmt  # noqa: E402
 from jzad.data import ArrayImages  # noqa: E402
-from jzad.features import backbone_architecture, load_backbone  # noqa: E402
+from jzad.experiment import method_backbone, method_scorer  # noqa: E402
 from jzad.kernels import device_mesh  # noqa: E402
-from jzad.methods import RunContext, get_method, method_names  # noqa: E402
+from jzad.methods import get_method, method_names  # noqa: E402
 from jzad.methods.musc import MuScConfig, resolve_schedule  # noqa: E402
 from jzad.pipeline import Scorer, extract_source  # noqa: E402
 from jzad.timing import StageClock  # noqa: E402
@@ -93,25 +94,6 @@ class Part:
     method: str | None = None
 
 
-def jsonable(value):
-    """A results tree as plain JSON values: numpy scalars and arrays as Python numbers and lists, tuples as
-    lists, non-finite floats as None."""
-    if isinstance(value, dict):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if np.isfinite(value) else None
-    return value
-
-
 def device_memory() -> dict:
     """The device allocator's counters now (bytes in use, process-lifetime peak, limit) where the backend reports
     them, and the host's peak RSS (MiB)."""
@@ -119,12 +101,6 @@ def device_memory() -> dict:
     out = {key: int(stats[key]) for key in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit") if key in stats}
     out["host_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
 
 
 def _error_entry(err: BaseException) -> dict:
@@ -157,7 +133,7 @@ class Suite:
             "budget_s": args.budget,
             "device": device_info(self.torch_device),
             "versions": versions(),
-            "commit": mt._commit(),
+            "commit": harness.commit(),
             "config": {
                 "backbone": spec.label, "architecture": spec.arch, "activation": spec.config.activation,
                 "image_size": spec.image_size, "grid": spec.grid, "width": spec.config.vision.width,
@@ -295,13 +271,13 @@ class Suite:
     def write(self) -> None:
         """Rewrite the results JSON and the markdown table (atomically, so a killed run leaves whole files)."""
         payload = jsonable(self.payload)
-        _write_atomic(self.out_dir / JSON_NAME, report.dumps(payload))
+        harness.write_json(self.out_dir / JSON_NAME, payload)
         try:
             table = render(payload)
         except Exception as err:
             table = f"# jzad benchmark suite\n\nThe table could not be rendered ({type(err).__name__}: {err}); " \
                     f"the numbers are in {JSON_NAME}.\n"
-        _write_atomic(self.out_dir / TABLE_NAME, table)
+        harness.write_text(self.out_dir / TABLE_NAME, table)
 
 
 # --------------------------------------------------------------------------------------------- metadata
@@ -309,13 +285,7 @@ class Suite:
 
 def versions() -> dict:
     """Library versions (and CUDA / cuDNN as torch sees them, on a GPU)."""
-    out = mt._versions()
-    try:
-        import ott
-
-        out["ott"] = ott.__version__
-    except ImportError:
-        out["ott"] = None
+    out = harness.versions("torch", "transformers", "ott-jax")
     import torch
 
     if torch.cuda.is_available():
@@ -329,7 +299,7 @@ def device_info(torch_device: str) -> dict:
     switches (the reference runs fp32 matmuls with TF32 off, torch's default)."""
     import torch
 
-    info = mt._device_info(torch_device, 1)
+    info = {**harness.device_info(shards=1), **harness.torch_device_info(torch_device)}
     info["memory_limit_bytes"] = device_memory().get("bytes_limit")
     info["torch_matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
     info["torch_cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
@@ -646,11 +616,9 @@ def method_run(spec: MethodRun) -> Callable:
         method = get_method(spec.method)
         shots = args.method_shots if method.few_shot != "never" else 0
         name = method.tiny_backbone if args.method_backbone == "tiny" else method.demo_backbone
-        backbone = load_backbone(name, method.backbone_run(backbone_architecture(name)), seed=args.seed,
-                                 with_text=method.needs_text)
-        config = method.configure({"precision": "fp32"},
-                                  RunContext(spec.dataset, backbone.image_size, shots, backbone.taps))
-        scorer = Scorer(method, config, backbone, suite.mesh, args.batch)
+        backbone = method_backbone(method, name, seed=args.seed)
+        scorer = method_scorer(method, {"precision": "fp32"}, backbone, shots=shots, dataset=spec.dataset,
+                               mesh=suite.mesh, batch_size=args.batch)
         size, n = backbone.image_size, args.method_images
         images = mt.random_images(n + shots + args.method_calibration, size, args.seed + 1)
         references = calibration = None
@@ -929,22 +897,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip", type=_names, default=(), help="comma-separated parts to skip")
     parser.add_argument("--backbone", default="vit-l-14-336@518",
                         help="<architecture>@<image size> of the MuSc / FSLC parts (musc_timing's form)")
-    parser.add_argument("--n", type=mt._positive_int, default=200, help="images of the MuSc and FSLC parts (>= 2)")
+    parser.add_argument("--n", type=harness.positive_int, default=200, help="images of the MuSc and FSLC parts (>= 2)")
     parser.add_argument("--scaling", type=mt._int_list, default=(50, 100), help="image counts of the scaling part")
-    parser.add_argument("--batch", type=mt._positive_int, default=8, help="images per backbone forward")
-    parser.add_argument("--repeats", type=mt._positive_int, default=1, help="timed runs after the warm-up")
-    parser.add_argument("--attention-images", type=mt._positive_int, default=32,
+    parser.add_argument("--batch", type=harness.positive_int, default=8, help="images per backbone forward")
+    parser.add_argument("--repeats", type=harness.positive_int, default=1, help="timed runs after the warm-up")
+    parser.add_argument("--attention-images", type=harness.positive_int, default=32,
                         help="images of the attention part")
     parser.add_argument("--cdist-mode", default=mt.DEFAULT_CDIST_MODE, help="torch.cdist compute_mode of the reference")
-    parser.add_argument("--fslc-init-images", type=mt._positive_int, default=10, help="FSLC S (capped at N - 1)")
-    parser.add_argument("--fslc-coreset", type=mt._positive_int, default=1000, help="FSLC M0 (capped at S * M)")
-    parser.add_argument("--fslc-per-image", type=mt._positive_int, default=10, help="FSLC patches per image")
-    parser.add_argument("--method-images", type=mt._positive_int, default=200, help="images of the method parts")
-    parser.add_argument("--method-shots", type=mt._positive_int, default=4,
+    parser.add_argument("--fslc-init-images", type=harness.positive_int, default=10, help="FSLC S (capped at N - 1)")
+    parser.add_argument("--fslc-coreset", type=harness.positive_int, default=1000, help="FSLC M0 (capped at S * M)")
+    parser.add_argument("--fslc-per-image", type=harness.positive_int, default=10, help="FSLC patches per image")
+    parser.add_argument("--method-images", type=harness.positive_int, default=200, help="images of the method parts")
+    parser.add_argument("--method-shots", type=harness.positive_int, default=4,
                         help="normal reference images of the few-shot method parts")
-    parser.add_argument("--method-calibration", type=mt._positive_int, default=4,
+    parser.add_argument("--method-calibration", type=harness.positive_int, default=4,
                         help="held-out normal images of methods that calibrate")
-    parser.add_argument("--method-pilot", type=mt._positive_int, default=16,
+    parser.add_argument("--method-pilot", type=harness.positive_int, default=16,
                         help="images of the pilot run that predicts a method part's time")
     parser.add_argument("--method-backbone", choices=("demo", "tiny"), default="demo",
                         help="demo: each method's random-weight backbone of the real shape; tiny: its test backbone")
@@ -952,9 +920,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="estimates: expected time over the roofline floor")
     parser.add_argument("--compile-allowance", type=_positive_float, default=30.0,
                         help="estimates: seconds allowed per newly compiled program set")
-    parser.add_argument("--ceiling-size", type=mt._positive_int, default=None,
+    parser.add_argument("--ceiling-size", type=harness.positive_int, default=None,
                         help="matmul side of the ceilings (default 2048 on CPU, 8192 otherwise)")
-    parser.add_argument("--copy-mib", type=mt._positive_int, default=256, help="MiB streamed for the copy bandwidth")
+    parser.add_argument("--copy-mib", type=harness.positive_int, default=256, help="MiB streamed for the copy bandwidth")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="free text stored with the results")
     return parser

@@ -9,16 +9,14 @@ synchronised before every clock read, median of repeats. Writes benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from benchmarks import harness
 from jzad.kernels import interval_mean, kcenter_greedy, nearest_group_distance
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,18 +73,14 @@ def main(argv=None) -> dict:
 
     device = jax.devices()[0]
     payload = {
-        "date": time.strftime("%Y-%m-%d"),
-        "device": {"platform": device.platform, "kind": device.device_kind, "count": len(jax.devices()),
-                   "cpu": platform.processor() or platform.machine()},
-        "versions": {"jax": jax.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        **harness.environment(),
         "shapes": {"queries": [args.queries, args.channels], "refs": [args.groups, args.members, args.channels],
                    "query_tile": args.query_tile, "group_tile": args.group_tile, "coreset_k": args.coreset},
         "nearest_flop": flops,
         "results": results,
     }
     out = args.out or RESULTS / f"kernels_{device.platform}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2))
+    harness.write_json(out, payload)
     print(f"| kernel | compile s | median s | note |\n|---|---|---|---|")
     for name, t in results.items():
         note = f"{t['gflop_per_s']:.0f} GFLOP/s" if "gflop_per_s" in t else ""

@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -144,19 +143,15 @@ def main(argv=None) -> dict:
             extra = ["--shards", str(total)] if processes == 1 else []
             layouts[name] = timed_layout(run_args + extra, processes, devices, workdir, args.timeout)
     one, many = layouts.values()
-    import jax
+    from benchmarks import harness
 
     payload = {
-        "kind": "multiprocess_timing", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "device": {"platform": "cpu", "cpu_count": os.cpu_count(), "machine": platform.machine()},
-        "versions": {"jax": jax.__version__, "python": platform.python_version()},
+        "kind": "multiprocess_timing", **harness.environment(),
         "config": {"run_args": run_args, "processes": args.processes, "devices_per_process": args.devices},
         "scores_equal": one["scores"] == many["scores"],
         "layouts": {k: {f: v for f, v in layout.items() if f != "scores"} for k, layout in layouts.items()},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "multiprocess_cpu.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path = harness.write_json(args.out / "multiprocess_cpu.json", payload)
     for name, layout in payload["layouts"].items():
         total_row = next(r for r in layout["timing"] if r["stage"] == "total")
         print(f"{name}: wall {layout['wall_s']:.1f} s | steady {total_row['ms_per_image']:.1f} ms/image | "

@@ -38,11 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import resource
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -54,7 +50,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import report, roofline  # noqa: E402
+from benchmarks import harness, report, roofline  # noqa: E402
 from jzad.backbone import CLIP_MEAN, CLIP_STD, ImageEncoder, init_random_encoder  # noqa: E402
 from jzad.backbone.config import CLIPConfig, architecture_name, default_taps, get_architecture  # noqa: E402
 from jzad.data import ArrayImages  # noqa: E402
@@ -161,13 +157,6 @@ def torch_clip_model(params: dict, config: CLIPConfig, device):
 # --------------------------------------------------------------------------------------------- clocks, memory
 
 
-def _timed(fn, *args):
-    """(result, seconds) of fn(*args); the result is ready on device when the clock is read."""
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
-
-
 def _memory_analysis(compiled) -> dict:
     stats = compiled.memory_analysis()
     if stats is None:
@@ -182,148 +171,6 @@ def compile_program(fn, *args) -> dict:
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     return {"run": compiled, "compile_s": time.perf_counter() - start, "memory": _memory_analysis(compiled)}
-
-
-def _proc_status(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise ValueError(f"/proc/self/status has no {field} line")
-
-
-def _release_free_heap() -> bool:
-    """Return freed heap pages to the OS (glibc malloc_trim), so memory a block reuses from earlier work
-    shows up as RSS growth again; False where the C library has no malloc_trim."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "malloc_trim"):
-        return False
-    libc.malloc_trim(0)
-    return True
-
-
-class PeakMemory:
-    """Peak memory growth of the enclosed block on one device ("bytes", "method" after exit).
-
-    torch on CUDA: max_memory_allocated after reset_peak_memory_stats, minus what was allocated before.
-    JAX on an accelerator: XLA's peak_bytes_in_use (a process-lifetime peak: it cannot be reset) minus
-    bytes_in_use before. CPU (both): peak resident set growth, VmHWM after resetting it through
-    /proc/self/clear_refs, minus VmRSS before, with freed heap pages first returned to the OS (malloc_trim)
-    so reused memory counts; without /proc, the growth of ru_maxrss (a lower bound).
-    """
-
-    def __init__(self, framework: str, device: str):
-        if framework not in ("jax", "torch"):
-            raise ValueError(f"framework: expected 'jax' or 'torch', got {framework!r}")
-        self.framework = framework
-        self.device = device
-        self.bytes = None
-        self.method = None
-
-    def __enter__(self):
-        if self.framework == "torch" and self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            self.method = "torch.cuda.max_memory_allocated - allocated before"
-        elif self.framework == "jax" and self.device != "cpu" and jax.devices()[0].memory_stats():
-            self._base = jax.devices()[0].memory_stats()["bytes_in_use"]
-            self.method = "XLA peak_bytes_in_use (process lifetime) - bytes_in_use before"
-        elif os.access("/proc/self/clear_refs", os.W_OK):
-            trimmed = _release_free_heap()
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")
-            self._base = _proc_status("VmRSS")
-            self.method = ("peak RSS growth (" + ("malloc_trim, then " if trimmed else "")
-                           + "VmHWM after clear_refs - VmRSS before)")
-        else:
-            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            self.method = "ru_maxrss growth (lower bound)"
-        return self
-
-    def __exit__(self, *exc):
-        if self.method.startswith("torch"):
-            import torch
-
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.method.startswith("XLA"):
-            peak = jax.devices()[0].memory_stats()["peak_bytes_in_use"]
-        elif self.method.startswith("peak RSS"):
-            peak = _proc_status("VmHWM")
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.bytes = max(int(peak - self._base), 0)
-        return False
-
-    def as_dict(self) -> dict:
-        return {"peak_bytes": self.bytes, "method": self.method}
-
-
-class LoadSampler:
-    """Samples the 1-minute load average every ``interval`` seconds while a run lasts (a shared machine's
-    contention is part of what a CPU timing means); ``summary()`` gives min / median / max and the count."""
-
-    def __init__(self, interval: float = 5.0):
-        import threading
-
-        self.samples = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
-
-    def _loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.samples.append(os.getloadavg()[0])
-
-    def __enter__(self):
-        if self.samples:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        return False
-
-    def summary(self) -> dict | None:
-        if not self.samples:
-            return None
-        return {"min": min(self.samples), "median": statistics.median(self.samples), "max": max(self.samples),
-                "samples": len(self.samples), "cores": os.cpu_count()}
-
-
-def _stage_summary(runs: list[dict], n: int, compile_s: dict | None) -> dict:
-    """Per-stage medians over repeats: {"stages": {stage: {...}}, "total_median_s", "total_runs_s"}."""
-    stages = {}
-    for stage in runs[0]:
-        values = [run[stage] for run in runs]
-        median = statistics.median(values)
-        stages[stage] = {
-            "compile_s": None if compile_s is None else compile_s.get(stage, 0.0),
-            "median_s": median,
-            "runs_s": values,
-            "per_image_ms": 1e3 * median / n,
-        }
-    totals = [sum(run.values()) for run in runs]
-    return {"stages": stages, "total_median_s": statistics.median(totals), "total_runs_s": totals,
-            "total_per_image_ms": 1e3 * statistics.median(totals) / n}
-
-
-def _max_abs(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x)
 
 
 # --------------------------------------------------------------------------------------------- JAX side
@@ -376,7 +223,7 @@ def pipeline_run(scorer: Scorer, source, repeats: int, platform_name: str, warmu
     runs, memory, result = [], None, None
     for index in range(repeats):
         clock = StageClock()
-        meter = PeakMemory("jax", platform_name)
+        meter = harness.PeakMemory("jax", platform_name)
         with meter:
             result = run_category(scorer, source, category, references, clock=clock, calibration=calibration)
         if compile_s is None:
@@ -477,7 +324,7 @@ def _time_fused(scorer: Scorer, features: Features, repeats: int) -> dict:
     jax.block_until_ready(program["run"](features))
     runs = []
     for _ in range(repeats):
-        out, seconds = _timed(program["run"], features)
+        out, seconds = harness.timed(program["run"], features)
         runs.append(seconds)
     median = statistics.median(runs)
     return {"compile_s": program["compile_s"], "median_s": median, "runs_s": runs, "per_image_ms": 1e3 * median / n,
@@ -529,7 +376,7 @@ def time_reference_musc(model, pixels: np.ndarray, spec: BackboneSpec, musc: MuS
         reference_pass(model, images[:warm], batch, spec.taps, musc, cdist_mode, device)
         runs, memory = [], None
         for index in range(repeats):
-            meter = PeakMemory("torch", device)
+            meter = harness.PeakMemory("torch", device)
             with meter:
                 result, seconds = reference_pass(model, images, batch, spec.taps, musc, cdist_mode, device)
             if index == 0:
@@ -631,7 +478,7 @@ def jax_scaling_entry(scorer: Scorer, tokens: tuple, embeds, repeats: int, platf
     runs, memory = [], None
     for rep in range(repeats):
         clock = StageClock()
-        meter = PeakMemory("jax", platform_name)
+        meter = harness.PeakMemory("jax", platform_name)
         with meter:
             score_features(scorer, features, clock)
         memory = meter.as_dict() if rep == 0 else memory
@@ -673,7 +520,7 @@ def run_scaling(scorer: Scorer, spec: BackboneSpec, sizes: tuple[int, ...], repe
                     runs, memory = [], None
                     for rep in range(repeats):
                         timer = ref.StageTimer()
-                        meter = PeakMemory("torch", torch_device)
+                        meter = harness.PeakMemory("torch", torch_device)
                         with meter:
                             ref.musc_reference(layers, emb, musc.r_list, musc.interval, musc.windows,
                                                musc.map_size, cdist_mode, None, timer)
@@ -768,7 +615,7 @@ def jax_fslc_pass(programs: dict | None, grids: tuple, embeds, config, mesh, gri
     def stage(name, *args):
         if fresh:
             programs[name] = compile_program(fns[name], *args)
-        out, seconds[name] = _timed(programs[name]["run"], *args)
+        out, seconds[name] = harness.timed(programs[name]["run"], *args)
         return out
 
     features = stage("features", grids)
@@ -863,47 +710,34 @@ def fslc_comparison(jax_run: dict, ref_run: dict, spec: BackboneSpec, sizes: Fsl
             "reference": {"summary": theirs["summary"]}, "parity": parity, "costs": costs}
 
 
+def _stage_summary(runs: list[dict], n: int, compile_s: dict | None) -> dict:
+    """Per-stage medians over repeats: {"stages": {stage: {...}}, "total_median_s", "total_runs_s"}."""
+    stages = {}
+    for stage in runs[0]:
+        values = [run[stage] for run in runs]
+        median = statistics.median(values)
+        stages[stage] = {
+            "compile_s": None if compile_s is None else compile_s.get(stage, 0.0),
+            "median_s": median,
+            "runs_s": values,
+            "per_image_ms": 1e3 * median / n,
+        }
+    totals = [sum(run.values()) for run in runs]
+    return {"stages": stages, "total_median_s": statistics.median(totals), "total_runs_s": totals,
+            "total_per_image_ms": 1e3 * statistics.median(totals) / n}
+
+
+def _max_abs(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
 # --------------------------------------------------------------------------------------------- metadata
-
-
-def _versions() -> dict:
-    import flax
-    import jaxlib
-    import torch
-    import transformers
-
-    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-            "torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
-def _commit() -> str | None:
-    if shutil.which("git") is None:
-        return None
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                         capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu_name() -> str:
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _device_info(torch_device: str, shards: int) -> dict:
-    import torch
-
-    device = jax.devices()[0]
-    info = {"platform": device.platform, "kind": device.device_kind, "jax_devices": len(jax.devices()),
-            "shards": shards, "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_device": torch_device,
-            "torch_threads": torch.get_num_threads()}
-    if torch_device.startswith("cuda"):
-        info["torch_device_name"] = torch.cuda.get_device_name(torch_device)
-    return info
 
 
 def _default_torch_device() -> str:
@@ -925,13 +759,6 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.musc_timing", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -939,27 +766,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="<architecture>@<image size>: vit-b-16@224, vit-l-14@518, vit-b-16-plus-240@240, tiny@32")
     parser.add_argument("--activation", choices=("quick_gelu", "gelu"), default=None,
                         help="MLP activation (default: the architecture's; exact gelu at a resized input)")
-    parser.add_argument("--n", type=_positive_int, default=200, help="images in the set (>= 2)")
+    parser.add_argument("--n", type=harness.positive_int, default=200, help="images in the set (>= 2)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                         help="JAX encoder and MSM matmul precision (the reference always runs fp32)")
-    parser.add_argument("--shards", type=_positive_int, default=1, help="devices of the 1-D JAX mesh")
-    parser.add_argument("--repeats", type=_positive_int, default=3, help="timed passes (median reported)")
-    parser.add_argument("--batch", type=_positive_int, default=8, help="images per feature-extraction batch")
+    parser.add_argument("--shards", type=harness.positive_int, default=1, help="devices of the 1-D JAX mesh")
+    parser.add_argument("--repeats", type=harness.positive_int, default=3, help="timed passes (median reported)")
+    parser.add_argument("--batch", type=harness.positive_int, default=8, help="images per feature-extraction batch")
     parser.add_argument("--schedule", choices=("auto", "rows", "pairs"), default="auto", help="JAX MSM schedule")
     parser.add_argument("--cdist-mode", default=DEFAULT_CDIST_MODE,
                         help="torch.cdist compute_mode of the reference (default: cdist's own default, as MuSc)")
     parser.add_argument("--no-fused", action="store_true", help="skip timing the fused one-program JAX scoring")
     parser.add_argument("--no-fslc", action="store_true", help="skip the FSLC comparison at the same N")
-    parser.add_argument("--fslc-init-images", type=_positive_int, default=10, help="FSLC S (capped at N - 1)")
-    parser.add_argument("--fslc-coreset", type=_positive_int, default=1000, help="FSLC M0 (capped at S * M)")
-    parser.add_argument("--fslc-per-image", type=_positive_int, default=10, help="FSLC patches added per image")
+    parser.add_argument("--fslc-init-images", type=harness.positive_int, default=10, help="FSLC S (capped at N - 1)")
+    parser.add_argument("--fslc-coreset", type=harness.positive_int, default=1000, help="FSLC M0 (capped at S * M)")
+    parser.add_argument("--fslc-per-image", type=harness.positive_int, default=10, help="FSLC patches added per image")
     parser.add_argument("--scaling", type=_int_list, default=None, help="image counts of the scaling run, 25,50,100")
-    parser.add_argument("--scaling-repeats", type=_positive_int, default=1, help="timed passes per scaling N")
+    parser.add_argument("--scaling-repeats", type=harness.positive_int, default=1, help="timed passes per scaling N")
     parser.add_argument("--max-seconds", type=float, default=600.0,
                         help="stop growing N once a run (extrapolated to the next N) exceeds this many seconds")
-    parser.add_argument("--ceiling-size", type=_positive_int, default=None,
+    parser.add_argument("--ceiling-size", type=harness.positive_int, default=None,
                         help="matmul side for the device ceiling (default 2048 on CPU, 8192 otherwise)")
-    parser.add_argument("--copy-mib", type=_positive_int, default=256, help="MiB streamed for the copy bandwidth")
+    parser.add_argument("--copy-mib", type=harness.positive_int, default=256, help="MiB streamed for the copy bandwidth")
     parser.add_argument("--torch-device", default=None, help="device of the reference (default: cuda on GPU, else cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="free text stored with the results (machine load, ...)")
@@ -975,7 +802,7 @@ def main(argv=None) -> dict:
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise ValueError(f"--max-seconds: expected a positive number of seconds, got {args.max_seconds}")
     spec = parse_backbone(args.backbone, args.activation)
-    with LoadSampler() as load:
+    with harness.LoadSampler() as load:
         payload = measure(args, spec, argv)
     payload["device"]["load_average"] = load.summary()
     out_dir = Path(args.out)
@@ -1053,9 +880,9 @@ def measure(args: argparse.Namespace, spec: BackboneSpec, argv) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "python -m benchmarks.musc_timing " + " ".join(sys.argv[1:] if argv is None else argv),
         "note": args.note,
-        "device": _device_info(torch_device, args.shards),
-        "versions": _versions(),
-        "commit": _commit(),
+        "device": {**harness.device_info(shards=args.shards), **harness.torch_device_info(torch_device)},
+        "versions": harness.versions("torch", "transformers"),
+        "commit": harness.commit(),
         "config": {
             "backbone": spec.label, "architecture": spec.arch, "activation": spec.config.activation,
             "image_size": spec.image_size, "patch_size": spec.config.vision.patch_size, "grid": spec.grid,

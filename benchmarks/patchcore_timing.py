@@ -40,7 +40,7 @@ import torch
 
 from benchmarks import reference_torch_patchcore as ref
 from benchmarks import roofline
-from benchmarks.musc_timing import _commit, _cpu_name, _versions
+from benchmarks import harness
 from benchmarks.reference_torch_fastref import refine_reference
 from benchmarks.reference_torch_resnet import TorchResNet
 from jzad import data as jdata
@@ -228,12 +228,11 @@ def main(argv=None) -> dict:
         run = jax_runs[name]
         parity[name] = {"image_scores": _rel(run["image_scores"], image), "patch_scores": _rel(run["patch_scores"],
                         patch), "maps": _rel(run["maps"], maps)}
+    environment = harness.environment("torch", "transformers")
+    environment["device"].update(harness.torch_device_info("cpu"),
+                                 load_avg_1min={"start": load_start, "end": os.getloadavg()[0]})
     payload = {
-        "benchmark": "patchcore_timing", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": _commit(),
-        "device": {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind, "cpu": _cpu_name(),
-                   "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                   "load_avg_1min": {"start": load_start, "end": os.getloadavg()[0]}},
-        "versions": _versions(),
+        "benchmark": "patchcore_timing", **environment,
         "sizes": {"image_size": args.image_size, "shots": shots, "queries": n, "batch": args.batch,
                   "patches_per_image": m, "prototypes": k, "dim": pc.dim, "coreset_ratio": pc.coreset_ratio},
         "stages_ms_per_image": {s: {"jax": j, "reference": r} for s, (j, r) in table.items()},
@@ -244,9 +243,7 @@ def main(argv=None) -> dict:
         "refine_roofline": {"flops_per_image": flops, "matmul_fp32_flop_s": ceilings["matmul_fp32_flop_s"],
                             "floor_ms": floor_ms, "time_over_floor": jq["refine"] / floor_ms},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"patchcore_{payload['device']['platform']}.json"
-    path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    path = harness.write_json(args.out / f"patchcore_{payload['device']['platform']}.json", payload)
     print(f"PatchCore / PatchCore+ per image (ms), WRN-50-2 random weights, {args.image_size} px, {shots} shots, "
           f"{n} queries, {k} prototypes; {payload['device']['cpu']} ({os.cpu_count()} cores)")
     print("| stage | JAX | PyTorch reference | speed-up |")

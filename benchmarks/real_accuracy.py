@@ -16,7 +16,6 @@ results): the methods' own defaults and presets, nothing adapted to these images
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import resource
@@ -25,15 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from benchmarks.musc_timing import _commit, _cpu_name, _versions
-from benchmarks.report import dumps
+from benchmarks import harness
 from jzad import data as jdata
 from jzad.data.readers import MTD_CATEGORY
-from jzad.methods import RunContext, get_method, method_names
-from jzad.pipeline import METRIC_COLUMNS, Scorer, run_category
+from jzad.experiment import method_backbone, method_scorer, seed_statistics
+from jzad.methods import get_method, method_names
+from jzad.pipeline import METRIC_COLUMNS, run_category
 from jzad.timing import StageClock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,14 +131,13 @@ def run_grid(method) -> list[tuple[int, int | None]]:
 
 
 def load_backbone_for(name: str, method, cache: dict):
-    """The backbone at the method's preset for its architecture, as ``jzad.run`` loads it (once per name and
-    preset)."""
-    from jzad.features import backbone_architecture, load_backbone
+    """The backbone at the method's preset for its architecture, as ``jzad.run`` loads it
+    (``jzad.experiment.method_backbone``; once per name and preset)."""
+    from jzad.features import backbone_architecture
 
-    run = method.backbone_run(backbone_architecture(name))
-    key = (name, run)
+    key = (name, method.backbone_run(backbone_architecture(name)))
     if key not in cache:
-        cache[key] = load_backbone(name, run, seed=SETTINGS["backbone_seed"])
+        cache[key] = method_backbone(method, name, seed=SETTINGS["backbone_seed"])
     return cache[key]
 
 
@@ -165,8 +162,8 @@ def run_one(eval_set: EvalSet, method, weights: str, shots: int, seed, cache: di
     """One run through the driver -> a record: metrics, steady-state seconds per stage, compile seconds, CPU
     seconds, wall seconds, image count."""
     backbone = load_backbone_for(BACKBONES[weights], method, cache)
-    config = method.configure({}, RunContext(dataset=eval_set.dataset, image_size=backbone.image_size, shots=shots))
-    scorer = Scorer(method, config, backbone, None, SETTINGS["batch_size"])
+    scorer = method_scorer(method, {}, backbone, shots=shots, dataset=eval_set.dataset,
+                           batch_size=SETTINGS["batch_size"])
     references = references_for(eval_set, shots, seed)
     clock = StageClock()
     cpu, wall = _cpu_seconds(), time.perf_counter()
@@ -176,7 +173,7 @@ def run_one(eval_set: EvalSet, method, weights: str, shots: int, seed, cache: di
     return {"set": eval_set.name, "method": method.name, "weights": weights, "shots": shots, "seed": seed,
             "images": len(eval_set.source), "metrics": {k: _finite(result.metrics[k]) for k in METRIC_COLUMNS},
             "stage_seconds": dict(clock.run_seconds), "compile_seconds": dict(clock.compile_seconds),
-            "cpu_seconds": cpu, "wall_seconds": wall, "load_average_1m": os.getloadavg()[0], "commit": _commit()}
+            "cpu_seconds": cpu, "wall_seconds": wall, "load_average_1m": os.getloadavg()[0], "commit": harness.commit()}
 
 
 def run_key(record: dict) -> tuple:
@@ -192,11 +189,10 @@ def summarise(runs: list[dict]) -> dict:
     for (set_name, method, shots, weights), records in groups.items():
         row = {"set": set_name, "method": method, "shots": shots, "weights": weights, "runs": len(records),
                "mean": {}, "std": {}}
-        for name in METRIC_COLUMNS:
-            values = [r["metrics"][name] for r in records]
-            finite = all(v is not None for v in values)
-            row["mean"][name] = float(np.mean(values)) if finite else None
-            row["std"][name] = float(np.std(values)) if finite and len(values) > 1 else None
+        mean, std = seed_statistics([{k: np.nan if r["metrics"][k] is None else r["metrics"][k]
+                                      for k in METRIC_COLUMNS} for r in records])
+        row["mean"] = {k: _finite(v) for k, v in mean.items()}
+        row["std"] = {k: _finite(v) if len(records) > 1 else None for k, v in std.items()}
         table.append(row)
     timing = {}
     for record in runs:
@@ -230,13 +226,6 @@ def finish(payload: dict) -> None:
     payload["notes"] = list(NOTES)
 
 
-def write(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(dumps(payload) + "\n")
-    tmp.replace(path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (mtd/, mvtec_subset/)")
@@ -258,9 +247,7 @@ def main(argv=None) -> int:
         payload["runs"] = previous["runs"]
     done = {run_key(r) for r in payload["runs"]}
     payload.update({
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "device": {"platform": jax.devices()[0].platform, "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
-        "versions": _versions(), "commit": _commit(),
+        **{k: v for k, v in harness.environment("torch").items() if k != "load_average_start"},
         "sets": {s.name: s.describe() for s in sets}, "methods": [m.name for m in methods], "not_run": missing,
     })
     cache: dict = {}
@@ -273,13 +260,13 @@ def main(argv=None) -> int:
                     record = run_one(eval_set, method, weights, shots, seed, cache)
                     payload["runs"].append(record)
                     finish(payload)
-                    write(args.out, payload)
+                    harness.write_json(args.out, payload)
                     metrics = record["metrics"]
                     print(f"{eval_set.name} {method.name} {weights} shots={shots} seed={seed}: image AUROC "
                           f"{metrics['image_auroc']}, pixel AUROC {metrics['pixel_auroc']}, PRO {metrics['pro']} "
                           f"({record['wall_seconds']:.0f} s)", file=sys.stderr, flush=True)
     finish(payload)
-    write(args.out, payload)
+    harness.write_json(args.out, payload)
     return 0
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import harness
 from jzad.data.synthetic_features import make_shifted_feature_set
 from jzad.eval.metrics import image_metrics
 from jzad.kernels import kcenter_greedy
@@ -132,12 +131,10 @@ def main(argv=None) -> dict:
 
     device = jax.devices()[0]
     shape = data["shift"][0]
+    environment = harness.environment()
+    environment["device"]["load_average_1m"] = [load_at_start, os.getloadavg()[0]]
     payload = {
-        "date": time.strftime("%Y-%m-%d"),
-        "device": {"platform": device.platform, "kind": device.device_kind, "count": len(jax.devices()),
-                   "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                   "load_average_1m": [load_at_start, os.getloadavg()[0]]},
-        "versions": {"jax": jax.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        **environment,
         "sizes": {"synthetic_queries": list(shape[0].shape), "synthetic_prototypes": list(shape[1].shape),
                   "seeds": args.seeds, "patchcore_size": {"batch": args.timing_batch, "m": big_m, "c": big_c,
                                                           "n": big_n}},
@@ -145,8 +142,7 @@ def main(argv=None) -> dict:
         "results": rows,
     }
     out = args.out or RESULTS / f"refine_study_{device.platform}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2))
+    harness.write_json(out, payload)
     print("| config | shift | no_shift | shift_blend | ms/img synthetic | ms/img 784x1024, n=157 | CPU ms/img |")
     print("|---|---|---|---|---|---|---|")
     for label, row in rows.items():

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 
 import jax
 import numpy as np
 import torch
 
+from benchmarks import harness
 from benchmarks.reference_torch_patchcore import embed_reference
 from benchmarks.reference_torch_resnet import TorchResNet
 from jzad.backbone.resnet import encode_resnet, get_resnet_config, init_resnet
@@ -76,16 +75,11 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "resnet_parity",
         "arch": "wide-resnet50-2",
-        "device": {"platform": jax.default_backend(), "kind": jax.devices()[0].device_kind,
-                   "cpu": platform.machine(), "cpu_count": os.cpu_count()},
-        "versions": {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__,
-                     "torch": torch.__version__},
+        **harness.environment("torch"),
         "weights": "random (init_resnet), BN statistics random",
         "cases": cases,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"resnet_parity_{jax.default_backend()}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = harness.write_json(RESULTS / f"resnet_parity_{jax.default_backend()}.json", result)
     print(f"wrote {path}")
     return result
 

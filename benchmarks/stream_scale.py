@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 32
@@ -229,12 +230,8 @@ def in_subprocess(section: str, n: int, args, tmp: Path) -> dict:
 
 
 def environment() -> dict:
-    import jax
-
-    device = jax.devices()[0]
-    return {"platform": device.platform, "kind": device.device_kind, "cpu_count": os.cpu_count(),
-            "cpu": platform.processor() or platform.machine(), "load_average": list(os.getloadavg()),
-            "versions": {"jax": jax.__version__, "numpy": np.__version__, "python": platform.python_version()}}
+    return {**harness.device_info(), "load_average": list(os.getloadavg()), "versions": harness.versions(),
+            "commit": harness.commit()}
 
 
 def main(argv=None) -> dict:
@@ -287,8 +284,7 @@ def main(argv=None) -> dict:
     payload["device"]["load_average_end"] = list(os.getloadavg())
     name = "stream_cpu_dry.json" if args.dry_run else f"stream_{payload['device']['platform']}.json"
     out = args.out or RESULTS / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    harness.write_json(out, payload)
     print_summary(payload)
     print(f"wrote {out}")
     payload["path"] = str(out)

@@ -31,9 +31,7 @@ Writes benchmarks/results/winclip_<platform>.json (device, versions, sizes, load
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -43,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from benchmarks import harness
 from benchmarks.reference_torch import StageTimer
 from benchmarks.reference_torch_winclip import TorchCLIP, winclip_plus_reference, winclip_reference
 from jzad import data as jdata
@@ -60,7 +59,6 @@ from jzad.backbone import (
 from jzad.backbone.clip import embed_patches, encode_tokens, encode_windows, vision_head
 from jzad.backbone.port import flax_to_openai
 from jzad.eval.metrics import image_metrics, pixel_metrics
-from jzad.eval.report import environment_info
 from jzad.features.clip import clip_backbone
 from jzad.kernels.resize import resize_bilinear
 from jzad.methods import RunContext, get_method
@@ -353,10 +351,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     payload = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "device": {"platform": jax.default_backend(), "cpu": platform.processor() or platform.machine(),
-                   "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "versions": {**environment_info(), "torch": torch.__version__},
+        **harness.environment("torch"),
         "sizes": {"architecture": "ViT-B-16-plus-240 shapes", "vision_layers": args.vision_layers,
                   "text_layers": args.text_layers, "image_size": 240, "grid": 15, "windows": [196, 169],
                   "queries": args.queries, "shots": args.shots, "repeats": args.repeats, "prompts": 231},
@@ -368,9 +363,7 @@ def main(argv=None) -> int:
     print(payload["table"])
     for key, value in payload["window_refinement_study"].items():
         print(f"{key}: image AUROC {value['image_auroc']:.3f}, pixel AUROC {value['pixel_auroc']:.3f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"winclip_{jax.default_backend()}.json"
-    path.write_text(json.dumps(payload, indent=2))
+    path = harness.write_json(args.out / f"winclip_{jax.default_backend()}.json", payload)
     print(f"wrote {path}")
     return 0
 

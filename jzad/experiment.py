@@ -108,16 +108,14 @@ def results_header(scorer: Scorer, config: dict, data: str, processes: int = 1) 
     }
 
 
-def build_scorer(method: Method, values: dict, shots: int, *, backbone: str | None = None,
-                 weights: Path | None = None, image_size: int | None = None, taps=None, activation=None,
-                 precision: str = "fp32", seed: int = 0, shards: int | None = 1, batch_size: int = 8,
-                 demo: bool = False, dataset: str = "mvtec") -> Scorer:
-    """The backbone (``weights`` file, ``backbone`` name, else the method's demo/default backbone) at the
-    method's preset, and the method's config from ``values`` (option dest -> value). Raises
-    ``BackboneLoadError`` or ``MethodConfigError``."""
+def method_backbone(method: Method, backbone: str | None = None, *, weights: Path | None = None,
+                    image_size: int | None = None, taps=None, activation=None, precision: str = "fp32",
+                    seed: int = 0, demo: bool = False):
+    """The backbone a run of ``method`` uses: the ``weights`` file, else the ``backbone`` name, else the
+    method's demo (``demo``) or default backbone, at the method's preset for its architecture (explicit
+    ``image_size``/``taps``/``activation`` win). Raises ``BackboneLoadError``."""
     from jzad.backbone.port import MissingDependencyError
     from jzad.features import backbone_architecture, load_backbone
-    from jzad.kernels import device_mesh
 
     dtype = "bfloat16" if precision == "bf16" else "float32"
     name = weights or backbone or (method.demo_backbone if demo else method.default_backbone)
@@ -126,18 +124,38 @@ def build_scorer(method: Method, values: dict, shots: int, *, backbone: str | No
     if demo and image_size is None and run.image_size is None:
         image_size = DEMO_IMAGE_SIZE
     try:
-        loaded = load_backbone(name, run, image_size, taps, activation, dtype, seed, with_text=method.needs_text)
+        return load_backbone(name, run, image_size, taps, activation, dtype, seed, with_text=method.needs_text)
     except (ValueError, FileNotFoundError, ConnectionError, MissingDependencyError) as err:
         raise BackboneLoadError(str(name), str(err)) from err
-    context = RunContext(dataset="synthetic" if demo else dataset, image_size=loaded.image_size, shots=shots,
-                         taps=loaded.taps)
+
+
+def method_scorer(method: Method, values: dict, backbone, *, shots: int = 0, dataset: str = "mvtec",
+                  mesh=None, batch_size: int = 8) -> Scorer:
+    """``method`` configured from ``values`` (option dest -> value) for ``backbone`` and a run with ``shots``
+    references on ``dataset`` ("synthetic" for the demo), bound to the backbone and ``mesh``. Raises
+    ``MethodConfigError`` (which names the config field)."""
+    context = RunContext(dataset=dataset, image_size=backbone.image_size, shots=shots, taps=backbone.taps)
     try:
         config = method.configure(values, context)
         if method.extractor is not None:
-            method.extractor(config, loaded)  # checks the backbone against the config before any image is read
+            method.extractor(config, backbone)  # checks the backbone against the config before any image is read
     except ValueError as err:
         raise MethodConfigError(str(err)) from err
-    return Scorer(method, config, loaded, device_mesh(shards), batch_size)
+    return Scorer(method, config, backbone, mesh, batch_size)
+
+
+def build_scorer(method: Method, values: dict, shots: int, *, backbone: str | None = None,
+                 weights: Path | None = None, image_size: int | None = None, taps=None, activation=None,
+                 precision: str = "fp32", seed: int = 0, shards: int | None = 1, batch_size: int = 8,
+                 demo: bool = False, dataset: str = "mvtec") -> Scorer:
+    """``method_backbone`` then ``method_scorer`` over a mesh of ``shards`` devices: what a command-line run
+    scores with."""
+    from jzad.kernels import device_mesh
+
+    loaded = method_backbone(method, backbone, weights=weights, image_size=image_size, taps=taps,
+                             activation=activation, precision=precision, seed=seed, demo=demo)
+    return method_scorer(method, values, loaded, shots=shots, dataset="synthetic" if demo else dataset,
+                         mesh=device_mesh(shards), batch_size=batch_size)
 
 
 def demo_sources(size: int, seed: int, shots: int, draw_seed: int, calibration: str | None = None):

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks import musc_timing, report, roofline  # noqa: E402
+from benchmarks import harness, musc_timing, report, roofline  # noqa: E402
 
 STAGES = ("extract", "lnamd", "msm", "upsample", "rscin")
 
@@ -164,11 +164,11 @@ def test_peak_memory_sees_an_allocation():
         return float(sum(b[0] for b in blocks))
 
     work()  # the heap now holds 80 MiB of freed blocks that the measured call could reuse unseen
-    with musc_timing.PeakMemory("torch", "cpu") as meter:
+    with harness.PeakMemory("torch", "cpu") as meter:
         assert work() == 10.0
     assert meter.bytes >= 76 << 20, meter.as_dict()
     with pytest.raises(ValueError, match="framework"):
-        musc_timing.PeakMemory("tf", "cpu")
+        harness.PeakMemory("tf", "cpu")
 
 
 def test_parse_backbone():

@@ -1,0 +1,259 @@
+"""What every benchmark shares, written once: the environment a result depends on (versions, device, CPU,
+commit, date), load-average sampling over a run, peak memory of a block, timing of a call, the results JSON
+(atomic, finite numbers only) and the argument types of the benchmark command lines.
+
+    with LoadSampler() as load, PeakMemory("jax", "cpu") as memory:
+        out, seconds = timed(fn, *args)
+    write_json(path, {**environment("torch"), "load_average": load.summary(), "memory": memory.as_dict(), ...})
+
+Benchmarks time the production path (``jzad.pipeline`` / ``jzad.experiment``) and record a result with the
+load of the machine it ran on: on a shared CPU the contention is part of what a timing means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from benchmarks.report import dumps
+
+CORE_PACKAGES = ("jax", "jaxlib", "flax", "numpy")
+
+
+def timed(fn, *args):
+    """(result, seconds) of fn(*args); the result is ready on device when the clock is read."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def versions(*extra: str) -> dict:
+    """Python and the installed versions of jax, jaxlib, flax, numpy, jzad and each ``extra`` distribution
+    (e.g. "torch", "transformers"); a distribution that is not installed is recorded as None."""
+    import jzad
+
+    found = {"python": platform.python_version(), "jzad": jzad.__version__}
+    for name in CORE_PACKAGES + extra:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def commit() -> str | None:
+    """The short git commit of the checkout the benchmark runs from (None outside a git checkout)."""
+    if shutil.which("git") is None:
+        return None
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                         capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one)."""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def device_info(**extra) -> dict:
+    """The JAX device a run uses (platform, kind, device count), the CPU and its cores, and ``extra``."""
+    device = jax.devices()[0]
+    return {"platform": device.platform, "kind": device.device_kind, "jax_devices": len(jax.devices()),
+            "cpu": cpu_name(), "cpu_count": os.cpu_count(), **extra}
+
+
+def torch_device_info(torch_device: str) -> dict:
+    """torch's side of a comparison: its device, thread count and (CUDA) device name."""
+    import torch
+
+    info = {"torch_device": torch_device, "torch_threads": torch.get_num_threads()}
+    if torch_device.startswith("cuda"):
+        info["torch_device_name"] = torch.cuda.get_device_name(torch_device)
+    return info
+
+
+def environment(*extra_versions: str, **device_extra) -> dict:
+    """The environment block of a results file: UTC date, commit, device (``device_info(**device_extra)``),
+    versions (``versions(*extra_versions)``) and the load average now."""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "commit": commit(), "device": device_info(**device_extra), "versions": versions(*extra_versions),
+            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def jsonable(value):
+    """A results tree as plain JSON values: numpy scalars and arrays as Python numbers and lists, tuples as
+    lists, non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if np.isfinite(value) else None
+    return value
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a file through a temporary file and a rename, so readers (and a killed run) never leave half of
+    it; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+    return path
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> Path:
+    """A results payload as JSON (``jsonable``: numpy values as numbers, non-finite ones as null), written
+    atomically (``write_text``)."""
+    return write_text(path, dumps(jsonable(payload)) + "\n")
+
+
+def proc_status(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"/proc/self/status has no {field} line")
+
+
+def release_free_heap() -> bool:
+    """Return freed heap pages to the OS (glibc malloc_trim), so memory a block reuses from earlier work
+    shows up as RSS growth again; False where the C library has no malloc_trim."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+class PeakMemory:
+    """Peak memory growth of the enclosed block on one device ("bytes", "method" after exit).
+
+    torch on CUDA: max_memory_allocated after reset_peak_memory_stats, minus what was allocated before.
+    JAX on an accelerator: XLA's peak_bytes_in_use (a process-lifetime peak: it cannot be reset) minus
+    bytes_in_use before. CPU (both): peak resident set growth, VmHWM after resetting it through
+    /proc/self/clear_refs, minus VmRSS before, with freed heap pages first returned to the OS (malloc_trim)
+    so reused memory counts; without /proc, the growth of ru_maxrss (a lower bound).
+    """
+
+    def __init__(self, framework: str, device: str):
+        if framework not in ("jax", "torch"):
+            raise ValueError(f"framework: expected 'jax' or 'torch', got {framework!r}")
+        self.framework = framework
+        self.device = device
+        self.bytes = None
+        self.method = None
+
+    def __enter__(self):
+        if self.framework == "torch" and self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.method = "torch.cuda.max_memory_allocated - allocated before"
+        elif self.framework == "jax" and self.device != "cpu" and jax.devices()[0].memory_stats():
+            self._base = jax.devices()[0].memory_stats()["bytes_in_use"]
+            self.method = "XLA peak_bytes_in_use (process lifetime) - bytes_in_use before"
+        elif os.access("/proc/self/clear_refs", os.W_OK):
+            trimmed = release_free_heap()
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+            self._base = proc_status("VmRSS")
+            self.method = ("peak RSS growth (" + ("malloc_trim, then " if trimmed else "")
+                           + "VmHWM after clear_refs - VmRSS before)")
+        else:
+            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.method = "ru_maxrss growth (lower bound)"
+        return self
+
+    def __exit__(self, *exc):
+        if self.method.startswith("torch"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.method.startswith("XLA"):
+            peak = jax.devices()[0].memory_stats()["peak_bytes_in_use"]
+        elif self.method.startswith("peak RSS"):
+            peak = proc_status("VmHWM")
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.bytes = max(int(peak - self._base), 0)
+        return False
+
+    def as_dict(self) -> dict:
+        return {"peak_bytes": self.bytes, "method": self.method}
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every ``interval`` seconds while a run lasts (a shared machine's
+    contention is part of what a CPU timing means); ``summary()`` gives min / median / max and the count."""
+
+    def __init__(self, interval: float = 5.0):
+        import threading
+
+        self.samples = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self):
+        if self.samples:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        return False
+
+    def summary(self) -> dict | None:
+        if not self.samples:
+            return None
+        return {"min": min(self.samples), "median": statistics.median(self.samples), "max": max(self.samples),
+                "samples": len(self.samples), "cores": os.cpu_count()}
