@@ -218,10 +218,13 @@ def write_category_outputs(spec: OutputSpec, result, scorer: Scorer, source, clo
     """Scores CSV (``scores_<category>.csv``, or ``scores_<category>_seed<S>.csv`` when several seeds run),
     and for the first seed the map TIFFs (under maps/<maps_folder>, default the category), overlays and the
     summary figure; returns what it wrote."""
+    from PIL import Image
+
+    from jzad.data.decode import resize_rgb
     from jzad.data.sources import prefetch_batches
     from jzad.eval import report
     from jzad.eval.heatmaps import value_range
-    from jzad.eval.outputs import save_captioned_overlays, save_map_tiffs, save_summary
+    from jzad.eval.outputs import map_at_size, save_captioned_overlays, save_map_tiffs, save_summary
 
     start = time.perf_counter()
     out, cat = spec.folder, result.category
@@ -242,10 +245,10 @@ def write_category_outputs(spec: OutputSpec, result, scorer: Scorer, source, clo
         size = spec.heatmap_size
         for indices, decoded in prefetch_batches(source, np.arange(len(source)), scorer.prep,
                                                  scorer.backbone.image_size, 16):
-            images = np.stack([_resize(_as_uint8(i), size) for i in decoded.images])
-            maps = np.stack([_resize(result.maps[i], size) for i in indices])
+            images = np.stack([resize_rgb(Image.fromarray(_as_uint8(i)), size) for i in decoded.images])
+            maps = np.stack([map_at_size(result.maps[i], (size, size)) for i in indices])
             masks = None if result.masks is None else np.stack(
-                [_resize(result.masks[i].astype(np.float32), size) > 0.5 for i in indices])
+                [map_at_size(result.masks[i], (size, size)) > 0.5 for i in indices])
             save_captioned_overlays(out / "heatmaps" / cat, [result.names[i] for i in indices], images, maps, masks,
                                     result.image_scores[indices], None if result.labels is None else
                                     result.labels[indices], [result.defect_types[i] for i in indices], scale)
@@ -257,18 +260,6 @@ def write_category_outputs(spec: OutputSpec, result, scorer: Scorer, source, clo
 def _as_uint8(image: np.ndarray) -> np.ndarray:
     """A decoded model input as uint8 for overlays (float32 [0, 255] inputs are rounded and clipped)."""
     return image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-
-def _resize(array: np.ndarray, size: int) -> np.ndarray:
-    """Resize a uint8 RGB image (bicubic) or a float32 map (bilinear) to (size, size) with PIL."""
-    from PIL import Image
-
-    if array.shape[0] == size and array.shape[1] == size:
-        return array
-    if array.dtype == np.uint8:
-        return np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.BICUBIC))
-    image = Image.fromarray(array.astype(np.float32), mode="F")
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
 
 
 @dataclass(frozen=True)

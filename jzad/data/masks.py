@@ -81,12 +81,6 @@ def _check_threshold(threshold: int) -> int:
     return int(threshold)
 
 
-def binarize_mask(gray: np.ndarray, threshold: int = 127) -> np.ndarray:
-    """uint8 (H, W) gray mask -> uint8 (H, W) with 255 where gray > threshold, else 0."""
-    threshold = _check_threshold(threshold)
-    return np.where(np.asarray(gray) > threshold, np.uint8(255), np.uint8(0))
-
-
 def mask_values(image: Image.Image, path: str | os.PathLike = "<mask>") -> tuple[np.ndarray, float]:
     """A decoded mask image -> ((H, W) values, full scale) by the step-1 rule of the module doc."""
     mode = image.mode

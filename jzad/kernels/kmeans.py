@@ -9,8 +9,15 @@ stays where it was. The iteration count is fixed (no tolerance test), so the res
 (points, weights, k, iterations, key) and the loop compiles to one ``fori_loop``.
 
 Squared distances are ||x||^2 - 2 x.c + ||c||^2 with the GEMM at HIGHEST precision (no TF32 on GPUs); ties
-go to the lowest centre index (argmin). Written here rather than wrapping ott-jax's ``k_means`` because the
-GPU image has no ott-jax and ott's loop stops on a tolerance.
+go to the lowest centre index (argmin).
+
+Why not ott-jax's ``ott.tools.k_means`` (a dependency; read in 0.6.0): its seeding is the greedy k-means++
+variant (2 + floor(log k) candidates per step, the one with the lowest potential kept; the first centre
+uniform, point weights ignored while seeding), it restarts ``n_init`` times (10) and keeps the lowest inertia,
+its Lloyd loop stops when the assignment repeats or the centre shift falls under ``tol`` (a fixed count needs
+min_iterations = max_iterations), and an emptied centre jumps to one of the farthest points. Here zero-weight
+padding points must never be drawn as centres, a fit is one run of a fixed, known cost (one compiled loop)
+and its draws replay exactly in a NumPy reference: so the kernel keeps its own few lines.
 """
 
 from __future__ import annotations
