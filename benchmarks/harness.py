@@ -12,7 +12,6 @@ load of the machine it ran on: on a shared CPU the contention is part of what a 
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
@@ -28,6 +27,11 @@ import jax
 import numpy as np
 
 from benchmarks.report import dumps
+from jzad.cli import positive_int
+
+__all__ = ["LoadSampler", "PeakMemory", "commit", "cpu_name", "device_info", "environment", "jsonable",
+           "positive_int", "release_free_heap", "timed", "torch_device_info", "versions", "write_json",
+           "write_text"]
 
 CORE_PACKAGES = ("jax", "jaxlib", "flax", "numpy")
 
@@ -37,17 +41,6 @@ def timed(fn, *args):
     start = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     return out, time.perf_counter() - start
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def versions(*extra: str) -> dict:

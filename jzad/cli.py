@@ -46,31 +46,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists every option)\n")
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from err
+def int_at_least(minimum: int | None, wanted: str):
+    """An argparse type: an integer (>= ``minimum`` unless None); errors say "expected <wanted>"."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from err
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    convert.__name__ = wanted
+    return convert
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from err
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_int = int_at_least(None, "an integer")
+positive_int = int_at_least(1, "a positive integer")
+_non_negative_int = int_at_least(0, "an integer >= 0")
 
 
 def _argparse_type(parse):
@@ -84,28 +78,27 @@ def _argparse_type(parse):
     return convert
 
 
-def _method_options() -> dict[str, tuple]:
-    """flag -> (Option, names of the methods that declare it), over every registered method."""
+def _option_table(names, declared, what: str) -> dict[str, tuple]:
+    """flag -> (Option, names of the methods that declare it) over ``names``, ``declared(name)`` giving each
+    one's options; a flag declared with two destinations is an error."""
     table: dict[str, tuple] = {}
-    for name in method_names():
-        for option in get_method(name).options:
+    for name in names:
+        for option in declared(name).options:
             first, owners = table.get(option.flag, (option, []))
             if first.dest != option.dest:
-                raise ValueError(f"option {option.flag} is declared with two destinations")
+                raise ValueError(f"{what} {option.flag} is declared with two destinations")
             table[option.flag] = (first, owners + [name])
     return table
+
+
+def _method_options() -> dict[str, tuple]:
+    """flag -> (Option, names of the methods that declare it), over every registered method."""
+    return _option_table(method_names(), get_method, "option")
 
 
 def _stream_options() -> dict[str, tuple]:
     """flag -> (Option, names of the methods whose streaming declares it)."""
-    table: dict[str, tuple] = {}
-    for name in streaming_names():
-        for option in get_streaming(name).options:
-            first, owners = table.get(option.flag, (option, []))
-            if first.dest != option.dest:
-                raise ValueError(f"stream option {option.flag} is declared with two destinations")
-            table[option.flag] = (first, owners + [name])
-    return table
+    return _option_table(streaming_names(), get_streaming, "stream option")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,12 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1-based ViT blocks to tap, e.g. 6,12,18,24; default: the method's preset")
     p.add_argument("--activation", choices=("gelu", "quick_gelu"), default=None,
                    help="ViT MLP activation; default: the method's preset, else the checkpoint's")
-    p.add_argument("--shards", type=_positive_int, default=None,
+    p.add_argument("--shards", type=positive_int, default=None,
                    help="devices to split the scoring over (default: 1, or every device of every process in a "
                    "multi-process run)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="matmul precision")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per backbone forward")
-    p.add_argument("--subsets", type=_positive_int, default=argparse.SUPPRESS,
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per backbone forward")
+    p.add_argument("--subsets", type=positive_int, default=argparse.SUPPRESS,
                    help="(pooling methods: musc, fslc) MuSc's divide_num: subsets scored apart (default 1)")
     p.add_argument("--subset-split", choices=SPLITS, default=argparse.SUPPRESS,
                    help="(pooling methods) 'official': MuSc's reader exactly (default); 'balanced': sizes "
@@ -166,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps-at-image-size", action="store_true",
                    help="with --save-maps: resize each map to its image's original size")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the overlay PNGs and summary figures")
-    p.add_argument("--heatmap-size", type=_positive_int, default=256, help="side of the overlay panels")
+    p.add_argument("--heatmap-size", type=positive_int, default=256, help="side of the overlay panels")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for random weights, the demo set and the few-shot reference draw")
     p.add_argument("--seeds", type=_argparse_type(_int_list), default=argparse.SUPPRESS,
@@ -176,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="multi-process run: process 0's address for JAX's distributed runtime (env "
                    "JZAD_COORDINATOR), or 'auto' to let JAX detect the cluster (SLURM, Open MPI, TPU pods)")
-    p.add_argument("--num-processes", type=_positive_int, default=None,
+    p.add_argument("--num-processes", type=positive_int, default=None,
                    help="multi-process run: how many processes take part (env JZAD_NUM_PROCESSES)")
     p.add_argument("--process-id", type=_non_negative_int, default=None,
                    help="multi-process run: this process's rank, 0..P-1; process 0 writes the outputs (env "
@@ -190,13 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score images as they arrive: --data is a folder (oldest modification time first), a file "
                    "listing image paths, or - (paths on standard input); each batch's scores are appended to "
                    "scores_stream.csv (and maps/stream/ with --save-maps) as soon as they are computed")
-    p.add_argument("--stream-batch", type=_positive_int, default=argparse.SUPPRESS,
+    p.add_argument("--stream-batch", type=positive_int, default=argparse.SUPPRESS,
                    help="(--stream) arrivals scored together (default 1)")
     p.add_argument("--stream-state", type=Path, default=argparse.SUPPRESS,
                    help="(--stream) folder for checkpoints of the stream state (orbax); when it holds one, the "
                    "stream resumes from it: a folder or list is replayed and its scored images skipped, standard "
                    "input continues with the lines that arrive")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=argparse.SUPPRESS,
+    p.add_argument("--checkpoint-every", type=positive_int, default=argparse.SUPPRESS,
                    help="(--stream-state) batches between checkpoints (default 1)")
     p.add_argument("--stream-references", type=Path, default=argparse.SUPPRESS, metavar="FOLDER_OR_LIST",
                    help="(--stream; few-shot methods) the normal reference images the stream is scored against, "
