@@ -239,7 +239,12 @@ def test_a_bad_image_in_the_second_category_keeps_the_first_and_exits_1(tmp_path
     assert results["status"] == "failed"
     assert [c["category"] for c in results["categories"]] == ["alpha"]
     assert results["categories"][0]["num_images"] == NORMAL + ANOMALOUS
-    assert all(results["categories"][0]["metrics"][k] is not None for k in ("image_auroc", "pixel_auroc"))
+    from sklearn.metrics import roc_auc_score
+
+    with open(out / "scores_alpha.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    expected = roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows])
+    assert results["categories"][0]["metrics"]["image_auroc"] == pytest.approx(expected, abs=1e-9)
     (failure,) = results["failed"]
     assert failure["category"] == "beta" and failure["error_type"] == "DataError" and str(victim) in failure["error"]
     assert len(read_scores(out / "scores_alpha.csv")) == NORMAL + ANOMALOUS

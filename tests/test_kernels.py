@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -52,8 +53,14 @@ def test_pairwise_distances_match_numpy(seed):
     np.testing.assert_allclose(pairwise_euclidean(a, b), np.sqrt(ref), rtol=1e-5, atol=1e-4)
     cos = (a @ b.T) / np.linalg.norm(a, axis=1)[:, None] / np.linalg.norm(b, axis=1)[None, :]
     np.testing.assert_allclose(pairwise_cosine_distance(a, b), 1 - cos, atol=1e-5)
-    bf16 = pairwise_sq_euclidean(a, b, precision="bf16")
-    np.testing.assert_allclose(bf16, ref, rtol=3e-2, atol=0.5)
+    # bf16: the GEMM's inputs rounded to bfloat16 (ml_dtypes), float32 accumulation, norms of the unrounded rows
+    bf16 = np.asarray(pairwise_sq_euclidean(a, b, precision="bf16"), np.float64)
+    rounded = [x.astype(ml_dtypes.bfloat16).astype(np.float64) for x in (a, b)]
+    exact = (a.astype(np.float64) ** 2).sum(1)[:, None] + (b.astype(np.float64) ** 2).sum(1)[None, :]
+    exact = np.maximum(exact - 2 * rounded[0] @ rounded[1].T, 0)
+    np.testing.assert_allclose(bf16, exact, rtol=0, atol=1e-5 * exact.max())
+    # and its distance from the fp32 answer is within the input rounding: 2 roundings of 2^-9 per product
+    assert (np.abs(bf16 - ref) <= 2 * 2.0**-8 * np.abs(a) @ np.abs(b).T + 1e-4).all()
 
 
 def test_distances_work_under_vmap_and_reject_bad_precision():

@@ -257,7 +257,11 @@ def test_online_update_is_a_ring_buffer():
     np.testing.assert_array_equal(np.asarray(state.ring)[:, 0], [3, 3, 1, 2, 2, 2, 3])
     assert int(state.cursor) == 2 and bool(state.filled.all())
     protos, valid = online_prototypes(state)
-    assert protos.shape == (10, 5) and bool(valid.all())
+    np.testing.assert_array_equal(np.asarray(protos), np.concatenate([M, np.asarray(state.ring)]))
+    np.testing.assert_array_equal(np.asarray(valid), np.ones(10, bool))
+    fresh, fresh_valid = online_prototypes(online_memory(M, 7))
+    np.testing.assert_array_equal(np.asarray(fresh)[:3], M)
+    np.testing.assert_array_equal(np.asarray(fresh_valid), [True] * 3 + [False] * 7)
 
 
 def test_online_refinement_equals_refinement_on_the_valid_rows():

@@ -19,6 +19,18 @@ def read_scores(path: Path) -> dict:
         return {row["name"]: float(row["score"]) for row in csv.DictReader(f)}
 
 
+def assert_image_metrics_match_sklearn(metrics: dict, scores_csv: Path) -> None:
+    """results.json's image AUROC and AP equal scikit-learn's on the scores CSV's labels and scores."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    with open(scores_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = [int(r["label"]) for r in rows]
+    scores = [float(r["score"]) for r in rows]
+    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert metrics["image_ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
+
+
 def test_demo_run_writes_every_output(tmp_path, capsys):
     assert main(TINY + ["--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
@@ -27,7 +39,8 @@ def test_demo_run_writes_every_output(tmp_path, capsys):
         assert f"| {stage}" in printed
     results = json.loads((tmp_path / "results.json").read_text())
     metrics = results["categories"][0]["metrics"]
-    assert all(metrics[m] is not None and 0.0 <= metrics[m] <= 1.0 for m in METRICS)
+    assert set(METRICS) <= set(metrics)
+    assert_image_metrics_match_sklearn(metrics, tmp_path / "scores_synthetic.csv")
     assert results["backbone"]["origin"].startswith("random:")
     scores = read_scores(tmp_path / "scores_synthetic.csv")
     assert len(scores) == 28 and all(np.isfinite(list(scores.values())))
@@ -67,7 +80,7 @@ def test_real_photos_end_to_end(tmp_path, dataset, root, category):
         outputs[shards] = out
     results = json.loads((outputs["1"] / "results.json").read_text())
     for entry in results["categories"]:
-        assert all(entry["metrics"][m] is not None for m in METRICS), entry
+        assert_image_metrics_match_sklearn(entry["metrics"], outputs["1"] / f"scores_{entry['category']}.csv")
     for csv_path in outputs["1"].glob("scores_*.csv"):
         assert read_scores(csv_path) == read_scores(outputs["8"] / csv_path.name)
 
