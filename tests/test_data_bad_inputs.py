@@ -1,4 +1,5 @@
-"""Issue 11, data layer: each failing input built here and the exact behaviour asserted against closed forms.
+"""Bad inputs to the data layer: each failing input built here and the exact behaviour asserted against closed
+forms.
 
 Decoding of every Pillow mode, two-value masks and the MaskReport, mask/image size mismatches, mask files in
 plain folders, symlinks and display names, output names, MPDD's re-split layout and MVTec LOCO detection.
@@ -75,7 +76,7 @@ def _gray3(v: np.ndarray) -> np.ndarray:
     return np.repeat(v[..., None], 3, axis=2)
 
 
-# ---------------------------------------------------------------- item 1: decoding per mode
+# ---------------------------------------------------------------- decoding per mode
 
 
 def test_sixteen_bit_gray_scaled_by_257(tmp_path: Path) -> None:
@@ -206,7 +207,7 @@ def test_unsupported_inputs_name_the_file(tmp_path: Path) -> None:
     assert err.value.path == str(tmp_path / "gone.png")
 
 
-# ---------------------------------------------------------------- item 2: two-value masks, MaskReport
+# ---------------------------------------------------------------- two-value masks, MaskReport
 
 
 def _defect(shape, box) -> np.ndarray:
@@ -266,7 +267,7 @@ def test_empty_masks_counted(tmp_path: Path) -> None:
         read_masks([big, None], [1, 1], 8, "half", image_paths=[big, tmp_path / "b.png"])
 
 
-# ---------------------------------------------------------------- item 3: size mismatches
+# ---------------------------------------------------------------- size mismatches
 
 
 def test_mask_size_mismatch_reported_once_per_category(tmp_path: Path) -> None:
@@ -299,7 +300,7 @@ def test_mask_size_mismatch_reported_once_per_category(tmp_path: Path) -> None:
     assert rep2.size_mismatches == () and rep2.size_warning() is None and mask_size_warnings([rep2]) == []
 
 
-# ---------------------------------------------------------------- item 4: plain folders
+# ---------------------------------------------------------------- plain folders
 
 
 def _photo(path: Path, seed: int, shape=(10, 12)) -> Path:
@@ -363,7 +364,7 @@ def test_folder_infer_labels_hardened(tmp_path: Path) -> None:
 
 
 
-# ---------------------------------------------------------------- item 8: symlinks and display names
+# ---------------------------------------------------------------- symlinks and display names
 
 
 def test_symlinks_keep_the_names_under_root(tmp_path: Path) -> None:
@@ -399,7 +400,7 @@ def test_display_name_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert display_name(tmp_path / "d" / "y.png", "d") == "y.png"
 
 
-# ---------------------------------------------------------------- item 9: output names
+# ---------------------------------------------------------------- output names
 
 
 def test_output_names_examples() -> None:
@@ -450,7 +451,7 @@ def test_output_names_properties(tmp_path: Path) -> None:
     assert sum(1 for p in base.rglob("*") if p.is_file()) == len(names)
 
 
-# ---------------------------------------------------------------- item 18: MPDD re-split, LOCO
+# ---------------------------------------------------------------- MPDD re-split, LOCO
 
 
 def _resplit(root: Path) -> Path:

@@ -1,8 +1,7 @@
-"""Issue 11, command line and method boundary: each broken input is built here and the exact behaviour asserted
-(message, exit status, files written, values).
-
-Items: 5 --image-size, 6 identical images, 7 NaN features, 10 a failing category, 11 --out checks, 12 Ctrl-C,
-13 user errors, 14 --weights that is not a checkpoint, 15 porting without torch, 16 the hub offline, 17 README.
+"""Bad inputs at the command line and the method boundary: each broken input is built here and the exact
+behaviour asserted (message, exit status, files written, values): --image-size off the patch grid, identical
+images, NaN features, failing categories and Ctrl-C, --out checks, user errors, --weights that is not a
+checkpoint, porting without torch, the hub offline, the README's commands.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ def no_hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
 
 
-# ------------------------------------------------------------------------------------------ 5: --image-size
+# ------------------------------------------------------------------------------------------ --image-size
 
 
 def test_image_size_zero_or_not_a_multiple_of_the_patch_is_an_error_naming_valid_sizes(tmp_path, capsys,
@@ -102,7 +101,7 @@ def test_image_size_zero_or_not_a_multiple_of_the_patch_is_an_error_naming_valid
                    "(`python -m jzad.run --help` lists every option)"]
 
 
-# ---------------------------------------------------------------------------------------- 6: identical images
+# ---------------------------------------------------------------------------------------- identical images
 
 
 def identical_source(size: int = 32, count: int = NORMAL + ANOMALOUS):
@@ -191,7 +190,7 @@ def test_identical_images_through_the_cli_write_the_note(tmp_path, capsys):
     assert set(read_scores(out / "scores_copies.csv").values()) == {0.0}
 
 
-# ------------------------------------------------------------------------------------- 7: NaN in the features
+# ------------------------------------------------------------------------------------- NaN in the features
 
 
 def test_nan_in_tokens_or_embeddings_raises_naming_the_images_in_the_python_api():
@@ -217,7 +216,7 @@ def test_nan_in_tokens_or_embeddings_raises_naming_the_images_in_the_python_api(
         score_musc(tokens, embeds, MuScConfig(mode="few_shot"), reference_tokens=refs)
 
 
-# ------------------------------------------------------------------------------ 10 and 12: failing categories
+# ------------------------------------------------------------------------------ failing categories
 
 
 def corrupt_one_image(cat: Path) -> Path:
@@ -283,7 +282,7 @@ def test_ctrl_c_during_scoring_leaves_results_marked_interrupted_with_the_finish
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "scores_alpha.csv"]
 
 
-# ---------------------------------------------------------------------------------------------- 11: --out
+# ---------------------------------------------------------------------------------------------- --out
 
 
 def refuse_loading(monkeypatch):
@@ -363,7 +362,7 @@ def test_non_empty_out_needs_overwrite_which_removes_only_jzad_outputs(tmp_path,
     assert (out / "notes.txt").read_text() == "mine" and (out / "mine" / "keep.png").read_bytes() == b"mine"
 
 
-# ---------------------------------------------------------------------------------------- 13: user errors
+# ---------------------------------------------------------------------------------------- user errors
 
 
 def test_user_errors_end_with_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
@@ -409,7 +408,7 @@ def test_a_missing_mask_names_the_cli_option_that_allows_it(tmp_path, capsys):
     assert metrics["image_auroc"] is not None and metrics["pixel_auroc"] is None and metrics["pro"] is None
 
 
-# ----------------------------------------------------------------------------- 14 and 15: checkpoint files
+# ----------------------------------------------------------------------------- checkpoint files
 
 
 def test_weights_that_are_not_a_checkpoint_say_so_without_torch_advice(tmp_path, capsys):
@@ -454,7 +453,7 @@ def test_porting_without_torch_says_which_extra_to_install(tmp_path):
     assert re.search(r'^port = \[\s*"torch==2\.13\.0",\s*\]', extras, re.M)
 
 
-# --------------------------------------------------------------------------------------- 16: hub offline
+# --------------------------------------------------------------------------------------- hub offline
 
 
 @pytest.fixture
@@ -512,7 +511,7 @@ def test_a_cached_hub_snapshot_is_used_without_the_network(tmp_path, monkeypatch
     assert download_hf("openai/clip-vit-base-patch16") == snapshot
 
 
-# ------------------------------------------------------------------------------------------ 17: README
+# ------------------------------------------------------------------------------------------ README
 
 
 def test_readme_set_up_commands_run_from_a_fresh_clone_inside_the_venv():
