@@ -30,6 +30,7 @@ def _finite_numbers(tree, path="payload"):
     return bad
 
 
+@pytest.mark.slow
 def test_smoke_run_tiny_backbone(tmp_path, capsys):
     payload = musc_timing.main([
         "--backbone", "tiny@32", "--n", "5", "--repeats", "1", "--batch", "4", "--scaling", "4,6",

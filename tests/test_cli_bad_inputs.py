@@ -438,6 +438,7 @@ PORT_WITHOUT_TORCH = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_porting_without_torch_says_which_extra_to_install(tmp_path):
     checkpoint = tmp_path / "ViT-B-16.pt"
     checkpoint.write_bytes(b"\x80\x02" + b"\x00" * 64)

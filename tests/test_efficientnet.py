@@ -245,6 +245,7 @@ def test_port_errors_name_key_and_shapes():
         packaged_checkpoint("efficientnet-tiny")
 
 
+@pytest.mark.slow
 def test_packaged_checkpoint_does_not_import_torch():
     code = (
         "import sys; from jzad.backbone.efficientnet_port import packaged_checkpoint; "

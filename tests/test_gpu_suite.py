@@ -28,6 +28,7 @@ def _check_summary(summary, stages, n):
     assert summary["total_median_s"] == pytest.approx(sum(s["median_s"] for s in summary["stages"].values()))
 
 
+@pytest.mark.slow
 def test_dry_run_completes_and_matches_the_reference(tmp_path, capsys):
     payload = gpu_suite.main(TINY + ["--budget", "600", "--out", str(tmp_path)])
     assert payload["out"] == str(tmp_path)

@@ -29,6 +29,7 @@ CASES = {
 TIMEOUT_S = 600
 
 
+@pytest.mark.slow
 def test_two_processes_score_as_one_process_and_only_process_0_writes(tmp_path):
     runs = [(TINY + args, tmp_path / case) for case, args in CASES.items()]
     for run in launch_local(runs, processes=2, devices=2, workdir=tmp_path, timeout=TIMEOUT_S):

@@ -246,6 +246,7 @@ def _rss_growth(root, count, subsets):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_host_memory_is_bounded_by_the_subset_size(tmp_path):
     """400 images in 8 subsets of about 50 grow the RSS about as much as 50 images scored as one set (plus the
     per-image outputs); scoring the 400 as one set grows it by the whole set's features (4 taps x 16 patches x

@@ -5,10 +5,12 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import stream_scale
 
 
+@pytest.mark.slow
 def test_dry_run_records_every_section(tmp_path):
     payload = stream_scale.main(["--dry-run", "--out", str(tmp_path / "stream.json")])
     saved = json.loads((tmp_path / "stream.json").read_text())
