@@ -692,6 +692,7 @@ def run(args: argparse.Namespace) -> int:
                     "metrics_std": std if len(runs) > 1 else None,
                     "seeds": [{"seed": seed, "metrics": r.metrics} for seed, r, _ in runs] if shots else None,
                     "mask_report": result.mask_report, "notes": list(result.notes),
+                    "subtypes": None if demo else sources.subtypes,
                     "subset_sizes": [len(g) for g in result.groups],
                     "timing_ms_per_image": clock.per_image_ms(count * len(runs)),
                     "compile_s": dict(clock.compile_seconds), "files": [f for _, _, w in runs for f in w],
