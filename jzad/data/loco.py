@@ -17,14 +17,19 @@ pixel AUROC / AUPRO.
 
 Sub-types. juice_bottle (banana / cherry / orange juice) and splicing_connectors (yellow / blue / red cable)
 each hold three products; CLIP-LAD's benchmark scores each sub-type as its own category. MVTec ships no
-sub-type labels, so ``subtype_of`` derives them with a documented rule: the dominant hue, in HSV, of the
-sufficiently saturated and bright pixels inside a fixed central region (the liquid and fruit icon of the juice
-bottle; the cable between the two connectors). Mixed images (a "wrong_juice_type" liquid with another
-fruit's icon; a cable whose colour does not match the connectors' pole count) are assigned by that reference
-part, the liquid or the cable colour: they become anomalies of that sub-type, whose normal images disagree
-with their other part. The rule's regions and hue ranges are set from the products' known colours and are
-tested on synthetic images only: it still needs verifying on a hand-labelled sample of real LOCO photos.
-An explicit list file (``read_subtype_list``) replaces the rule where labels are known.
+sub-type labels, so ``assign_subtypes`` derives them with a rule per category (``SUBTYPE_RULES``), or reads
+them from an explicit list file (``read_subtype_list``) where labels are known.
+
+- juice_bottle (``LiquidRule``, validated): the liquid decides. The bottle is located in the image, the
+  brightness normalised by the image's own label paper, and the body's pixels vote by the liquid colours
+  measured on 40 hand-labelled real photos (orange juice: saturated yellow; banana: pale cream; cherry: dark
+  red). Labels never vote, so a wrong, moved or missing label leaves the vote to the liquid; a mixed image
+  (wrong_juice_type) joins its liquid's sub-type, whose normal images disagree with its icon.
+- splicing_connectors (``HueRule``, unverified on real photos): the dominant hue of the saturated pixels in a
+  fixed central region (the cable between the connectors), from the cables' known colours.
+
+A vote that is not clear-cut (an empty bottle, two liquids, no bottle found) gives no sub-type: the image is
+reported (name, votes, reason) and scored in none, never guessed.
 """
 
 from __future__ import annotations
