@@ -14,6 +14,7 @@ from jzad.data.loco import (
     SUBTYPE_RULES,
     HueRule,
     LocoSet,
+    LocoTruths,
     assign_subtypes,
     hsv,
     load_loco_masks,
@@ -104,6 +105,10 @@ def test_read_test_split_and_truth(tmp_path):
         maps[i][mask] = 1.0
     result = loco_localization(maps, truth, loco.images.defect_types)
     assert result["mean"][0.05] == pytest.approx(1.0)
+    # The same channels decoded one image at a time (what the CLI's sPRO streams over) give the same numbers.
+    noisy = maps + np.random.default_rng(0).normal(0, 0.6, maps.shape).astype(np.float32)
+    assert loco_localization(list(noisy), LocoTruths(loco), loco.images.defect_types) == \
+        loco_localization(noisy, truth, loco.images.defect_types)
 
 
 def test_union_masks_resized(tmp_path):

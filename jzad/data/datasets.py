@@ -42,6 +42,7 @@ from jzad.data.loco import (
     LocoSet,
     SubtypeAssignment,
     assign_subtypes,
+    LocoTruths,
     load_loco_truth,
     loco_categories,
     read_loco,
@@ -114,6 +115,10 @@ class LocoImages(FileImages):
     def truth(self) -> SPROTruth:
         """Every defect channel at full resolution, for ``jzad.eval.spro``."""
         return load_loco_truth(self.loco)
+
+    def image_truths(self) -> LocoTruths:
+        """The same channels one image at a time, decoded as read (sPRO in bounded memory)."""
+        return LocoTruths(self.loco)
 
 
 def check_subtypes(subtypes: str) -> str:

@@ -209,6 +209,27 @@ def load_loco_truth(loco: LocoSet) -> SPROTruth:
     return truth_from_channels(channels, loco.defects, shape, sources=loco.mask_files)
 
 
+class LocoTruths:
+    """The ground truth of a LOCO set as a sequence of one-image SPROTruths, each decoded when it is read (for
+    sPRO in bounded memory: ``jzad.eval.spro`` streams over it)."""
+
+    def __init__(self, loco: LocoSet):
+        if not loco.has_truth:
+            raise ValueError(f"loco/{loco.images.category}: some anomalous images have no ground-truth channels")
+        self.loco = loco
+        self._shape = None
+
+    def __len__(self) -> int:
+        return len(self.loco)
+
+    def __getitem__(self, i: int) -> SPROTruth:
+        files = self.loco.mask_files[i]
+        if not files and self._shape is None:
+            self._shape = _image_size(self.loco.images.paths[i])
+        return truth_from_channels([[_read_channel(f) for f in files]], self.loco.defects, self._shape,
+                                   sources=[files])
+
+
 def load_loco_masks(loco: LocoSet, size: int | Sequence[int], rule: str = "half") -> np.ndarray:
     """Union of each image's channels, resized: bool (N, H, W), for pixel AUROC / AUPRO at the map size.
 
