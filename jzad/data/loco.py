@@ -332,11 +332,10 @@ class LiquidRule:
 
     def body(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
         """(top, bottom, left, right) pixel bounds of the bottle's body, or None when no bottle is found."""
-        _, _, value = hsv(_checked_rgb(image))
-        return self._body(value)
+        value = _checked_rgb(image).max(-1)
+        return self._body(value, float(np.percentile(value, 99.5)))
 
-    def _body(self, value: np.ndarray) -> tuple[int, int, int, int] | None:
-        reference = float(np.percentile(value, 99.5))
+    def _body(self, value: np.ndarray, reference: float) -> tuple[int, int, int, int] | None:
         if reference <= 0.0 or np.median(value) > 0.5 * reference:
             return None  # no bright object on a darker background
         bright = value > self.foreground * reference
@@ -352,16 +351,17 @@ class LiquidRule:
 
     def decide(self, image: np.ndarray) -> SubtypeVote:
         """The image's votes and, when clear-cut, its sub-type."""
-        hue, saturation, value = hsv(_checked_rgb(image))
+        image = _checked_rgb(image)
+        value = image.max(-1)  # HSV value, in uint8 units
+        reference = float(np.percentile(value, 99.5))
         votes = dict.fromkeys(self.names, 0)
-        bounds = self._body(value)
+        bounds = self._body(value, reference)
         if bounds is None:
             return SubtypeVote(None, votes, "no bottle found (no bright object on a dark background)")
         top, bottom, left, right = bounds
         margin = int(self.column_margin * (right - left))
-        reference = float(np.percentile(value, 99.5))
-        region = (slice(top, bottom), slice(left + margin, right - margin))
-        hue, saturation, value = hue[region], saturation[region], value[region] / reference
+        hue, saturation, value = hsv(image[top:bottom, left + margin:right - margin])
+        value = value * (255.0 / reference)
         below_paper = value < self.max_value
         for name, start, stop, low, high, darkest in self.liquids:
             chosen = (below_paper & _in_range(hue, start, stop) & (saturation >= low) & (saturation < high)
