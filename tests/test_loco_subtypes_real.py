@@ -150,7 +150,7 @@ def test_logical_anomalies_go_by_the_liquid_or_are_reported(photos):
 
 @pytest.fixture(scope="module")
 def real_tree(photos, tmp_path_factory):
-    """A LOCO root built from the real photos: train/good 30 of them, validation/good 6, test/good 4 (orange,
+    """A LOCO root built from the real photos: train/good 29 of them, validation/good 7 (2 orange), test/good 4 (orange,
     orange, cherry, orange) and three logical anomalies with ground truth: an empty bottle (ambiguous), a cherry
     bottle with an orange label, an orange bottle with a cherry label. No banana test image."""
     root = tmp_path_factory.mktemp("loco_real")
@@ -158,7 +158,8 @@ def real_tree(photos, tmp_path_factory):
     cat.mkdir()
     shutil.copy(SAMPLE / "defects_config.json", cat / "defects_config.json")
     names = sorted(photos)
-    splits = {"train/good": names[:30], "validation/good": names[30:36], "test/good": names[36:]}
+    splits = {"train/good": [n for n in names[:30] if n != "025.png"],
+              "validation/good": ["025.png"] + names[30:36], "test/good": names[36:]}
     for folder, files in splits.items():
         (cat / folder).mkdir(parents=True)
         for name in files:
@@ -212,3 +213,25 @@ def test_ambiguous_images_are_reported_and_scored_in_no_subtype(real_tree):
     listed = jdata.category_sources("loco", root, "juice_bottle-orange", subtypes=str(listing))
     assert list(listed.source.names[-2:]) == ["test/logical_anomalies/000.png", "test/logical_anomalies/002.png"]
     assert listed.subtypes["validated_on_real_photos"] is None and listed.subtypes["rule"].startswith("list file")
+
+
+def test_cli_reports_the_ambiguous_image_in_the_log_and_results_json(real_tree, tmp_path, capsys):
+    from jzad.run import main
+
+    root, _ = real_tree
+    out = tmp_path / "run"
+    args = ["--method", "clip_lad", "--dataset", "loco", "--data", str(root), "--category", "juice_bottle-orange",
+            "--shots", "2", "--backbone", "random-tiny-text", "--image-size", "32", "--no-heatmaps", "--quiet",
+            "--out", str(out)]
+    with pytest.warns(RuntimeWarning, match="no structural_anomalies images"):
+        assert main(args) == 0
+    log = capsys.readouterr().err
+    warning = [line for line in log.splitlines() if "ambiguous" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: loco/juice_bottle-orange: 1 test images")
+    assert "test/logical_anomalies/000.png votes {'cherry': " in warning[0]
+    (entry,) = json.loads((out / "results.json").read_text())["categories"]
+    assert entry["num_images"] == 4
+    report = entry["subtypes"]
+    assert report["rule"] == RULE.describe() and report["validated_on_real_photos"] is True
+    (ambiguous,) = report["splits"]["test"]["ambiguous"]
+    assert ambiguous["image"] == "test/logical_anomalies/000.png" and set(ambiguous["votes"]) == set(RULE.names)
