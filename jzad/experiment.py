@@ -290,12 +290,15 @@ class Experiment:
 
 
 def _score_seeds(scorer: Scorer, plan: Plan, category: str, sources: Callable, outputs: OutputSpec,
-                 extra_metrics, clock: StageClock, progress, log: Callable) -> list[tuple[int, Any, list]]:
-    """One category at every draw seed: (seed, CategoryResult, files written) per seed."""
-    runs = []
+                 extra_metrics, clock: StageClock, progress, log: Callable) -> tuple[list[tuple[int, Any, list]], Any]:
+    """One category at every draw seed: (seed, CategoryResult, files written) per seed, and the sub-type report of
+    its sources (LOCO sub-types; None elsewhere)."""
+    runs, subtypes = [], None
     for index, seed in enumerate(plan.seeds):
         found = sources(category, seed)
         source = found.source
+        if index == 0:
+            subtypes = getattr(found, "subtypes", None)
         label = category if len(plan.seeds) == 1 else f"{category} (seed {seed})"
         log(f"{label}: {len(source)} images" + (f", {plan.shots} references" if plan.shots else "")
             + (f", {len(found.calibration)} calibration images" if found.calibration else ""))
@@ -315,10 +318,11 @@ def _score_seeds(scorer: Scorer, plan: Plan, category: str, sources: Callable, o
             written = write_category_outputs(outputs, result, scorer, source, clock,
                                              seed if len(plan.seeds) > 1 else None, index == 0, found.maps_folder)
         runs.append((seed, result, written))
-    return runs
+    return runs, subtypes
 
 
-def category_entry(category: str, runs: list, shots: int, clock: StageClock) -> tuple[dict, dict, dict]:
+def category_entry(category: str, runs: list, shots: int, clock: StageClock,
+                   subtypes: Any = None) -> tuple[dict, dict, dict]:
     """(results.json entry, mean metrics, std metrics) of one category's runs over seeds."""
     count = len(runs[0][1].names)
     mean, std = seed_statistics([r.metrics for _, r, _ in runs])
@@ -327,7 +331,7 @@ def category_entry(category: str, runs: list, shots: int, clock: StageClock) -> 
         "category": category, "num_images": count, "metrics": mean,
         "metrics_std": std if len(runs) > 1 else None,
         "seeds": [{"seed": seed, "metrics": r.metrics} for seed, r, _ in runs] if shots else None,
-        "mask_report": result.mask_report, "notes": list(result.notes),
+        "mask_report": result.mask_report, "notes": list(result.notes), "subtypes": subtypes,
         "subset_sizes": [len(g) for g in result.groups],
         "timing_ms_per_image": clock.per_image_ms(count * len(runs)),
         "compile_s": dict(clock.compile_seconds), "files": [f for _, _, w in runs for f in w],
@@ -349,7 +353,8 @@ def run_experiment(scorer: Scorer, plan: Plan, sources: Callable, results: Resul
             for category in plan.categories:
                 clock = StageClock()
                 try:
-                    runs = _score_seeds(scorer, plan, category, sources, outputs, extra_metrics, clock, progress, log)
+                    runs, subtypes = _score_seeds(scorer, plan, category, sources, outputs, extra_metrics, clock,
+                                                  progress, log)
                 except CATEGORY_FAILURES as err:
                     if plan.raise_errors:
                         raise
@@ -364,7 +369,7 @@ def run_experiment(scorer: Scorer, plan: Plan, sources: Callable, results: Resul
                         break
                     continue
                 done.clock.merge(clock)
-                entry, mean, std = category_entry(category, runs, plan.shots, clock)
+                entry, mean, std = category_entry(category, runs, plan.shots, clock, subtypes)
                 done.images += entry["num_images"] * len(runs)
                 done.rows.append({"category": category, **mean})
                 if len(runs) > 1:

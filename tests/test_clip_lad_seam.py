@@ -198,7 +198,8 @@ def test_loco_categories_and_subtype_sources(tree, tmp_path):
 
     listing = tmp_path / "subtypes.txt"
     listing.write_text("# category/path sub-type\n" + "\n".join(f"{p} {s}" for p, s in juice["subtypes"].items()))
-    for mode in ("rule", str(listing)):
+    # The rule reads real bottles (test_loco_subtypes_real.py); these synthetic trays take the list file.
+    for mode in (str(listing),):
         sources = jdata.category_sources("loco", root, "juice_bottle-orange", shots=2, seed=3,
                                          calibration="validation", subtypes=mode)
         for part, split, count in ((sources.source, "test", 6), (sources.references, "train", 2),
@@ -232,7 +233,10 @@ def read_rows(path: Path) -> list[dict]:
 def test_cli_end_to_end_on_a_synthetic_loco_tree(tree, tmp_path, capsys):
     root, plain, juice = tree
     out = tmp_path / "run"
-    args = ["--method", "clip_lad", "--dataset", "loco", "--data", str(root), "--shots", "2", "--backbone",
+    listing = tmp_path / "subtypes.txt"
+    listing.write_text("".join(f"{p} {s}\n" for p, s in juice["subtypes"].items()))
+    args = ["--method", "clip_lad", "--dataset", "loco", "--data", str(root), "--shots", "2", "--loco-subtypes",
+            str(listing), "--backbone",
             "random-tiny-text", "--image-size", str(SIZE), "--save-maps", "--maps-at-image-size", "--no-heatmaps",
             "--quiet", "--out", str(out)]
     assert main(args) == 0
@@ -244,6 +248,10 @@ def test_cli_end_to_end_on_a_synthetic_loco_tree(tree, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     categories = {entry["category"]: entry for entry in results["categories"]}
     assert sorted(categories) == sorted(jdata.dataset_categories("loco", root)) and results["status"] == "complete"
+    assert categories["parts_tray"]["subtypes"] is None
+    assert categories["juice_bottle-orange"]["subtypes"]["rule"] == f"list file {listing}"
+    assert categories["juice_bottle-orange"]["subtypes"]["splits"]["test"]["counts"] == {
+        n: 6 for n in SUBTYPE_RULES["juice_bottle"].names}
     written = set(plain["kinds"]) | set(juice["subtypes"])
     for name, entry in categories.items():
         rows = read_rows(out / f"scores_{name}.csv")

@@ -4,6 +4,7 @@ pixels free of every channel, its trapezoid with interpolation at max_fpr)."""
 
 import json
 from bisect import bisect
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,82 @@ def test_real_configs_parse():
         with open(CONFIGS / category / "defects_config.json") as f:
             counts[category] = len(parse_defects_config(json.load(f), category))
     assert counts["breakfast_box"] == 22 and counts["juice_bottle"] == 18 and counts["pushpins"] == 8
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+def one_image_truths(channels):
+    """Per image, its own one-image SPROTruth (what a lazy reader yields)."""
+    shape = next(c.shape for image in channels for c in image)
+    return [truth_from_channels([image], DEFECTS, shape) for image in channels]
+
+
+@pytest.mark.parametrize("seed", [4, 17])
+def test_streamed_images_give_the_stacked_result(seed):
+    maps, types, channels = random_case(seed)
+    truth = truth_from_channels(channels, DEFECTS)
+    for max_thresholds in (1 << 20, 40):
+        whole = loco_localization(maps, truth, types, max_thresholds=max_thresholds)
+        streamed = loco_localization(list(maps), one_image_truths(channels), types, max_thresholds=max_thresholds)
+        for name in whole:
+            for limit in whole[name]:
+                assert streamed[name][limit] == pytest.approx(whole[name][limit], abs=1e-9)
+    # The strided sample, image by image, hits the stacked array's positions: the thresholds are identical.
+    flat = maps.reshape(-1)
+    for max_thresholds in (40, 97, 500):
+        stride = -(-flat.size // max_thresholds)
+        want = np.unique(np.concatenate([flat[::stride], [flat.min(), flat.max()]]))
+        np.testing.assert_array_equal(choose_thresholds(list(maps), max_thresholds), want)
+    np.testing.assert_array_equal(choose_thresholds(list(maps)), np.unique(flat))
+    curve = spro_curve(list(maps), one_image_truths(channels))
+    np.testing.assert_array_equal(curve.spro, spro_curve(maps, truth).spro)
+    with pytest.raises(ValueError, match="truth has 8 images but there are 9 maps"):
+        loco_localization(list(maps), one_image_truths(channels)[:8], types)
+    with pytest.raises(ValueError, match=r"maps must share one size: map 1 is \(11, 12\)"):
+        loco_localization([maps[0], maps[1][:, :12]] + list(maps[2:]), truth, types)
+    bad = list(maps)
+    bad[5] = np.where(bad[5] > 0, np.nan, bad[5])
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(map 5\)"):
+        loco_localization(bad, truth, types)
+
+
+class LazyMaps:
+    """N maps of H x W built when read: 0 outside, 1 on each anomalous image's defect rectangle."""
+
+    def __init__(self, n, h, w, anomalous):
+        self.n, self.h, self.w, self.anomalous = n, h, w, anomalous
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        out = np.zeros((self.h, self.w), np.float32)
+        if i in self.anomalous:
+            out[100:300, 200 + i:600 + i] = 1.0
+        return out
+
+
+class LazyTruths(LazyMaps):
+    def __getitem__(self, i):
+        if i not in self.anomalous:
+            return SPROTruth(np.zeros((0, self.h, self.w), bool), np.zeros(0, np.int64), np.zeros(0, np.int64), ())
+        return SPROTruth(super().__getitem__(i)[None] > 0, [0], [20000], ("missing_part",))
+
+
+def test_streaming_memory_is_one_image_not_the_category():
+    """100 maps of 800 x 1600 float32 (LOCO's size): 512 MB stacked, plus 128 MB of masks. Streamed, the peak
+    is a few copies of one image (5 MB each) and the histograms."""
+    n, h, w = 100, 800, 1600
+    types = ["good" if i % 2 else ("logical_anomalies" if i % 4 else "structural_anomalies") for i in range(n)]
+    anomalous = {i for i, t in enumerate(types) if t != "good"}
+    assert n * h * w * 4 > 500e6
+    tracemalloc.start()
+    try:
+        result = loco_localization(LazyMaps(n, h, w, anomalous), LazyTruths(n, h, w, anomalous), types, (0.05, 0.3))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 80e6, f"peak {peak / 1e6:.0f} MB"
+    # Known answer: every defect pixel scores 1 and every other pixel 0, so sPRO is 1 from FPR 0.
+    for name in ("logical_anomalies", "structural_anomalies", "mean"):
+        assert result[name] == {0.05: pytest.approx(1.0, abs=1e-9), 0.3: pytest.approx(1.0, abs=1e-9)}

@@ -16,7 +16,10 @@ layout:
 
 LOCO sub-types (``subtypes``): "rule" (default) splits juice_bottle and splicing_connectors into their three
 sub-types, each scored as a category "<category>-<sub-type>" with its own references and calibration images
-(``jzad.data.loco.SUBTYPE_RULES`` decides; each split's images are decoded once per process to find them);
+(``jzad.data.loco.SUBTYPE_RULES`` decides; each split's images are decoded once per process to find them); an
+image whose vote is not clear-cut is scored in no sub-type and reported (name, votes, reason) in the summary
+line and in ``CategorySources.subtypes`` (which results.json keeps, with the rule used and whether it was
+validated on real photos); a sub-type with no image in a split it needs is an error naming the fix;
 "off" keeps the categories whole; any other value is a list file with one "<category>/<path relative to the
 category folder> <sub-type>" per line (e.g. "juice_bottle/test/good/000.png banana") covering every image of
 the categories it names. The map TIFFs of a sub-type go to its category's folder (maps/juice_bottle/...), so
@@ -37,7 +40,9 @@ from jzad.data.errors import DataError, DataNotFoundError
 from jzad.data.loco import (
     SUBTYPE_RULES,
     LocoSet,
+    SubtypeAssignment,
     assign_subtypes,
+    LocoTruths,
     load_loco_truth,
     loco_categories,
     read_loco,
@@ -62,13 +67,15 @@ LOCO_MASK_RULE = "half"
 class CategorySources:
     """One category as the pipeline takes it: source (test images), references (few-shot normals or None),
     calibration (held-out normals or None), maps_folder (the folder under maps/ its TIFFs go to), summary (a
-    line saying what was read)."""
+    line saying what was read), subtypes (LOCO sub-type categories: the rule used, whether it was validated on
+    real photos, and per split the images per sub-type and the ambiguous images with their votes; else None)."""
 
     source: Any
     references: Any
     calibration: Any
     maps_folder: str
     summary: str
+    subtypes: dict | None = None
 
 
 class LocoImages(FileImages):
@@ -109,6 +116,10 @@ class LocoImages(FileImages):
         """Every defect channel at full resolution, for ``jzad.eval.spro``."""
         return load_loco_truth(self.loco)
 
+    def image_truths(self) -> LocoTruths:
+        """The same channels one image at a time, decoded as read (sPRO in bounded memory)."""
+        return LocoTruths(self.loco)
+
 
 def check_subtypes(subtypes: str) -> str:
     """"rule", "off" or an existing list file; ValueError naming ``subtypes`` otherwise."""
@@ -146,13 +157,13 @@ def read_subtype_listing(path: str) -> dict[str, dict[str, str]]:
 
 
 @functools.lru_cache(maxsize=16)
-def _rule_subtypes(loco: LocoSet, root: str) -> tuple[str, ...]:
+def _rule_subtypes(loco: LocoSet, root: str) -> SubtypeAssignment:
     return assign_subtypes(loco, root)
 
 
-def loco_subtypes(loco: LocoSet, root: str | os.PathLike, subtypes: str) -> tuple[str, ...]:
+def loco_subtypes(loco: LocoSet, root: str | os.PathLike, subtypes: str) -> SubtypeAssignment:
     """The sub-type of every image of a juice_bottle / splicing_connectors split, by the rule (decoded once per
-    process) or from the list file."""
+    process; ambiguous images get None) or from the list file."""
     if subtypes == "rule":
         return _rule_subtypes(loco, str(root))
     category = loco.images.category
@@ -164,7 +175,7 @@ def loco_subtypes(loco: LocoSet, root: str | os.PathLike, subtypes: str) -> tupl
         if key not in listed:
             raise ValueError(f"subtypes {subtypes}: no sub-type listed for {category}/{key}")
         out.append(listed[key])
-    return tuple(out)
+    return SubtypeAssignment(tuple(out), (), f"list file {subtypes}", None)
 
 
 def _loco_name(root: Path, category: str, subtypes: str) -> tuple[str, str | None]:
@@ -207,10 +218,30 @@ def _loco_sources(root: Path, category: str, shots: int, seed: int, calibration:
                   subtypes: str, allow_missing_masks: bool) -> CategorySources:
     base, sub = _loco_name(root, category, subtypes)
     cat_dir = root / base
+    report: dict | None = None
+    notes: list[str] = []
 
     def read(split: str) -> LocoSet:
+        nonlocal report
         loco = read_loco(root, base, split, allow_missing_masks)
-        return loco if sub is None else select_subtype(loco, loco_subtypes(loco, root, subtypes), sub)
+        if sub is None:
+            return loco
+        assignment = loco_subtypes(loco, root, subtypes)
+        counts = {name: assignment.names.count(name) for name in SUBTYPE_RULES[base].names}
+        if report is None:
+            report = {"rule": assignment.rule, "validated_on_real_photos": assignment.validated_on_real_photos,
+                      "splits": {}}
+        report["splits"][split] = {"counts": counts, "ambiguous": [dict(a) for a in assignment.ambiguous]}
+        if assignment.ambiguous:
+            listed = "; ".join(f"{a['image']} votes {a['votes']} ({a['reason']})" for a in assignment.ambiguous)
+            notes.append(f"{len(assignment.ambiguous)} {split} images of {base} are ambiguous and scored in no "
+                         f"sub-type: {listed}")
+        if not counts[sub]:
+            raise DataError(f"loco: sub-type {category!r} has no {split} images ({base} {split} per sub-type: "
+                            f"{counts}, {len(assignment.ambiguous)} ambiguous; by {assignment.rule}): score "
+                            f"{base} whole with --loco-subtypes off, or give the sub-types in a list file "
+                            f"(--loco-subtypes FILE)", cat_dir / split)
+        return select_subtype(loco, assignment.names, sub)
 
     test = read("test")
     references = cal = None
@@ -223,8 +254,9 @@ def _loco_sources(root: Path, category: str, shots: int, seed: int, calibration:
         cal = FileImages(read(calibration).images, root=cat_dir)
     anomalous = sum(test.images.labels)
     summary = (f"loco/{category}: {len(test)} test images ({anomalous} anomalous)"
-               + (f", {len(cal)} {calibration} images" if cal is not None else ""))
-    return CategorySources(LocoImages(test, cat_dir), references, cal, base, summary)
+               + (f", {len(cal)} {calibration} images" if cal is not None else "")
+               + "".join(f"\nwarning: loco/{category}: {note}" for note in notes))
+    return CategorySources(LocoImages(test, cat_dir), references, cal, base, summary, report)
 
 
 def category_sources(dataset: str, root: str | os.PathLike, category: str, shots: int = 0, seed: int = 0,

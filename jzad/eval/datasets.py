@@ -9,7 +9,8 @@ MVTec LOCO ("loco"): the image AUROC of good against logical anomalies and of go
 number) and AUC-sPRO up to FPR 0.05 (the headline) and 0.3, the mean over the logical and the structural
 evaluation as the official script reports it, each type also on its own. sPRO runs on the maps at each
 image's original size, resized exactly as the map TIFFs are written (``map_at_size``), against every defect
-channel at full resolution (``LocoImages.truth``); nan when the ground truth is incomplete
+channel at full resolution (``LocoImages.image_truths``), one image at a time (``MapsAtImageSize``), so host
+memory stays at one full-size image and its channels; nan when the ground truth is incomplete
 (--allow-missing-masks).
 """
 
@@ -36,16 +37,21 @@ class DatasetMetrics:
     compute: Callable
 
 
-def maps_at_image_size(maps: np.ndarray, sizes) -> np.ndarray:
-    """(N, S, S) maps -> (N, H, W) float32 at the images' common original size (``map_at_size`` each)."""
-    shapes = {tuple(int(v) for v in s) for s in sizes}
-    if len(shapes) != 1:
-        raise ValueError(f"sPRO needs one image size per category, found {sorted(shapes)}")
-    h, w = shapes.pop()
-    out = np.empty((len(maps), h, w), np.float32)
-    for i, amap in enumerate(maps):
-        out[i] = map_at_size(amap, (h, w))
-    return out
+class MapsAtImageSize:
+    """(N, S, S) maps seen as a sequence of N (H, W) float32 maps at the images' common original size, each
+    resized (``map_at_size``) when it is read, so sPRO never holds the whole category at full size."""
+
+    def __init__(self, maps: np.ndarray, sizes):
+        shapes = {tuple(int(v) for v in s) for s in sizes}
+        if len(shapes) != 1:
+            raise ValueError(f"sPRO needs one image size per category, found {sorted(shapes)}")
+        self.maps, self.size = maps, shapes.pop()
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return map_at_size(self.maps[i], self.size).astype(np.float32, copy=False)
 
 
 def loco_metrics(result, source) -> dict:
@@ -56,7 +62,7 @@ def loco_metrics(result, source) -> dict:
     nan = {name: {limit: float("nan") for limit in LOCO_MAX_FPRS}
            for name in ("mean", "logical_anomalies", "structural_anomalies")}
     localization = nan if not source.has_masks else loco_localization(
-        maps_at_image_size(result.maps, result.original_sizes), source.truth(), types, LOCO_MAX_FPRS)
+        MapsAtImageSize(result.maps, result.original_sizes), source.image_truths(), types, LOCO_MAX_FPRS)
     for limit in LOCO_MAX_FPRS:
         tag = f"{round(limit * 100):02d}"
         out[f"spro_{tag}"] = localization["mean"][limit]

@@ -34,15 +34,21 @@ structural (the official pair and their mean) and good against both together (th
 Ties are handled as scikit-learn does; the official script's ROC adds its point after the first member of a
 tie group instead, which differs only when good and anomalous images share a score.
 
-Host-side NumPy, at the I/O edge, like ``jzad.eval.metrics``. Peak extra memory: one byte per pixel of the
-set (the finiteness check), a few arrays of one image's size and the (thresholds,) histograms; the exact
-path also sorts the distinct scores (at most ``max_thresholds`` pixels).
+Streaming over images: every function reads ``maps`` one image at a time (``maps[i]``), so maps may be an
+(N, H, W) array or any sequence of (H, W) maps that builds each on demand (e.g. resized to the original size
+as it is read), and the truth may be one SPROTruth of the set or a sequence of one-image SPROTruths decoded on
+demand. The saturated overlaps and defect-free pixels of each image land in per-threshold histograms, so with
+lazy sequences host memory is one image's maps and channels plus the (thresholds,) histograms and curve,
+whatever the number of images. Choosing thresholds reads the maps once more (the sample positions and the
+distinct values are the same as over the stacked array, so the thresholds are identical).
+
+Host-side NumPy, at the I/O edge, like ``jzad.eval.metrics``.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -63,72 +69,123 @@ class SPROCurve(NamedTuple):
     spro: np.ndarray
 
 
-def _check_maps(maps) -> np.ndarray:
-    m = np.asarray(maps)
-    if m.ndim != 3 or m.size == 0:
-        raise ValueError(f"maps must be a non-empty (N, H, W) array, got shape {m.shape}")
+def _check_maps(maps) -> tuple[int, tuple[int, int]]:
+    """(N, (H, W)) of an (N, H, W) array or a sequence of (H, W) maps; checks the first map only (each map
+    is checked as it is read, by ``_map``)."""
+    if isinstance(maps, np.ndarray) and (maps.ndim != 3 or maps.size == 0):
+        raise ValueError(f"maps must be a non-empty (N, H, W) array, got shape {maps.shape}")
+    if len(maps) == 0:
+        raise ValueError("maps must hold at least one (H, W) map")
+    first = _map(maps, 0, None)
+    return len(maps), first.shape
+
+
+def _map(maps, i: int, shape) -> np.ndarray:
+    """maps[i], checked: a real-valued finite (H, W) array of the set's shape."""
+    m = np.asarray(maps[i])
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"maps must be (N, H, W); map {i} has shape {m.shape}")
     if not np.issubdtype(m.dtype, np.floating) and not np.issubdtype(m.dtype, np.integer):
         raise ValueError(f"maps must be real-valued, got dtype {m.dtype}")
+    if shape is not None and m.shape != tuple(shape):
+        raise ValueError(f"maps must share one size: map {i} is {m.shape}, map 0 {tuple(shape)}")
     if not np.isfinite(m).all():
-        raise ValueError("maps contain NaN or infinite values")
+        raise ValueError(f"maps contain NaN or infinite values (map {i})")
     return m
 
 
-def _check_truth(truth: SPROTruth, maps: np.ndarray) -> None:
-    if not isinstance(truth, SPROTruth):
-        raise ValueError(f"truth must be an SPROTruth, got {type(truth).__name__}")
-    if truth.masks.shape[1:] != maps.shape[1:]:
-        raise ValueError(
-            f"ground truth is {truth.masks.shape[1:]} but maps are {maps.shape[1:]}; sPRO is evaluated at the "
-            "original image size (resize the maps, not the masks)"
-        )
-    if len(truth) and truth.image_index.max() >= maps.shape[0]:
-        raise ValueError(f"truth refers to image {truth.image_index.max()} but there are {maps.shape[0]} maps")
+def _truth_reader(truth, n: int, shape) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+    """truth: one SPROTruth of the N images, or a sequence of N one-image SPROTruths (each image_index 0) ->
+    i -> (masks (C, H, W) bool, saturation (C,)) of image i, checked against the maps' size."""
+    def checked(masks, i):
+        if masks.shape[1:] != tuple(shape):
+            raise ValueError(
+                f"ground truth is {masks.shape[1:]} but maps are {tuple(shape)} (image {i}); sPRO is evaluated at "
+                "the original image size (resize the maps, not the masks)"
+            )
+        return masks
+
+    if isinstance(truth, SPROTruth):
+        checked(truth.masks, 0)
+        if len(truth) and truth.image_index.max() >= n:
+            raise ValueError(f"truth refers to image {truth.image_index.max()} but there are {n} maps")
+        by_image: dict[int, list[int]] = {}
+        for d, i in enumerate(truth.image_index):
+            by_image.setdefault(int(i), []).append(d)
+        return lambda i: (truth.masks[by_image.get(i, [])], truth.saturation[by_image.get(i, [])])
+    if isinstance(truth, (str, bytes)) or not hasattr(truth, "__getitem__") or not hasattr(truth, "__len__"):
+        raise ValueError(f"truth must be an SPROTruth or a sequence of one-image SPROTruths, got "
+                         f"{type(truth).__name__}")
+    if len(truth) != n:
+        raise ValueError(f"truth has {len(truth)} images but there are {n} maps")
+
+    def read(i):
+        one = truth[i]
+        if not isinstance(one, SPROTruth) or (len(one) and one.image_index.max() != 0):
+            raise ValueError(f"truth[{i}] must be the SPROTruth of one image (image_index 0), got "
+                             f"{type(one).__name__}")
+        return checked(one.masks, i), one.saturation
+
+    return read
 
 
 def choose_thresholds(maps, max_thresholds: int = 1 << 20) -> np.ndarray:
     """Ascending distinct thresholds: every distinct score, or those of an evenly strided sample of
-    ``max_thresholds`` scores (global min and max included) when the maps hold more pixels."""
-    m = _check_maps(maps)
+    ``max_thresholds`` scores (global min and max included) when the maps hold more pixels. The sample is
+    taken image by image at the positions the stacked array's stride would hit."""
     if max_thresholds < 2:
         raise ValueError(f"max_thresholds must be >= 2, got {max_thresholds}")
-    flat = m.reshape(-1)
-    if flat.size <= max_thresholds:
-        return np.unique(flat)
-    stride = -(-flat.size // max_thresholds)
-    return np.unique(np.concatenate([flat[::stride], [flat.min(), flat.max()]]))
+    n, shape = _check_maps(maps)
+    pixels = shape[0] * shape[1]
+    total = n * pixels
+    stride = 1 if total <= max_thresholds else -(-total // max_thresholds)
+    parts, low, high = [], None, None
+    for i in range(n):
+        flat = _map(maps, i, shape).reshape(-1)
+        if stride == 1:
+            parts.append(np.unique(flat))
+            continue
+        parts.append(flat[(-i * pixels) % stride::stride].copy())  # a copy: a view would keep the map alive
+        low = flat.min() if low is None else min(low, flat.min())
+        high = flat.max() if high is None else max(high, flat.max())
+    if stride > 1:
+        parts.append(np.asarray([low, high], dtype=parts[0].dtype))
+    return np.unique(np.concatenate(parts))
 
 
-def _group_histograms(maps, truth, groups, num_groups, thresholds):
+def _group_histograms(maps, truth_of, groups, num_groups, thresholds, check=None):
     """Per group g: (normal pixel counts per bin (g, T + 1), sPRO weight per bin (g, T + 1), normal pixels (g,),
-    channels (g,)). Bin b holds pixels with exactly b thresholds strictly below their score."""
+    channels (g,)). Bin b holds pixels with exactly b thresholds strictly below their score. Reads one image's
+    map and channels at a time; check(i, channels) may reject an image."""
+    n, shape = len(maps), None
     bins_total = thresholds.size + 1
     normal_hist = np.zeros((num_groups, bins_total), np.int64)
     spro_hist = np.zeros((num_groups, bins_total), np.float64)
     normal_count = np.zeros(num_groups, np.int64)
     channel_count = np.zeros(num_groups, np.int64)
-    by_image = {}
-    for d, i in enumerate(truth.image_index):
-        by_image.setdefault(int(i), []).append(d)
-    for i in range(maps.shape[0]):
+    for i in range(n):
         g = int(groups[i])
         if g < 0:
             continue
-        scores = maps[i].reshape(-1)
+        scores = _map(maps, i, shape)
+        shape = scores.shape
+        scores = scores.reshape(-1)
+        masks, saturation = truth_of(i)
+        if check is not None:
+            check(i, len(masks))
         bins = np.searchsorted(thresholds, scores, side="left")
-        channels = by_image.get(i, [])
-        if channels:
+        if len(masks):
             weight = np.zeros(scores.size, np.float64)
             defect = np.zeros(scores.size, bool)
-            for d in channels:
-                pixels = np.flatnonzero(truth.masks[d].reshape(-1))
-                sat = int(truth.saturation[d])
+            for mask, sat in zip(masks, saturation):
+                pixels = np.flatnonzero(mask.reshape(-1))
+                sat = int(sat)
                 top = pixels[np.argsort(-scores[pixels], kind="stable")[:sat]]
                 weight[top] += 1.0 / sat
                 defect[pixels] = True
             normal = ~defect
             spro_hist[g] += np.bincount(bins[defect], weights=weight[defect], minlength=bins_total)
-            channel_count[g] += len(channels)
+            channel_count[g] += len(masks)
         else:
             normal = np.ones(scores.size, bool)
         normal_hist[g] += np.bincount(bins[normal], minlength=bins_total)
@@ -168,14 +225,15 @@ def _resolve_thresholds(maps, thresholds, max_thresholds) -> np.ndarray:
 def spro_curve(maps, truth: SPROTruth, thresholds=None, max_thresholds: int = 1 << 20) -> SPROCurve | None:
     """The FPR-sPRO curve of all N images together (see the module docstring).
 
-    maps: (N, H, W) anomaly maps at the ground truth's size; truth: their SPROTruth. thresholds: explicit
-    anomaly thresholds (any order, deduplicated), else chosen by ``choose_thresholds(maps, max_thresholds)``.
-    Returns None with a RuntimeWarning when there is no defect-free pixel or no defect.
+    maps: (N, H, W) anomaly maps at the ground truth's size, or a sequence of N (H, W) maps; truth: their
+    SPROTruth or a sequence of one-image SPROTruths. thresholds: explicit anomaly thresholds (any order,
+    deduplicated), else chosen by ``choose_thresholds(maps, max_thresholds)``. Returns None with a
+    RuntimeWarning when there is no defect-free pixel or no defect.
     """
-    m = _check_maps(maps)
-    _check_truth(truth, m)
-    t = _resolve_thresholds(m, thresholds, max_thresholds)
-    hists = _group_histograms(m, truth, np.zeros(m.shape[0], np.int64), 1, t)
+    n, shape = _check_maps(maps)
+    truth_of = _truth_reader(truth, n, shape)
+    t = _resolve_thresholds(maps, thresholds, max_thresholds)
+    hists = _group_histograms(maps, truth_of, np.zeros(n, np.int64), 1, t)
     return _curve(*(h[0] for h in hists), t, "spro_curve")
 
 
@@ -207,27 +265,36 @@ def loco_localization(
     """AUC-sPRO as the official script reports it: {"logical_anomalies": {max_fpr: auc}, "structural_anomalies":
     {...}, "mean": {...}}, each anomaly type evaluated together with all good images.
 
-    maps: (N, H, W) at the original image size; truth: SPROTruth of the N images; defect_types: (N,) among
-    ``LOCO_TYPES``. Good images must have no channel and anomalous images at least one. A type without images
-    gives nan entries (and so does "mean") with a RuntimeWarning.
+    maps: (N, H, W) at the original image size, or a sequence of N (H, W) maps built on demand; truth:
+    SPROTruth of the N images, or a sequence of N one-image SPROTruths read on demand (module docstring:
+    streaming); defect_types: (N,) among ``LOCO_TYPES``. Good images must have no channel and anomalous
+    images at least one. A type without images gives nan entries (and so does "mean") with a RuntimeWarning.
     """
-    m = _check_maps(maps)
-    _check_truth(truth, m)
-    types = _check_types(defect_types, m.shape[0])
+    n, shape = _check_maps(maps)
+    truth_of = _truth_reader(truth, n, shape)
+    types = _check_types(defect_types, n)
     limits = tuple(float(f) for f in max_fprs)
     if not limits or any(not 0.0 < f <= 1.0 for f in limits):
         raise ValueError(f"max_fprs must be values in (0, 1], got {tuple(max_fprs)}")
-    has_channel = np.zeros(m.shape[0], bool)
-    has_channel[truth.image_index] = True
-    good = types == "good"
-    if np.any(good & has_channel):
-        raise ValueError(f"good images {np.flatnonzero(good & has_channel).tolist()} have ground-truth channels")
-    if np.any(~good & ~has_channel):
-        missing = np.flatnonzero(~good & ~has_channel).tolist()
-        raise ValueError(f"anomalous images {missing} have no ground-truth channel")
-    t = _resolve_thresholds(m, thresholds, max_thresholds)
+    if isinstance(truth, SPROTruth):  # every channel is at hand: report all offenders at once
+        has_channel = np.zeros(n, bool)
+        has_channel[truth.image_index] = True
+        good = types == "good"
+        if np.any(good & has_channel):
+            raise ValueError(f"good images {np.flatnonzero(good & has_channel).tolist()} have ground-truth channels")
+        if np.any(~good & ~has_channel):
+            missing = np.flatnonzero(~good & ~has_channel).tolist()
+            raise ValueError(f"anomalous images {missing} have no ground-truth channel")
+
+    def check(i: int, channels: int) -> None:
+        if types[i] == "good" and channels:
+            raise ValueError(f"good images [{i}] have ground-truth channels")
+        if types[i] != "good" and not channels:
+            raise ValueError(f"anomalous images [{i}] have no ground-truth channel")
+
+    t = _resolve_thresholds(maps, thresholds, max_thresholds)
     groups = np.array([LOCO_TYPES.index(x) for x in types])
-    normal_hist, spro_hist, normal_count, channel_count = _group_histograms(m, truth, groups, 3, t)
+    normal_hist, spro_hist, normal_count, channel_count = _group_histograms(maps, truth_of, groups, 3, t, check)
     results = {}
     for g, name in ((1, "logical_anomalies"), (2, "structural_anomalies")):
         curve = None
