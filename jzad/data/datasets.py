@@ -4,6 +4,8 @@
 few-shot references and calibration images as pipeline sources, so the CLI's core loop is the same for every
 layout:
 
+- MTD: each defect class is a category; its train split is the reference pool of the fixed, seeded split of
+  the normals (``jzad.data.readers.mtd_protocol``, recorded in ``CategorySources.protocol``).
 - MVTec AD, VisA, BTAD, MPDD, MTD and plain folders (``jzad.data.readers``): the category's test images; the
   references drawn by ``reference_draw`` from its labelled-normal train images; calibration images (for methods
   that fit statistics on held-out normals) are the normal train images not drawn as references, since these
@@ -45,7 +47,7 @@ from jzad.data.loco import (
     union_mask,
 )
 from jzad.data.masks import resize_binary_mask
-from jzad.data.readers import DATASETS, list_categories, read_dataset
+from jzad.data.readers import DATASETS, MTD_CATEGORY, list_categories, mtd_protocol_record, read_dataset
 from jzad.data.sources import FileImages, center_crop, resized_shape
 from jzad.data.subsets import reference_draw
 from jzad.eval.spro import SPROTruth
@@ -62,13 +64,15 @@ LOCO_MASK_RULE = "half"
 class CategorySources:
     """One category as the pipeline takes it: source (test images), references (few-shot normals or None),
     calibration (held-out normals or None), maps_folder (the folder under maps/ its TIFFs go to), summary (a
-    line saying what was read)."""
+    line saying what was read), protocol (how a dataset without a train split was split into reference pool
+    and test images, for the results file; None where the dataset defines its splits)."""
 
     source: Any
     references: Any
     calibration: Any
     maps_folder: str
     summary: str
+    protocol: dict | None = None
 
 
 class LocoImages(FileImages):
@@ -256,4 +260,5 @@ def category_sources(dataset: str, root: str | os.PathLike, category: str, shots
                                  f"{shots} references ({dataset} has no {calibration} split), found {len(rest)}")
             cal = FileImages(train.select(rest), root=root)
     summary = image_set.summary() + (f"; calibration on {len(cal)} normal train images" if cal is not None else "")
-    return CategorySources(FileImages(image_set, root=root), references, cal, category, summary)
+    protocol = mtd_protocol_record(root) if dataset == "mtd" and category != MTD_CATEGORY else None
+    return CategorySources(FileImages(image_set, root=root), references, cal, category, summary, protocol)
