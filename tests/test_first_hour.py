@@ -38,7 +38,7 @@ def test_few_shot_run_says_what_it_used_drew_and_decided(tmp_path, capsys, no_lo
     assert main(args) == 0
     captured = capsys.readouterr()
     assert ("backbone: wide-resnet50-2 not found; using efficientnet-lite0 (installed). Port it with "
-            "`download https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth, then python -m jzad.weights "
+            "download https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth, then `python -m jzad.weights "
             "port") in captured.out
     results = json.loads((out / "results.json").read_text())
     entry = results["categories"][0]

