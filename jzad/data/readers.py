@@ -565,8 +565,8 @@ def list_categories(dataset: str, root: str | os.PathLike) -> list[str]:
     """Categories available under `root` for `dataset`, sorted.
 
     mvtec/mpdd: subfolders with a `test` folder (mpdd: or a `<split>/images` folder); btad: those of
-    01/02/03 present; visa: the csv's objects; mtd: its defect classes ("MT_Crack", ...); folder: "." when root holds images
-    directly, plus each subfolder holding images (mask folders excluded). A LOCO category raises DataError.
+    01/02/03 present; visa: the csv's objects; mtd: its defect classes ("MT_Crack", ...); folder: "." when root
+    holds images directly, plus each subfolder holding images (mask folders excluded). A LOCO category raises DataError.
     """
     _check_dataset(dataset)
     root = Path(root)
