@@ -440,7 +440,7 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
 
 def stream_threshold(args, scorer, references, reference_paths, category: str):
     """The verdict threshold of a stream: --threshold (its normalised score on a unit range), --threshold-from
-    (an earlier run's, with its range), else the quantile of the stream references' leave-one-out scores; None
+    (an earlier run's, with its range; --category picks one of several saved categories), else the quantile of the stream references' leave-one-out scores; None
     without any (zero-shot streams: give --threshold or --threshold-from)."""
     from jzad.eval import verdict
     from jzad.reference_scores import leave_one_out_scores
@@ -449,7 +449,8 @@ def stream_threshold(args, scorer, references, reference_paths, category: str):
         return verdict.Threshold(float(args.threshold), "given", float(args.threshold), float(args.threshold))
     if args.threshold_from is not None:
         try:
-            return verdict.threshold_from_results(args.threshold_from, scorer.method.name, category)
+            named = args.category if args.category != "all" else category
+            return verdict.threshold_from_results(args.threshold_from, scorer.method.name, named)
         except ValueError as err:
             raise UserError(str(err)) from err
     if references is None or len(references) < 2:
