@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m jzad.run",
         description="Training-free anomaly detection: score a test set, print metrics and per-stage timings. "
         "Writes under --out: results.json, scores_<category>.csv, summary_<category>.png and "
-        "heatmaps/<category>/<image path>.png (unless --no-heatmaps), maps/<category>/<image path>.tiff "
+        "heatmaps/<category>/test/<type>/<id>.png (unless --no-heatmaps), maps/<category>/test/<type>/<id>.tiff "
         "(with --save-maps). Without --data it runs the built-in demo (a synthetic industrial set with planted "
         "defects and a random-weight backbone: no downloads, no weights).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

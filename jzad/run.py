@@ -7,8 +7,9 @@ Every method runs through the same driver (``jzad.pipeline.run_category``): deco
 maps -> metrics, category by category and subset by subset. Each method declares its own options; an option that
 does not apply to the chosen method is an error naming it, and every option is checked before any image is
 decoded. Outputs under --out (written as each category finishes): results.json (atomic; its "status" says
-running, complete, failed or interrupted), scores_<category>.csv, summary_<category>.png and
-heatmaps/<category>/<image path>.png (unless --no-heatmaps), maps/<category>/<image path>.tiff (--save-maps).
+running, complete, failed or interrupted), scores_<category>.csv (with the verdict columns when a threshold exists),
+summary_<category>.png and heatmaps/<category>/test/<type>/<id>.png (unless --no-heatmaps),
+maps/<category>/test/<type>/<id>.tiff (--save-maps).
 User errors print one line (two when several categories fail) and exit with status 2; a traceback only with
 --debug. A run in which some categories fail keeps the others' outputs, lists each failure in results.json
 ("failed") and exits with status 1; Ctrl-C leaves results.json with status "interrupted" and the finished
@@ -440,8 +441,9 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
 
 def stream_threshold(args, scorer, references, reference_paths, category: str):
     """The verdict threshold of a stream: --threshold (its normalised score on a unit range), --threshold-from
-    (an earlier run's, with its range; --category picks one of several saved categories), else the quantile of the stream references' leave-one-out scores; None
-    without any (zero-shot streams: give --threshold or --threshold-from)."""
+    (an earlier run's, with its range; --category picks one of several saved categories), else the quantile of
+    the stream references' leave-one-out scores; None without any (zero-shot streams: give --threshold or
+    --threshold-from)."""
     from jzad.eval import verdict
     from jzad.reference_scores import leave_one_out_scores
 
