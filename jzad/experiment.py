@@ -10,12 +10,16 @@ failure policy and the per-category outputs; and a stream of arrivals scored bat
 number comes from the same code. Errors are in library terms (``BackboneLoadError``, ``MethodConfigError``,
 ``ValueError``/``OSError`` from the data); the command line translates them into its flags.
 
-results.json (``RESULTS_SCHEMA`` = 1, written only by ``ResultsFile``, atomically, after every category):
-``schema_version``, ``status`` (running | complete | failed | interrupted), ``method``, ``method_config``,
-``config``, ``backbone``, ``data``, ``environment``, ``processes``, ``categories`` (per category: num_images,
-metrics (mean over seeds), metrics_std, seeds, mask_report, notes, subset_sizes, timing_ms_per_image,
+results.json (``RESULTS_SCHEMA`` = 2, written only by ``ResultsFile``, atomically, after every category):
+``schema_version``, ``status`` (running | complete | failed | interrupted), ``method``, ``method_config`` (an
+object: ``type`` and the config's fields; schema 1 held its repr string), ``config``, ``backbone``, ``data``,
+``environment``, ``processes``, ``categories`` (per category: num_images, metrics (mean over seeds; precision and
+recall at the threshold when labelled), metrics_std, seeds (per draw seed: metrics, the reference images drawn,
+its threshold), threshold (value, source, lo, hi, quantile, describe: the first seed's, what --threshold-from
+reads), protocol (MTD's split of the normals, else None), mask_report, notes, subset_sizes, timing_ms_per_image,
 compile_s, files), ``failed`` (category, error, error_type), and once scoring ends ``timing``, ``mean`` and
-``memory``. A stream's file has ``mode`` "stream", ``stream_config`` and ``stream`` (its latency report).
+``memory``. A stream's file has ``mode`` "stream", ``stream_config``, ``threshold`` and ``stream`` (its latency
+report).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from jzad.pipeline import Scorer, peak_memory, run_category
 from jzad.progress import RunProgress
 from jzad.timing import StageClock
 
-RESULTS_SCHEMA = 1
+RESULTS_SCHEMA = 2
 """Version of results.json's layout; raised when a key changes meaning or goes away."""
 DEMO_CATEGORY = "synthetic"
 DEMO_IMAGE_SIZE = 224
