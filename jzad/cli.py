@@ -8,6 +8,8 @@ import argparse
 import os
 from pathlib import Path
 
+import numpy as np
+
 from jzad import data as jdata
 from jzad.methods import Method, OptionError, get_method, get_streaming, method_names, streaming_names
 from jzad.pipeline import SPLITS
@@ -107,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m jzad.run",
         description="Training-free anomaly detection: score a test set, print metrics and per-stage timings. "
         "Writes under --out: results.json, scores_<category>.csv, summary_<category>.png and "
-        "heatmaps/<category>/<image path>.png (unless --no-heatmaps), maps/<category>/<image path>.tiff "
+        "heatmaps/<category>/test/<type>/<id>.png (unless --no-heatmaps), maps/<category>/test/<type>/<id>.tiff "
         "(with --save-maps). Without --data it runs the built-in demo (a synthetic industrial set with planted "
         "defects and a random-weight backbone: no downloads, no weights).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -165,7 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_argparse_type(_int_list), default=argparse.SUPPRESS,
                    help="(few-shot runs) repeat the reference draw with each seed, e.g. 0,1,2,3,4, and report the "
                    "mean and std of every metric")
-    p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument("--quiet", action="store_true",
+                   help="no live progress display (and, with --stream, no line per image)")
+    p.add_argument("--threshold", type=float, default=None, metavar="SCORE",
+                   help="the verdict threshold on the raw image score (an image is anomalous when its score is at "
+                   "least this); default: from the references' leave-one-out scores for few-shot methods, else the "
+                   "labels' F1 optimum, else no verdict")
+    p.add_argument("--threshold-from", type=Path, default=None, metavar="RESULTS",
+                   help="reuse the per-category thresholds an earlier run of the same method saved in its "
+                   "results.json (and its score range for the normalised score)")
     p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="multi-process run: process 0's address for JAX's distributed runtime (env "
                    "JZAD_COORDINATOR), or 'auto' to let JAX detect the cluster (SLURM, Open MPI, TPU pods)")
@@ -183,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score images as they arrive: --data is a folder (oldest modification time first), a file "
                    "listing image paths, or - (paths on standard input); each batch's scores are appended to "
                    "scores_stream.csv (and maps/stream/ with --save-maps) as soon as they are computed")
+    p.add_argument("--heatmaps", action="store_true", default=argparse.SUPPRESS,
+                   help="(--stream) write a captioned overlay per image under heatmaps/stream/")
     p.add_argument("--stream-batch", type=positive_int, default=argparse.SUPPRESS,
                    help="(--stream) arrivals scored together (default 1)")
     p.add_argument("--stream-state", type=Path, default=argparse.SUPPRESS,
@@ -220,7 +232,7 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
         dest = flag.lstrip("-").replace("-", "_")
         if dest in given and not allowed(method):
             raise OptionError(f"{flag} does not apply to --method {method.name}")
-    stream_only = ("--stream-batch", "--stream-state", "--checkpoint-every", "--stream-references",
+    stream_only = ("--stream-batch", "--stream-state", "--checkpoint-every", "--stream-references", "--heatmaps",
                    *_stream_options())
     for flag in stream_only:
         if flag.lstrip("-").replace("-", "_") in given and not args.stream:
@@ -246,6 +258,13 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
             raise OptionError("--stream needs --data: a folder of images, a file listing image paths, or -")
         if "checkpoint_every" in given and "stream_state" not in given:
             raise OptionError("--checkpoint-every needs --stream-state")
+    if args.threshold is not None and args.threshold_from is not None:
+        raise OptionError("--threshold and --threshold-from both set the threshold: give one")
+    if args.threshold is not None and not np.isfinite(args.threshold):
+        raise OptionError(f"--threshold: expected a finite score, got {args.threshold}")
+    if args.threshold_from is not None and not args.threshold_from.is_file():
+        raise OptionError(f"--threshold-from: {args.threshold_from} is not a file (expected an earlier run's "
+                          "results.json)")
     if args.maps_at_image_size and not args.save_maps:
         raise OptionError("--maps-at-image-size needs --save-maps")
     if args.infer_labels and args.dataset != "folder":

@@ -10,12 +10,16 @@ failure policy and the per-category outputs; and a stream of arrivals scored bat
 number comes from the same code. Errors are in library terms (``BackboneLoadError``, ``MethodConfigError``,
 ``ValueError``/``OSError`` from the data); the command line translates them into its flags.
 
-results.json (``RESULTS_SCHEMA`` = 1, written only by ``ResultsFile``, atomically, after every category):
-``schema_version``, ``status`` (running | complete | failed | interrupted), ``method``, ``method_config``,
-``config``, ``backbone``, ``data``, ``environment``, ``processes``, ``categories`` (per category: num_images,
-metrics (mean over seeds), metrics_std, seeds, mask_report, notes, subset_sizes, timing_ms_per_image,
+results.json (``RESULTS_SCHEMA`` = 2, written only by ``ResultsFile``, atomically, after every category):
+``schema_version``, ``status`` (running | complete | failed | interrupted), ``method``, ``method_config`` (an
+object: ``type`` and the config's fields; schema 1 held its repr string), ``config``, ``backbone``, ``data``,
+``environment``, ``processes``, ``categories`` (per category: num_images, metrics (mean over seeds; precision and
+recall at the threshold when labelled), metrics_std, seeds (per draw seed: metrics, the reference images drawn,
+its threshold), threshold (value, source, lo, hi, quantile, describe: the first seed's, what --threshold-from
+reads), protocol (MTD's split of the normals, else None), mask_report, notes, subset_sizes, timing_ms_per_image,
 compile_s, files), ``failed`` (category, error, error_type), and once scoring ends ``timing``, ``mean`` and
-``memory``. A stream's file has ``mode`` "stream", ``stream_config`` and ``stream`` (its latency report).
+``memory``. A stream's file has ``mode`` "stream", ``stream_config``, ``threshold`` and ``stream`` (its latency
+report).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -35,7 +39,7 @@ from jzad.pipeline import Scorer, peak_memory, run_category
 from jzad.progress import RunProgress
 from jzad.timing import StageClock
 
-RESULTS_SCHEMA = 1
+RESULTS_SCHEMA = 2
 """Version of results.json's layout; raised when a key changes meaning or goes away."""
 DEMO_CATEGORY = "synthetic"
 DEMO_IMAGE_SIZE = 224
@@ -93,13 +97,31 @@ def jsonable_config(values: dict) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
 
 
+def config_object(config) -> dict:
+    """A frozen method config as a JSON object: {"type": class name, field: value, ...}; a field value that has
+    no JSON form is kept as its repr (a string), so the file never fails on a config."""
+    import dataclasses
+
+    from jzad.eval.report import to_jsonable
+
+    out = {"type": type(config).__name__}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        try:
+            out[item.name] = to_jsonable(value, item.name)
+        except TypeError:
+            out[item.name] = repr(value)
+    return out
+
+
 def results_header(scorer: Scorer, config: dict, data: str, processes: int = 1) -> dict:
     """The fixed part of a batch run's results.json: method, its config, backbone, data, environment."""
     from jzad.eval import report
 
     backbone = scorer.backbone
     return {
-        "method": scorer.method.name, "method_config": repr(scorer.config), "config": jsonable_config(config),
+        "method": scorer.method.name, "method_config": config_object(scorer.config),
+        "config": jsonable_config(config),
         "backbone": {"name": backbone.name, "architecture": backbone.architecture, "origin": backbone.origin,
                      "image_size": backbone.image_size, "taps": list(backbone.taps), "dtype": backbone.dtype,
                      **backbone.info},
@@ -214,34 +236,44 @@ class OutputSpec:
 
 
 def write_category_outputs(spec: OutputSpec, result, scorer: Scorer, source, clock: StageClock,
-                           seed: int | None = None, pictures: bool = True, maps_folder: str | None = None) -> list[str]:
-    """Scores CSV (``scores_<category>.csv``, or ``scores_<category>_seed<S>.csv`` when several seeds run),
-    and for the first seed the map TIFFs (under maps/<maps_folder>, default the category), overlays and the
+                           seed: int | None = None, pictures: bool = True, maps_folder: str | None = None,
+                           threshold=None) -> list[str]:
+    """Scores CSV (``scores_<category>.csv``, or ``scores_<category>_seed<S>.csv`` when several seeds run; with a
+    ``threshold`` the ``anomalous`` and ``normalised_score`` columns), and for the first seed the map TIFFs and
+    overlays under ``maps/`` and ``heatmaps/`` laid out as ``<category folder>/test/<type>/<id>``
+    (``jzad.eval.outputs.evaluation_names``; maps_folder: the category folder, default the category) and the
     summary figure; returns what it wrote."""
     from PIL import Image
 
     from jzad.data.decode import resize_rgb
     from jzad.data.sources import prefetch_batches
-    from jzad.eval import report
+    from jzad.eval import report, verdict
     from jzad.eval.heatmaps import value_range
-    from jzad.eval.outputs import map_at_size, save_captioned_overlays, save_map_tiffs, save_summary
+    from jzad.eval.outputs import (HeatmapStyle, evaluation_names, map_at_size, save_captioned_overlays,
+                                   save_map_tiffs, save_summary)
 
     start = time.perf_counter()
     out, cat = spec.folder, result.category
+    flagged = normalised = None
+    if threshold is not None:
+        flagged = verdict.anomalous(result.image_scores, threshold)
+        normalised = verdict.normalised_scores(result.image_scores, threshold)
     csv_name = f"scores_{cat}.csv" if seed is None else f"scores_{cat}_seed{seed}.csv"
     written = [str(report.write_scores_csv(out / csv_name, result.names, result.labels,
-                                           result.image_scores, result.defect_types))]
+                                           result.image_scores, result.defect_types, flagged, normalised))]
     if not pictures:
         clock.add("write", time.perf_counter() - start)
         return written
+    laid_out = evaluation_names(result.names, maps_folder or cat)
     if spec.save_maps:
         sizes = result.original_sizes if spec.maps_at_image_size else None
-        folder = out / "maps" / (maps_folder or cat)
-        save_map_tiffs(folder, result.names, result.maps, sizes)
-        written.append(str(folder))
+        save_map_tiffs(out / "maps", laid_out, result.maps, sizes)
+        written.append(str(out / "maps" / (maps_folder or cat)))
     if spec.heatmaps:
         written.append(str(save_summary(out / f"summary_{cat}.png", cat, result.image_scores, result.labels)))
         scale = value_range(result.maps)
+        style = HeatmapStyle(scorer.method.score_units, scorer.method.distance_scores,
+                             scorer.backbone.random_weights)
         size = spec.heatmap_size
         for indices, decoded in prefetch_batches(source, np.arange(len(source)), scorer.prep,
                                                  scorer.backbone.image_size, 16):
@@ -249,12 +281,29 @@ def write_category_outputs(spec: OutputSpec, result, scorer: Scorer, source, clo
             maps = np.stack([map_at_size(result.maps[i], (size, size)) for i in indices])
             masks = None if result.masks is None else np.stack(
                 [map_at_size(result.masks[i], (size, size)) > 0.5 for i in indices])
-            save_captioned_overlays(out / "heatmaps" / cat, [result.names[i] for i in indices], images, maps, masks,
+            save_captioned_overlays(out / "heatmaps", [laid_out[i] for i in indices], images, maps, masks,
                                     result.image_scores[indices], None if result.labels is None else
-                                    result.labels[indices], [result.defect_types[i] for i in indices], scale)
-        written.append(str(out / "heatmaps" / cat))
+                                    result.labels[indices], [result.defect_types[i] for i in indices], scale,
+                                    style, None if normalised is None else normalised[indices],
+                                    None if flagged is None else flagged[indices])
+        written.append(str(out / "heatmaps" / (maps_folder or cat)))
     clock.add("write", time.perf_counter() - start)
     return written
+
+
+def category_threshold(scorer: Scorer, plan: "Plan", category: str, found, result):
+    """The verdict threshold of one category run (``jzad.eval.verdict``): ``plan.threshold``, else the one
+    ``plan.threshold_from`` saved for the category, else the quantile of the references' leave-one-out scores
+    (``jzad.reference_scores``), else the labels' F1 optimum; None when none exists (no labels, no references)."""
+    from jzad.eval import verdict
+    from jzad.reference_scores import leave_one_out_scores
+
+    if plan.threshold is None and plan.threshold_from is not None:
+        return verdict.threshold_from_results(plan.threshold_from, scorer.method.name, category)
+    loo = None
+    if plan.threshold is None:
+        loo = leave_one_out_scores(scorer, found.references, category, found.calibration)
+    return verdict.choose_threshold(result.image_scores, result.labels, loo, plan.threshold)
 
 
 def _as_uint8(image: np.ndarray) -> np.ndarray:
@@ -266,7 +315,9 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
 class Plan:
     """What an experiment scores: categories x draw seeds (``shots`` references each), subsets, the AUPRO
     convention, and the failure policy (``raise_errors``: a failed category raises instead of being recorded;
-    ``stop_at_first_failure``: the other categories are skipped, as a multi-process run must)."""
+    ``stop_at_first_failure``: the other categories are skipped, as a multi-process run must). The verdict
+    threshold of each category (``category_threshold``): ``threshold`` (a raw score) when given, else the one
+    saved for the category in ``threshold_from`` (an earlier results.json), else from the references or labels."""
 
     categories: tuple[str, ...]
     seeds: tuple[int, ...] = (0,)
@@ -276,6 +327,8 @@ class Plan:
     aupro: str = "mvtec"
     raise_errors: bool = False
     stop_at_first_failure: bool = False
+    threshold: float | None = None
+    threshold_from: Path | None = None
 
 
 @dataclass
@@ -289,24 +342,44 @@ class Experiment:
     images: int = 0
 
 
+class SeedRun(NamedTuple):
+    """One category at one draw seed: its result, the files written, the verdict threshold (None: none), the
+    reference images drawn, the dataset's split protocol (MTD; None elsewhere) and the sub-type report of its
+    sources (LOCO sub-types; None elsewhere)."""
+
+    seed: int
+    result: Any
+    written: list
+    threshold: Any
+    references: list
+    protocol: dict | None
+    subtypes: dict | None = None
+
+
 def _score_seeds(scorer: Scorer, plan: Plan, category: str, sources: Callable, outputs: OutputSpec,
-                 extra_metrics, clock: StageClock, progress, log: Callable) -> tuple[list[tuple[int, Any, list]], Any]:
-    """One category at every draw seed: (seed, CategoryResult, files written) per seed, and the sub-type report of
-    its sources (LOCO sub-types; None elsewhere)."""
-    runs, subtypes = [], None
+                 extra_metrics, clock: StageClock, progress, log: Callable) -> list[SeedRun]:
+    """One category at every draw seed: a ``SeedRun`` per seed."""
+    runs = []
     for index, seed in enumerate(plan.seeds):
         found = sources(category, seed)
         source = found.source
-        if index == 0:
-            subtypes = getattr(found, "subtypes", None)
         label = category if len(plan.seeds) == 1 else f"{category} (seed {seed})"
-        log(f"{label}: {len(source)} images" + (f", {plan.shots} references" if plan.shots else "")
-            + (f", {len(found.calibration)} calibration images" if found.calibration else ""))
+        log(f"{label}: {found.summary or f'{len(source)} images'}"
+            + (f"; references (seed {seed}): {', '.join(found.references.names)}" if found.references else "")
+            + (f"; {len(found.calibration)} calibration images" if found.calibration else ""))
         result = run_category(scorer, source, category, found.references, plan.subsets, plan.split,
                               aupro_convention=plan.aupro, clock=clock, progress=progress,
                               calibration=found.calibration)
         if extra_metrics is not None:
             result.metrics.update(extra_metrics.compute(result, source))
+        threshold = category_threshold(scorer, plan, category, found, result)
+        if threshold is not None:
+            log(f"{label}: threshold {threshold.describe()}")
+            if result.labels is not None:
+                from jzad.eval import verdict
+
+                at = verdict.at_threshold(result.image_scores, result.labels, threshold)
+                result.metrics.update(precision=at["precision"], recall=at["recall"])
         if index == 0 and result.mask_report is not None:
             log(result.mask_report["summary"])
             if result.mask_report.get("warning"):
@@ -316,25 +389,32 @@ def _score_seeds(scorer: Scorer, plan: Plan, category: str, sources: Callable, o
         written = []
         if outputs.folder is not None:
             written = write_category_outputs(outputs, result, scorer, source, clock,
-                                             seed if len(plan.seeds) > 1 else None, index == 0, found.maps_folder)
-        runs.append((seed, result, written))
-    return runs, subtypes
+                                             seed if len(plan.seeds) > 1 else None, index == 0, found.maps_folder,
+                                             threshold)
+        references = list(found.references.names) if found.references is not None else []
+        runs.append(SeedRun(seed, result, written, threshold, references, found.protocol, found.subtypes))
+    return runs
 
 
-def category_entry(category: str, runs: list, shots: int, clock: StageClock,
-                   subtypes: Any = None) -> tuple[dict, dict, dict]:
+def category_entry(category: str, runs: list, shots: int, clock: StageClock) -> tuple[dict, dict, dict]:
     """(results.json entry, mean metrics, std metrics) of one category's runs over seeds."""
-    count = len(runs[0][1].names)
-    mean, std = seed_statistics([r.metrics for _, r, _ in runs])
-    result = runs[0][1]
+    count = len(runs[0].result.names)
+    mean, std = seed_statistics([run.result.metrics for run in runs])
+    first = runs[0]
     entry = {
         "category": category, "num_images": count, "metrics": mean,
         "metrics_std": std if len(runs) > 1 else None,
-        "seeds": [{"seed": seed, "metrics": r.metrics} for seed, r, _ in runs] if shots else None,
-        "mask_report": result.mask_report, "notes": list(result.notes), "subtypes": subtypes,
-        "subset_sizes": [len(g) for g in result.groups],
+        "seeds": [{"seed": run.seed, "metrics": run.result.metrics, "references": run.references,
+                   "threshold": None if run.threshold is None else run.threshold.to_json()}
+                  for run in runs] if shots else None,
+        "threshold": None if first.threshold is None else {**first.threshold.to_json(),
+                                                             "describe": first.threshold.describe()},
+        "protocol": first.protocol,
+        "mask_report": first.result.mask_report, "notes": list(first.result.notes),
+        "subtypes": first.subtypes,
+        "subset_sizes": [len(g) for g in first.result.groups],
         "timing_ms_per_image": clock.per_image_ms(count * len(runs)),
-        "compile_s": dict(clock.compile_seconds), "files": [f for _, _, w in runs for f in w],
+        "compile_s": dict(clock.compile_seconds), "files": [f for run in runs for f in run.written],
     }
     return entry, mean, std
 
@@ -353,8 +433,7 @@ def run_experiment(scorer: Scorer, plan: Plan, sources: Callable, results: Resul
             for category in plan.categories:
                 clock = StageClock()
                 try:
-                    runs, subtypes = _score_seeds(scorer, plan, category, sources, outputs, extra_metrics, clock,
-                                                  progress, log)
+                    runs = _score_seeds(scorer, plan, category, sources, outputs, extra_metrics, clock, progress, log)
                 except CATEGORY_FAILURES as err:
                     if plan.raise_errors:
                         raise
@@ -369,7 +448,7 @@ def run_experiment(scorer: Scorer, plan: Plan, sources: Callable, results: Resul
                         break
                     continue
                 done.clock.merge(clock)
-                entry, mean, std = category_entry(category, runs, plan.shots, clock, subtypes)
+                entry, mean, std = category_entry(category, runs, plan.shots, clock)
                 done.images += entry["num_images"] * len(runs)
                 done.rows.append({"category": category, **mean})
                 if len(runs) > 1:
@@ -393,17 +472,18 @@ def run_stream_experiment(streamer, source, out: Path, results: ResultsFile, *, 
                           done: int | None = None, checkpoint_every: int = 1, save_maps: bool = False,
                           maps_at_image_size: bool = False, replay: bool = True,
                           progress: Callable[[int], None] | None = None,
-                          announce: Callable[[int | None], None] | None = None):
+                          announce: Callable[[int | None], None] | None = None, outputs_options: dict | None = None):
     """Score ``source`` (arrivals) with ``streamer``, resuming from ``state_dir`` when ``done`` says it holds a
     checkpoint of that many images; appends to scores_stream.csv under ``out`` and records the latency report
     in ``results``. ``announce(images already scored)`` runs once the state is restored, before any scoring.
-    Returns (StreamSummary, the scores CSV path)."""
+    ``outputs_options``: more ``StreamOutputs`` settings (threshold, output_name, heatmaps, echo). Returns
+    (StreamSummary, the scores CSV path)."""
     from jzad.stream import StreamOutputs, restore_state, run_stream
 
     state = None
     if done is not None:
         state, done = restore_state(state_dir, streamer.init(), streamer.signature())
-    stream_outputs = StreamOutputs(out, save_maps, maps_at_image_size, keep=done or 0)
+    stream_outputs = StreamOutputs(out, save_maps, maps_at_image_size, keep=done or 0, **(outputs_options or {}))
     if announce is not None:
         announce(done)
     results.save()

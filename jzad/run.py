@@ -7,8 +7,9 @@ Every method runs through the same driver (``jzad.pipeline.run_category``): deco
 maps -> metrics, category by category and subset by subset. Each method declares its own options; an option that
 does not apply to the chosen method is an error naming it, and every option is checked before any image is
 decoded. Outputs under --out (written as each category finishes): results.json (atomic; its "status" says
-running, complete, failed or interrupted), scores_<category>.csv, summary_<category>.png and
-heatmaps/<category>/<image path>.png (unless --no-heatmaps), maps/<category>/<image path>.tiff (--save-maps).
+running, complete, failed or interrupted), scores_<category>.csv (with the verdict columns when a threshold exists),
+summary_<category>.png and heatmaps/<category>/test/<type>/<id>.png (unless --no-heatmaps),
+maps/<category>/test/<type>/<id>.tiff (--save-maps).
 User errors print one line (two when several categories fail) and exit with status 2; a traceback only with
 --debug. A run in which some categories fail keeps the others' outputs, lists each failure in results.json
 ("failed") and exits with status 1; Ctrl-C leaves results.json with status "interrupted" and the finished
@@ -25,11 +26,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from jzad import data as jdata
 from jzad import experiment
@@ -50,7 +54,10 @@ def check_categories(args) -> list[str]:
     its sub-type categories); an unknown name is an error listing the categories found (--dataset folder: any
     sub-folder, checked when it is read)."""
     subtypes = getattr(args, "loco_subtypes", "rule")
-    found = jdata.dataset_categories(args.dataset, args.data, "all", subtypes)
+    try:
+        found = jdata.dataset_categories(args.dataset, args.data, "all", subtypes)
+    except (ValueError, OSError) as err:
+        raise UserError(_one_level_too_deep(args, subtypes) or str(err)) from err
     if args.category == "all":
         return found
     if args.dataset == "folder":
@@ -61,6 +68,65 @@ def check_categories(args) -> list[str]:
         raise UserError(f"--category: {args.data} has no {args.dataset} category {args.category!r}; it has "
                         f"{', '.join(found)} (or use --category all)")
     return named
+
+
+def _one_level_too_deep(args, subtypes: str) -> str | None:
+    """The message for --data pointing at a category folder instead of the dataset root (its parent lists it
+    as a category), or None when that is not what went wrong."""
+    parent = args.data.absolute().parent
+    try:
+        found = jdata.dataset_categories(args.dataset, parent, "all", subtypes)
+    except (ValueError, OSError):
+        return None
+    name = args.data.absolute().name
+    if name not in found and not any(c.split("-", 1)[0] == name for c in found):
+        return None
+    return (f"--data: {args.data} is the {args.dataset} category folder {name!r} itself, not the dataset root; "
+            f"pass --data {parent} --category {name}")
+
+
+def display_category(args, category: str) -> str:
+    """The name outputs use for a category: --dataset folder's "." (images directly in --data) is named after
+    the folder, so files are scores_<folder>.csv and figures carry its name."""
+    if category == "." and args.data is not None:
+        return args.data.absolute().name or "images"
+    return category
+
+
+def default_backbone(args, method: Method) -> str | None:
+    """--data without --backbone or --weights: the method's catalogue default when its weights are here, else the
+    best usable real backbone (``jzad.weights.availability.choose_backbone``), set into args.backbone. Returns
+    the header line saying so, or None."""
+    if args.data is None or args.backbone is not None or args.weights is not None:
+        return None
+    from jzad.weights.availability import choose_backbone
+
+    try:
+        choice = choose_backbone(method.default_backbone, method.needs_text)
+    except ValueError as err:
+        raise UserError(f"no --backbone given: --method {method.name}: {err}") from err
+    args.backbone = choice.name
+    return choice.note
+
+
+def preflight(args, method: Method, categories: list, shots: int, seeds: list) -> dict:
+    """Every check of the data that can fail before scoring, run before anything is written: each category's
+    sources at the first draw seed (its images, enough normal references for --shots, calibration images) and
+    the thresholds of --threshold-from. Returns category -> CategorySources (reused for the first seed)."""
+    from jzad.eval import verdict
+
+    found = {}
+    for category in categories:
+        try:
+            found[category] = jdata.category_sources(
+                args.dataset, args.data, category, shots, seeds[0], method.calibration,
+                subtypes=getattr(args, "loco_subtypes", "rule"), infer_labels=args.infer_labels,
+                allow_missing_masks=args.allow_missing_masks)
+            if args.threshold_from is not None:
+                verdict.threshold_from_results(args.threshold_from, method.name, display_category(args, category))
+        except (ValueError, OSError) as err:
+            raise UserError(f"{category}: {err}" if len(categories) > 1 else str(err)) from err
+    return found
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -88,11 +154,9 @@ def data_sources(args, category: str, shots: int, draw_seed: int, calibration: s
     """One category of --data as sources (``jzad.data.category_sources``): the test images, ``shots`` normal
     train images drawn by ``reference_draw`` (labelled-normal only: re-split MPDD trains hold defects too) and,
     for methods that calibrate, their held-out normal images."""
-    sources = jdata.category_sources(args.dataset, args.data, category, shots, draw_seed, calibration,
-                                     subtypes=getattr(args, "loco_subtypes", "rule"), infer_labels=args.infer_labels,
-                                     allow_missing_masks=args.allow_missing_masks)
-    print(sources.summary, file=sys.stderr)
-    return sources
+    return jdata.category_sources(args.dataset, args.data, category, shots, draw_seed, calibration,
+                                  subtypes=getattr(args, "loco_subtypes", "rule"), infer_labels=args.infer_labels,
+                                  allow_missing_masks=args.allow_missing_masks)
 
 
 def load_scorer(args, method: Method, values: dict, shots: int):
@@ -175,8 +239,12 @@ def run(args: argparse.Namespace) -> int:
     demo = args.data is None
     if not demo and not args.data.is_dir():
         raise UserError(f"--data: {args.data} is not a directory")
-    categories = [DEMO_CATEGORY] if demo else check_categories(args)
+    read_names = [DEMO_CATEGORY] if demo else check_categories(args)
     extra_metrics = None if demo else dataset_metrics(args.dataset)
+    backbone_note = default_backbone(args, method)
+    first_sources = {} if demo else preflight(args, method, read_names, shots, seeds)
+    categories = [display_category(args, c) for c in read_names]
+    read_name = dict(zip(categories, read_names))
     out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     problem = None
     if writer:
@@ -197,18 +265,24 @@ def run(args: argparse.Namespace) -> int:
     spread = f" over {processes} processes" if processes > 1 else ""
     print(f"backbone: {backbone.describe()} | device: {jax.devices()[0].device_kind} x {args.shards} shard(s)"
           f"{spread} | precision: {args.precision}")
+    if backbone_note:
+        print(f"backbone: {backbone_note}")
 
     results = ResultsFile(out / "results.json" if writer else None,
                           experiment.results_header(scorer, vars(args), data_text, processes))
     plan = Plan(tuple(categories), tuple(seeds), shots, subsets, getattr(args, "subset_split", "official"),
-                args.aupro, raise_errors=args.debug, stop_at_first_failure=processes > 1)
+                args.aupro, raise_errors=args.debug, stop_at_first_failure=processes > 1, threshold=args.threshold,
+                threshold_from=args.threshold_from)
     outputs = OutputSpec(out if writer else None, not args.no_heatmaps, args.heatmap_size, args.save_maps,
                          args.maps_at_image_size)
 
     def sources(category: str, seed: int):
         if demo:
             return experiment.demo_sources(backbone.image_size, args.seed, shots, seed, method.calibration)
-        return data_sources(args, category, shots, seed, method.calibration)
+        found = first_sources.pop(read_name[category], None) if seed == seeds[0] else None
+        found = found or data_sources(args, read_name[category], shots, seed, method.calibration)
+        return dataclasses.replace(found, maps_folder=display_category(args, found.maps_folder)) if (
+            found.maps_folder == ".") else found
 
     try:
         done = experiment.run_experiment(scorer, plan, sources, results, outputs, extra_metrics,
@@ -216,15 +290,24 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: {out / 'results.json'} lists the categories that finished", file=sys.stderr)
         return 130
-    print_tables(done, results.payload, method.name, seeds,
-                 METRIC_COLUMNS if extra_metrics is None else extra_metrics.columns)
-    files = ["results.json", "scores_<category>.csv"]
-    if not args.no_heatmaps:
-        files += ["summary_<category>.png", "heatmaps/"]
-    if args.save_maps:
-        files.append("maps/")
-    print(f"\nwrote {out}: {', '.join(files) if done.rows else 'results.json'}")
+    columns = METRIC_COLUMNS if extra_metrics is None else extra_metrics.columns
+    if any("precision" in row for row in done.rows):
+        columns = tuple(columns) + ("precision", "recall")
+    print_tables(done, results.payload, method.name, seeds, columns)
+    print(f"\nwrote {out}: {', '.join(written_files(results.payload, out))}")
     return exit_status(results.payload["failed"], done.rows, categories, out / "results.json")
+
+
+def written_files(payload: dict, out: Path) -> list[str]:
+    """What a run wrote, relative to --out: results.json, then every file and folder the categories recorded."""
+    names = ["results.json"]
+    for entry in payload["categories"]:
+        for path in entry["files"]:
+            rel = Path(path).relative_to(out).as_posix() if Path(path).is_relative_to(out) else str(path)
+            rel = rel if Path(rel).suffix else rel.split("/", 1)[0] + "/"
+            if rel not in names:
+                names.append(rel)
+    return names
 
 
 def print_tables(done: experiment.Experiment, payload: dict, method: str, seeds: list, columns) -> None:
@@ -302,6 +385,7 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
     if done is None:
         check_out(out, args.overwrite)
     reference_paths = stream_reference_paths(args.stream_references) if "stream_references" in given else []
+    backbone_note = default_backbone(args, method)
     scorer = load_scorer(args, method, values, len(reference_paths))
     stream_config = streaming.configure({o.dest: given[o.dest] for o in streaming.options if o.dest in given},
                                         scorer.config)
@@ -311,35 +395,72 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
             args.data.absolute().name if str(args.data) != "-" else "object")
         if reference_paths:
             references, _ = decode_batch(reference_paths, scorer.prep, scorer.backbone.image_size)
+    threshold = stream_threshold(args, scorer, references, reference_paths, category)
     streamer = Streamer(scorer, stream_config, given.get("stream_batch", 1), references, category)
     results = ResultsFile(Path(out) / "results.json", {
-        "mode": "stream", "method": method.name, "method_config": repr(scorer.config),
+        "mode": "stream", "method": method.name, "method_config": experiment.config_object(scorer.config),
         "stream_config": repr(stream_config), "config": experiment.jsonable_config(given),
-        "environment": report.environment_info()})
+        "environment": report.environment_info(), "category": "stream",
+        "threshold": None if threshold is None else {**threshold.to_json(), "describe": threshold.describe()}})
+    source_kind = ("standard input" if str(args.data) == "-" else "a folder, oldest first" if args.data.is_dir()
+                   else "a list file")
+    against = (f"each arrival against {len(references)} reference images from {args.stream_references}"
+               if references is not None else "each arrival against the images that arrived before it"
+               if not streaming.references else "each arrival against the prompts alone (zero-shot)")
 
     def announce(resumed: int | None) -> None:
-        print(f"method: {method.name} (stream) | batch: {streamer.batch} | {stream_config} | data: {args.data}"
-              + (f" | resuming after {resumed} images" if resumed else ""))
-        print(f"backbone: {scorer.backbone.describe()} | device: {jax_device_kind()}"
-              + (f" | references: {len(references)} from {args.stream_references}" if references is not None
-                 else "") + (f" | category: {category}" if streaming.references else ""))
+        print(f"method: {method.name} (stream) | batch: {streamer.batch} | {stream_config} | data: {args.data} "
+              f"({source_kind})" + (f" | resuming after {resumed} images" if resumed else ""))
+        print(f"scores: {against}" + (f" | prompts name the object {category!r}" if method.needs_text else "")
+              + f" | verdict: {'threshold ' + threshold.describe() if threshold is not None else 'none'}")
+        print(f"backbone: {scorer.backbone.describe()} | device: {jax_device_kind()}")
+        if backbone_note:
+            print(f"backbone: {backbone_note}")
 
-    def progress(count: int) -> None:
-        if not args.quiet and count % 100 < streamer.batch:
-            print(f"{count} images scored", file=sys.stderr)
+    from jzad.data.arrivals import output_namer
+    from jzad.eval.outputs import HeatmapStyle
 
+    options = {"threshold": threshold, "output_name": output_namer(args.data),
+               "echo": None if args.quiet else sys.stdout, "heatmap_size": args.heatmap_size,
+               "heatmaps": HeatmapStyle(method.score_units, method.distance_scores, scorer.backbone.random_weights)
+               if "heatmaps" in given else None}
     summary, csv_path = experiment.run_stream_experiment(
         streamer, arrivals(args.data), out, results, state_dir=state_dir, done=done,
         checkpoint_every=given.get("checkpoint_every", 1), save_maps=args.save_maps,
-        maps_at_image_size=args.maps_at_image_size, replay=str(args.data) != "-", progress=progress,
-        announce=announce)
+        maps_at_image_size=args.maps_at_image_size, replay=str(args.data) != "-",
+        announce=announce, outputs_options=options)
     stats = results.payload["stream"]
     print(f"{summary.images} images in {summary.batches} batches: latency median {stats['latency_ms_median']:.1f} "
           f"ms, p95 {stats['latency_ms_p95']:.1f} ms; {stats['images_per_s']:.2f} images/s "
           f"({stats['images_per_s_after_first_batch']:.2f} after the first batch); {summary.warming} warming, "
           f"{summary.banked} banked")
-    print(f"wrote {out}: results.json, {csv_path.name}" + (", maps/" if args.save_maps else ""))
+    print(f"wrote {out}: results.json, {csv_path.name}" + (", maps/" if args.save_maps else "")
+          + (", heatmaps/" if "heatmaps" in given else ""))
     return 130 if summary.interrupted else 0
+
+
+def stream_threshold(args, scorer, references, reference_paths, category: str):
+    """The verdict threshold of a stream: --threshold (its normalised score on a unit range), --threshold-from
+    (an earlier run's, with its range; --category picks one of several saved categories), else the quantile of
+    the stream references' leave-one-out scores; None without any (zero-shot streams: give --threshold or
+    --threshold-from)."""
+    from jzad.eval import verdict
+    from jzad.reference_scores import leave_one_out_scores
+
+    if args.threshold is not None:
+        return verdict.Threshold(float(args.threshold), "given", float(args.threshold), float(args.threshold))
+    if args.threshold_from is not None:
+        try:
+            named = args.category if args.category != "all" else category
+            return verdict.threshold_from_results(args.threshold_from, scorer.method.name, named)
+        except ValueError as err:
+            raise UserError(str(err)) from err
+    if references is None or len(references) < 2:
+        return None
+    source = jdata.ArrayImages(references, [str(p) for p in reference_paths], np.zeros(len(references), np.int64),
+                               ("good",) * len(references))
+    loo = leave_one_out_scores(scorer, source, category)
+    return None if loo is None else verdict.choose_threshold(loo, None, loo)
 
 
 def stream_reference_paths(spec: Path) -> list[Path]:

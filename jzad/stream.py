@@ -38,7 +38,7 @@ from jzad.methods.base import StreamScores, check_finite, get_streaming
 from jzad.pipeline import Scorer
 
 CSV_NAME = "scores_stream.csv"
-CSV_COLUMNS = ("index", "name", "score", "warming", "banked", "latency_ms")
+CSV_COLUMNS = ("index", "name", "score", "warming", "banked", "latency_ms", "anomalous", "normalised_score")
 MAPS_DIR = "stream"
 SIGNATURE_FILE = "stream.json"
 
@@ -185,14 +185,29 @@ class StreamOutputs:
     """``scores_stream.csv`` under ``out`` (columns ``CSV_COLUMNS``), appended and flushed batch by batch, and
     with ``save_maps`` one float32 TIFF per image under maps/stream/ (at each image's original size with
     ``maps_at_image_size``). ``keep`` > 0 continues a checkpointed stream: the CSV keeps its first ``keep``
-    rows (rows written after the checkpoint are dropped) and ``names`` lists them."""
+    rows (rows written after the checkpoint are dropped) and ``names`` lists them.
+
+    A row with nothing to compare yet (a zero-shot stream's first arrival: the method returns NaN) is written
+    with score 0.0 ("no evidence") and warming 1, so the CSV never holds NaN. ``threshold``
+    (``jzad.eval.verdict.Threshold``) fills ``anomalous`` and ``normalised_score`` (empty without one; warming rows
+    are never flagged). ``output_name`` maps an arrival's name to the relative path of its map TIFF and
+    heatmap (``jzad.data.arrivals.output_namer``). ``heatmaps`` (a ``HeatmapStyle``) writes a captioned overlay
+    per image under heatmaps/stream/ at ``heatmap_size``, on the threshold's score range when there is one (the
+    same colours for every image), else on each batch's range (said on the bar). ``echo``: a text stream that
+    gets one line per image (index, name, score, verdict or warming)."""
 
     def __init__(self, out: str | os.PathLike, save_maps: bool = False, maps_at_image_size: bool = False,
-                 keep: int = 0):
+                 keep: int = 0, threshold=None, output_name: Callable[[str], str] | None = None, heatmaps=None,
+                 heatmap_size: int = 256, echo=None):
         self.out = Path(out)
         self.path = self.out / CSV_NAME
         self.save_maps = save_maps
         self.maps_at_image_size = maps_at_image_size
+        self.threshold = threshold
+        self.output_name = output_name or str
+        self.heatmaps = heatmaps
+        self.heatmap_size = heatmap_size
+        self.echo = echo
         self.names: list[str] = []
         rows = []
         if keep:
@@ -211,6 +226,11 @@ class StreamOutputs:
         self._file = self.path.open("a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
 
+    @property
+    def wants_maps(self) -> bool:
+        """Whether ``write`` needs the batch's maps (TIFFs or heatmaps)."""
+        return self.save_maps or self.heatmaps is not None
+
     def _read_rows(self) -> list[list[str]]:
         if not self.path.is_file():
             raise ValueError(f"{self.path}: missing; a resumed stream continues its scores CSV")
@@ -221,15 +241,58 @@ class StreamOutputs:
         return rows[1:]
 
     def write(self, first: int, names, scores: np.ndarray, warming: np.ndarray, banked: np.ndarray,
-              latency_s: np.ndarray, maps: np.ndarray | None = None, sizes=None) -> None:
-        """Append one batch of results (row indices first, first + 1, ...) and flush; maps (n, S, S) or None."""
+              latency_s: np.ndarray, maps: np.ndarray | None = None, sizes=None, images=None) -> None:
+        """Append one batch of results (row indices first, first + 1, ...) and flush; maps (n, S, S) or None;
+        images uint8 (n, S, S, 3) for the heatmaps, or None."""
+        from jzad.eval import verdict
+
+        scores = np.asarray(scores, np.float64)
+        empty = ~np.isfinite(scores)
+        scores = np.where(empty, 0.0, scores)
+        warming = np.asarray(warming, bool) | empty
+        flagged = normalised = None
+        if self.threshold is not None:
+            flagged = verdict.anomalous(scores, self.threshold) & ~warming
+            normalised = verdict.normalised_scores(scores, self.threshold)
+        relative = [self.output_name(str(n)) for n in names]
+        if maps is not None:
+            maps = np.where(np.isfinite(maps), maps, 0.0).astype(np.float32)
         if self.save_maps and maps is not None:
-            save_map_tiffs(self.out / "maps" / MAPS_DIR, names, maps, sizes if self.maps_at_image_size else None)
+            save_map_tiffs(self.out / "maps" / MAPS_DIR, relative, maps, sizes if self.maps_at_image_size else None)
+        if self.heatmaps is not None and maps is not None and images is not None:
+            self._heatmaps(relative, images, maps, scores, normalised, flagged)
         for i, name in enumerate(names):
+            verdict_cells = ("", "") if flagged is None else (int(flagged[i]), repr(float(normalised[i])))
             self._writer.writerow((first + i, name, repr(float(scores[i])), int(bool(warming[i])),
-                                   int(bool(banked[i])), f"{1e3 * float(latency_s[i]):.3f}"))
+                                   int(bool(banked[i])), f"{1e3 * float(latency_s[i]):.3f}", *verdict_cells))
+            if self.echo is not None:
+                state = ("warming up" if warming[i] else "" if flagged is None
+                         else "ANOMALOUS" if flagged[i] else "normal")
+                print(f"{first + i} {name} score {scores[i]:.6g}" + (f" {state}" if state else "")
+                      + ("" if normalised is None else f" ({normalised[i]:.2f} of 1, threshold 0.5)"),
+                      file=self.echo, flush=True)
         self._file.flush()
         self.names.extend(str(n) for n in names)
+
+    def _heatmaps(self, relative, images, maps, scores, normalised, flagged) -> None:
+        from jzad.eval.outputs import captioned_panel, caption
+        from PIL import Image
+
+        if self.threshold is not None:
+            lo, hi, where = self.threshold.lo, self.threshold.hi, "the threshold's score range"
+        else:
+            lo, hi, where = float(maps.min()), float(maps.max()), "this batch's range"
+        style = self.heatmaps
+        size = self.heatmap_size
+        for i, rel in enumerate(relative):
+            pixels = images[i] if images[i].dtype == np.uint8 else np.clip(np.rint(images[i]), 0, 255).astype(np.uint8)
+            image = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC))
+            amap = np.asarray(Image.fromarray(maps[i], mode="F").resize((size, size), Image.Resampling.BILINEAR))
+            text = caption(rel, float(scores[i]), normalised=None if normalised is None else float(normalised[i]),
+                           flagged=None if flagged is None else bool(flagged[i])) + f" | colours: {where}"
+            path = self.out / "heatmaps" / MAPS_DIR / (os.path.splitext(rel)[0] + ".png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(captioned_panel(image, amap, None, text, lo, hi, style)).save(path, compress_level=1)
 
     def close(self) -> None:
         """Close the CSV."""
@@ -322,11 +385,11 @@ def run_stream(
         n = len(pending)
         image_scores = np.asarray(scores.image_scores)[:n]
         maps = None
-        if outputs.save_maps:
+        if outputs.wants_maps:
             maps = np.asarray(scorer.method.maps(scorer.config, scores.patch_scores, (size, size)))[:n]
         warming, banked = np.asarray(scores.warming)[:n], np.asarray(scores.banked)[:n]
         waited = time.perf_counter() - np.asarray([p[2] for p in pending])
-        outputs.write(done, names, image_scores, warming, banked, waited, maps, sizes)
+        outputs.write(done, names, image_scores, warming, banked, waited, maps, sizes, images[:n])
         latencies.extend(1e3 * waited)
         state, done = state_next, done + n
         counts["images"] += n

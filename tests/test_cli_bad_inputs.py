@@ -470,12 +470,21 @@ def test_default_backbone_offline_fails_at_once_with_the_port_command(tmp_path, 
                                                                       no_local_weights):
     root = tmp_path / "data"
     write_category(root, "alpha")
-    run = ["--data", str(root), "--category", "alpha", "--quiet", "--out", str(tmp_path / "out")]
+    # No --backbone: a method that needs a text tower and finds no CLIP checkpoint says what to port, at once.
+    text = ["--method", "winclip", "--data", str(root), "--category", "alpha", "--quiet", "--out",
+            str(tmp_path / "text")]
+    assert main(text) == 2
+    assert_user_error(capsys, "no --backbone given: --method winclip: this method needs a CLIP text tower",
+                      "port vit-b-16-plus-240 with `python -m jzad.weights port /path/to/")
+    assert not (tmp_path / "text").exists()
+    # --backbone naming a catalogue checkpoint that is not here: the hub is tried only when reachable.
+    run = ["--data", str(root), "--category", "alpha", "--quiet", "--backbone", "vit-l-14-336", "--out",
+           str(tmp_path / "out")]
     port = "`python -m jzad.weights port /path/to/ViT-L-14-336px.pt --name vit-l-14-336`"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(run) == 2
-    assert_user_error(capsys, "no --backbone given, and the default backbone of --method musc, 'vit-l-14-336', "
-                      "cannot be loaded", "the hub is disabled (HF_HUB_OFFLINE=1)", port)
+    assert_user_error(capsys, "--backbone: cannot load 'vit-l-14-336'", "the hub is disabled (HF_HUB_OFFLINE=1)",
+                      port)
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)

@@ -225,7 +225,7 @@ def mtd_root(tmp_path: Path) -> Path:
 
 
 def test_mtd(mtd_root: Path) -> None:
-    assert list_categories("mtd", mtd_root) == ["magnetic_tile"]
+    assert list_categories("mtd", mtd_root) == ["MT_Blowhole", "MT_Crack"]
     s = read_dataset("mtd", mtd_root)
     assert s.category == "magnetic_tile"
     assert [Path(p).name for p in s.paths] == ["b1.jpg", "b2.jpg", "c1.jpg", "a0.jpg", "a1.jpg"]
@@ -236,7 +236,7 @@ def test_mtd(mtd_root: Path) -> None:
     assert sub.defect_types == ("Crack", "Free", "Free")
     with pytest.raises(ValueError, match=r"unknown classes \['Fray'\]"):
         read_dataset("mtd", mtd_root, classes=("Fray",))
-    with pytest.raises(ValueError, match="one category"):
+    with pytest.raises(ValueError, match="unknown category 'tiles'.*MT_Blowhole, MT_Crack"):
         read_dataset("mtd", mtd_root, "tiles")
     with pytest.raises(ValueError, match="unknown split 'train'"):
         read_dataset("mtd", mtd_root, split="train")
@@ -318,3 +318,31 @@ def test_real_mtd() -> None:
     assert all(m.endswith(".png") and os.path.isfile(m) for m in s.mask_paths if m is not None)
     one = read_dataset("mtd", root, classes=("Free", "Blowhole"))
     assert len(one) == 715 and one.num_anomalous == 115
+
+
+def test_mtd_classes_are_categories_with_a_seeded_reference_pool(tmp_path: Path) -> None:
+    from jzad.data import category_sources
+
+    root = tmp_path / "mtd"
+    normals = [f"n{i:02d}" for i in range(11)]
+    for cls, ids in (("Free", normals), ("Crack", ("c1", "c2")), ("Break", ("k1",))):
+        for i in ids:
+            _img(root / f"MT_{cls}" / "Imgs" / f"{i}.jpg")
+            _mask(root / f"MT_{cls}" / "Imgs" / f"{i}.png")
+    train = read_dataset("mtd", root, "MT_Crack", split="train")
+    test = read_dataset("mtd", root, "MT_Crack")
+    pool = {Path(p).stem for p in train.paths}
+    test_normals = {Path(p).stem for p, y in zip(test.paths, test.labels) if y == 0}
+    assert len(pool) == 3 and pool.isdisjoint(test_normals) and pool | test_normals == set(normals)
+    assert train.labels == (0, 0, 0) and sorted(Path(p).stem for p, y in zip(test.paths, test.labels) if y) == [
+        "c1", "c2"]
+    assert {Path(p).stem for p in read_dataset("mtd", root, "MT_Break", split="train").paths} == pool  # shared
+    assert test.category == "MT_Crack" and test.has_masks
+    sources = category_sources("mtd", root, "MT_Crack", shots=2, seed=5)
+    assert {Path(n).stem for n in sources.references.names} <= pool
+    assert sources.protocol["reference_pool"] == 3 and sources.protocol["test_normals"] == 8
+    assert len(read_dataset("mtd", root).paths) == 14  # the pooled category keeps every image
+    with pytest.raises(ValueError, match="classes applies to the pooled category"):
+        read_dataset("mtd", root, "MT_Crack", classes=("Crack",))
+    with pytest.raises(ValueError, match="unknown category 'MT_Free'"):
+        read_dataset("mtd", root, "MT_Free")

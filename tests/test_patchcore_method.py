@@ -109,7 +109,7 @@ def test_command_line_demo_and_option_errors(tmp_path, capsys):
     assert "method: patchcore | mode: few_shot | shots: 2" in out and "| embed " in out and "| nearest " in out
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     assert results["status"] == "complete" and results["backbone"]["family"] == "resnet"
-    assert "coreset_ratio=0.5" in results["method_config"] and "num_neighbors=3" in results["method_config"]
+    assert results["method_config"]["coreset_ratio"] == 0.5 and results["method_config"]["num_neighbors"] == 3
     assert results["backbone"]["taps"] == ["layer2", "layer3"]
     assert main(base + ["--coreset-ratio", "0", "--out", str(tmp_path / "b")]) == 2
     assert "coreset ratio must be a number in (0, 1], got 0.0" in capsys.readouterr().err

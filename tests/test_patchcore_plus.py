@@ -117,7 +117,7 @@ def test_configure_and_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "method: patchcore_plus | mode: few_shot | shots: 2" in out and "| refine " in out
     results = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert results["status"] == "complete" and "em_update='closed'" in results["method_config"]
+    assert results["status"] == "complete" and results["method_config"]["refine"]["em_update"] == "closed"
     with pytest.raises(SystemExit) as caught:
         main(base + ["--online=-1", "--out", str(tmp_path / "b")])
     assert caught.value.code == 2 and "--online: expected an integer >= 0, got '-1'" in capsys.readouterr().err

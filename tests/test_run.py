@@ -65,7 +65,7 @@ def test_subsets_and_few_shot_modes_run(tmp_path):
 
 
 @pytest.mark.parametrize("dataset,root,category", [
-    ("mtd", SHARED / "mtd", "all"),
+    ("mtd", SHARED / "mtd", "MT_Crack"),
     ("mvtec", SHARED / "mvtec_subset", "hazelnut"),
 ])
 def test_real_photos_end_to_end(tmp_path, dataset, root, category):

@@ -98,7 +98,7 @@ def test_cli_streams_patchcore_plus_against_reference_images(tmp_path, capsys):
             "--data", str(tmp_path / "arrivals"), "--stream-references", str(tmp_path / "refs"),
             "--stream-batch", "2", "--out", str(tmp_path / "out")]
     assert main(argv) == 0
-    assert "references: 2 from" in capsys.readouterr().out
+    assert "scores: each arrival against 2 reference images from" in capsys.readouterr().out
     with open(tmp_path / "out" / "scores_stream.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == [f"{i:03d}.png" for i in range(5)] and {r["banked"] for r in rows} == {"1"}

@@ -143,7 +143,7 @@ def test_command_line_demo_few_shot_with_class_name(tmp_path, capsys):
     for stage in ("extract", "prepare", "zero_shot", "few_shot", "upsample"):
         assert f"| {stage}" in printed
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["status"] == "complete" and "class_name='widget'" in results["method_config"]
+    assert results["status"] == "complete" and results["method_config"]["class_name"] == "widget"
     assert len(list((tmp_path / "heatmaps" / "synthetic").glob("*.png"))) == 28
 
 

@@ -69,3 +69,43 @@ def arrivals(spec: str | os.PathLike, stdin: TextIO | None = None) -> Iterator[t
         return list_arrivals(path)
     raise DataNotFoundError(f"expected a folder of images, a file listing image paths, or - (standard input), "
                             f"got {spec}", path)
+
+
+def _strip_anchor(path: Path) -> str:
+    return Path(*path.parts[1:]).as_posix() if path.is_absolute() and len(path.parts) > 1 else path.as_posix()
+
+
+def output_namer(spec: str | os.PathLike, cwd: str | os.PathLike | None = None):
+    """name -> the relative path a stream's outputs (map TIFFs, heatmaps) use for an arrival of ``spec``.
+
+    A folder's names are already relative to it. A list file's paths are named relative to the common root of
+    every path it lists (read once, here). Standard input cannot be known ahead: its paths are named relative
+    to the current folder (``cwd``) when below it, else by their absolute path without its leading "/". So
+    outputs never mirror an absolute input path under the output folder when the inputs share a root."""
+    text = str(spec)
+    if text != "-" and Path(text).is_dir():
+        return lambda name: str(name)
+    if text == "-":
+        here = Path(cwd or os.getcwd()).absolute()
+
+        def from_stdin(name: str) -> str:
+            path = Path(name)
+            full = path if path.is_absolute() else here / path
+            try:
+                return full.relative_to(here).as_posix()
+            except ValueError:
+                return _strip_anchor(full)
+
+        return from_stdin
+    listed = {name: Path(os.path.abspath(path)) for name, path in list_arrivals(text)}
+    if not listed:
+        return lambda name: str(name)
+    root = Path(os.path.commonpath([str(p.parent) for p in listed.values()]))
+
+    def from_list(name: str) -> str:
+        full = listed.get(str(name))
+        if full is None:
+            return _strip_anchor(Path(os.path.abspath(Path(text).parent / name)))
+        return full.relative_to(root).as_posix()
+
+    return from_list

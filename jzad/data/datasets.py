@@ -4,6 +4,8 @@
 few-shot references and calibration images as pipeline sources, so the CLI's core loop is the same for every
 layout:
 
+- MTD: each defect class is a category; its train split is the reference pool of the fixed, seeded split of
+  the normals (``jzad.data.readers.mtd_protocol``, recorded in ``CategorySources.protocol``).
 - MVTec AD, VisA, BTAD, MPDD, MTD and plain folders (``jzad.data.readers``): the category's test images; the
   references drawn by ``reference_draw`` from its labelled-normal train images; calibration images (for methods
   that fit statistics on held-out normals) are the normal train images not drawn as references, since these
@@ -51,7 +53,7 @@ from jzad.data.loco import (
 )
 from jzad.data.masks import resize_binary_mask
 from jzad.data.prep import ImagePrep
-from jzad.data.readers import DATASETS, list_categories, read_dataset
+from jzad.data.readers import DATASETS, MTD_CATEGORY, list_categories, mtd_protocol_record, read_dataset
 from jzad.data.sources import FileImages, center_crop, resized_shape
 from jzad.data.spro_truth import SPROTruth
 from jzad.data.subsets import reference_draw
@@ -68,7 +70,9 @@ class CategorySources:
     """One category as the pipeline takes it: source (test images), references (few-shot normals or None),
     calibration (held-out normals or None), maps_folder (the folder under maps/ its TIFFs go to), summary (a
     line saying what was read), subtypes (LOCO sub-type categories: the rule used, whether it was validated on
-    real photos, and per split the images per sub-type and the ambiguous images with their votes; else None)."""
+    real photos, and per split the images per sub-type and the ambiguous images with their votes; else None),
+    protocol (how a dataset without a train split was split into reference pool and test images, for the results
+    file; None where the dataset defines its splits)."""
 
     source: Any
     references: Any
@@ -76,6 +80,7 @@ class CategorySources:
     maps_folder: str
     summary: str
     subtypes: dict | None = None
+    protocol: dict | None = None
 
 
 class LocoImages(FileImages):
@@ -256,7 +261,7 @@ def _loco_sources(root: Path, category: str, shots: int, seed: int, calibration:
     summary = (f"loco/{category}: {len(test)} test images ({anomalous} anomalous)"
                + (f", {len(cal)} {calibration} images" if cal is not None else "")
                + "".join(f"\nwarning: loco/{category}: {note}" for note in notes))
-    return CategorySources(LocoImages(test, cat_dir), references, cal, base, summary, report)
+    return CategorySources(LocoImages(test, cat_dir), references, cal, base, summary, subtypes=report)
 
 
 def category_sources(dataset: str, root: str | os.PathLike, category: str, shots: int = 0, seed: int = 0,
@@ -288,4 +293,5 @@ def category_sources(dataset: str, root: str | os.PathLike, category: str, shots
                                  f"{shots} references ({dataset} has no {calibration} split), found {len(rest)}")
             cal = FileImages(train.select(rest), root=root)
     summary = image_set.summary() + (f"; calibration on {len(cal)} normal train images" if cal is not None else "")
-    return CategorySources(FileImages(image_set, root=root), references, cal, category, summary)
+    protocol = mtd_protocol_record(root) if dataset == "mtd" and category != MTD_CATEGORY else None
+    return CategorySources(FileImages(image_set, root=root), references, cal, category, summary, protocol=protocol)

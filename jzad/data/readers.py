@@ -17,9 +17,14 @@ Supported layouts (`dataset` argument), all read in sorted, deterministic order:
   (BTAD ships .png and .bmp masks; `<stem>_mask.<ext>` is accepted too). split="train" reads `train/ok`.
 - "visa": `<root>/split_csv/1cls.csv` (columns object, split, label, image, mask; label normal/anomaly;
   paths relative to root); categories are the csv's objects; defect types are the labels.
-- "mtd" (Magnetic Tile Defect): `<root>/MT_<class>/Imgs/<id>.jpg` with mask `<id>.png`. One category,
-  "magnetic_tile"; defect type = `<class>`; MT_Free is normal. Option `classes` keeps some classes only.
-  Test split only.
+- "mtd" (Magnetic Tile Defect): `<root>/MT_<class>/Imgs/<id>.jpg` with mask `<id>.png`; MT_Free is normal,
+  defect type = `<class>`. Categories: each defect class (`MT_Crack`, ...), scored against the shared normals
+  by a fixed protocol (``mtd_protocol``): MT_Free's images are permuted once with seed ``MTD_SPLIT_SEED``
+  (independent of any run's seed) and the first ``MTD_REFERENCE_FRACTION`` of them (rounded up) form the
+  reference pool (split "train", where few-shot references are drawn), the others are the test normals of
+  every class (split "test" = test normals + that class's defects), so zero-shot and few-shot runs score the
+  same test images and no reference is ever scored. The pooled category "magnetic_tile" (every class and
+  every normal together; option `classes` keeps some classes only; test split only) is still read when named.
 - "folder": every image under `<root>/<category>` (or `<root>` when category is None or "."), recursively
   (symlinked folders followed, loops skipped), no labels, no masks (anomaly scores and maps only). Mask files
   are left out and listed in `ImageSet.skipped` with the reason:
@@ -64,6 +69,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 BTAD_CATEGORIES = ("01", "02", "03")
 MTD_CATEGORY = "magnetic_tile"
+MTD_SPLIT_SEED = 0
+MTD_REFERENCE_FRACTION = 0.2
+MTD_NORMAL_CLASS = "Free"
 NORMAL_FOLDER_NAMES = ("good", "ok", "normal")
 MASK_FOLDER_NAMES = ("ground_truth", "ground-truth", "groundtruth", "gt", "gts", "mask", "masks")
 """Folder names (compared case-insensitively) whose files a folder read treats as masks, not images."""
@@ -338,16 +346,72 @@ def _mtd_classes(root: Path) -> list[str]:
     return [d[3:] for d in _subdirs(root) if d.startswith("MT_") and (root / d / "Imgs").is_dir()]
 
 
+def mtd_protocol(num_normals: int) -> tuple[np.ndarray, np.ndarray]:
+    """(reference pool, test normals): sorted indices into MT_Free's sorted images (module docstring)."""
+    order = np.random.default_rng(MTD_SPLIT_SEED).permutation(num_normals)
+    pool = int(np.ceil(MTD_REFERENCE_FRACTION * num_normals))
+    return np.sort(order[:pool]), np.sort(order[pool:])
+
+
+def mtd_protocol_record(root: str | os.PathLike) -> dict:
+    """What a results file records about the MTD split of the normals under root."""
+    normals = [p for p in _images_in(Path(root) / f"MT_{MTD_NORMAL_CLASS}" / "Imgs") if p.suffix.lower() == ".jpg"]
+    pool, test = mtd_protocol(len(normals))
+    return {"rule": f"MT_{MTD_NORMAL_CLASS} permuted with seed {MTD_SPLIT_SEED}; the first "
+                    f"{MTD_REFERENCE_FRACTION:g} (rounded up) are the reference pool, the rest test normals",
+            "split_seed": MTD_SPLIT_SEED, "reference_pool": len(pool), "test_normals": len(test)}
+
+
+def _mtd_rows(root: Path, cls: str, allow_missing_masks: bool) -> list:
+    rows = []
+    img_dir = root / f"MT_{cls}" / "Imgs"
+    for image in _images_in(img_dir):
+        if image.suffix.lower() != ".jpg":
+            continue
+        if cls == MTD_NORMAL_CLASS:
+            rows.append((str(image), 0, cls, None))
+            continue
+        mask = img_dir / f"{image.stem}.png"
+        if not mask.is_file():
+            if not allow_missing_masks:
+                raise DataNotFoundError(
+                    f"mtd: no ground-truth mask for anomalous image {image}: expected {mask}; "
+                    "to score it without pixel ground truth, pass --allow-missing-masks (python -m "
+                    "jzad.run) or allow_missing_masks=True (read_dataset)",
+                    image,
+                )
+            mask = None
+        rows.append((str(image), 1, cls, None if mask is None else str(mask)))
+    return rows
+
+
 def _read_mtd(
     root: Path, category: str, split: str, allow_missing_masks: bool, classes: Sequence[str] | None
 ) -> ImageSet:
-    if category != MTD_CATEGORY:
-        raise ValueError(f"mtd: unknown category {category!r}; MTD has one category, {MTD_CATEGORY!r}")
-    _check_split("mtd", split, ("test",))
     found = _mtd_classes(root)
     if not found:
         raise DataNotFoundError(f"mtd: no MT_<class>/Imgs folders in {root}; it contains {_subdirs(root)}",
                                 root)
+    defects = [c for c in found if c != MTD_NORMAL_CLASS]
+    if category != MTD_CATEGORY:
+        if not category.startswith("MT_") or category[3:] not in defects:
+            raise ValueError(f"mtd: unknown category {category!r}; {root} has "
+                             f"{', '.join('MT_' + c for c in defects)} (each against the shared normals) and "
+                             f"{MTD_CATEGORY!r} (every class pooled)")
+        if classes is not None:
+            raise ValueError(f"mtd: option classes applies to the pooled category {MTD_CATEGORY!r} only")
+        _check_split("mtd", split, ("train", "test"))
+        if MTD_NORMAL_CLASS not in found:
+            raise DataNotFoundError(f"mtd: no MT_{MTD_NORMAL_CLASS}/Imgs folder (the normal images) in {root}",
+                                    root / f"MT_{MTD_NORMAL_CLASS}")
+        normals = _mtd_rows(root, MTD_NORMAL_CLASS, allow_missing_masks)
+        pool, test = mtd_protocol(len(normals))
+        if split == "train":
+            rows = [normals[i] for i in pool]
+        else:
+            rows = _mtd_rows(root, category[3:], allow_missing_masks) + [normals[i] for i in test]
+        return _build("mtd", category, rows, f"{root}/MT_{{{category[3:]},{MTD_NORMAL_CLASS}}}/Imgs/*.jpg")
+    _check_split("mtd", split, ("test",))
     if classes is None:
         chosen = found
     else:
@@ -357,24 +421,7 @@ def _read_mtd(
             raise DataError(f"mtd: unknown classes {unknown or chosen}; {root} has {found}", root)
     rows = []
     for cls in sorted(set(chosen)):
-        img_dir = root / f"MT_{cls}" / "Imgs"
-        for image in _images_in(img_dir):
-            if image.suffix.lower() != ".jpg":
-                continue
-            if cls == "Free":
-                rows.append((str(image), 0, cls, None))
-                continue
-            mask = img_dir / f"{image.stem}.png"
-            if not mask.is_file():
-                if not allow_missing_masks:
-                    raise DataNotFoundError(
-                        f"mtd: no ground-truth mask for anomalous image {image}: expected {mask}; "
-                        "to score it without pixel ground truth, pass --allow-missing-masks (python -m "
-                        "jzad.run) or allow_missing_masks=True (read_dataset)",
-                        image,
-                    )
-                mask = None
-            rows.append((str(image), 1, cls, None if mask is None else str(mask)))
+        rows += _mtd_rows(root, cls, allow_missing_masks)
     return _build("mtd", category, rows, f"{root}/MT_{{{','.join(sorted(set(chosen)))}}}/Imgs/*.jpg")
 
 
@@ -518,8 +565,8 @@ def list_categories(dataset: str, root: str | os.PathLike) -> list[str]:
     """Categories available under `root` for `dataset`, sorted.
 
     mvtec/mpdd: subfolders with a `test` folder (mpdd: or a `<split>/images` folder); btad: those of
-    01/02/03 present; visa: the csv's objects; mtd: ["magnetic_tile"]; folder: "." when root holds images
-    directly, plus each subfolder holding images (mask folders excluded). A LOCO category raises DataError.
+    01/02/03 present; visa: the csv's objects; mtd: its defect classes ("MT_Crack", ...); folder: "." when root
+    holds images directly, plus each subfolder holding images (mask folders excluded). A LOCO category raises DataError.
     """
     _check_dataset(dataset)
     root = Path(root)
@@ -547,7 +594,7 @@ def list_categories(dataset: str, root: str | os.PathLike) -> list[str]:
             raise DataNotFoundError(
                 f"mtd: no MT_<class>/Imgs folders in {root}; it contains {_subdirs(root)}", root
             )
-        return [MTD_CATEGORY]
+        return ["MT_" + c for c in _mtd_classes(root) if c != MTD_NORMAL_CLASS]
     images, _ = _walk_folder(root)
     if not images:
         raise DataNotFoundError(f"folder: no images under {root}", root)
@@ -570,7 +617,7 @@ def read_dataset(
     """Read one category/split of a dataset into an ImageSet (layouts in the module doc).
 
     dataset: one of DATASETS. root: the dataset root folder. category: required for mvtec/mpdd/btad/visa;
-    optional for mtd (its only category) and folder (a subfolder of root, or root itself when None).
+    optional for mtd (None: the pooled "magnetic_tile") and folder (a subfolder of root, or root itself when None).
     split: "test" (default) or "train" (mvtec/mpdd/btad normal references; visa per its csv; MPDD re-split
     also "val"). allow_missing_masks: read anomalous images lacking a mask (mask_path None, has_masks False)
     instead of raising (MPDD re-split: images without a mask are normal). classes: mtd only, e.g.

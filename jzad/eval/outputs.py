@@ -4,8 +4,11 @@
   ``001.png`` and ``001.jpg`` never collide; the extension is kept only where two names would clash).
 - ``save_map_tiffs``: one float32 TIFF per image at the metric resolution or resized to each image's original
   (H, W) (the layout the official MVTec AD / MVTec LOCO evaluation scripts read).
-- ``save_captioned_overlays``: image | overlay | mask contour panels with the image name, score, label and a
-  colour bar of the category's shared score scale.
+- ``save_captioned_overlays``: image | overlay | mask contour panels with the image name, its image score,
+  verdict and label, and a labelled colour bar of the category's shared pixel-score scale (``HeatmapStyle``:
+  the method's units, 0-1 display for raw distances, a mark on figures from random weights).
+- ``evaluation_names``: ``<category>/test/<type>/<id>`` names for the map TIFFs and heatmaps, the category
+  folder never repeated.
 - ``save_summary``: per category, the ROC curve, the precision-recall curve and the score histograms of normal
   vs anomalous images (matplotlib, Agg backend).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,60 +64,131 @@ def save_map_tiffs(out_dir, names, maps: np.ndarray, sizes=None) -> list[Path]:
     return paths
 
 
-def colour_bar(height: int, lo: float, hi: float) -> np.ndarray:
-    """uint8 (height, width, 3) vertical jet bar, high values on top, with the scale's ends printed."""
+@dataclass(frozen=True)
+class HeatmapStyle:
+    """How a run's overlays explain themselves.
+
+    units: what the map values are (the method's units, e.g. "squared L2 distance to the memory bank").
+    normalised: show maps on a 0-1 scale over the category (for raw-distance methods whose values, such as
+    6.4e4, mean nothing to a reader); the raw values stay in the CSV and the map TIFFs. random_weights: the
+    backbone has random weights, so every figure carries a mark saying its scores mean nothing."""
+
+    units: str = "anomaly score"
+    normalised: bool = False
+    random_weights: bool = False
+
+    def bar_label(self, lo: float, hi: float) -> str:
+        """The colour bar's label: the pixel score it shows, and its raw range when normalised."""
+        if self.normalised:
+            return f"pixel {self.units}\n0-1 over the category (raw {lo:.3g} to {hi:.3g})"
+        return f"pixel {self.units}"
+
+
+RANDOM_WEIGHTS_MARK = "RANDOM WEIGHTS: scores are not meaningful"
+_MARK_RGB = (200, 0, 0)
+
+
+def _vertical_text(text: str, height: int) -> Image.Image:
+    """Text (lines split at newlines) rotated 90 degrees, reading bottom to top, on a white strip of the given
+    height (longer lines are cut)."""
+    font = ImageFont.load_default()
+    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox((0, 0), text, font=font)
+    strip = Image.new("RGB", (max(right - left + 4, height), bottom - top + 4), (255, 255, 255))
+    ImageDraw.Draw(strip).multiline_text((2 - left, 2 - top), text, fill=(0, 0, 0), font=font)
+    rotated = strip.rotate(90, expand=True)
+    return rotated.crop((0, rotated.height - height, rotated.width, rotated.height))
+
+
+def colour_bar(height: int, lo: float, hi: float, label: str = "") -> np.ndarray:
+    """uint8 (height, width, 3) vertical jet bar, high values on top, with the scale's ends printed and, when
+    given, ``label`` written along it (cut to the bar's height)."""
     ramp = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(_BAR_WIDTH, axis=1)
     bar = np.round(jet(ramp) * 255.0).astype(np.uint8)
     label_width = 56
-    canvas = Image.new("RGB", (_BAR_WIDTH + label_width, height), (255, 255, 255))
+    side = _vertical_text(label, height) if label else None
+    extra = side.width if side is not None else 0
+    canvas = Image.new("RGB", (_BAR_WIDTH + label_width + extra, height), (255, 255, 255))
     canvas.paste(Image.fromarray(bar), (0, 0))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     draw.text((_BAR_WIDTH + 2, 0), f"{hi:.3g}", fill=(0, 0, 0), font=font)
     draw.text((_BAR_WIDTH + 2, height - 11), f"{lo:.3g}", fill=(0, 0, 0), font=font)
+    if side is not None:
+        canvas.paste(side, (_BAR_WIDTH + label_width, 0))
     return np.asarray(canvas)
 
 
-def captioned_panel(image: np.ndarray, amap: np.ndarray, mask, caption: str, lo: float, hi: float) -> np.ndarray:
-    """One picture: a caption line over image | overlay | mask contour, with the colour bar at the right."""
+def captioned_panel(image: np.ndarray, amap: np.ndarray, mask, caption: str, lo: float, hi: float,
+                    style: HeatmapStyle = HeatmapStyle()) -> np.ndarray:
+    """One picture: a caption line over image | overlay | mask contour, with the labelled colour bar at the
+    right; a normalised style shows the bar from 0 to 1 (the colours are the same), and a random-weights style
+    adds a red mark line under the caption."""
     body = panels(image[None], amap[None], None if mask is None else mask[None], 0.5, lo, hi)[0]
-    bar = colour_bar(body.shape[0], lo, hi)
+    shown = (0.0, 1.0) if style.normalised else (lo, hi)
+    bar = colour_bar(body.shape[0], *shown, style.bar_label(lo, hi))
     row = np.concatenate([body, np.full((body.shape[0], 4, 3), 255, np.uint8), bar], axis=1)
-    canvas = Image.new("RGB", (row.shape[1], row.shape[0] + _CAPTION_HEIGHT), (255, 255, 255))
-    canvas.paste(Image.fromarray(row), (0, _CAPTION_HEIGHT))
-    ImageDraw.Draw(canvas).text((2, 2), caption, fill=(0, 0, 0), font=ImageFont.load_default())
+    top = _CAPTION_HEIGHT * (2 if style.random_weights else 1)
+    canvas = Image.new("RGB", (row.shape[1], row.shape[0] + top), (255, 255, 255))
+    canvas.paste(Image.fromarray(row), (0, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 2), caption, fill=(0, 0, 0), font=ImageFont.load_default())
+    if style.random_weights:
+        draw.text((2, 2 + _CAPTION_HEIGHT), RANDOM_WEIGHTS_MARK, fill=_MARK_RGB, font=ImageFont.load_default())
     return np.asarray(canvas)
 
 
-def caption(name: str, score: float, label=None, defect_type=None) -> str:
-    """"name | score 0.123 | anomalous (crack)" -- the label part only when it is known."""
-    text = f"{name} | score {score:.4g}"
+def caption(name: str, score: float, label=None, defect_type=None, normalised: float | None = None,
+            flagged: bool | None = None) -> str:
+    """"name | image score 0.123 | verdict anomalous (0.71 on the 0-1 scale, threshold 0.5) | truth: anomalous
+    (crack)": the image score is named as such (it is not the map's maximum shown on the bar); the verdict part
+    only when a threshold exists, the truth part only when the label is known."""
+    text = f"{name} | image score {score:.4g}"
+    if flagged is not None:
+        text += f" | verdict {'anomalous' if flagged else 'normal'}"
+        if normalised is not None:
+            text += f" ({normalised:.2f}, threshold 0.5)"
     if label is not None:
-        text += " | " + ("anomalous" if int(label) else "normal")
+        text += " | truth: " + ("anomalous" if int(label) else "normal")
         if defect_type:
             text += f" ({defect_type})"
     return text
 
 
 def save_captioned_overlays(out_dir, names, images: np.ndarray, maps: np.ndarray, masks, scores, labels,
-                            defect_types, value_scale: tuple[float, float]) -> list[Path]:
+                            defect_types, value_scale: tuple[float, float], style: HeatmapStyle = HeatmapStyle(),
+                            normalised=None, flagged=None) -> list[Path]:
     """Write ``captioned_panel`` PNGs for a batch of images under out_dir (paths from ``output_paths``).
 
     images uint8 (n, H, W, 3), maps (n, H, W), masks (n, H, W) or None; value_scale: the category's shared
-    (lo, hi) colour scale (see ``heatmaps.value_range``)."""
+    (lo, hi) colour scale (see ``heatmaps.value_range``); normalised / flagged: each image's normalised score
+    and verdict (``jzad.eval.verdict``), or None without a threshold."""
     out_dir = Path(out_dir)
     lo, hi = value_scale
     paths = []
     for i, rel in enumerate(output_paths(names, ".png")):
         label = None if labels is None else labels[i]
         kind = None if defect_types is None else defect_types[i]
-        picture = captioned_panel(images[i], maps[i], None if masks is None else masks[i],
-                                  caption(names[i], float(scores[i]), label, kind), lo, hi)
+        text = caption(names[i], float(scores[i]), label, kind,
+                       None if normalised is None else float(normalised[i]),
+                       None if flagged is None else bool(flagged[i]))
+        picture = captioned_panel(images[i], maps[i], None if masks is None else masks[i], text, lo, hi, style)
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(picture).save(path, compress_level=1)
         paths.append(path)
     return paths
+
+
+def evaluation_names(names, folder: str) -> list[str]:
+    """Image names laid out as the official MVTec AD / LOCO evaluation scripts read maps,
+    ``<folder>/test/<type>/<id>``: names already under ``folder`` (paths relative to the dataset root, e.g.
+    ``grid/test/bent/000.png``) are kept, others (relative to the category folder, e.g. LOCO's
+    ``test/good/000.png``) get ``folder/`` in front, so a category's folder never repeats."""
+    out = []
+    for name in names:
+        posix = Path(str(name)).as_posix()
+        out.append(posix if not folder or posix.split("/", 1)[0] == folder else f"{folder}/{posix}")
+    return out
 
 
 def save_summary(path, category: str, scores: np.ndarray, labels) -> Path:
@@ -158,5 +233,6 @@ def save_summary(path, category: str, scores: np.ndarray, labels) -> Path:
     return path
 
 
-__all__ = ["caption", "captioned_panel", "colour_bar", "output_paths", "save_captioned_overlays",
+__all__ = ["RANDOM_WEIGHTS_MARK", "HeatmapStyle", "caption", "captioned_panel", "colour_bar", "evaluation_names",
+           "output_paths", "save_captioned_overlays",
            "save_map_tiffs", "save_summary", "value_range"]

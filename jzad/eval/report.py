@@ -132,10 +132,13 @@ def write_results_json(path, payload) -> Path:
 
 
 SCORE_COLUMNS = ("name", "defect_type", "label", "score")
+VERDICT_COLUMNS = ("anomalous", "normalised_score")
+"""Written after SCORE_COLUMNS when a run has a threshold (``jzad.eval.verdict``)."""
 
 
-def write_scores_csv(path, names, labels, scores, defect_types=None) -> Path:
-    """One CSV row per image: name, defect_type, label, score (header ``SCORE_COLUMNS``).
+def write_scores_csv(path, names, labels, scores, defect_types=None, anomalous=None, normalised=None) -> Path:
+    """One CSV row per image: name, defect_type, label, score (header ``SCORE_COLUMNS``), and with a verdict
+    (``anomalous`` (N,) bool and ``normalised`` (N,) scores, threshold at 0.5) the ``VERDICT_COLUMNS``.
 
     names: N strings; labels: N values in {0, 1} or None (unlabelled: empty cells); scores: (N,) real;
     defect_types: N strings or None (empty cells). Scores are written with ``repr`` so they read back
@@ -161,13 +164,19 @@ def write_scores_csv(path, names, labels, scores, defect_types=None) -> Path:
         type_cells = [str(t) for t in defect_types]
         if len(type_cells) != n:
             raise ValueError(f"defect_types: expected {n} entries (one per name), got {len(type_cells)}")
+    verdict = None
+    if anomalous is not None or normalised is not None:
+        flags, values = np.asarray(anomalous, bool), np.asarray(normalised, np.float64)
+        if flags.shape != (n,) or values.shape != (n,):
+            raise ValueError(f"anomalous/normalised: expected shape ({n},) each, got {flags.shape}, {values.shape}")
+        verdict = [(str(int(f)), repr(float(v))) for f, v in zip(flags, values)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(SCORE_COLUMNS)
-        for name, kind, label, score in zip(names, type_cells, label_cells, s.tolist()):
-            writer.writerow((name, kind, label, repr(float(score))))
+        writer.writerow(SCORE_COLUMNS + (VERDICT_COLUMNS if verdict else ()))
+        for i, (name, kind, label, score) in enumerate(zip(names, type_cells, label_cells, s.tolist())):
+            writer.writerow((name, kind, label, repr(float(score))) + (verdict[i] if verdict else ()))
     return path
 
 

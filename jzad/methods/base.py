@@ -112,7 +112,9 @@ class Method:
     needs_text: the backbone must keep its text tower (``Backbone.encode_prompts``) for ``prepare``.
     multi_process: its stages run on global arrays over a mesh spanning several processes (every function
     jitted or built of jitted calls, per-category constants identical on every process); the command line
-    refuses a multi-process run of a method without it.
+    refuses a multi-process run of a method without it. score_units: what its maps hold, for the colour bar
+    of heatmaps; distance_scores: its scores are raw feature distances with no fixed scale (PatchCore's squared
+    distances such as 6.4e4), so heatmaps show them 0-1 over the category (the raw values stay in the files).
     """
 
     name: str
@@ -141,6 +143,8 @@ class Method:
     calibration: str | None = None
     needs_text: bool = False
     multi_process: bool = False
+    score_units: str = "anomaly score"
+    distance_scores: bool = False
 
     def __post_init__(self):
         if self.few_shot not in FEW_SHOT_MODES:

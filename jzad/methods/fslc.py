@@ -785,6 +785,7 @@ def fslc_configure(values: dict, context: RunContext) -> FSLCConfig:
 
 METHOD = register(Method(
     name="fslc",
+    score_units="L2 distance to the coreset (unit features)",
     summary="FSLC: zero-shot scoring against a coreset learned from the test set (k-center, expand, filter)",
     config_type=FSLCConfig,
     pools=True,

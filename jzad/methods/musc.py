@@ -657,6 +657,7 @@ def musc_configure(values: dict, context: RunContext) -> MuScConfig:
 
 METHOD = register(Method(
     name="musc",
+    score_units="mean L2 distance to the other images (unit features)",
     summary="MuSc: zero-shot mutual scoring of the unlabeled test images (LNAMD, MSM, RsCIN)",
     config_type=MuScConfig,
     pools=True,

@@ -597,6 +597,8 @@ def patchcore_configure(values: dict, context: RunContext) -> PatchCoreConfig:
 
 METHOD = register(Method(
     name="patchcore",
+    score_units="squared L2 distance to the memory bank",
+    distance_scores=True,
     summary="PatchCore: nearest distance to a coreset memory bank of the normal reference patches",
     config_type=PatchCoreConfig,
     pools=False,

@@ -291,6 +291,8 @@ def patchcore_plus_configure(values: dict, context: RunContext) -> PatchCorePlus
 
 METHOD = register(Method(
     name="patchcore_plus",
+    score_units="squared L2 distance to the refined prototypes",
+    distance_scores=True,
     summary="PatchCore+: PatchCore's coreset prototypes refined per query image by a Sinkhorn-EM (FastRef)",
     config_type=PatchCorePlusConfig,
     pools=False,

@@ -596,6 +596,7 @@ def winclip_configure(values: dict, context: RunContext) -> WinCLIPConfig:
 
 METHOD = register(Method(
     name="winclip",
+    score_units="anomaly score (0-1)",
     summary="WinCLIP: zero-shot (--shots 0) or few-shot CLIP prompts and window embeddings, as anomalib",
     config_type=WinCLIPConfig,
     pools=False,

@@ -261,6 +261,7 @@ def winclip_plus_configure(values: dict, context: RunContext) -> WinCLIPPlusConf
 
 METHOD = register(Method(
     name="winclip_plus",
+    score_units="anomaly score (0-1)",
     summary="WinCLIP+: WinCLIP with its few-shot patch memory refined per query image (FastRef EM)",
     config_type=WinCLIPPlusConfig,
     pools=False,

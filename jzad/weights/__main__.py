@@ -41,40 +41,27 @@ def _port(args) -> int:
     return 0
 
 
-def _package_source(entry) -> str | None:
-    """"pip package NAME (installed)" for weights shipped inside a pip package, else None."""
-    if entry.source.get("kind") != "package":
-        return None
-    from jzad.backbone.efficientnet_port import packaged_checkpoint
-
-    state = "installed" if packaged_checkpoint(entry.architecture) is not None else "not installed"
-    return f"pip package {entry.source['package']} ({state})"
-
-
 def _list(args) -> int:
+    """The catalogue with each entry usable or not here (and the command that makes it usable), then ported
+    checkpoints that are not in the catalogue."""
     from jzad.weights import list_ported, load_catalogue, manifest_family, weights_dir
+    from jzad.weights.availability import catalogue_availability
 
     folder = weights_dir(args.weights_dir)
     catalogue = load_catalogue()
-    ported = list_ported(folder)
+    states = catalogue_availability(folder)
     print(f"weights folder: {folder}")
-    print(f"{'name':<20} {'family':<12} {'architecture':<20} {'ported':<7} {'native':<7} {'activation':<11} source")
+    print(f"{'name':<20} {'family':<12} {'architecture':<20} {'native':<7} {'usable':<7} from / to make it usable")
     for name, entry in catalogue.items():
-        source = (entry.hf_id or _package_source(entry) or entry.source.get("file")
-                  or f"{entry.source.get('openclip_name')} ({entry.source.get('pretrained')})")
-        state = "yes" if name in ported else "no"
-        print(
-            f"{name:<20} {entry.family:<12} {entry.architecture:<20} {state:<7} {entry.native_image_size:<7} "
-            f"{entry.activation or '-':<11} {source}"
-        )
-    for name, manifest in ported.items():
+        state = states[name]
+        print(f"{name:<20} {entry.family:<12} {entry.architecture:<20} {entry.native_image_size:<7} "
+              f"{'yes' if state.usable else 'no':<7} {state.where if state.usable else state.how}")
+    for name, manifest in list_ported(folder).items():
         if name not in catalogue:
-            native = manifest["native_image_size"] or "-"
-            activation = manifest["config"].get("activation") or "-"
-            print(
-                f"{name:<20} {manifest_family(manifest):<12} {manifest.get('architecture') or 'custom':<20} "
-                f"{'yes':<7} {native:<7} {activation:<11} {manifest['source']['path']}"
-            )
+            print(f"{name:<20} {manifest_family(manifest):<12} {manifest.get('architecture') or 'custom':<20} "
+                  f"{manifest['native_image_size'] or '-'!s:<7} {'yes':<7} ported from {manifest['source']['path']}")
+    usable = [n for n, s in states.items() if s.usable]
+    print(f"usable now: {', '.join(usable) or 'none'} ({len(usable)} of {len(catalogue)} catalogue entries)")
     return 0
 
 
@@ -97,7 +84,8 @@ def main(argv=None) -> int:
                       "or stage names such as layer2,layer3 (ResNet)")
     port.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR, else the user data folder's jzad/weights)")
     port.add_argument("--force", action="store_true", help="replace an existing ported folder")
-    listing = sub.add_parser("list", help="list the catalogue and which checkpoints are ported")
+    listing = sub.add_parser("list", help="list the catalogue: which checkpoints are usable here, and the "
+                             "command that makes each of the others usable")
     listing.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR, else the user data folder's jzad/weights)")
     args = parser.parse_args(argv)
     from jzad.backbone.port import MissingDependencyError
