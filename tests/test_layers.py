@@ -2,7 +2,7 @@
 
 Each package imports only from itself and the packages below it in ``LAYERS`` (a strict order, so no two
 packages import each other): timing, kernels, data, backbone, weights, features, methods, eval, progress,
-pipeline, stream, experiment, cli, run. ``data`` reads files into arrays and depends on nothing else in jzad;
+pipeline, reference_scores, stream, experiment, cli, run. ``data`` reads files into arrays and depends on nothing else in jzad;
 ``eval`` scores what ``data`` reads. Imports inside functions count too: a lazy import that goes upward is
 still a cycle in the design. Library errors name the library's own arguments; only the command lines
 (``jzad.cli``, ``jzad.run``, ``jzad.weights.__main__``) word errors as flags.
@@ -19,7 +19,7 @@ from jzad.cli import in_flag_terms
 from jzad.run import main
 
 ORDER = ("jzad.paths", "jzad.timing", "jzad.kernels", "jzad.data", "jzad.backbone", "jzad.weights", "jzad.features",
-         "jzad.methods", "jzad.eval", "jzad.progress", "jzad.pipeline", "jzad.stream", "jzad.experiment",
+         "jzad.methods", "jzad.eval", "jzad.progress", "jzad.pipeline", "jzad.reference_scores", "jzad.stream", "jzad.experiment",
          "jzad.cli", "jzad.run")
 LAYERS = {name: layer for layer, name in enumerate(ORDER)}
 COMMAND_LINES = ("jzad.cli", "jzad.run", "jzad.weights.__main__")
