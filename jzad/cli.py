@@ -17,7 +17,7 @@ from jzad.pipeline import SPLITS
 DISTRIBUTED_ENV = {"coordinator": "JZAD_COORDINATOR", "num_processes": "JZAD_NUM_PROCESSES",
                    "process_id": "JZAD_PROCESS_ID"}
 LIBRARY_FLAGS = {"subsets": "--subsets", "shots": "--shots", "subtypes": "--loco-subtypes",
-                 "state_dir": "--stream-state"}
+                 "state_dir": "--stream-state", "threshold_from": "--threshold-from"}
 """Argument names the library's errors start with -> the flag that sets them."""
 RESTRICTED = {
     "--subsets": lambda m: m.pools,

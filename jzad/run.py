@@ -125,7 +125,8 @@ def preflight(args, method: Method, categories: list, shots: int, seeds: list) -
             if args.threshold_from is not None:
                 verdict.threshold_from_results(args.threshold_from, method.name, display_category(args, category))
         except (ValueError, OSError) as err:
-            raise UserError(f"{category}: {err}" if len(categories) > 1 else str(err)) from err
+            message = in_flag_terms(str(err))
+            raise UserError(f"{category}: {message}" if len(categories) > 1 else message) from err
     return found
 
 
@@ -454,7 +455,7 @@ def stream_threshold(args, scorer, references, reference_paths, category: str):
             named = args.category if args.category != "all" else category
             return verdict.threshold_from_results(args.threshold_from, scorer.method.name, named)
         except ValueError as err:
-            raise UserError(str(err)) from err
+            raise UserError(in_flag_terms(str(err))) from err
     if references is None or len(references) < 2:
         return None
     source = jdata.ArrayImages(references, [str(p) for p in reference_paths], np.zeros(len(references), np.int64),

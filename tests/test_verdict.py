@@ -80,7 +80,7 @@ def test_threshold_round_trips_through_results_json(tmp_path):
     with pytest.raises(ValueError, match="--method patchcore run"):
         verdict.threshold_from_results(path, "musc", "hazelnut")
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ValueError, match="--threshold-from: .*bad.json"):
+    with pytest.raises(ValueError, match="threshold_from: .*bad.json"):
         verdict.threshold_from_results(tmp_path / "bad.json", "musc", "x")
 
 

@@ -164,26 +164,26 @@ def threshold_from_results(path, method: str, category: str) -> Threshold:
     try:
         payload = json.loads(path.read_text())
     except OSError as err:
-        raise ValueError(f"--threshold-from: cannot read {path} ({err.strerror or err})") from err
+        raise ValueError(f"threshold_from: cannot read {path} ({err.strerror or err})") from err
     except json.JSONDecodeError as err:
-        raise ValueError(f"--threshold-from: {path} is not a results.json ({err})") from err
+        raise ValueError(f"threshold_from: {path} is not a results.json ({err})") from err
     if not isinstance(payload, dict) or "method" not in payload:
-        raise ValueError(f"--threshold-from: {path} is not a jzad results.json (no 'method')")
+        raise ValueError(f"threshold_from: {path} is not a jzad results.json (no 'method')")
     if payload["method"] != method:
-        raise ValueError(f"--threshold-from: {path} is a --method {payload['method']} run; its scores are not on "
-                         f"--method {method}'s scale")
+        raise ValueError(f"threshold_from: {path} is a {payload['method']} run; its scores are not on "
+                         f"{method}'s scale")
     saved = {c["category"]: c["threshold"] for c in payload.get("categories", []) if c.get("threshold")}
     if "threshold" in payload and payload["threshold"]:
         saved.setdefault(payload.get("category", "stream"), payload["threshold"])
     if not saved:
-        raise ValueError(f"--threshold-from: {path} holds no threshold (its run had no references, labels or "
-                         "--threshold)")
+        raise ValueError(f"threshold_from: {path} holds no threshold (its run had no references, labels or "
+                         "given threshold)")
     if category in saved:
         entry = saved[category]
     elif len(saved) == 1:
         entry = next(iter(saved.values()))
     else:
-        raise ValueError(f"--threshold-from: {path} has no threshold for category {category!r}; it has "
+        raise ValueError(f"threshold_from: {path} has no threshold for category {category!r}; it has "
                          f"{', '.join(sorted(saved))}")
     threshold = Threshold.from_json(entry)
     return dataclasses.replace(threshold, source="results")
