@@ -77,7 +77,7 @@ def test_threshold_round_trips_through_results_json(tmp_path):
     back = verdict.threshold_from_results(path, "patchcore", "hazelnut")
     assert (back.value, back.lo, back.hi, back.source) == (3.5, 1.0, 6.0, "results")
     assert verdict.threshold_from_results(path, "patchcore", "stream").value == 3.5  # the only one saved
-    with pytest.raises(ValueError, match="--method patchcore run"):
+    with pytest.raises(ValueError, match="is a patchcore run; its scores are not on musc"):
         verdict.threshold_from_results(path, "musc", "hazelnut")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="threshold_from: .*bad.json"):
