@@ -1,0 +1,254 @@
+"""The synchronous core of the inspection service: uploaded bytes -> model inputs, a batch -> scores, overlays
+and verdicts, the stream state advanced and checkpointed.
+
+Nothing here is new arithmetic: decoding is ``jzad.data.decode.load_image`` + ``jzad.data.sources.prepare_image``
+(every mode rule of the CLI, 16-bit and palette images included), scoring is ``jzad.stream.Streamer.step`` (the
+method's own streaming functions), maps are the method's ``maps``, overlays ``jzad.eval.heatmaps.overlay`` and
+checkpoints ``jzad.stream.save_state`` / ``restore_state`` with the threshold stored beside the stream state.
+The ``Inspector`` is driven from one worker thread (``jzad.serve.batcher``), so its state needs no lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from jzad.data.decode import load_image
+from jzad.data.errors import DataError
+from jzad.data.sources import prepare_image
+from jzad.eval.heatmaps import overlay
+from jzad.stream import Streamer, has_checkpoint, restore_state, save_state
+
+MAP_ID_HEX = 32
+"""Map ids are random hex strings of this length: the only names ``map_path`` resolves."""
+
+
+class InputError(ValueError):
+    """An upload the service refuses (HTTP 4xx): ``kind`` names the class of problem for the metrics and the
+    JSON error, ``status`` the HTTP status."""
+
+    def __init__(self, message: str, kind: str, status: int = 400):
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One accepted upload: its name, the model input (S, S, 3) and the original (H, W)."""
+
+    name: str
+    image: np.ndarray
+    size: tuple
+
+
+@dataclass(frozen=True)
+class Result:
+    """One scored image, as ``POST /score`` returns it and the live page shows it."""
+
+    index: int
+    name: str
+    score: float
+    normalised: float
+    anomalous: bool
+    threshold: float
+    latency_ms: float
+    map_id: str
+    warming: bool
+    banked: bool
+    batch: int
+    width: int
+    height: int
+
+    def as_json(self) -> dict:
+        """The JSON object of this result (the overlay as a URL under /maps)."""
+        return {"index": self.index, "name": self.name, "score": self.score, "normalised_score": self.normalised,
+                "anomalous": self.anomalous, "verdict": "anomalous" if self.anomalous else "normal",
+                "threshold": self.threshold, "latency_ms": self.latency_ms, "map": f"/maps/{self.map_id}.png",
+                "warming": self.warming, "banked": self.banked, "batch": self.batch,
+                "width": self.width, "height": self.height}
+
+
+def decode_upload(data: bytes, name: str, prep, size: int, scratch: Path) -> Decoded:
+    """Bytes of one uploaded image -> ``Decoded`` by the CLI's own decoder (the bytes go through a scratch file
+    under the service store, removed at once). Anything Pillow cannot decode raises ``InputError`` naming the
+    upload."""
+    if not data:
+        raise InputError(f"{name}: empty upload (expected the bytes of an image file)", "empty")
+    scratch.mkdir(parents=True, exist_ok=True)
+    handle, path = tempfile.mkstemp(dir=scratch, suffix=".upload")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        try:
+            image = load_image(path)
+            prepared = prepare_image(image, prep, size)
+        except DataError as err:
+            raise InputError(str(err).replace(path, name), "undecodable") from err
+    finally:
+        os.unlink(path)
+    return Decoded(name, prepared, (image.height, image.width))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Raw score -> normalised score and verdict. The normalisation is anomalib's min-max with the threshold
+    at 0.5: ``clip((raw - threshold) / scale + 0.5, 0, 1)``; an image is anomalous when its raw score exceeds
+    the threshold (normalised > 0.5). ``scale`` is the spread of normal scores the threshold came from."""
+
+    threshold: float
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if not np.isfinite(self.threshold):
+            raise ValueError(f"threshold: expected a finite number, got {self.threshold}")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"threshold scale: expected a positive number, got {self.scale}")
+
+    def normalise(self, raw) -> np.ndarray:
+        """Raw scores or maps -> float32 in [0, 1], the threshold at 0.5."""
+        raw = np.asarray(raw, np.float64)
+        return np.clip((raw - self.threshold) / self.scale + 0.5, 0.0, 1.0).astype(np.float32)
+
+    def anomalous(self, raw) -> np.ndarray:
+        """True where the raw score is above the threshold."""
+        return np.asarray(raw) > self.threshold
+
+
+class MapStore:
+    """Overlay PNGs under ``folder``, named by random hex ids; the newest ``keep`` are kept (older files are
+    deleted as new ones arrive), so disk use is bounded. ``path(id)`` resolves only ids of that exact form."""
+
+    def __init__(self, folder: str | os.PathLike, keep: int):
+        if keep < 1:
+            raise ValueError(f"--keep-maps: expected an integer >= 1, got {keep}")
+        self.folder = Path(folder).absolute()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        existing = sorted(self.folder.glob("*.png"), key=lambda p: (p.stat().st_mtime, p.name))
+        self._ids = collections.deque(p.stem for p in existing if self.is_id(p.stem))
+        self._trim()
+
+    @staticmethod
+    def is_id(text: str) -> bool:
+        """Whether ``text`` is a map id (``MAP_ID_HEX`` lowercase hex digits)."""
+        return len(text) == MAP_ID_HEX and all(c in "0123456789abcdef" for c in text)
+
+    def path(self, map_id: str) -> Path | None:
+        """The file of ``map_id``, or None when the id is malformed or its file is gone."""
+        if not self.is_id(map_id):
+            return None
+        path = self.folder / f"{map_id}.png"
+        return path if path.is_file() else None
+
+    def add(self, rgb: np.ndarray) -> str:
+        """Write one uint8 RGB overlay (atomically) and return its id."""
+        map_id = secrets.token_hex(MAP_ID_HEX // 2)
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        temp = self.folder / f".{map_id}.tmp"
+        temp.write_bytes(buffer.getvalue())
+        os.replace(temp, self.folder / f"{map_id}.png")
+        self._ids.append(map_id)
+        self._trim()
+        return map_id
+
+    def _trim(self) -> None:
+        while len(self._ids) > self.keep:
+            old = self.folder / f"{self._ids.popleft()}.png"
+            old.unlink(missing_ok=True)
+
+
+class Inspector:
+    """The streamer, its state, the decision and the map store; ``score`` advances the stream by one batch.
+    The threshold and scale are kept at float32 precision, as the checkpoint stores them.
+
+    With ``state_dir`` the state and the threshold are checkpointed there (``checkpoint``) and a service started
+    on a folder holding a checkpoint continues from it (same method set-up, refused otherwise)."""
+
+    def __init__(self, streamer: Streamer, decision: Decision, maps: MapStore, state_dir: str | os.PathLike | None,
+                 overlay_size: int = 256):
+        self.streamer = streamer
+        self.decision = Decision(float(np.float32(decision.threshold)), float(np.float32(decision.scale)))
+        self.maps = maps
+        self.state_dir = None if state_dir is None else Path(state_dir).absolute()
+        self.overlay_size = overlay_size
+        self.done = 0
+        self.batches = 0
+        self.resumed = 0
+        self.state = streamer.init()
+        if self.state_dir is not None and has_checkpoint(self.state_dir) is not None:
+            self._restore()
+        self.saved = self.done
+
+    def _restore(self) -> None:
+        like = (self.state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (state, threshold, scale), done = restore_state(self.state_dir, like, self.signature())
+        self.state, self.done, self.resumed = state, done, done
+        self.decision = Decision(float(threshold), float(scale))
+
+    def signature(self) -> dict:
+        """The stream's signature (``Streamer.signature``) plus what the service adds to the state."""
+        return {**self.streamer.signature(), "service": "jzad.serve", "checkpoint": "stream state, threshold"}
+
+    def checkpoint(self) -> Path | None:
+        """Save the state, the threshold and the image count (orbax); None without ``state_dir``."""
+        if self.state_dir is None:
+            return None
+        tree = (self.state, jnp.asarray(self.decision.threshold, jnp.float32),
+                jnp.asarray(self.decision.scale, jnp.float32))
+        path = save_state(self.state_dir, tree, self.done, self.signature())
+        self.saved = self.done
+        return path
+
+    def warm_up(self) -> None:
+        """Compile the step on an all-zero batch against a copy of the state (the real state is untouched)."""
+        size = self.streamer.scorer.backbone.image_size
+        copy = jax.tree.map(jnp.copy, self.state)
+        scores, _ = self.streamer.step(copy, np.zeros((1, size, size, 3), np.uint8), ["warm-up"])
+        jax.block_until_ready(scores.image_scores)
+
+    def score(self, items: list[Decoded], arrived: list[float]) -> list[Result]:
+        """Score one batch (arrival order), write its overlays, advance the state -> one ``Result`` each."""
+        scorer = self.streamer.scorer
+        size = scorer.backbone.image_size
+        images = np.stack([item.image for item in items])
+        names = [item.name for item in items]
+        scores, state = self.streamer.step(self.state, images, names)
+        n = len(items)
+        raw = np.asarray(scores.image_scores, np.float64)[:n]
+        if not np.isfinite(raw).all():
+            bad = [names[i] for i in np.flatnonzero(~np.isfinite(raw))]
+            raise ValueError(f"non-finite scores for {', '.join(bad)}")
+        maps = np.asarray(scorer.method.maps(scorer.config, scores.patch_scores, (size, size)))[:n]
+        warming, banked = np.asarray(scores.warming)[:n], np.asarray(scores.banked)[:n]
+        self.state = state
+        normalised = self.decision.normalise(raw)
+        anomalous = self.decision.anomalous(raw)
+        backgrounds = np.clip(np.rint(images[:n]), 0, 255).astype(np.uint8) if images.dtype != np.uint8 else images
+        panels = overlay(backgrounds, self.decision.normalise(maps), vmin=0.0, vmax=1.0)
+        now = time.perf_counter()
+        batch = self.batches
+        self.batches += 1
+        results = []
+        for i, item in enumerate(items):
+            panel = panels[i]
+            if panel.shape[0] > self.overlay_size:
+                panel = np.asarray(Image.fromarray(panel).resize((self.overlay_size, self.overlay_size),
+                                                                 Image.Resampling.BILINEAR))
+            results.append(Result(self.done + i, item.name, float(raw[i]), float(normalised[i]), bool(anomalous[i]),
+                                  self.decision.threshold, 1e3 * (now - arrived[i]), self.maps.add(panel),
+                                  bool(warming[i]), bool(banked[i]), batch, int(item.size[1]), int(item.size[0])))
+        self.done += n
+        return results
+
