@@ -120,7 +120,8 @@ class Service:
     def hello(self) -> dict:
         """What a newly connected page needs: the set-up, the counts and the recent results."""
         return {"method": self.settings.method, "backbone": self.settings.backbone,
-                "threshold": self.inspector.decision.threshold, "counts": dict(self.counts),
+                "threshold": self.inspector.threshold.value, "threshold_rule": self.inspector.threshold.describe(),
+                "counts": dict(self.counts),
                 "queue": self.batcher.depth if self.batcher else 0, "recent": list(self.recent)}
 
     def health(self) -> dict:
@@ -129,7 +130,7 @@ class Service:
         return {"status": status, "method": self.settings.method, "backbone": self.settings.backbone,
                 "scored": self.inspector.done, "resumed_from": self.inspector.resumed,
                 "queue": batcher.depth if batcher else 0, "max_batch": batcher.max_batch if batcher else None,
-                "threshold": self.inspector.decision.threshold, "uptime_s": round(time.time() - self.started, 3)}
+                "threshold": self.inspector.threshold.to_json(), "uptime_s": round(time.time() - self.started, 3)}
 
 
 async def _read_body(request: Request, limit: int, what: str) -> bytes:

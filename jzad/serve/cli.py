@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from jzad.eval.verdict import REFERENCE_QUANTILE
 from jzad.run import OptionError, UserError, build_parser, check_options, load_scorer, stream_reference_paths
 
 DEMO_REFERENCES = 4
@@ -66,10 +67,11 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="built-in demo: the method's random-weight demo backbone and, for few-shot methods, "
                    f"{DEMO_REFERENCES} synthetic normal images as references")
-    p.add_argument("--threshold", type=_finite_float, required=True,
-                   help="raw image score above which an image is anomalous (normalised to 0.5)")
-    p.add_argument("--threshold-scale", type=_positive(float), default=1.0,
-                   help="spread of normal raw scores: normalised = clip((raw - threshold) / scale + 0.5, 0, 1)")
+    p.add_argument("--threshold", type=_finite_float, default=None,
+                   help="raw image score at and above which an image is anomalous (normalised to 0.5); default: "
+                   f"the {REFERENCE_QUANTILE:g} quantile of leave-one-out reference scores (few-shot methods)")
+    p.add_argument("--threshold-from", type=Path, default=None, metavar="RESULTS",
+                   help="the threshold an earlier run of the same method saved in its results.json")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--token", default=None,
@@ -96,7 +98,8 @@ def build_service(argv: list[str]):
     from jzad.data import make_synthetic_set
     from jzad.methods import get_method, get_streaming, streaming_names
     from jzad.serve.app import Service, ServiceSettings
-    from jzad.serve.engine import Decision, Inspector, MapStore
+    from jzad.eval.verdict import choose_threshold, threshold_from_results
+    from jzad.serve.engine import Inspector, MapStore, reference_scores
     from jzad.stream import Streamer, decode_batch
 
     serve, rest = build_serve_parser().parse_known_args(argv)
@@ -122,6 +125,12 @@ def build_service(argv: list[str]):
     if streaming.references and method.few_shot == "required" and serve.references is None and not serve.demo:
         raise OptionError(f"--method {method.name} scores against normal reference images: give --references "
                           "FOLDER_OR_LIST (or --demo)")
+    if serve.threshold is not None and serve.threshold_from is not None:
+        raise OptionError("--threshold and --threshold-from exclude each other")
+    if serve.threshold is None and serve.threshold_from is None and not (streaming.references and (
+            serve.references is not None or serve.demo)):
+        raise OptionError(f"--method {method.name} has no reference images to draw a threshold from: give "
+                          "--threshold or --threshold-from RESULTS")
     if serve.token is None:
         serve.token = os.environ.get(TOKEN_ENV) or None
     if serve.token is not None and not serve.token.strip():
@@ -145,7 +154,13 @@ def build_service(argv: list[str]):
     elif serve.demo and streaming.references:
         references = make_synthetic_set(DEMO_REFERENCES, 0, size=size, seed=run_args.seed)[0]
     streamer = Streamer(scorer, stream_config, serve.max_batch, references, serve.category)
-    inspector = Inspector(streamer, Decision(serve.threshold, serve.threshold_scale),
+    if serve.threshold_from is not None:
+        threshold = threshold_from_results(serve.threshold_from, method.name, serve.category)
+    else:
+        loo = reference_scores(streamer) if references is not None else None
+        threshold = choose_threshold(loo if loo is not None else [serve.threshold], reference_scores=loo,
+                                     given=serve.threshold)
+    inspector = Inspector(streamer, threshold,
                           MapStore(store / "maps", serve.keep_maps), store / "state")
     settings = ServiceSettings(max_bytes=serve.max_bytes, max_images=serve.max_images, token=serve.token,
                                method=method.name, backbone=scorer.backbone.describe())
@@ -175,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     inspector = service.inspector
     print(f"method: {service.settings.method} | backbone: {service.settings.backbone} | threshold: "
-          f"{inspector.decision.threshold:.6g} | max batch {serve.max_batch}, wait {serve.max_wait_ms:g} ms, "
+          f"{inspector.threshold.describe()} | max batch {serve.max_batch}, wait {serve.max_wait_ms:g} ms, "
           f"queue {serve.queue_size} | store: {inspector.maps.folder.parent}"
           + (f" | resumed after {inspector.done} images" if inspector.done else ""), flush=True)
 

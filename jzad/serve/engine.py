@@ -11,6 +11,7 @@ The ``Inspector`` is driven from one worker thread (``jzad.serve.batcher``), so 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import os
 import secrets
@@ -27,6 +28,7 @@ from jzad.data.decode import load_image
 from jzad.data.errors import DataError
 from jzad.data.sources import prepare_image
 from jzad.eval.heatmaps import overlay
+from jzad.eval.verdict import SOURCES, Threshold, anomalous, normalised_scores
 from jzad.stream import Streamer, has_checkpoint, restore_state, save_state
 
 MAP_ID_HEX = 32
@@ -100,29 +102,34 @@ def decode_upload(data: bytes, name: str, prep, size: int, scratch: Path) -> Dec
     return Decoded(name, prepared, (image.height, image.width))
 
 
-@dataclass(frozen=True)
-class Decision:
-    """Raw score -> normalised score and verdict. The normalisation is anomalib's min-max with the threshold
-    at 0.5: ``clip((raw - threshold) / scale + 0.5, 0, 1)``; an image is anomalous when its raw score exceeds
-    the threshold (normalised > 0.5). ``scale`` is the spread of normal scores the threshold came from."""
+def float32_threshold(threshold: Threshold) -> Threshold:
+    """``threshold`` with value, lo and hi rounded to float32, the precision the checkpoint keeps them at (so a
+    restarted service judges exactly as the one it continues)."""
+    return dataclasses.replace(threshold, value=float(np.float32(threshold.value)), lo=float(np.float32(threshold.lo)),
+                               hi=float(np.float32(threshold.hi)))
 
-    threshold: float
-    scale: float = 1.0
 
-    def __post_init__(self):
-        if not np.isfinite(self.threshold):
-            raise ValueError(f"threshold: expected a finite number, got {self.threshold}")
-        if not (np.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"threshold scale: expected a positive number, got {self.scale}")
+def normalised_maps(maps: np.ndarray, threshold: Threshold) -> np.ndarray:
+    """Anomaly maps (n, H, W) normalised as the image scores are (``jzad.eval.verdict.normalised_scores``), so an
+    overlay's colours read on the verdict's scale: 0.5 is the threshold."""
+    maps = np.asarray(maps, np.float64)
+    return normalised_scores(maps.reshape(-1), threshold).reshape(maps.shape).astype(np.float32)
 
-    def normalise(self, raw) -> np.ndarray:
-        """Raw scores or maps -> float32 in [0, 1], the threshold at 0.5."""
-        raw = np.asarray(raw, np.float64)
-        return np.clip((raw - self.threshold) / self.scale + 0.5, 0.0, 1.0).astype(np.float32)
 
-    def anomalous(self, raw) -> np.ndarray:
-        """True where the raw score is above the threshold."""
-        return np.asarray(raw) > self.threshold
+def reference_scores(streamer: Streamer) -> np.ndarray:
+    """Leave-one-out scores of the reference images: each scored by the stream fitted on the others (the rule
+    ``jzad.eval.verdict.reference_threshold`` takes its quantile of). Needs at least two references."""
+    references = np.asarray(streamer.references)
+    if len(references) < 2:
+        raise ValueError(f"--references: {len(references)} image(s); a threshold from the references needs at "
+                         "least 2 (or give --threshold)")
+    scores = []
+    for i in range(len(references)):
+        others = np.delete(references, i, axis=0)
+        held_out = dataclasses.replace(streamer, references=others)
+        out, _ = held_out.step(held_out.init(), references[i:i + 1], [f"reference {i}"])
+        scores.append(float(np.asarray(out.image_scores)[0]))
+    return np.asarray(scores)
 
 
 class MapStore:
@@ -170,16 +177,17 @@ class MapStore:
 
 
 class Inspector:
-    """The streamer, its state, the decision and the map store; ``score`` advances the stream by one batch.
-    The threshold and scale are kept at float32 precision, as the checkpoint stores them.
+    """The streamer, its state, the threshold and the map store; ``score`` advances the stream by one batch.
+    The threshold (a ``jzad.eval.verdict.Threshold``) is kept at float32 precision, as the checkpoint stores it;
+    a restored checkpoint's threshold replaces the one given.
 
     With ``state_dir`` the state and the threshold are checkpointed there (``checkpoint``) and a service started
     on a folder holding a checkpoint continues from it (same method set-up, refused otherwise)."""
 
-    def __init__(self, streamer: Streamer, decision: Decision, maps: MapStore, state_dir: str | os.PathLike | None,
-                 overlay_size: int = 256):
+    def __init__(self, streamer: Streamer, threshold: Threshold, maps: MapStore,
+                 state_dir: str | os.PathLike | None, overlay_size: int = 256):
         self.streamer = streamer
-        self.decision = Decision(float(np.float32(decision.threshold)), float(np.float32(decision.scale)))
+        self.threshold = float32_threshold(threshold)
         self.maps = maps
         self.state_dir = None if state_dir is None else Path(state_dir).absolute()
         self.overlay_size = overlay_size
@@ -192,21 +200,24 @@ class Inspector:
         self.saved = self.done
 
     def _restore(self) -> None:
-        like = (self.state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (state, threshold, scale), done = restore_state(self.state_dir, like, self.signature())
+        like = (self.state, jnp.zeros((3,), jnp.float32), jnp.zeros((), jnp.int32))
+        (state, values, source), done = restore_state(self.state_dir, like, self.signature())
         self.state, self.done, self.resumed = state, done, done
-        self.decision = Decision(float(threshold), float(scale))
+        value, lo, hi = (float(v) for v in np.asarray(values))
+        self.threshold = Threshold(value, SOURCES[int(source)], lo, hi, self.threshold.quantile)
 
     def signature(self) -> dict:
         """The stream's signature (``Streamer.signature``) plus what the service adds to the state."""
         return {**self.streamer.signature(), "service": "jzad.serve", "checkpoint": "stream state, threshold"}
 
     def checkpoint(self) -> Path | None:
-        """Save the state, the threshold and the image count (orbax); None without ``state_dir``."""
+        """Save the state, the threshold (value, lo, hi, source) and the image count (orbax); None without
+        ``state_dir``."""
         if self.state_dir is None:
             return None
-        tree = (self.state, jnp.asarray(self.decision.threshold, jnp.float32),
-                jnp.asarray(self.decision.scale, jnp.float32))
+        t = self.threshold
+        tree = (self.state, jnp.asarray([t.value, t.lo, t.hi], jnp.float32), jnp.asarray(SOURCES.index(t.source),
+                                                                                       jnp.int32))
         path = save_state(self.state_dir, tree, self.done, self.signature())
         self.saved = self.done
         return path
@@ -233,10 +244,10 @@ class Inspector:
         maps = np.asarray(scorer.method.maps(scorer.config, scores.patch_scores, (size, size)))[:n]
         warming, banked = np.asarray(scores.warming)[:n], np.asarray(scores.banked)[:n]
         self.state = state
-        normalised = self.decision.normalise(raw)
-        anomalous = self.decision.anomalous(raw)
+        normalised = normalised_scores(raw, self.threshold)
+        flagged = anomalous(raw, self.threshold)
         backgrounds = np.clip(np.rint(images[:n]), 0, 255).astype(np.uint8) if images.dtype != np.uint8 else images
-        panels = overlay(backgrounds, self.decision.normalise(maps), vmin=0.0, vmax=1.0)
+        panels = overlay(backgrounds, normalised_maps(maps, self.threshold), vmin=0.0, vmax=1.0)
         now = time.perf_counter()
         batch = self.batches
         self.batches += 1
@@ -246,8 +257,8 @@ class Inspector:
             if panel.shape[0] > self.overlay_size:
                 panel = np.asarray(Image.fromarray(panel).resize((self.overlay_size, self.overlay_size),
                                                                  Image.Resampling.BILINEAR))
-            results.append(Result(self.done + i, item.name, float(raw[i]), float(normalised[i]), bool(anomalous[i]),
-                                  self.decision.threshold, 1e3 * (now - arrived[i]), self.maps.add(panel),
+            results.append(Result(self.done + i, item.name, float(raw[i]), float(normalised[i]), bool(flagged[i]),
+                                  self.threshold.value, 1e3 * (now - arrived[i]), self.maps.add(panel),
                                   bool(warming[i]), bool(banked[i]), batch, int(item.size[1]), int(item.size[0])))
         self.done += n
         return results
