@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(build_app(service), host=serve.host, port=serve.port, log_level="warning",
                             lifespan="on", timeout_keep_alive=5)
     server = Server(config)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn re-raises the signal it handled to these handlers after
+        signal.signal(sig, lambda number, frame: None)  # its graceful shutdown: we exit 0 after the checkpoint instead
     server.run()
     print(f"stopped after {inspector.done} images; state checkpointed in {inspector.state_dir}", flush=True)
     return 0
