@@ -88,7 +88,7 @@ class Service:
         self.recent: collections.deque = collections.deque(maxlen=RECENT)
         self.subscribers: set[asyncio.Queue] = set()
         self.closing = False
-        self.counts = {"scored": inspector.done, "anomalous": 0, "normal": 0}
+        self.counts = {"scored": inspector.done, "anomalous": 0, "normal": 0, "warming": 0}
         self.started = time.time()
 
     def count_error(self, kind: str) -> None:
@@ -102,10 +102,10 @@ class Service:
             m.scored.inc()
             m.latency.observe(result.latency_ms / 1e3)
             self.counts["scored"] = result.index + 1
-            self.counts["anomalous" if result.anomalous else "normal"] += 1
+            payload = result.as_json()
+            self.counts[payload["verdict"]] = self.counts.get(payload["verdict"], 0) + 1
             if result.anomalous:
                 m.anomalous.inc()
-            payload = result.as_json()
             self.recent.append(payload)
             self.publish("result", payload)
 

@@ -73,9 +73,14 @@ class Result:
     height: int
 
     def as_json(self) -> dict:
-        """The JSON object of this result (the overlay as a URL under /maps)."""
-        return {"index": self.index, "name": self.name, "score": self.score, "normalised_score": self.normalised,
-                "anomalous": self.anomalous, "verdict": "anomalous" if self.anomalous else "normal",
+        """The JSON object of this result (the overlay as a URL under /maps). A warming image (MuSc/FSLC before
+        their bank holds enough arrivals) may have no score yet: score and normalised score null, verdict
+        "warming"."""
+        scored = np.isfinite(self.score)
+        verdict = ("anomalous" if self.anomalous else "normal") if scored else "warming"
+        return {"index": self.index, "name": self.name, "score": self.score if scored else None,
+                "normalised_score": self.normalised if scored else None,
+                "anomalous": self.anomalous, "verdict": verdict,
                 "threshold": self.threshold, "latency_ms": self.latency_ms, "map": f"/maps/{self.map_id}.png",
                 "warming": self.warming, "banked": self.banked, "batch": self.batch,
                 "width": self.width, "height": self.height}
@@ -238,14 +243,19 @@ class Inspector:
         scores, state = self.streamer.step(self.state, images, names)
         n = len(items)
         raw = np.asarray(scores.image_scores, np.float64)[:n]
-        if not np.isfinite(raw).all():
-            bad = [names[i] for i in np.flatnonzero(~np.isfinite(raw))]
+        warming, banked = np.asarray(scores.warming)[:n], np.asarray(scores.banked)[:n]
+        finite = np.isfinite(raw)
+        if not (finite | warming).all():
+            bad = [names[i] for i in np.flatnonzero(~finite & ~warming)]
             raise ValueError(f"non-finite scores for {', '.join(bad)}")
         maps = np.asarray(scorer.method.maps(scorer.config, scores.patch_scores, (size, size)))[:n]
-        warming, banked = np.asarray(scores.warming)[:n], np.asarray(scores.banked)[:n]
+        maps = np.where(finite[:, None, None], maps, self.threshold.lo)  # a warming image without a score
         self.state = state
-        normalised = normalised_scores(raw, self.threshold)
-        flagged = anomalous(raw, self.threshold)
+        normalised = np.full(n, np.nan)
+        flagged = np.zeros(n, bool)
+        if finite.any():
+            normalised[finite] = normalised_scores(raw[finite], self.threshold)
+            flagged[finite] = anomalous(raw[finite], self.threshold)
         backgrounds = np.clip(np.rint(images[:n]), 0, 255).astype(np.uint8) if images.dtype != np.uint8 else images
         panels = overlay(backgrounds, normalised_maps(maps, self.threshold), vmin=0.0, vmax=1.0)
         now = time.perf_counter()
