@@ -228,11 +228,14 @@ class Inspector:
         return path
 
     def warm_up(self) -> None:
-        """Compile the step on an all-zero batch against a copy of the state (the real state is untouched)."""
-        size = self.streamer.scorer.backbone.image_size
-        copy = jax.tree.map(jnp.copy, self.state)
-        scores, _ = self.streamer.step(copy, np.zeros((1, size, size, 3), np.uint8), ["warm-up"])
-        jax.block_until_ready(scores.image_scores)
+        """Compile what a batch of every fill 1..b runs (the step, the finite check on the real rows, the maps)
+        on all-zero images against a copy of the state (the real state is untouched), so no request pays it."""
+        scorer = self.streamer.scorer
+        size = scorer.backbone.image_size
+        for n in range(1, self.streamer.batch + 1):
+            copy = jax.tree.map(jnp.copy, self.state)
+            scores, _ = self.streamer.step(copy, np.zeros((n, size, size, 3), np.uint8), ["warm-up"] * n)
+            jax.block_until_ready(scorer.method.maps(scorer.config, scores.patch_scores, (size, size)))
 
     def score(self, items: list[Decoded], arrived: list[float]) -> list[Result]:
         """Score one batch (arrival order), write its overlays, advance the state -> one ``Result`` each."""
