@@ -33,6 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "serve_load_cpu.json"
 TINY_SERVER = ("--method", "patchcore", "--backbone", "random-tiny-resnet", "--image-size", "64")
+THRESHOLD = "3.0"
+"""A given threshold (the verdicts play no part in the load test; it spares the leave-one-out fits at start-up)."""
 
 
 def free_port() -> int:
@@ -117,7 +119,7 @@ def run_load(clients: int, images: int, work: Path, server_args=TINY_SERVER, max
     references.mkdir(exist_ok=True)
     for i, image in enumerate(jdata.make_synthetic_set(4, 0, size=size, seed=12)[0]):
         (references / f"{i}.png").write_bytes(png_bytes(image))
-    args = [*server_args, "--references", str(references), "--max-batch", str(max_batch), "--max-wait-ms",
+    args = [*server_args, "--references", str(references), "--threshold", THRESHOLD, "--max-batch", str(max_batch), "--max-wait-ms",
             str(max_wait_ms), "--queue-size", str(4 * clients * 4), "--checkpoint-every-s", "0"]
     load_start = list(os.getloadavg())
     server = Server(args, work / "store", work / "server.log")

@@ -170,7 +170,7 @@ def test_health_metrics_page_and_events(served, images):
 
 def test_a_full_queue_answers_503_with_retry_after(tmp_path, images):
     service, _ = build_service([*TINY, "--store", str(tmp_path), "--max-batch", "1", "--queue-size", "1",
-                                "--max-wait-ms", "0"])
+                                "--max-wait-ms", "0", "--threshold", "1"])
     with TestClient(build_app(service)) as client:
         gate = threading.Event()
         score = service.inspector.score
@@ -197,7 +197,8 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path, images):
 
 
 def test_token_is_required_on_every_endpoint(tmp_path, images):
-    service, _ = build_service([*TINY, "--store", str(tmp_path), "--token", "s3cret"])
+    service, _ = build_service([*TINY, "--store", str(tmp_path), "--token", "s3cret", "--threshold", "1",
+                                "--max-batch", "1"])
     with TestClient(build_app(service)) as client:
         for method, url in (("GET", "/"), ("GET", "/health"), ("GET", "/metrics"), ("GET", "/events"),
                             ("GET", "/maps/" + "a" * 32 + ".png"), ("POST", "/score")):

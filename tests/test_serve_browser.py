@@ -41,7 +41,7 @@ class Browser:
         port = endpoint.split("://", 1)[1].split("/", 1)[0]
         targets = httpx.get(f"http://{port}/json/list", timeout=10).json()
         page = next(t for t in targets if t["type"] == "page")
-        self.socket = websockets_sync.connect(page["webSocketDebuggerUrl"], max_size=64 * 2 ** 20)
+        self.socket = websockets_sync.connect(page["webSocketDebuggerUrl"], max_size=64 * 2 ** 20).__enter__()
         self.next_id = 0
 
     def call(self, method: str, **params):
@@ -81,8 +81,10 @@ class Browser:
 
 def test_the_live_page_shows_new_overlays_verdicts_and_chart_points(tmp_path):
     images = jdata.make_synthetic_set(3, 2, size=64, seed=31)[0]
-    server = Server(["--method", "patchcore", "--demo", "--backbone", "random-tiny-resnet", "--image-size", "64"],
-                    tmp_path / "store", tmp_path / "server.log", token="page-token")
+    # a given threshold inside the scores' range: both verdicts appear (the demo set and weights are seeded)
+    server = Server(["--method", "patchcore", "--demo", "--backbone", "random-tiny-resnet", "--image-size", "64",
+                     "--threshold", "1.98", "--max-batch", "4"], tmp_path / "store", tmp_path / "server.log",
+                    token="page-token")
     browser = None
     try:
         with tempfile.TemporaryDirectory() as profile:
@@ -104,6 +106,8 @@ def test_the_live_page_shows_new_overlays_verdicts_and_chart_points(tmp_path):
                 assert browser.evaluate(f"{card}.querySelector('img').getAttribute('src')").startswith(r["map"])
             browser.wait_for(f"document.getElementById('chart').dataset.points === '{len(results)}'")
             assert browser.evaluate("document.getElementById('scored').textContent") == str(len(results))
+            verdicts = [r["verdict"] for r in results]
+            assert browser.evaluate("document.getElementById('anomalous').textContent") == str(verdicts.count("anomalous"))
             shot = browser.call("Page.captureScreenshot", format="png")
             (tmp_path / "serve_page.png").write_bytes(base64.b64decode(shot["data"]))
             assert (tmp_path / "serve_page.png").stat().st_size > 1000
