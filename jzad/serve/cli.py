@@ -139,7 +139,10 @@ def build_service(argv: list[str]):
     if streaming.references and (serve.references is not None or serve.demo):
         run_args.stream_references = serve.references or store
     values = check_options(run_args, method)
-    reference_paths = stream_reference_paths(serve.references) if serve.references is not None else []
+    try:
+        reference_paths = stream_reference_paths(serve.references) if serve.references is not None else []
+    except UserError as err:  # the same check as the CLI stream's, named by this command's flag
+        raise UserError(str(err).replace("--stream-references", "--references")) from err
     if serve.demo:
         run_args.data = None
     if run_args.shards is None:
