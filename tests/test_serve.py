@@ -18,7 +18,7 @@ from jzad import data as jdata  # noqa: E402
 from jzad.eval.verdict import anomalous, normalised_scores  # noqa: E402
 from jzad.serve.app import build_app  # noqa: E402
 from jzad.serve.cli import build_service  # noqa: E402
-from jzad.stream import StreamOutputs, Streamer, decode_batch, run_stream  # noqa: E402
+from jzad.stream import StreamOutputs, Streamer, decode_batch, has_checkpoint, run_stream  # noqa: E402
 
 TINY = ["--method", "patchcore", "--demo", "--backbone", "random-tiny-resnet", "--image-size", "64"]
 
@@ -222,10 +222,13 @@ def test_a_restart_continues_with_the_same_scores_musc(tmp_path, images):
         return [np.nan if (s := client.post("/score", content=png(im[:32, :32]), headers={
             "content-type": "image/png"}).json()["images"][0]["score"]) is None else s for im in batch]
 
-    service, _ = build_service([*args, "--store", str(tmp_path / "a")])
+    service, _ = build_service([*args, "--store", str(tmp_path / "a"), "--checkpoint-every-s", "0.001"])
     with TestClient(build_app(service)) as client:
         first = post_all(client, images[:3])
-    assert (tmp_path / "a" / "state").is_dir()
+        deadline = time.monotonic() + 30  # the schedule checkpoints after a batch, while the service runs
+        while has_checkpoint(tmp_path / "a" / "state") != 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert has_checkpoint(tmp_path / "a" / "state") == 3
     service, _ = build_service([*args, "--store", str(tmp_path / "a")])
     assert service.inspector.done == 3
     with TestClient(build_app(service)) as client:
