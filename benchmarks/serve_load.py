@@ -70,7 +70,8 @@ class Server:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the service did not answer /health within {timeout_s} s: {log.read_text()[-2000:]}")
+                raise RuntimeError(f"the service did not answer /health within {timeout_s} s: "
+                                   f"{log.read_text()[-2000:]}")
             time.sleep(0.25)
 
     @property
@@ -119,8 +120,8 @@ def run_load(clients: int, images: int, work: Path, server_args=TINY_SERVER, max
     references.mkdir(exist_ok=True)
     for i, image in enumerate(jdata.make_synthetic_set(4, 0, size=size, seed=12)[0]):
         (references / f"{i}.png").write_bytes(png_bytes(image))
-    args = [*server_args, "--references", str(references), "--threshold", THRESHOLD, "--max-batch", str(max_batch), "--max-wait-ms",
-            str(max_wait_ms), "--queue-size", str(4 * clients * 4), "--checkpoint-every-s", "0"]
+    args = [*server_args, "--references", str(references), "--threshold", THRESHOLD, "--max-batch", str(max_batch),
+            "--max-wait-ms", str(max_wait_ms), "--queue-size", str(4 * clients * 4), "--checkpoint-every-s", "0"]
     load_start = list(os.getloadavg())
     server = Server(args, work / "store", work / "server.log")
     results: list[list] = [[] for _ in range(clients)]

@@ -88,7 +88,8 @@ def test_score_raw_and_multipart_match_the_stream_driver_and_the_verdict(served,
     (dict(content=b"\0" * 70000, headers={"content-type": "image/png"}), 413, "too_large", "over the limit of 60000"),
     (dict(data={"note": "hello"}, files=[("image", ("x.png", b"", "image/png"))]), 400, "bad_multipart",
      "'note' is not a file"),
-    (dict(files=[("image", (f"{i}.png", b"1", "image/png")) for i in range(7)]), 400, "bad_multipart", "Too many files"),
+    (dict(files=[("image", (f"{i}.png", b"1", "image/png")) for i in range(7)]), 400, "bad_multipart",
+     "Too many files"),
 ])
 def test_bad_input_is_a_one_line_json_error_and_counted(served, request_kw, status, kind, words):
     service, client = served
@@ -116,9 +117,9 @@ def test_truncated_16_bit_and_palette_images(served, images):
     assert answer.status_code == 200
     # documented handling (jzad.data.decode): 16-bit by its full range, palette by its colours -> as 8-bit RGB
     eight = np.repeat(np.rint(gray16 / 257.0).astype(np.uint8)[..., None], 3, -1)
+    colours = np.asarray(Image.open(io.BytesIO(palette)).convert("RGB"))
     want = client.post("/score", files=[("a", ("g8.png", png(eight), "image/png")),
-                                        ("b", ("rgb.png", png(np.asarray(Image.open(io.BytesIO(palette)).convert("RGB"))),
-                                               "image/png"))])
+                                        ("b", ("rgb.png", png(colours), "image/png"))])
     np.testing.assert_allclose([r["score"] for r in answer.json()["images"]],
                                [r["score"] for r in want.json()["images"]], rtol=1e-6)
 
@@ -135,7 +136,8 @@ def test_maps_are_confined_to_the_store_and_unknown_routes_are_json(served):
 def test_health_metrics_page_and_events(served, images):
     service, client = served
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["method"] == "patchcore" and health["threshold"]["source"] == "references"
+    assert health["status"] == "ok" and health["method"] == "patchcore"
+    assert health["threshold"]["source"] == "references"
     page = client.get("/")
     assert page.status_code == 200 and "EventSource" in page.text
     body = {}
