@@ -46,6 +46,7 @@ def served(tmp_path_factory):
 
 def test_score_raw_and_multipart_match_the_stream_driver_and_the_verdict(served, images, tmp_path):
     service, client = served
+    assert sorted(service.inspector.buckets) == [1, 2, 4]  # few-shot: partly filled batches at a smaller shape
     first = service.inspector.done
     answer = client.post("/score", content=png(images[0]), headers={"content-type": "image/png"},
                          params={"name": "a.png"})
@@ -225,6 +226,7 @@ def test_a_restart_continues_with_the_same_scores_musc(tmp_path, images):
             "content-type": "image/png"}).json()["images"][0]["score"]) is None else s for im in batch]
 
     service, _ = build_service([*args, "--store", str(tmp_path / "a"), "--checkpoint-every-s", "0.001"])
+    assert list(service.inspector.buckets) == [1]
     with TestClient(build_app(service)) as client:
         first = post_all(client, images[:3])
         deadline = time.monotonic() + 30  # the schedule checkpoints after a batch, while the service runs

@@ -181,6 +181,18 @@ class MapStore:
             old.unlink(missing_ok=True)
 
 
+def batch_buckets(streamer: Streamer) -> dict[int, Streamer]:
+    """Compiled batch sizes -> streamers. Few-shot streams (``Streaming.references``) score each image against
+    the fitted references alone and their state does not depend on the batch size, so a partly filled batch runs
+    at the next power of two (1, 2, 4, ... b) instead of padded to b; MuSc/FSLC arrivals of one batch see each
+    other and their state is laid out for b, so they keep the one batch size b."""
+    b = streamer.batch
+    if not streamer.streaming.references:
+        return {b: streamer}
+    sizes = {b} | {1 << k for k in range(b.bit_length()) if 1 << k < b}
+    return {size: dataclasses.replace(streamer, batch=size) for size in sorted(sizes)}
+
+
 class Inspector:
     """The streamer, its state, the threshold and the map store; ``score`` advances the stream by one batch.
     The threshold (a ``jzad.eval.verdict.Threshold``) is kept at float32 precision, as the checkpoint stores it;
@@ -192,6 +204,7 @@ class Inspector:
     def __init__(self, streamer: Streamer, threshold: Threshold, maps: MapStore,
                  state_dir: str | os.PathLike | None, overlay_size: int = 256):
         self.streamer = streamer
+        self.buckets = batch_buckets(streamer)
         self.threshold = float32_threshold(threshold)
         self.maps = maps
         self.state_dir = None if state_dir is None else Path(state_dir).absolute()
@@ -227,6 +240,10 @@ class Inspector:
         self.saved = self.done
         return path
 
+    def bucket(self, n: int) -> Streamer:
+        """The streamer of the smallest compiled batch that holds n images."""
+        return next(self.buckets[b] for b in sorted(self.buckets) if b >= n)
+
     def warm_up(self) -> None:
         """Compile what a batch of every fill 1..b runs (the step, the finite check on the real rows, the maps)
         on all-zero images against a copy of the state (the real state is untouched), so no request pays it."""
@@ -234,7 +251,7 @@ class Inspector:
         size = scorer.backbone.image_size
         for n in range(1, self.streamer.batch + 1):
             copy = jax.tree.map(jnp.copy, self.state)
-            scores, _ = self.streamer.step(copy, np.zeros((n, size, size, 3), np.uint8), ["warm-up"] * n)
+            scores, _ = self.bucket(n).step(copy, np.zeros((n, size, size, 3), np.uint8), ["warm-up"] * n)
             jax.block_until_ready(scorer.method.maps(scorer.config, scores.patch_scores, (size, size)))
 
     def score(self, items: list[Decoded], arrived: list[float]) -> list[Result]:
@@ -243,7 +260,7 @@ class Inspector:
         size = scorer.backbone.image_size
         images = np.stack([item.image for item in items])
         names = [item.name for item in items]
-        scores, state = self.streamer.step(self.state, images, names)
+        scores, state = self.bucket(len(items)).step(self.state, images, names)
         n = len(items)
         raw = np.asarray(scores.image_scores, np.float64)[:n]
         warming, banked = np.asarray(scores.warming)[:n], np.asarray(scores.banked)[:n]
