@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "serve_load_cpu.json"
 TINY_SERVER = ("--method", "patchcore", "--backbone", "random-tiny-resnet", "--image-size", "64")
 THRESHOLD = "3.0"
-"""A given threshold (the verdicts play no part in the load test; it spares the leave-one-out fits at start-up)."""
+"""A fixed threshold (the verdicts play no part in the load test; the references still set the normalisation range)."""
 
 
 def free_port() -> int:
