@@ -218,10 +218,6 @@ def write_category_outputs(spec: OutputSpec, result, scorer: Scorer, source, clo
     """Scores CSV (``scores_<category>.csv``, or ``scores_<category>_seed<S>.csv`` when several seeds run),
     and for the first seed the map TIFFs (under maps/<maps_folder>, default the category), overlays and the
     summary figure; returns what it wrote."""
-    from PIL import Image
-
-    from jzad.data.decode import resize_rgb
-    from jzad.data.sources import prefetch_batches
     from jzad.eval import report
     from jzad.eval.heatmaps import value_range
     from jzad.eval.outputs import map_at_size, save_captioned_overlays, save_map_tiffs, save_summary
@@ -243,9 +239,9 @@ def write_category_outputs(spec: OutputSpec, result, scorer: Scorer, source, clo
         written.append(str(save_summary(out / f"summary_{cat}.png", cat, result.image_scores, result.labels)))
         scale = value_range(result.maps)
         size = spec.heatmap_size
-        for indices, decoded in prefetch_batches(source, np.arange(len(source)), scorer.prep,
-                                                 scorer.backbone.image_size, 16):
-            images = np.stack([resize_rgb(Image.fromarray(_as_uint8(i)), size) for i in decoded.images])
+        if not isinstance(source, OverlayPanels) or source.size != size:
+            source = OverlayPanels(source, size)
+        for indices, images in _overlay_images(source, scorer):
             maps = np.stack([map_at_size(result.maps[i], (size, size)) for i in indices])
             masks = None if result.masks is None else np.stack(
                 [map_at_size(result.masks[i], (size, size)) > 0.5 for i in indices])
@@ -255,6 +251,49 @@ def write_category_outputs(spec: OutputSpec, result, scorer: Scorer, source, clo
         written.append(str(out / "heatmaps" / cat))
     clock.add("write", time.perf_counter() - start)
     return written
+
+
+class OverlayPanels:
+    """A source that keeps each image's overlay panel (uint8 (size, size, 3)) as the driver decodes it, so the
+    heat maps need no second decode (``panels``: index -> panel; a panel is 3 * size^2 bytes per image, the
+    order of the map each image keeps anyway). Everything else is the wrapped source's."""
+
+    def __init__(self, source, size: int):
+        self._source, self.size, self.panels = source, size, {}
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def decode(self, indices, prep, size: int):
+        decoded = self._source.decode(indices, prep, size)
+        self.panels.update(self.make_panels(indices, decoded.images))
+        return decoded
+
+    def make_panels(self, indices, images) -> dict:
+        """index -> the overlay panel of each decoded model input."""
+        from PIL import Image
+
+        from jzad.data.decode import resize_rgb
+
+        return {int(i): resize_rgb(Image.fromarray(_as_uint8(image)), self.size) for i, image in zip(indices, images)}
+
+
+def _overlay_images(source, scorer: Scorer):
+    """(indices, uint8 (n, size, size, 3) panels) in batches of 16: the panels ``OverlayPanels`` kept, decoding
+    only images it did not see."""
+    from jzad.data.sources import prefetch_batches
+
+    missing = [i for i in range(len(source)) if i not in source.panels]
+    if missing:
+        for indices, decoded in prefetch_batches(source._source, missing, scorer.prep, scorer.backbone.image_size, 16):
+            source.panels.update(source.make_panels(indices, decoded.images))
+    order = np.arange(len(source))
+    for start in range(0, len(order), 16):
+        indices = order[start:start + 16]
+        yield indices, np.stack([source.panels[int(i)] for i in indices])
 
 
 def _as_uint8(image: np.ndarray) -> np.ndarray:
@@ -296,6 +335,8 @@ def _score_seeds(scorer: Scorer, plan: Plan, category: str, sources: Callable, o
     for index, seed in enumerate(plan.seeds):
         found = sources(category, seed)
         source = found.source
+        if index == 0 and outputs.folder is not None and outputs.heatmaps:
+            source = OverlayPanels(source, outputs.heatmap_size)
         label = category if len(plan.seeds) == 1 else f"{category} (seed {seed})"
         log(f"{label}: {len(source)} images" + (f", {plan.shots} references" if plan.shots else "")
             + (f", {len(found.calibration)} calibration images" if found.calibration else ""))
