@@ -285,6 +285,8 @@ def run_here(args: argparse.Namespace) -> int:
 def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> int:
     """--stream: score --data's images in arrival order with the method's streaming functions, appending each
     batch to scores_stream.csv; resume from --stream-state when it holds a checkpoint. Returns the exit status."""
+    import jax
+
     from jzad.data.arrivals import arrivals
     from jzad.eval import report
     from jzad.stream import Streamer, decode_batch, has_checkpoint
@@ -320,7 +322,7 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
     def announce(resumed: int | None) -> None:
         print(f"method: {method.name} (stream) | batch: {streamer.batch} | {stream_config} | data: {args.data}"
               + (f" | resuming after {resumed} images" if resumed else ""))
-        print(f"backbone: {scorer.backbone.describe()} | device: {jax_device_kind()}"
+        print(f"backbone: {scorer.backbone.describe()} | device: {jax.devices()[0].device_kind}"
               + (f" | references: {len(references)} from {args.stream_references}" if references is not None
                  else "") + (f" | category: {category}" if streaming.references else ""))
 
@@ -354,13 +356,6 @@ def stream_reference_paths(spec: Path) -> list[Path]:
     if not paths:
         raise UserError(f"--stream-references: no images in {spec}")
     return paths
-
-
-def jax_device_kind() -> str:
-    """The default device's kind (e.g. "cpu", "NVIDIA H100 80GB HBM3")."""
-    import jax
-
-    return jax.devices()[0].device_kind
 
 
 def use_compilation_cache() -> None:
