@@ -243,10 +243,6 @@ def write_category_outputs(spec: OutputSpec, result, scorer: Scorer, source, clo
     overlays under ``maps/`` and ``heatmaps/`` laid out as ``<category folder>/test/<type>/<id>``
     (``jzad.eval.outputs.evaluation_names``; maps_folder: the category folder, default the category) and the
     summary figure; returns what it wrote."""
-    from PIL import Image
-
-    from jzad.data.decode import resize_rgb
-    from jzad.data.sources import prefetch_batches
     from jzad.eval import report, verdict
     from jzad.eval.heatmaps import value_range
     from jzad.eval.outputs import (HeatmapStyle, evaluation_names, map_at_size, save_captioned_overlays,
@@ -275,9 +271,9 @@ def write_category_outputs(spec: OutputSpec, result, scorer: Scorer, source, clo
         style = HeatmapStyle(scorer.method.score_units, scorer.method.distance_scores,
                              scorer.backbone.random_weights)
         size = spec.heatmap_size
-        for indices, decoded in prefetch_batches(source, np.arange(len(source)), scorer.prep,
-                                                 scorer.backbone.image_size, 16):
-            images = np.stack([resize_rgb(Image.fromarray(_as_uint8(i)), size) for i in decoded.images])
+        if not isinstance(source, OverlayPanels) or source.size != size:
+            source = OverlayPanels(source, size)
+        for indices, images in _overlay_images(source, scorer):
             maps = np.stack([map_at_size(result.maps[i], (size, size)) for i in indices])
             masks = None if result.masks is None else np.stack(
                 [map_at_size(result.masks[i], (size, size)) > 0.5 for i in indices])
@@ -304,6 +300,49 @@ def category_threshold(scorer: Scorer, plan: "Plan", category: str, found, resul
     if plan.threshold is None:
         loo = leave_one_out_scores(scorer, found.references, category, found.calibration)
     return verdict.choose_threshold(result.image_scores, result.labels, loo, plan.threshold)
+
+
+class OverlayPanels:
+    """A source that keeps each image's overlay panel (uint8 (size, size, 3)) as the driver decodes it, so the
+    heat maps need no second decode (``panels``: index -> panel; a panel is 3 * size^2 bytes per image, the
+    order of the map each image keeps anyway). Everything else is the wrapped source's."""
+
+    def __init__(self, source, size: int):
+        self._source, self.size, self.panels = source, size, {}
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def decode(self, indices, prep, size: int):
+        decoded = self._source.decode(indices, prep, size)
+        self.panels.update(self.make_panels(indices, decoded.images))
+        return decoded
+
+    def make_panels(self, indices, images) -> dict:
+        """index -> the overlay panel of each decoded model input."""
+        from PIL import Image
+
+        from jzad.data.decode import resize_rgb
+
+        return {int(i): resize_rgb(Image.fromarray(_as_uint8(image)), self.size) for i, image in zip(indices, images)}
+
+
+def _overlay_images(source, scorer: Scorer):
+    """(indices, uint8 (n, size, size, 3) panels) in batches of 16: the panels ``OverlayPanels`` kept, decoding
+    only images it did not see."""
+    from jzad.data.sources import prefetch_batches
+
+    missing = [i for i in range(len(source)) if i not in source.panels]
+    if missing:
+        for indices, decoded in prefetch_batches(source._source, missing, scorer.prep, scorer.backbone.image_size, 16):
+            source.panels.update(source.make_panels(indices, decoded.images))
+    order = np.arange(len(source))
+    for start in range(0, len(order), 16):
+        indices = order[start:start + 16]
+        yield indices, np.stack([source.panels[int(i)] for i in indices])
 
 
 def _as_uint8(image: np.ndarray) -> np.ndarray:
@@ -363,6 +402,8 @@ def _score_seeds(scorer: Scorer, plan: Plan, category: str, sources: Callable, o
     for index, seed in enumerate(plan.seeds):
         found = sources(category, seed)
         source = found.source
+        if index == 0 and outputs.folder is not None and outputs.heatmaps:
+            source = OverlayPanels(source, outputs.heatmap_size)
         label = category if len(plan.seeds) == 1 else f"{category} (seed {seed})"
         log(f"{label}: {found.summary or f'{len(source)} images'}"
             + (f"; references (seed {seed}): {', '.join(found.references.names)}" if found.references else "")

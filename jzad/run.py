@@ -369,6 +369,8 @@ def run_here(args: argparse.Namespace) -> int:
 def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> int:
     """--stream: score --data's images in arrival order with the method's streaming functions, appending each
     batch to scores_stream.csv; resume from --stream-state when it holds a checkpoint. Returns the exit status."""
+    import jax
+
     from jzad.data.arrivals import arrivals
     from jzad.eval import report
     from jzad.stream import Streamer, decode_batch, has_checkpoint

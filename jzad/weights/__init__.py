@@ -2,7 +2,7 @@
 finding them again.
 
 - ``port(src, name, ...)``: a local file/folder (or a Hugging Face id when the hub is reachable) ->
-  weights/<name>/ with params, manifest.json and tokenizer files. Also ``python -m jzad.weights port``.
+  <weights folder>/<name>/ (``jzad.paths.weights_dir``) with params, manifest.json and tokenizer files. Also ``python -m jzad.weights port``.
   The checkpoint family (``jzad.weights.families``) comes from the catalogue entry of ``name``, else from
   the source's tensor names, and is recorded in the manifest.
 - ``open_checkpoint(name_or_path)``: what ``jzad.features`` (and so the run command) uses: a ported

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jzad.weights",
                                      description="Port and list checkpoints (CLIP, ResNet).")
     sub = parser.add_subparsers(dest="command", required=True)
-    port = sub.add_parser("port", help="port a PyTorch checkpoint (CLIP, torchvision/timm ResNet) to weights/<name>/")
+    port = sub.add_parser("port", help="port a PyTorch checkpoint (CLIP, torchvision/timm ResNet) to <weights folder>/<name>/")
     port.add_argument("src", help="OpenAI .pt, OpenCLIP/HF state dict, HF folder, torchvision/timm ResNet .pth, "
                       "or HF id (needs the hub)")
     port.add_argument("--name", required=True, help="folder name under the weights dir (catalogue names get defaults)")
