@@ -161,10 +161,10 @@ def eval_sets(data: Path) -> list[EvalSet]:
     return [hazelnut_set(data / "mvtec_subset"), *mtd_sets(data / "mtd")]
 
 
-def run_grid(method) -> list[tuple[int, int | None]]:
+def run_grid(method, settings: dict = SETTINGS) -> list[tuple[int, int | None]]:
     """(shots, draw seed) of each run of a method: zero-shot once, few-shot at every shot count and seed."""
     if method.few_shot == "required":
-        return [(k, s) for k in SETTINGS["shots"] for s in SETTINGS["draw_seeds"]]
+        return [(k, s) for k in settings["shots"] for s in settings["draw_seeds"]]
     return [(0, None)]
 
 
@@ -309,7 +309,7 @@ def main(argv=None) -> int:
     for eval_set in sets:
         for method in methods:
             for weights in profile["backbones"]:
-                for shots, seed in run_grid(method):
+                for shots, seed in run_grid(method, settings):
                     if (eval_set.name, method.name, weights, shots, seed) in done:
                         continue
                     record = run_one(eval_set, method, weights, shots, seed, cache, profile)
