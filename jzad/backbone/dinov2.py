@@ -21,7 +21,8 @@ code builds a (w, h) grid and flattens it as if it were (h, w); transformers (an
 rows. Every run in jzad is square, where the two agree.
 
 Parameters are a plain dict (names below); the blocks are stacked along a leading depth axis and run with
-``lax.scan``, one scan per span between taps, so compile time does not grow with depth.
+one ``lax.scan`` (the tapped blocks' outputs written into a buffer as it goes), so compile time does not grow
+with depth or the number of taps.
 
     patch_embed/{kernel (p, p, 3, C) HWIO, bias}, cls_token (C,), pos_embed (1 + G*G, C), registers (R, C),
     blocks/{norm1, norm2}/{scale, bias} (L, C), blocks/attn/{qkv/kernel (L, C, 3C), qkv/bias (L, 3C),
@@ -299,14 +300,23 @@ def _block(x, p, config: DinoConfig):
     return x + (y * p["ls2"] if config.layerscale else y)
 
 
-def _run_blocks(x, blocks, start: int, stop: int, config: DinoConfig):
-    span = jax.tree.map(lambda a: a[start:stop], blocks)
+def _run_blocks(x, blocks, stop: int, taps: tuple[int, ...], config: DinoConfig):
+    """Blocks 1..stop in one ``lax.scan`` (one compiled body whatever the taps); returns the final tokens and
+    the outputs of the tapped blocks (len(taps), B, T, C), in taps order. Untapped steps write a spare slot."""
+    span = jax.tree.map(lambda a: a[:stop], blocks)
+    slots = np.full(stop, len(taps), np.int32)
+    for slot, block in enumerate(taps):
+        slots[block - 1] = slot
+    buffer = jnp.zeros((len(taps) + 1,) + x.shape, x.dtype)
 
-    def body(carry, p):
-        return _block(carry, p, config), None
+    def body(carry, step):
+        x, buffer = carry
+        p, slot = step
+        x = _block(x, p, config)
+        return (x, jax.lax.dynamic_update_index_in_dim(buffer, x, slot, 0)), None
 
-    x, _ = jax.lax.scan(body, x, span)
-    return x
+    (x, buffer), _ = jax.lax.scan(body, (x, buffer), (span, jnp.asarray(slots)))
+    return x, buffer[: len(taps)]
 
 
 def _tokens(params, pixels, pos, config: DinoConfig):
@@ -335,18 +345,16 @@ def _encode(params, pixels, pos, *, config, taps, normed, embedding, dtype):
         params = _cast(params, compute)
         x, (grid_h, grid_w) = _tokens(params, pixels.astype(compute), pos.astype(compute), config)
         first = 1 + config.registers
-        outputs, done = {}, 0
         last = config.depth if embedding else max(taps)
-        for stop in sorted(set(taps) | {last}):
-            x = _run_blocks(x, params["blocks"], done, stop, config)
-            done = stop
-            if stop in taps:
-                tap = _layer_norm(x, params["norm"], config.eps) if normed else x
-                outputs[stop] = tap[:, first:].reshape(x.shape[0], grid_h, grid_w, -1).astype(jnp.float32)
+        x, tapped = _run_blocks(x, params["blocks"], last, taps, config)
+        if normed:
+            tapped = _layer_norm(tapped, params["norm"], config.eps)
+        batch = x.shape[0]
+        outputs = tuple(t[:, first:].reshape(batch, grid_h, grid_w, -1).astype(jnp.float32) for t in tapped)
         embeds = None
         if embedding:
             embeds = _layer_norm(x[:, 0], params["norm"], config.eps).astype(jnp.float32)
-    return tuple(outputs[t] for t in taps), embeds
+    return outputs, embeds
 
 
 def encode_dino(params: dict, pixels, config: DinoConfig, taps, normed: bool = True, embedding: bool = False,
