@@ -315,3 +315,20 @@ def test_presets_for_dinov2():
     assert get_method("fslc").backbone_run("dinov2-vitb14").taps == (3, 6, 9, 12)
     assert get_method("patchcore").backbone_run("dinov2-vits14").taps == (6, 9)
     assert get_method("patchcore_plus").backbone_run("dinov2-vits14").image_size == 224
+
+
+def test_cli_ports_a_hugging_face_folder(tmp_path, hf_dinov2, capsys):
+    """``python -m jzad.weights port FOLDER``: the family from the tensor names, the heads from config.json."""
+    from jzad.weights import load_ported
+    from jzad.weights.__main__ import main
+
+    model, state = hf_dinov2
+    model.save_pretrained(tmp_path / "hf")
+    assert main(["port", str(tmp_path / "hf"), "--name", "hf-dino", "--taps", "1,3",
+                 "--weights-dir", str(tmp_path / "w")]) == 0
+    assert "dinov2 architecture custom: dinov2, width 32, blocks 3, heads 2, patch 14" in capsys.readouterr().out
+    ported = load_ported(tmp_path / "w" / "hf-dino")
+    params, config = dino_from_torch(state, heads=2)
+    assert ported.config == config and ported.taps == (1, 3)
+    np.testing.assert_array_equal(np.asarray(ported.params["blocks"]["attn"]["qkv"]["kernel"]),
+                                  params["blocks"]["attn"]["qkv"]["kernel"])
