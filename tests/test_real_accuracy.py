@@ -81,3 +81,21 @@ def test_percent_cells():
     assert real_accuracy_report.percent(0.91234, 0.0123) == "91.2 ± 1.2"
     assert real_accuracy_report.percent(1.0) == "100.0"
     assert real_accuracy_report.percent(None) == "n/a"
+
+
+def test_dinov2_section_compares_at_the_same_draws_and_sets():
+    dino_runs = [_record("a", "pc", "dinov2", 1, 0, 0.9, 1.0), _record("a", "musc", "dinov2", 0, None, 0.7, 1.0)]
+    effnet_runs = [_record("a", "pc", "imagenet", 1, s, v, 0.5) for s, v in ((0, 0.6), (1, 0.8))]
+    effnet_runs += [_record("a", "pc", "imagenet", 2, 0, 0.1, 0.5), _record("b", "pc", "imagenet", 1, 0, 0.2, 0.5),
+                    _record("a", "pc", "random", 1, 0, 0.4, 0.5)]
+    settings = dict(real_accuracy.DINO_SETTINGS, shots=[1], draw_seeds=[0])
+    dino = {"settings": settings, "runs": dino_runs, "sets": {"a": {}}, "methods": ["pc", "musc"],
+            "device": {"cpu": "cpu", "cpu_count": 2, "load_average": None}, "versions": {"jax": "x"}, "date": "d",
+            **real_accuracy.summarise(dino_runs, "dinov2")}
+    both = real_accuracy_report.comparable(dino, {"runs": effnet_runs})
+    rows = {(r["method"], r["shots"], r["weights"]): r for r in both["table"]}
+    assert set(rows) == {("pc", 1, "dinov2"), ("musc", 0, "dinov2"), ("pc", 1, "imagenet"), ("pc", 1, "random")}
+    assert rows[("pc", 1, "imagenet")]["runs"] == 1 and rows[("pc", 1, "imagenet")]["mean"]["image_auroc"] == 0.6
+    text = real_accuracy_report.render_dinov2(dino, {"runs": effnet_runs})
+    assert text.startswith(real_accuracy_report.DINO_HEADING) and "Runs finished: 2 of 4 planned." in text
+    assert "| pc 1-shot | 1 | 90.0 | 60.0 | 40.0 |" in text

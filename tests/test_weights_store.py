@@ -150,7 +150,8 @@ def test_catalogue_entries_and_lookup():
     catalogue = load_catalogue()
     assert set(catalogue) == {"vit-b-32", "vit-b-16", "vit-l-14", "vit-l-14-336", "vit-b-16-plus-240",
                               "vit-l-14-datacomp", "wide-resnet50-2", "efficientnet-lite0", "efficientnet-lite1",
-                              "efficientnet-lite2"}
+                              "efficientnet-lite2", "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "dinov2-vitg14",
+                              "dino-vitb16"}
     musc = catalogue_entry("ViT-L-14-336")
     assert musc.native_image_size == 336 and musc.activation == "quick_gelu"
     assert musc.hf_id == "openai/clip-vit-large-patch14-336"

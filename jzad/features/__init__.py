@@ -7,7 +7,7 @@ methods never load weights themselves. The loaders are imported lazily (they pul
 types here stays cheap.
 
 Backbone families ("clip": ``jzad.features.clip``; "resnet": ``jzad.features.resnet``; "efficientnet":
-``jzad.features.efficientnet``) are rows of
+``jzad.features.efficientnet``; "dinov2": DINO and DINOv2 ViTs, ``jzad.features.dinov2``) are rows of
 ``BACKBONE_FAMILIES``: which random architectures each knows, and its loader. ``load_backbone`` picks the row
 from the "random-<arch>" name, else from the checkpoint's family (``jzad.weights.checkpoint_family``: the
 manifest, the catalogue entry or the file's tensor names). A new family is one more row.
@@ -24,7 +24,7 @@ from jzad.features.types import BackboneRun, FeatureRequest, Features, ImagePrep
 
 _LAZY = {"check_image_size": "clip", "load_clip": "clip", "load_clip_backbone": "clip",
          "load_image_encoder": "clip", "load_resnet_backbone": "resnet",
-         "load_efficientnet_backbone": "efficientnet"}
+         "load_efficientnet_backbone": "efficientnet", "load_dino_backbone": "dinov2"}
 RANDOM_PREFIX = "random-"
 
 
@@ -64,6 +64,18 @@ def _efficientnet_knows(arch: str) -> bool:
     return arch in CONFIGS
 
 
+def _dino_knows(arch: str) -> bool:
+    from jzad.backbone.dinov2 import ARCHITECTURES
+
+    return arch.lower() in ARCHITECTURES
+
+
+def _load_dino(*args):
+    from jzad.features.dinov2 import load_dino_backbone
+
+    return load_dino_backbone(*args)
+
+
 def _load_efficientnet(*args):
     from jzad.features.efficientnet import load_efficientnet_backbone
 
@@ -98,6 +110,7 @@ BACKBONE_FAMILIES = {
     "clip": BackboneFamily("clip", _clip_knows, _clip_architecture, _load_clip),
     "resnet": BackboneFamily("resnet", _resnet_knows, lambda arch: arch, _load_resnet),
     "efficientnet": BackboneFamily("efficientnet", _efficientnet_knows, lambda arch: arch, _load_efficientnet),
+    "dinov2": BackboneFamily("dinov2", _dino_knows, lambda arch: arch.lower(), _load_dino),
 }
 """Family name -> row; ``random-<arch>`` goes to the first family that knows arch."""
 
@@ -108,9 +121,11 @@ def _random_family(arch: str) -> BackboneFamily:
             return family
     from jzad.backbone.config import ARCHITECTURES
     from jzad.backbone.efficientnet import CONFIGS
+    from jzad.backbone.dinov2 import ARCHITECTURES as DINO_ARCHITECTURES
     from jzad.backbone.resnet import RESNET_ARCHITECTURES
 
-    known = ", ".join(RANDOM_PREFIX + a.lower() for a in (*ARCHITECTURES, *RESNET_ARCHITECTURES, *CONFIGS))
+    known = ", ".join(RANDOM_PREFIX + a.lower()
+                      for a in (*ARCHITECTURES, *RESNET_ARCHITECTURES, *CONFIGS, *DINO_ARCHITECTURES))
     raise ValueError(f"unknown architecture {arch!r} in {RANDOM_PREFIX}{arch}; known: {known}")
 
 
@@ -174,6 +189,7 @@ __all__ = [
     "load_backbone",
     "load_clip",
     "load_clip_backbone",
+    "load_dino_backbone",
     "load_efficientnet_backbone",
     "load_image_encoder",
     "load_resnet_backbone",

@@ -823,12 +823,17 @@ three quarters of its depth (the fourth block is NACLIP's)."""
 
 def backbone_run(architecture: str | None) -> BackboneRun:
     """CLIP-LAD's run settings for a backbone architecture: the preset above, else the native size and the
-    quarter-depth taps below the last block (which NACLIP replaces)."""
+    quarter-depth taps below the last block (which NACLIP replaces). Architectures that are not CLIPs (DINOv2,
+    ResNet, EfficientNet) get no preset: loading them with the text tower CLIP-LAD needs fails with a clear error."""
     if architecture in BACKBONE_PRESETS:
         return BACKBONE_PRESETS[architecture]
-    if architecture is None:
+    try:
+        config = get_architecture(architecture) if architecture is not None else None
+    except ValueError:
+        config = None
+    if config is None:
         return BackboneRun()
-    return BackboneRun(taps=default_taps(get_architecture(architecture))[:-1])
+    return BackboneRun(taps=default_taps(config)[:-1])
 
 
 OPTIONS = (

@@ -583,6 +583,10 @@ BACKBONE_PRESETS = {
     "efficientnet-lite0": BackboneRun(image_size=224, taps=("stride8", "stride16"), align=True),
     "efficientnet-lite1": BackboneRun(image_size=240, taps=("stride8", "stride16"), align=True),
     "efficientnet-lite2": BackboneRun(image_size=256, taps=("stride8", "stride16"), align=True),
+    **{f"dinov2-vit{size}14{reg}": BackboneRun(image_size=518, taps=taps)
+       for size, taps in (("s", (3, 6, 9, 12)), ("b", (3, 6, 9, 12)), ("l", (6, 12, 18, 24)),
+                          ("g", (10, 20, 30, 40)))
+       for reg in ("", "-reg")},
 }
 """MuSc's published configuration: OpenAI ViT-L/14-336 run at 518 px (37x37 patches) with exact GELU, taps
 6/12/18/24. EfficientNet-Lite (a CNN; MuSc's paper uses ViTs only): the stride-8 and stride-16 stages at the
@@ -590,7 +594,10 @@ native size (lite2's 260 rounded down to a multiple of 16), the stride-16 map up
 the backbone (bilinear, align_corners False, the resize MuSc's code applies to a layer on a coarser grid; its code
 resizes after the layer norm and r x r unfold, so there the norm's statistics and the window's footprint are the
 coarse grid's), then LNAMD over both. Other backbones run at their native size and
-activation, tapped at each quarter of the depth, every tap on one grid (``DEFAULT_RUN``)."""
+activation, tapped at each quarter of the depth, every tap on one grid (``DEFAULT_RUN``). DINOv2: the official
+MuSc's default 518 px and its blocks (0-based 2,5,8,11 for S/B and 5,11,17,23 for L, here 1-based), each through
+the final LayerNorm (the backbone does it); ViT-G (not in the official code) at each quarter of its 40 blocks.
+DINO v1 ViT-B/16 runs at its native 224 px, taps 3, 6, 9, 12 (``DEFAULT_RUN``)."""
 
 DEFAULT_RUN = BackboneRun(align=True)
 """MuSc scores every layer on one grid: CNN taps are aligned to the finest tap's grid (ViT taps share one)."""

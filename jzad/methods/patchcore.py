@@ -511,10 +511,21 @@ one after its 3x3 unfold), at the network's native size (lite0: 224, the origina
 original code's default embedding size (1024)."""
 
 
+DINO_RUNS = {
+    **{f"dinov2-vit{size}14{reg}": BackboneRun(image_size=224, taps=taps)
+       for size, taps in (("s", (6, 9)), ("b", (6, 9)), ("l", (12, 18)), ("g", (20, 30))) for reg in ("", "-reg")},
+    "dino-vits16": BackboneRun(image_size=224, taps=(6, 9)),
+    "dino-vitb16": BackboneRun(image_size=224, taps=(6, 9)),
+}
+"""DINO / DINOv2 ViTs as a patch feature: the blocks at one half and three quarters of the depth (through the final
+LayerNorm) in the roles of layer2 and layer3 (mid-level features, as PatchCore argues; both on one grid, so
+its aggregation's upsample is the identity), at the original code's 224 px crop (16 x 16 patches for /14)."""
+
+
 def backbone_run(architecture: str | None) -> BackboneRun:
     """PatchCore's run settings: the original code's for every ResNet (and unknown architectures), the
-    EfficientNet-Lite stages for those networks."""
-    return EFFICIENTNET_RUNS.get(architecture or "", RUN)
+    EfficientNet-Lite stages for those networks, two middle blocks of a DINO / DINOv2 ViT."""
+    return {**EFFICIENTNET_RUNS, **DINO_RUNS}.get(architecture or "", RUN)
 
 
 def patchcore_prep(config, image_size: int) -> ImagePrep:

@@ -1,6 +1,7 @@
 """Command line: ``python -m jzad.weights port SRC --name NAME [...]`` and ``python -m jzad.weights list``.
 
-Ports CLIP checkpoints and torchvision / timm ResNets (``--name wide-resnet50-2``); the family comes from the
+Ports CLIP checkpoints, torchvision / timm ResNets (``--name wide-resnet50-2``), EfficientNet-Lite state dicts
+and DINO / DINOv2 (torch hub .pth, Hugging Face folders, ONNX graphs of a Hugging Face Dinov2); the family comes from the
 catalogue entry of the name, else from the source's tensor names (``jzad.weights.families``)."""
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def _list(args) -> int:
 def main(argv=None) -> int:
     """Parse argv and run the sub-command; errors print one line and exit 2."""
     parser = argparse.ArgumentParser(prog="python -m jzad.weights",
-                                     description="Port and list checkpoints (CLIP, ResNet).")
+                                     description="Port and list checkpoints (CLIP, ResNet, EfficientNet-Lite, "
+                                                 "DINO / DINOv2).")
     sub = parser.add_subparsers(dest="command", required=True)
     port = sub.add_parser("port", help="port a PyTorch checkpoint (CLIP, torchvision/timm ResNet) to <weights folder>/<name>/")
     port.add_argument("src", help="OpenAI .pt, OpenCLIP/HF state dict, HF folder, torchvision/timm ResNet .pth, "
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
     port.add_argument("--image-size", type=int,
                       help="run image size recorded in the manifest (overrides a method's preset)")
     port.add_argument("--taps", help="run taps recorded in the manifest, comma-separated: 1-based blocks (CLIP) "
-                      "or stage names such as layer2,layer3 (ResNet)")
+                      "or stage names such as layer2,layer3 (ResNet), 1-based blocks (DINO / DINOv2)")
     port.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR, else the user data folder's jzad/weights)")
     port.add_argument("--force", action="store_true", help="replace an existing ported folder")
     listing = sub.add_parser("list", help="list the catalogue: which checkpoints are usable here, and the "

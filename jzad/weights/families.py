@@ -4,7 +4,9 @@ A family says how to read its checkpoints into Flax params and a config, how to 
 how to write its config to a manifest and rebuild it, how to name its architecture and which run settings
 (input size, activation, taps) may be recorded at port time. ``FAMILIES`` maps a family name to its row:
 "clip" (``jzad.backbone.port``), "resnet" (torchvision / timm ResNets, ``jzad.backbone.resnet_port``) and
-"efficientnet" (lukemelas-style EfficientNet-Lite state dicts, ``jzad.backbone.efficientnet_port``).
+"efficientnet" (lukemelas-style EfficientNet-Lite state dicts, ``jzad.backbone.efficientnet_port``) and "dinov2" (DINO and
+DINOv2 ViTs: torch hub state dicts, Hugging Face Dinov2 folders / files, ONNX graphs of a Hugging Face Dinov2;
+``jzad.backbone.dinov2_port``).
 A new backbone family is one more row here and one more loader in ``jzad.features``.
 
 Recognising a raw checkpoint (``port FILE``, ``--weights FILE``) reads only its tensor names (a safetensors
@@ -51,6 +53,14 @@ from jzad.backbone.efficientnet import (
 from jzad.backbone.efficientnet import abstract_params as abstract_efficientnet_params
 from jzad.backbone.efficientnet_port import claims_efficientnet, efficientnet_from_torch
 from jzad.backbone.resnet_port import resnet_from_torch
+from jzad.backbone.dinov2 import DinoConfig
+from jzad.backbone.dinov2 import abstract_params as abstract_dino_params
+from jzad.backbone.dinov2 import architecture_name as dino_architecture_name
+from jzad.backbone.dinov2 import check_taps as check_dino_taps
+from jzad.backbone.dinov2 import config_from_dict as dino_config_from_dict
+from jzad.backbone.dinov2 import config_to_dict as dino_config_to_dict
+from jzad.backbone.dinov2 import get_config as get_dino_config
+from jzad.backbone.dinov2_port import claims_dino, dino_from_onnx, dino_from_torch, hf_config_heads
 
 RESNET_STRIDE = 32
 """ResNet run sizes are multiples of the deepest stage's stride, so every tapped grid is exact."""
@@ -190,6 +200,49 @@ def _efficientnet_describe(config: EfficientNetConfig) -> str:
             f"{config.num_classes} classes")
 
 
+# ------------------------------------------------------------------------------------------ dinov2
+
+
+def _dino_read(path: Path, arch=None) -> LoadedCheckpoint:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".onnx":
+            params, config = dino_from_onnx(path, arch)
+            return LoadedCheckpoint(config=config, params=params, source_format="onnx", files=(path,),
+                                    tokenizer_dir=None, source_activation=None)
+        files = _folder_weight_files(path) if path.is_dir() else [path]
+        state, fmt = {}, None
+        for file in files:
+            part, fmt = read_state_dict(file)
+            state.update(part)
+        heads = hf_config_heads(path) if path.is_dir() else None
+        params, config = dino_from_torch(state, arch, heads)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    return LoadedCheckpoint(config=config, params=params, source_format=fmt, files=tuple(files), tokenizer_dir=None,
+                            source_activation=None)
+
+
+def _dino_run(config: DinoConfig, image_size, activation, taps):
+    if activation is not None:
+        raise ValueError(f"activation {activation!r}: DINO / DINOv2 backbones have no activation option")
+    if image_size is not None:
+        image_size = int(image_size)
+        if image_size < config.patch_size or image_size % config.patch_size:
+            raise ValueError(f"image_size {image_size} must be a positive multiple of the patch size {config.patch_size}")
+    taps = check_dino_taps(taps, config.depth) if taps is not None else None
+    return image_size, activation, taps
+
+
+def _dino_describe(config: DinoConfig) -> str:
+    return (f"{config.version}, width {config.width}, blocks {config.depth}, heads {config.heads}, patch "
+            f"{config.patch_size}, {config.ffn} {config.mlp_dim}, registers {config.registers}, native "
+            f"{config.image_size}px, position resize offset {config.interpolate_offset}"
+            f"{' antialiased' if config.interpolate_antialias else ''}")
+
+
 FAMILIES: dict[str, WeightsFamily] = {
     "resnet": WeightsFamily(
         name="resnet",
@@ -218,6 +271,20 @@ FAMILIES: dict[str, WeightsFamily] = {
         native_image_size=lambda config: config.image_size,
         check_run=_efficientnet_run,
         describe=_efficientnet_describe,
+    ),
+    "dinov2": WeightsFamily(
+        name="dinov2",
+        config_type=DinoConfig,
+        read=_dino_read,
+        claims=claims_dino,
+        to_dict=dino_config_to_dict,
+        from_dict=dino_config_from_dict,
+        abstract_params=abstract_dino_params,
+        architecture_name=dino_architecture_name,
+        check_architecture=get_dino_config,
+        native_image_size=lambda config: config.image_size,
+        check_run=_dino_run,
+        describe=_dino_describe,
     ),
     "clip": WeightsFamily(
         name="clip",
@@ -262,6 +329,10 @@ def tensor_names(path: str | Path) -> frozenset:
     file = _folder_weight_files(path)[0] if path.is_dir() else path
     if file.suffix == ".json":
         return frozenset()
+    if file.suffix == ".onnx":
+        from jzad.backbone.dinov2_port import onnx_state
+
+        return frozenset(onnx_state(file))
     if file.suffix == ".safetensors":
         from safetensors import safe_open
 

