@@ -1,7 +1,9 @@
 """The one driver every caller uses: decode -> extract -> method -> maps -> metrics for a category.
 
 The command line (``jzad.run``), the benchmarks and the tests call ``run_category``, so the benchmark times
-exactly what users run. Each stage is timed on a ``StageClock`` (device-synchronised, compile time apart).
+exactly what users run. A method's scoring runs as its one jitted program (``Method.score``, timed as the stage
+"score") unless the scorer's ``profile`` is "stages": then the same body runs stage by stage, each stage timed
+on the ``StageClock`` (device-synchronised, compile time apart).
 
 Memory: a category is processed group by group. A pooling method (MuSc, FSLC) gets one subset at a time (MuSc's
 ``divide_num``; the official split by default), a non-pooling method fixed-size chunks. Only that group's images
@@ -37,18 +39,35 @@ from jzad.timing import StageClock
 
 METRIC_COLUMNS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pro")
 SPLITS = ("official", "balanced")
+PROFILES = ("fused", "stages")
+FUSED_STAGE = "score"
 MAP_CHUNK = 32
 
 
 @dataclass(frozen=True, eq=False)
 class Scorer:
-    """A method bound to its config, a backbone, a device mesh (None: one device) and the extraction batch."""
+    """A method bound to its config, a backbone, a device mesh (None: one device) and the extraction batch.
+
+    profile: "fused" (the production path: the method's scoring as one jitted program) or "stages" (the same
+    body with every stage timed apart, for profiling).
+    """
 
     method: Method
     config: Any
     backbone: Backbone
     mesh: Any = None
     batch_size: int = 8
+    profile: str = "fused"
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile: expected one of {PROFILES}, got {self.profile!r}")
+
+    def score(self, state, features, clock: StageClock):
+        """The method on one group's features -> (Scores, state), fused or stage by stage (``profile``)."""
+        if self.profile == "stages":
+            return self.method.staged(self.config, state, features, self.mesh, clock)
+        return clock.run(FUSED_STAGE, self.method.score, self.config, state, features, self.mesh)
 
     @property
     def request(self):
@@ -194,7 +213,7 @@ def score_source(scorer: Scorer, state, source, groups, clock: StageClock, progr
         for indices in groups:
             features, group_sizes = extract_source(scorer, source, indices, clock, extract_task)
             check_finite(features, [source.names[i] for i in indices])
-            scores, state = scorer.method.staged(scorer.config, state, features, scorer.mesh, clock)
+            scores, state = scorer.score(state, features, clock)
             del features
             host = to_host(scores)
             if patch is None:

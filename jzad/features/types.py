@@ -4,7 +4,10 @@ images become model inputs, and the features a backbone returns."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import jax
 
 PREP_KINDS = ("square", "square_float", "resize_crop")
 
@@ -79,3 +82,12 @@ class ImagePrep:
     def float_pixels(self) -> bool:
         """Whether decoded model inputs are float32 [0, 255] (else uint8)."""
         return self.kind == "square_float"
+
+
+def tokens_to_grid(tokens: jax.Array) -> jax.Array:
+    """(N, 1 + h*w, C) ViT tokens with CLS first -> (N, h, w, C) patch grid (square grids only)."""
+    n, count, c = tokens.shape
+    side = int(round((count - 1) ** 0.5))
+    if side * side != count - 1:
+        raise ValueError(f"tokens: expected (N, 1 + h*w, C) with a square h*w grid, got {tokens.shape}")
+    return tokens[:, 1:, :].reshape(n, side, side, c)

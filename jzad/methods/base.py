@@ -5,8 +5,8 @@ A method is a small set of pure functions over a frozen config (the optax init/u
     prepared = method.prepare(config, backbone, category)        # once per category: e.g. text embeddings
     state = method.fit(config, references, mesh, prepared)       # few-shot: memory banks; zero-shot: ()
     state = method.calibrate(config, state, calibration, mesh)   # optional: statistics from held-out normals
-    scores, state = method.score(config, state, queries, mesh)   # one jitted program
-    scores, state = method.staged(config, state, queries, mesh, clock)   # the same arithmetic, stage by stage
+    scores, state = method.score(config, state, queries, mesh)   # the scoring body as one jitted program
+    scores, state = method.staged(config, state, queries, mesh, clock)   # the same body, stage by stage
     scores = method.finalize(config, scores)                     # set-level re-scoring over a whole category
 
 ``references`` and ``queries`` are feature pytrees (``Features``: backbone layer grids and, when the method asks
@@ -18,6 +18,10 @@ the same functions serve a whole set, one subset, or a stream of batches.
 the driver passes one whole subset at a time and the subset is the pool. A non-pooling method scores each image
 against its fitted state alone, so the driver may cut the queries into any batches.
 
+Scoring is written once per method, as ``body(config, state, queries, mesh, run) -> (Scores, state)`` whose
+stages are called through ``run(stage, fn, *args)``: ``score`` runs the body under one ``jax.jit`` with ``run`` a
+plain call (``direct``), ``staged`` runs it with ``run`` a ``StageClock``'s timed call. There is no second body.
+
 The command line is generic over methods: each declares its ``options`` (flags mapped to config fields) and
 builds its config from them with ``configure``; a new method needs no edit of the CLI or the pipeline.
 """
@@ -25,6 +29,7 @@ builds its config from them with ``configure``; a new method needs no edit of th
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -82,6 +87,17 @@ class OptionError(ValueError):
     """A command-line option that is misplaced or malformed; the message names the option."""
 
 
+def direct(stage: str, fn: Callable, *args, **kwargs):
+    """The ``run`` of a fused body: call the stage (its name only matters to a clock)."""
+    del stage
+    return fn(*args, **kwargs)
+
+
+@partial(jax.jit, static_argnames=("body", "config", "mesh"))
+def _fused(body, config, state, queries, mesh):
+    return body(config, state, queries, mesh, direct)
+
+
 def _identity_finalize(config, scores: Scores) -> Scores:
     return scores
 
@@ -102,6 +118,8 @@ class Method:
     when --backbone is not given; demo_backbone: the random-weight backbone of the built-in demo;
     tiny_backbone: a small random backbone of the right family for tests and quick checks.
     configure(values: dict, context: RunContext) -> config, from option values (dest -> value, defaults filled).
+    body(config, state, queries, mesh, run) -> (Scores, state): the one scoring implementation, its stages
+    called as ``run(stage, fn, *args)`` (see ``score`` and ``staged``).
     maps(config, patch_scores (N, h, w), size (H, W)) -> (N, H, W) anomaly maps at image resolution.
     stages: names of the stages ``staged`` times, in order (for reports). finalize(config, scores) -> scores:
     set-level re-scoring over a whole category (identity by default), timed as ``finalize_stage``.
@@ -123,8 +141,7 @@ class Method:
     options: tuple
     request: Callable
     fit: Callable
-    score: Callable
-    staged: Callable
+    body: Callable
     configure: Callable
     maps: Callable
     backbone_run: Callable
@@ -149,6 +166,15 @@ class Method:
         for option in self.options:
             if option.field is not None and option.field not in names:
                 raise ValueError(f"Method {self.name}: option {option.flag} sets unknown config field {option.field!r}")
+
+    def score(self, config, state, queries, mesh=None):
+        """The scoring body as one jitted program (config and mesh static) -> (Scores, state). Callable inside a
+        user's own ``jax.jit``."""
+        return _fused(self.body, config, state, queries, mesh)
+
+    def staged(self, config, state, queries, mesh, clock):
+        """The same body with each stage timed on ``clock`` (a ``jzad.timing.StageClock``) -> (Scores, state)."""
+        return self.body(config, state, queries, mesh, clock.run)
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -266,3 +292,23 @@ def check_finite(features, names=None, what: str = "features") -> None:
         where = "" if names is not None else "at index "
         raise ValueError(f"{what} of {len(indices)} image(s) are not finite (NaN or inf): {where}"
                          f"{', '.join(shown)}{more}")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """"1,3,5" -> (1, 3, 5) (argparse type)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from err
+    if not values:
+        raise ValueError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+def float_pair(text: str) -> tuple[float, float]:
+    """"0,0.3" -> (0.0, 0.3) (argparse type)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError as err:
+        raise ValueError(f"expected LO,HI such as 0,0.3, got {text!r}") from err
+    return lo, hi

@@ -76,10 +76,11 @@ from jzad.methods.base import (
     OptionError,
     RunContext,
     Scores,
+    direct,
     option_fields,
     register,
 )
-from jzad.methods.musc import tokens_to_grid
+from jzad.features.types import tokens_to_grid
 
 FINE_LEVELS = ("patch", "region")
 
@@ -728,11 +729,6 @@ def fusion_stage(logical: jax.Array, structural: jax.Array, fusion: Fusion, conf
                      (logical, structural), fusion)
 
 
-def _direct(stage, fn, *args, **kwargs):
-    del stage
-    return fn(*args, **kwargs)
-
-
 def _on_mesh(mesh: Mesh, tree):
     return jax.device_put(tree, replicated(mesh))
 
@@ -752,7 +748,9 @@ def _stages(config: CLIPLADConfig, fitted: CLIPLADState, queries: Features, mesh
     return maps, logical, structural
 
 
-def _scores(config, state: CLIPLADMethodState, queries: Features, mesh, run) -> Scores:
+def clip_lad_body(config, state: CLIPLADMethodState, queries: Features, mesh, run):
+    """CLIP-LAD on query features -> (Scores(structural maps (B, 2g, 2g), fused image scores (B,)), state),
+    every stage (``STAGES``) through ``run``; the category's config comes from the state."""
     del config
     cfg, fitted = state.config, state.fitted
     if fitted.fusion is None:
@@ -761,7 +759,7 @@ def _scores(config, state: CLIPLADMethodState, queries: Features, mesh, run) -> 
     maps, logical, structural = _stages(cfg, fitted, queries, mesh, run)
     fused = run("fusion", fusion_stage, logical, structural, _on_mesh(mesh, fitted.fusion), cfg, mesh)
     side = queries.layers[0].shape[1] * cfg.upsample
-    return Scores(maps.reshape(-1, side, side), fused)
+    return Scores(maps.reshape(-1, side, side), fused), state
 
 
 def clip_lad_method_fit(config: CLIPLADConfig, references: Features | None = None, mesh: Mesh | None = None,
@@ -789,23 +787,10 @@ def clip_lad_calibrate(config: CLIPLADConfig, state: CLIPLADMethodState, feature
     """Eq. 4's mu and Sigma from the (s_log, s_str) of validation normal images (V >= 2)."""
     del config
     mesh = device_mesh(1) if mesh is None else mesh
-    _, logical, structural = _stages(state.config, state.fitted, features, mesh, _direct)
+    _, logical, structural = _stages(state.config, state.fitted, features, mesh, direct)
     scores = jax.device_put(jnp.stack([logical, structural], axis=1), jax.devices()[0])
     fusion = fit_fusion(scores, state.config.ridge)
     return CLIPLADMethodState(state.fitted._replace(fusion=fusion), state.config)
-
-
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def clip_lad_method_score(config: CLIPLADConfig, state: CLIPLADMethodState, queries: Features,
-                          mesh: Mesh | None = None):
-    """Every stage as one program -> (Scores: structural maps (B, 2g, 2g), fused image scores (B,), state)."""
-    return _scores(config, state, queries, mesh, _direct), state
-
-
-def clip_lad_method_staged(config: CLIPLADConfig, state: CLIPLADMethodState, queries: Features, mesh: Mesh | None,
-                           clock):
-    """``clip_lad_method_score`` stage by stage, each timed on ``clock`` (``STAGES``)."""
-    return _scores(config, state, queries, mesh, clock.run), state
 
 
 @partial(jax.jit, static_argnames=("config", "size"))
@@ -868,8 +853,7 @@ METHOD = register(Method(
     options=OPTIONS,
     request=lambda config: FeatureRequest(),
     fit=clip_lad_method_fit,
-    score=clip_lad_method_score,
-    staged=clip_lad_method_staged,
+    body=clip_lad_body,
     configure=clip_lad_configure,
     maps=clip_lad_maps,
     backbone_run=backbone_run,
