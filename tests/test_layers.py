@@ -16,8 +16,8 @@ LAYERS = {
     "jzad.features": 3,
     "jzad.methods": 4,
     "jzad.data": 5, "jzad.eval": 5,
-    "jzad.progress": 6, "jzad.pipeline": 6, "jzad.stream": 6,
-    "jzad.run": 7,
+    "jzad.progress": 6, "jzad.pipeline": 6, "jzad.stream": 6, "jzad.experiment": 6,
+    "jzad.cli": 7, "jzad.run": 7,
 }
 ROOT = Path(jzad.__file__).resolve().parent
 

@@ -396,3 +396,11 @@ def test_cli_stream_resumes_a_stopped_stream_with_the_same_scores(tmp_path, caps
 def test_cli_stream_option_errors(tmp_path, capsys, argv, message):
     assert main(CLI + ["--out", str(tmp_path / "o")] + argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_stream_reports_a_bad_method_option_as_that_option(tmp_path, capsys):
+    # The method's config rejects the value after the backbone loaded: the error names the option, not the
+    # backbone (a config error is a ValueError, which the stream path once reported as "cannot load").
+    assert main(CLI + ["--out", str(tmp_path / "o"), "--stream", "--data", ".", "--r-list", "2"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "python -m jzad.run: error: musc options: --r-list: expected odd window sizes >= 1, got (2,)"

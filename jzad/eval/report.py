@@ -176,6 +176,8 @@ def environment_info() -> dict:
     JAX backend, device kind and count (``jax.devices()``), process count."""
     import jax
 
+    import jzad
+
     devices = jax.devices()
     kinds = sorted({d.device_kind for d in devices})
     return {
@@ -185,7 +187,7 @@ def environment_info() -> dict:
         "jaxlib": metadata.version("jaxlib"),
         "flax": metadata.version("flax"),
         "numpy": np.__version__,
-        "jzad": metadata.version("jzad"),
+        "jzad": jzad.__version__,
         "backend": jax.default_backend(),
         "device_kind": kinds[0] if len(kinds) == 1 else ", ".join(kinds),
         "device_count": len(devices),
