@@ -33,7 +33,7 @@ from pathlib import Path
 
 from jzad import data as jdata
 from jzad import experiment
-from jzad.cli import UserError, build_parser, check_options, distributed_settings, start_distributed
+from jzad.cli import UserError, build_parser, check_options, distributed_settings, profile_settings, start_distributed
 from jzad.experiment import DEMO_CATEGORY, OutputSpec, Plan, ResultsFile
 from jzad.methods import Method, OptionError, get_method, get_streaming
 from jzad.pipeline import METRIC_COLUMNS
@@ -98,11 +98,14 @@ def data_sources(args, category: str, shots: int, draw_seed: int, calibration: s
 def load_scorer(args, method: Method, values: dict, shots: int):
     """The backbone the options name at the method's preset, and the method's config
     (``experiment.build_scorer``), its errors worded as the options that caused them."""
+    import dataclasses
+
     try:
-        return experiment.build_scorer(
+        scorer = experiment.build_scorer(
             method, values, shots, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
             taps=args.taps, activation=args.activation, precision=args.precision, seed=args.seed,
             shards=args.shards, batch_size=args.batch_size, demo=args.data is None, dataset=args.dataset)
+        return dataclasses.replace(scorer, profile=profile_settings(args.profile)[0])
     except experiment.BackboneLoadError as err:
         raise UserError(_backbone_error(args, method, err.name, err.reason)) from err
     except experiment.MethodConfigError as err:
@@ -367,10 +370,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m jzad.run``; returns the process exit status (2: a user error)."""
     args = build_parser().parse_args(argv)
     try:
+        _, trace_dir = profile_settings(args.profile)
+        from jzad.compile_cache import disable_compile_cache, enable_compile_cache
+
+        if args.no_compile_cache:
+            disable_compile_cache()
+        else:
+            enable_compile_cache()
         settings = distributed_settings(args)
         if settings is not None:
             start_distributed(settings)
-        return run_here(args)
+        if trace_dir is None:
+            return run_here(args)
+        import jax
+
+        with jax.profiler.trace(str(trace_dir)):
+            return run_here(args)
     except (UserError, OptionError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
             ConnectionError) as err:
         if args.debug:

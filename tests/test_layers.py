@@ -10,7 +10,7 @@ from pathlib import Path
 import jzad
 
 LAYERS = {
-    "jzad.timing": 0, "jzad.kernels": 0,
+    "jzad.timing": 0, "jzad.kernels": 0, "jzad.compile_cache": 0,
     "jzad.backbone": 1,
     "jzad.weights": 2,
     "jzad.features": 3,
