@@ -20,18 +20,21 @@ process receives the gathered per-image outputs (the command line lets process 0
 from __future__ import annotations
 
 import resource
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jzad.data.sources import prefetch_batches
 from jzad.data.subsets import official_subsets, stratified_subsets
 from jzad.data.imageset import ImageSet
 from jzad.eval import metrics as jmetrics
 from jzad.features import Backbone, extract
+from jzad.features.types import VALID
 from jzad.kernels.multihost import assemble, gather_rows, process_share, to_host
 from jzad.methods.base import Method, Scores, check_finite
 from jzad.progress import RunProgress
@@ -81,11 +84,30 @@ class Scorer:
 
     @property
     def extract_fn(self):
-        """images uint8 (B, S, S, 3) -> Features: the method's own extractor, else the backbone's features."""
+        """images uint8 (B, S, S, 3) -> Features: the method's own extractor, else the backbone's features.
+
+        With a mesh of several devices (one process) whose size divides the batch, each batch is put on the
+        mesh split by image (``extraction_sharding``) before the forward, so every device runs its share and
+        the features stay split over the mesh for the scorers."""
         if self.method.extractor is not None:
-            return self.method.extractor(self.config, self.backbone)
-        request = self.request
-        return lambda images: self.backbone(images, request)
+            forward = self.method.extractor(self.config, self.backbone)
+        else:
+            request = self.request
+            forward = lambda images: self.backbone(images, request)  # noqa: E731
+        sharding = self.extraction_sharding
+        if sharding is None:
+            return forward
+        return lambda images: forward(jax.device_put(images, sharding))
+
+    @property
+    def extraction_sharding(self):
+        """The NamedSharding that splits an image batch over the mesh, or None (one device, several processes,
+        or a batch size the device count does not divide)."""
+        if self.mesh is None or self.mesh.size == 1 or jax.process_count() > 1:
+            return None
+        if self.batch_size % self.mesh.size:
+            return None
+        return NamedSharding(self.mesh, PartitionSpec("data"))
 
 
 @dataclass
@@ -131,8 +153,34 @@ def score_groups(method: Method, num_images: int, defect_types, subsets: int, sp
     return [np.arange(first, min(first + chunk, num_images)) for first in range(0, num_images, chunk)]
 
 
-def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None):
+def bucket_size(count: int) -> int:
+    """The padded size of a group of ``count`` images: at least 8, else the next multiple of a quarter of the
+    largest power of two <= count (9 -> 10, 28 -> 28, 29 -> 32, 200 -> 224): at most 25% padding, and groups of
+    nearby sizes (MuSc's subsets, a ragged last chunk) share one compiled program."""
+    if count < 1:
+        raise ValueError(f"bucket_size: expected a positive image count, got {count}")
+    if count <= 8:
+        return 8
+    step = 1 << (count.bit_length() - 3)
+    return -(-count // step) * step
+
+
+@partial(jax.jit, static_argnums=(1,))
+def _zero_padded(tree, rows: int):
+    return jax.tree.map(lambda a: jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1)), tree)
+
+
+def with_valid(features, count: int, size: int):
+    """Features of ``size`` rows whose first ``count`` are images -> the same with ``extras[VALID]`` (size,)
+    bool marking them."""
+    return features._replace(extras={**features.extras, VALID: jnp.asarray(np.arange(size) < count)})
+
+
+def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None, rows: int | None = None):
     """Decode (thread pool, ahead of the device) and extract the images at ``indices`` -> (Features, sizes).
+
+    ``rows`` (>= len(indices)): the features have that many rows, zeros past the images (a group padded to a
+    bucket size, one program for groups of any size up to it).
 
     In a multi-process run each process decodes and extracts only its share of ``indices``
     (``process_share``); the shares become global arrays over the scorer's mesh (``assemble``, timed as part
@@ -147,9 +195,12 @@ def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None
             sizes.extend(decoded.sizes)
             yield decoded.images
 
+    local_rows = rows if rows is not None and jax.process_count() == 1 else None
     features = extract(scorer.extract_fn, images(), scorer.batch_size, clock,
-                       on_batch=None if task is None else task.advance)
+                       on_batch=None if task is None else task.advance, rows=local_rows)
     features = clock.run("extract", assemble, features, len(indices), scorer.mesh)
+    if rows is not None and local_rows is None:
+        features = clock.run("extract", _zero_padded, features, rows)
     if jax.process_count() > 1:
         sizes = [tuple(int(v) for v in hw) for hw in gather_rows(np.asarray(sizes, np.int64), len(indices))]
     return features, sizes
@@ -194,7 +245,8 @@ def score_source(scorer: Scorer, state, source, groups, clock: StageClock, progr
                  label: str = ""):
     """Score every group of ``source`` (decode, extract, method stages, maps) -> (host arrays dict, state).
 
-    Returns keys image_scores_raw (N,), patch_scores (N, h, w), maps (N, S, S), keep (dict of (N, ...)),
+    When the method pads (``Method.pads_to_buckets``) every group is padded to the bucket of the largest
+    (``bucket_size``), so all groups run one compiled program. Returns keys image_scores_raw (N,), patch_scores (N, h, w), maps (N, S, S), keep (dict of (N, ...)),
     original_sizes (list of (H, W)); in a multi-process run every process gets the whole of each (the scores
     are gathered from the global mesh).
     """
@@ -209,13 +261,18 @@ def score_source(scorer: Scorer, state, source, groups, clock: StageClock, progr
     patch = maps = None
     keep: dict = {}
     sizes: list = [None] * n
+    target = None
+    if scorer.method.pads_to_buckets(scorer.config):
+        target = bucket_size(max(len(g) for g in groups))
     try:
         for indices in groups:
-            features, group_sizes = extract_source(scorer, source, indices, clock, extract_task)
-            check_finite(features, [source.names[i] for i in indices])
+            features, group_sizes = extract_source(scorer, source, indices, clock, extract_task, target)
+            check_finite(features, [source.names[i] for i in indices], count=len(indices))
+            if target is not None:
+                features = with_valid(features, len(indices), target)
             scores, state = scorer.score(state, features, clock)
             del features
-            host = to_host(scores)
+            host = jax.tree.map(lambda a, n=len(indices): a[:n], to_host(scores))
             if patch is None:
                 patch = np.zeros((n,) + host.patch_scores.shape[1:], np.float32)
                 maps = np.zeros((n, size, size), np.float32)

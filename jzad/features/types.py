@@ -10,6 +10,8 @@ if TYPE_CHECKING:
     import jax
 
 PREP_KINDS = ("square", "square_float", "resize_crop")
+VALID = "valid"
+"""The ``Features.extras`` key of a (N,) bool mask of real images in a set padded to a bucket size."""
 
 
 class Features(NamedTuple):

@@ -33,6 +33,7 @@ from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
+import numpy as np
 
 from jzad.features.types import BackboneRun, FeatureRequest, Features, ImagePrep
 
@@ -132,6 +133,9 @@ class Method:
     multi_process: its stages run on global arrays over a mesh spanning several processes (every function
     jitted or built of jitted calls, per-category constants identical on every process); the command line
     refuses a multi-process run of a method without it.
+    pads(config) -> bool: whether the driver may pad a pool with copies of its last image to a bucket size
+    (so pools of nearby sizes share one compiled program), marking the real rows in
+    ``Features.extras[VALID]``; None: only a non-pooling method pads (its images are scored independently).
     """
 
     name: str
@@ -159,6 +163,7 @@ class Method:
     calibration: str | None = None
     needs_text: bool = False
     multi_process: bool = False
+    pads: Callable | None = None
 
     def __post_init__(self):
         if self.few_shot not in FEW_SHOT_MODES:
@@ -167,6 +172,10 @@ class Method:
         for option in self.options:
             if option.field is not None and option.field not in names:
                 raise ValueError(f"Method {self.name}: option {option.flag} sets unknown config field {option.field!r}")
+
+    def pads_to_buckets(self, config) -> bool:
+        """Whether query sets of this method and config may be padded to a bucket size (see ``pads``)."""
+        return not self.pools if self.pads is None else bool(self.pads(config))
 
     def score(self, config, state, queries, mesh=None):
         """The scoring body as one jitted program (config and mesh static) -> (Scores, state). Callable inside a
@@ -274,19 +283,27 @@ def option_fields(options, values: dict) -> dict:
     return {o.field: values[o.dest] for o in options if o.field is not None and values.get(o.dest) is not None}
 
 
-def check_finite(features, names=None, what: str = "features") -> None:
-    """Raise ValueError naming the images whose features hold NaN or inf (a silent NaN would spread to every
-    score of a pooling method). features: any pytree of arrays with a leading image axis N (``Features``, a
-    tuple of tapped tokens); names: (N,) image names for the message (indices when None). Under an outer jit
-    the values are unknown and nothing is checked: call it where the arrays are concrete."""
-    leaves = jax.tree.leaves(features)
-    if not leaves or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-        return
+@jax.jit
+def _non_finite_rows(leaves) -> jax.Array:
+    """(N,) bool: the images (leading axis) with a NaN or inf in any leaf; one program per set of shapes."""
     bad = None
     for leaf in leaves:
-        per_image = jax.numpy.all(jax.numpy.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
-        bad = ~per_image if bad is None else bad | ~per_image
-    indices = [int(i) for i in jax.numpy.flatnonzero(bad)]
+        rows = ~jax.numpy.all(jax.numpy.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+        bad = rows if bad is None else bad | rows
+    return bad
+
+
+def check_finite(features, names=None, what: str = "features", count: int | None = None) -> None:
+    """Raise ValueError naming the images whose features hold NaN or inf (a silent NaN would spread to every
+    score of a pooling method). features: any pytree of arrays with a leading image axis N (``Features``, a
+    tuple of tapped tokens); names: (N,) image names for the message (indices when None); count: only the
+    first count rows are images (the rest padding, not checked). Under an outer jit
+    the values are unknown and nothing is checked: call it where the arrays are concrete."""
+    leaves = [leaf for leaf in jax.tree.leaves(features) if jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact)]
+    if not leaves or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return
+    bad = np.asarray(_non_finite_rows(leaves))
+    indices = [int(i) for i in np.flatnonzero(bad[:count])]
     if indices:
         shown = [names[i] for i in indices[:5]] if names is not None else [str(i) for i in indices[:5]]
         more = f" and {len(indices) - 5} more" if len(indices) > 5 else ""

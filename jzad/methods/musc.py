@@ -53,7 +53,7 @@ from jzad.methods.base import (
     int_list,
     register,
 )
-from jzad.features.types import tokens_to_grid
+from jzad.features.types import VALID, tokens_to_grid
 
 LAYER_NORM_EPS = 1e-5
 MODES = ("zero_shot", "few_shot", "plus")
@@ -233,8 +233,10 @@ def _pair_list(num_tiles: int, num_shards: int) -> jax.Array:
     return jnp.swapaxes(table, 0, 1)
 
 
-def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, start: int, stop: int) -> jax.Array:
-    """Zero-shot MSM with the symmetric schedule: (N, M, C) -> (N, M); see ``MuScConfig.schedule``."""
+def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, start, stop,
+                         valid: jax.Array | None = None) -> jax.Array:
+    """Zero-shot MSM with the symmetric schedule: (N, M, C) -> (N, M); see ``MuScConfig.schedule``. ``valid``
+    (N,) bool masks padding images out of the pool (the rank bounds then travel as traced values)."""
     n, m, c = features.shape
     t = min(images_per_step(config.pair_tile, m), n)
     tiles = -(-n // t)
@@ -271,6 +273,8 @@ def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, st
     squared = zero_below_rounding(squared, norms[:, :, None] + jnp.max(norms), c, config.precision)
     ids = jnp.arange(n)
     squared = jnp.where((ids[:, None] == ids[None, :])[:, None, :], jnp.inf, squared)
+    if valid is not None:
+        squared = jnp.where(valid[None, None, :], squared, jnp.inf)
     distances = jnp.sqrt(squared)
     return mean_of_ranks(distances, start, stop)
 
@@ -280,13 +284,16 @@ def mutual_scores(
     config: MuScConfig = MuScConfig(),
     mesh: Mesh | None = None,
     references: jax.Array | None = None,
+    valid: jax.Array | None = None,
 ) -> jax.Array:
     """MSM patch scores of one (layer, r): features (N, M, C) -> (N, M); see ``_mutual_scores``.
 
     Only the fields MSM reads enter the compile key (``msm_key``), so changing RsCIN windows, r values or the
-    map size never recompiles MSM.
+    map size never recompiles MSM. ``valid`` (N,) bool (zero_shot, plus): the rows that are real images; the
+    others are padding (a set padded to a bucket size, so sets of nearby sizes share one program): they are
+    left out of every pool and their own scores are undefined.
     """
-    return _mutual_scores(features, msm_key(config), mesh, references)
+    return _mutual_scores(features, msm_key(config), mesh, references, valid)
 
 
 def msm_key(config: MuScConfig) -> MuScConfig:
@@ -300,6 +307,7 @@ def _mutual_scores(
     config: MuScConfig,
     mesh: Mesh | None,
     references: jax.Array | None,
+    valid: jax.Array | None = None,
 ) -> jax.Array:
     """MSM patch scores of one (layer, r): features (N, M, C) -> (N, M).
 
@@ -321,8 +329,11 @@ def _mutual_scores(
             )
     elif references is not None:
         raise ValueError("mutual_scores: references are only used by modes 'few_shot' and 'plus'")
+    if valid is not None and mode == "few_shot":
+        raise ValueError("mutual_scores: padding rows (valid) are supported in modes 'zero_shot' and 'plus' only")
     if mode == "plus":
         pool, exclude_self, start, stop = references, False, 0, 1
+        valid = None
     else:
         pool = features if mode == "zero_shot" else jnp.concatenate([features, references], axis=0)
         others = pool.shape[0] - 1
@@ -331,10 +342,20 @@ def _mutual_scores(
         exclude_self = True
         start, stop = interval_bounds(others, *config.interval)
     mesh = device_mesh(1) if mesh is None else mesh
+    bounds = None
+    if valid is not None:
+        table = jnp.asarray(interval_table(pool.shape[0] - 1, *config.interval))
+        bounds = table[jnp.maximum(jnp.sum(valid.astype(jnp.int32)) - 1, 0)]
+        start = 0 if config.interval[0] == 0 else bounds[0]
+        stop = bounds[1]
     if resolve_schedule(config, num_test, features.shape[1]) == "pairs":
-        return _pairs_mutual_scores(features.astype(jnp.float32), config, mesh, start, stop)
-    block_fn = _msm_block_fn(config, num_test, exclude_self, start, stop)
-    return map_row_shards(block_fn, mesh, features.astype(jnp.float32), pool.astype(jnp.float32))
+        return _pairs_mutual_scores(features.astype(jnp.float32), config, mesh, start, stop, valid)
+    pool = pool.astype(jnp.float32)
+    if valid is None:
+        block_fn = _msm_block_fn(config, num_test, exclude_self, start, stop)
+        return map_row_shards(block_fn, mesh, features.astype(jnp.float32), pool)
+    block_fn = _msm_block_fn(config, num_test, exclude_self, None, None)
+    return map_row_shards(block_fn, mesh, features.astype(jnp.float32), pool, valid, bounds)
 
 
 @partial(jax.jit, static_argnames=("num_queries", "config", "mesh"))
@@ -453,14 +474,16 @@ def musc_body(config: MuScConfig, state: MuScState, queries: Features, mesh: Mes
     """MuSc over one pool of queries -> (Scores, state), each stage called through ``run`` ("lnamd", "msm",
     "upsample"; see ``jzad.methods.base``). Patch scores (N, h, w): the mean MSM map over layers x degrees.
     Image scores are the max of the maps upsampled to ``config.map_size``, before RsCIN (``musc_finalize``
-    re-scores over the whole category)."""
+    re-scores over the whole category). ``queries.extras[VALID]`` (N,) bool, when present, marks the real
+    images of a pool padded to a bucket size (``musc_pads``); padding rows score undefined values."""
     n, h, w, _ = queries.layers[0].shape
+    valid = queries.extras.get(VALID)
     total = None
     for index, grid in enumerate(queries.layers):
         for r in config.r_list:
             feats = run("lnamd", lnamd, grid, r)
             refs = run("lnamd", lnamd, state.references[index], r) if state.references else None
-            scores = run("msm", mutual_scores, feats, config, mesh, refs)
+            scores = run("msm", mutual_scores, feats, config, mesh, refs, valid)
             total = scores if total is None else total + scores
             del feats, refs
     patch = (total / (len(queries.layers) * len(config.r_list))).reshape(n, h, w)
@@ -577,6 +600,12 @@ def musc_configure(values: dict, context: RunContext) -> MuScConfig:
         raise OptionError(f"musc options: {err}") from err
 
 
+def musc_pads(config: MuScConfig) -> bool:
+    """Whether a pool may be padded to a bucket size (masked MSM): zero_shot and plus (queries scored against
+    the references only); few_shot pools queries with references, where padding is not masked."""
+    return config.mode in ("zero_shot", "plus")
+
+
 METHOD = register(Method(
     name="musc",
     summary="MuSc: zero-shot mutual scoring of the unlabeled test images (LNAMD, MSM, RsCIN)",
@@ -596,4 +625,5 @@ METHOD = register(Method(
     finalize=musc_finalize,
     finalize_stage="rscin",
     multi_process=True,
+    pads=musc_pads,
 ))

@@ -272,4 +272,5 @@ METHOD = register(Method(
     tiny_backbone="random-tiny-resnet",
     prep=patchcore_prep,
     stages=("embed", "refine", "upsample"),
+    pads=lambda config: not config.online_images,
 ))
