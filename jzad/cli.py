@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "stream resumes from it: a folder or list is replayed and its scored images skipped, standard "
                    "input continues with the lines that arrive")
     p.add_argument("--checkpoint-every", type=_positive_int, default=argparse.SUPPRESS,
-                   help="(--stream-state) batches between checkpoints (default 1)")
+                   help="(--stream-state) batches between checkpoints (default 100; one is always written at the "
+                   "end of the stream or on Ctrl-C)")
     p.add_argument("--stream-references", type=Path, default=argparse.SUPPRESS, metavar="FOLDER_OR_LIST",
                    help="(--stream; few-shot methods) the normal reference images the stream is scored against, "
                    "fitted once: a folder or a file listing image paths (every image in it is a reference); "

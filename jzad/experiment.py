@@ -374,7 +374,7 @@ def run_experiment(scorer: Scorer, plan: Plan, sources: Callable, results: Resul
 
 
 def run_stream_experiment(streamer, source, out: Path, results: ResultsFile, *, state_dir: Path | None = None,
-                          done: int | None = None, checkpoint_every: int = 1, save_maps: bool = False,
+                          done: int | None = None, checkpoint_every: int = 100, save_maps: bool = False,
                           maps_at_image_size: bool = False, replay: bool = True,
                           progress: Callable[[int], None] | None = None,
                           announce: Callable[[int | None], None] | None = None):

@@ -290,7 +290,7 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
     batch to scores_stream.csv; resume from --stream-state when it holds a checkpoint. Returns the exit status."""
     from jzad.data.arrivals import arrivals
     from jzad.eval import report
-    from jzad.stream import Streamer, decode_batch, has_checkpoint
+    from jzad.stream import CHECKPOINT_EVERY, Streamer, decode_batch, has_checkpoint
 
     given = vars(args)
     streaming = get_streaming(method.name)
@@ -333,7 +333,7 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
 
     summary, csv_path = experiment.run_stream_experiment(
         streamer, arrivals(args.data), out, results, state_dir=state_dir, done=done,
-        checkpoint_every=given.get("checkpoint_every", 1), save_maps=args.save_maps,
+        checkpoint_every=given.get("checkpoint_every", CHECKPOINT_EVERY), save_maps=args.save_maps,
         maps_at_image_size=args.maps_at_image_size, replay=str(args.data) != "-", progress=progress,
         announce=announce)
     stats = results.payload["stream"]
