@@ -225,12 +225,13 @@ def fit(scorer: Scorer, references, clock: StageClock, task=None, category: str 
     return state
 
 
-def maps_at(method: Method, config, patch_scores: np.ndarray, size: int, clock: StageClock) -> np.ndarray:
+def maps_at(method: Method, config, patch_scores: np.ndarray, size: int, clock: StageClock,
+            rows: int | None = None) -> np.ndarray:
     """Anomaly maps (n, size, size) float32 from patch scores (n, h, w), computed in padded chunks of
-    ``MAP_CHUNK`` so one shape is compiled."""
+    min(``MAP_CHUNK``, rows) images (rows: the group's bucket size, default n) so one shape is compiled."""
     n = patch_scores.shape[0]
     out = np.empty((n, size, size), np.float32)
-    chunk = min(MAP_CHUNK, n)
+    chunk = min(MAP_CHUNK, rows or n)
     for first in range(0, n, chunk):
         block = patch_scores[first:first + chunk]
         real = block.shape[0]
@@ -282,7 +283,7 @@ def score_source(scorer: Scorer, state, source, groups, clock: StageClock, progr
                 if key not in keep:
                     keep[key] = np.zeros((n,) + value.shape[1:], value.dtype)
                 keep[key][indices] = value
-            maps[indices] = maps_at(scorer.method, scorer.config, host.patch_scores, size, clock)
+            maps[indices] = maps_at(scorer.method, scorer.config, host.patch_scores, size, clock, target)
             for index, shape in zip(indices, group_sizes):
                 sizes[int(index)] = shape
             score_task.advance(1)
