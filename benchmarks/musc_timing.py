@@ -357,7 +357,7 @@ def musc_scorer(spec: BackboneSpec, params: dict, musc: MuScConfig, mesh, batch:
     config = spec.config.replace(attention=attention)
     encoder = ImageEncoder(config, params, spec.taps, dtype, origin=f"random:{spec.arch}")
     backbone = clip_backbone(encoder, f"random-{spec.arch}", architecture_name(config))
-    return Scorer(get_method("musc"), musc, backbone, mesh, batch)
+    return Scorer(get_method("musc"), musc, backbone, mesh, batch, profile="stages")
 
 
 def pipeline_run(scorer: Scorer, source, repeats: int, platform_name: str, warmup: bool = True,
@@ -789,7 +789,7 @@ def time_jax_fslc(backbone, grids: tuple, embeds, sizes: FslcSizes, precision: s
     of the stage functions (``jax_fslc_pass``, untimed) gives the diagnostics (coreset sizes, init images) and
     the compiled programs' memory."""
     config = _fslc_config(sizes, precision, backbone.image_size)
-    scorer = Scorer(get_method("fslc"), config, backbone, mesh)
+    scorer = Scorer(get_method("fslc"), config, backbone, mesh, profile="stages")
     features = Features(tuple(grids), embeds)
     n = features.num_images
     names = {stage: "lnamd" if stage == "features" else stage for stage in FSLC_STAGES}

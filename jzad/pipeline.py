@@ -172,8 +172,8 @@ def _zero_padded(tree, rows: int):
 
 def with_valid(features, count: int, size: int):
     """Features of ``size`` rows whose first ``count`` are images -> the same with ``extras[VALID]`` (size,)
-    bool marking them."""
-    return features._replace(extras={**features.extras, VALID: jnp.asarray(np.arange(size) < count)})
+    bool marking them (a NumPy array: replicated as it is on every process of a multi-process run)."""
+    return features._replace(extras={**features.extras, VALID: np.arange(size) < count})
 
 
 def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None, rows: int | None = None):

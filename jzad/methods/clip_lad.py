@@ -866,4 +866,5 @@ METHOD = register(Method(
     calibrate=clip_lad_calibrate,
     calibration="validation",
     needs_text=True,
+    multi_process=True,
 ))

@@ -582,4 +582,5 @@ METHOD = register(Method(
     tiny_backbone="random-tiny-resnet",
     prep=patchcore_prep,
     stages=("embed", "nearest", "upsample"),
+    multi_process=True,
 ))

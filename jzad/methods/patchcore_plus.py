@@ -273,4 +273,5 @@ METHOD = register(Method(
     prep=patchcore_prep,
     stages=("embed", "refine", "upsample"),
     pads=lambda config: not config.online_images,
+    multi_process=True,
 ))

@@ -602,4 +602,5 @@ METHOD = register(Method(
     prepare=winclip_prepare,
     extractor=winclip_extractor,
     needs_text=True,
+    multi_process=True,
 ))

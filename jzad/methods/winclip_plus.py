@@ -268,4 +268,5 @@ METHOD = register(Method(
     prepare=winclip_plus_prepare,
     extractor=winclip_plus_extractor,
     needs_text=True,
+    multi_process=True,
 ))
