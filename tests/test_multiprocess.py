@@ -1,5 +1,6 @@
 """Multi-process scoring: two local processes (two fake CPU devices each), joined by JAX's distributed runtime
-over gloo, score the synthetic demo exactly as one process over a mesh of the same size; only process 0 writes.
+over gloo, score the synthetic demo exactly as one process over a mesh of the same size, for every method; only
+process 0 writes.
 
 Why bit for bit: both runs execute the same XLA programs on the same global shapes. Each process extracts its
 share of a group with the backbone program of the same batch shape (every image's features depend on that
@@ -20,11 +21,16 @@ from benchmarks.multiprocess_timing import launch_local, read_scores
 from jzad.methods import base, get_method
 from jzad.run import build_parser, distributed_settings, main
 
-TINY = ["--backbone", "random-tiny", "--image-size", "32", "--quiet", "--no-heatmaps"]
+TINY = ["--image-size", "32", "--quiet", "--no-heatmaps"]
 CASES = {
-    "musc-rows": ["--method", "musc", "--schedule", "rows"],
-    "musc-pairs-subsets": ["--method", "musc", "--schedule", "pairs", "--subsets", "3"],
-    "fslc": ["--method", "fslc"],
+    "musc-rows": ["--method", "musc", "--backbone", "random-tiny", "--schedule", "rows"],
+    "musc-pairs-subsets": ["--method", "musc", "--backbone", "random-tiny", "--schedule", "pairs", "--subsets", "3"],
+    "fslc": ["--method", "fslc", "--backbone", "random-tiny"],
+    "patchcore": ["--method", "patchcore", "--backbone", "random-tiny-resnet"],
+    "patchcore_plus": ["--method", "patchcore_plus", "--backbone", "random-tiny-resnet"],
+    "winclip": ["--method", "winclip", "--backbone", "random-tiny-text", "--shots", "1"],
+    "winclip_plus": ["--method", "winclip_plus", "--backbone", "random-tiny-text"],
+    "clip_lad": ["--method", "clip_lad", "--backbone", "random-tiny-text"],
 }
 TIMEOUT_S = 600
 
@@ -76,7 +82,7 @@ def test_bad_distributed_settings_are_one_line_errors(tmp_path, capsys, monkeypa
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    assert main(TINY + argv + ["--out", str(tmp_path / "o")]) == 2
+    assert main(TINY + ["--backbone", "random-tiny"] + argv + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
@@ -86,7 +92,7 @@ def test_a_method_without_multi_process_support_is_refused(tmp_path, capsys, mon
     local_only = dataclasses.replace(get_method("musc"), name="musc-local", multi_process=False)
     monkeypatch.setitem(base._REGISTRY, "musc-local", local_only)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    assert main(TINY + ["--method", "musc-local", "--out", str(tmp_path / "o")]) == 2
+    assert main(TINY + ["--backbone", "random-tiny", "--method", "musc-local", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--method musc-local does not support multi-process scoring (2 processes)" in err
     assert not (tmp_path / "o").exists()
