@@ -208,7 +208,8 @@ def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None
 
 def fit(scorer: Scorer, references, clock: StageClock, task=None, category: str = "", calibration=None):
     """The method's state for a category: ``prepare`` once, ``fit`` on the reference images (a source, or None
-    for zero-shot), then ``calibrate`` on held-out normal images when the method has that step."""
+    for zero-shot), then ``calibrate`` on held-out normal images when the method has that step. With extraction
+    sharded over the mesh the state is replicated on it, so the scoring program sees one device set."""
     method = scorer.method
     prepared = clock.run("prepare", method.prepare, scorer.config, scorer.backbone, category)
     ref_features = None
@@ -222,6 +223,8 @@ def fit(scorer: Scorer, references, clock: StageClock, task=None, category: str 
         cal_features, _ = extract_source(scorer, calibration, np.arange(len(calibration)), clock, task)
         check_finite(cal_features, calibration.names, "calibration features")
         state = clock.run("calibrate", method.calibrate, scorer.config, state, cal_features, scorer.mesh)
+    if scorer.extraction_sharding is not None:
+        state = jax.device_put(state, NamedSharding(scorer.mesh, PartitionSpec()))
     return state
 
 

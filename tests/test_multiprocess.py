@@ -2,7 +2,10 @@
 over gloo, score the synthetic demo exactly as one process over a mesh of the same size, for every method; only
 process 0 writes.
 
-Why bit for bit: both runs execute the same XLA programs on the same global shapes. Each process extracts its
+Why (nearly) bit for bit: both runs execute the same scoring programs on the same global shapes; the one-process
+run extracts with each batch split over its 4 devices (sharded extraction), the two processes each extract their
+share on one device, so features may differ by float rounding (1e-7 seen for WinCLIP): scores are compared to
+1e-5 relative, metrics to 1e-3. Each process extracts its
 share of a group with the backbone program of the same batch shape (every image's features depend on that
 image only), the shares are assembled into the same (N, ...) arrays the single process holds, and every
 kernel gives each of the 4 devices the same block of rows. The collectives only move values or pick among
@@ -46,13 +49,15 @@ def test_two_processes_score_as_one_process_and_only_process_0_writes(tmp_path):
         two_out, one_out = tmp_path / case / "process0", tmp_path / case / "one"
         assert sorted(p.name for p in (tmp_path / case).iterdir()) == ["process0"], case
         assert main(TINY + args + ["--shards", "4", "--out", str(one_out)]) == 0
-        two = read_scores(two_out / "scores_synthetic.csv")
-        assert len(two) == 28 and two == read_scores(one_out / "scores_synthetic.csv"), case
+        two, one = read_scores(two_out / "scores_synthetic.csv"), read_scores(one_out / "scores_synthetic.csv")
+        assert len(two) == 28 and two.keys() == one.keys(), case
+        assert max(abs(two[k] - one[k]) for k in one) <= 1e-5 * max(1.0, max(abs(v) for v in one.values())), case
         results = json.loads((two_out / "results.json").read_text())
         reference = json.loads((one_out / "results.json").read_text())
         assert results["status"] == "complete" and results["processes"] == 2 and results["config"]["shards"] == 4
-        for key in ("metrics", "subset_sizes"):
-            assert results["categories"][0][key] == reference["categories"][0][key], (case, key)
+        assert results["categories"][0].get("subset_sizes") == reference["categories"][0].get("subset_sizes")
+        for name, value in results["categories"][0]["metrics"].items():
+            assert value == pytest.approx(reference["categories"][0]["metrics"][name], abs=1e-3), (case, name)
 
 
 def test_distributed_settings_from_flags_and_environment():
