@@ -57,6 +57,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from jzad.backbone import CLIP_MEAN, CLIP_STD
@@ -65,6 +66,7 @@ from jzad.backbone.naclip import naclip_encode
 from jzad.features.backbone import normalize_pixels
 from jzad.kernels.distances import check_precision, dot_nt, l2_normalize
 from jzad.kernels.kmeans import assign, kmeans
+from jzad.kernels.multihost import to_host
 from jzad.kernels.nearest import nearest_group_distance
 from jzad.kernels.sharding import AXIS, device_mesh, num_shards_of, pad_rows, replicated
 from jzad.methods.base import (
@@ -774,7 +776,7 @@ def clip_lad_method_fit(config: CLIPLADConfig, references: Features | None = Non
     mesh = device_mesh(1) if mesh is None else mesh
     layers, dense = _on_mesh(mesh, (tuple(references.layers), references.extras[DENSE]))
     features = features_stage(layers, dense, cfg, mesh)
-    centres = fit_centres(jax.device_put(features.cluster, jax.devices()[0]), cfg)
+    centres = np.asarray(fit_centres(jax.device_put(to_host(features.cluster), jax.local_devices()[0]), cfg))
     prompts = _on_mesh(mesh, prepared.prompts)
     regions = assign_stage(features.cluster, _on_mesh(mesh, centres), cfg, mesh)
     labels = match_stage(features.dense, regions, prompts, cfg, mesh)
@@ -788,8 +790,8 @@ def clip_lad_calibrate(config: CLIPLADConfig, state: CLIPLADMethodState, feature
     del config
     mesh = device_mesh(1) if mesh is None else mesh
     _, logical, structural = _stages(state.config, state.fitted, features, mesh, direct)
-    scores = jax.device_put(jnp.stack([logical, structural], axis=1), jax.devices()[0])
-    fusion = fit_fusion(scores, state.config.ridge)
+    scores = jax.device_put(to_host(jnp.stack([logical, structural], axis=1)), jax.local_devices()[0])
+    fusion = jax.tree.map(np.asarray, fit_fusion(scores, state.config.ridge))
     return CLIPLADMethodState(state.fitted._replace(fusion=fusion), state.config)
 
 

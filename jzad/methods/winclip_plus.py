@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jzad.kernels.blur import gaussian_blur
 from jzad.kernels.distances import l2_normalize
@@ -114,7 +114,9 @@ def winclip_plus_fit(config: WinCLIPPlusConfig, references: Features | None = No
     if config.refine_memories == "all":
         windows = tuple(coreset(w, k) for w, k in zip(windows, keys[1:]))
     state = WinCLIPPlusState(jnp.asarray(prepared, jnp.float32), coreset(memory.patches, keys[0]), windows)
-    return jax.device_put(state, jax.devices()[0])
+    if mesh is None:
+        return jax.device_put(state, jax.devices()[0])
+    return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
 
 def _refined(rows: jax.Array, prototypes: jax.Array, refine: RefineConfig) -> jax.Array:
