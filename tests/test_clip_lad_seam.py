@@ -234,7 +234,7 @@ def test_cli_end_to_end_on_a_synthetic_loco_tree(tree, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--method", "clip_lad", "--dataset", "loco", "--data", str(root), "--shots", "2", "--backbone",
             "random-tiny-text", "--image-size", str(SIZE), "--save-maps", "--maps-at-image-size", "--no-heatmaps",
-            "--quiet", "--out", str(out)]
+            "--quiet", "--profile", "stages", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     for column in ("image_auroc_logical", "image_auroc_structural", "spro_05", "spro_30"):
