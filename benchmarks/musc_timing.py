@@ -60,7 +60,7 @@ from jzad.backbone.config import CLIPConfig, architecture_name, default_taps, ge
 from jzad.data import ArrayImages  # noqa: E402
 from jzad.features import Features, normalize_pixels  # noqa: E402
 from jzad.features.clip import clip_backbone  # noqa: E402
-from jzad.kernels import device_mesh  # noqa: E402
+from jzad.kernels import device_mesh, resize_bilinear  # noqa: E402
 from jzad.methods import get_method  # noqa: E402
 from jzad.methods.musc import (  # noqa: E402
     MuScConfig,
@@ -69,7 +69,6 @@ from jzad.methods.musc import (  # noqa: E402
     mutual_scores,
     resolve_schedule,
     rscin,
-    upsample,
 )
 from jzad.pipeline import Scorer, extract_source, finalize, maps_at, run_category  # noqa: E402
 from jzad.timing import StageClock  # noqa: E402
@@ -759,7 +758,7 @@ def jax_fslc_pass(programs: dict | None, grids: tuple, embeds, config, mesh, gri
         "expand": lambda f, core, images, patches: fslc.fslc_expand(f, core, images, patches, config, mesh),
         "filter": lambda f, core: fslc.fslc_filter(f, core, config, mesh),
         "score": lambda f, core, valid: fslc.fslc_score(f, core, valid, config, mesh),
-        "upsample": lambda patch: upsample(patch.reshape(n, grid, grid), config.map_size),
+        "upsample": lambda patch: resize_bilinear(patch.reshape(n, grid, grid), config.map_size, align_corners=True),
     }
     fresh = programs is None
     programs = {} if fresh else programs
