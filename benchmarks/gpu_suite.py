@@ -10,13 +10,18 @@ raises is recorded as failed (error and traceback tail) and the run goes on. The
 table are rewritten after every part, so a run killed from outside keeps every part that finished.
 
 Parts (random weights of the real shapes, random uint8 images; every JAX timing runs the shared driver
-``jzad.pipeline`` on its ``StageClock``: device-synchronised, compile seconds apart):
+``jzad.pipeline`` on its ``StageClock``: device-synchronised, compile seconds apart; the per-stage parts run
+``--profile stages``, the same body as the fused program):
 - device: device, versions, measured ceilings (large fp32 / bf16 matmuls in JAX and PyTorch, a streaming copy).
 - musc_bf16, musc_fp32: MuSc at N (``run_category``: extract, LNAMD, MSM, upsample, RsCIN per image), a warm-up
   run then ``--repeats`` timed runs; MSM (and every stage) over its roofline floor; peak device memory
   (XLA ``peak_bytes_in_use``: a process-lifetime peak, so bf16 runs first and fp32's peak is the larger one).
 - musc_reference: the PyTorch reference (``benchmarks/reference_torch.py``: transformers CLIP, per-image
   ``torch.cdist`` as the original MuSc code) on the same device and images; score parity against both JAX runs.
+- musc_fused: MuSc at N (fp32), the fused scoring program users run against the same body stage by stage
+  (``--profile stages``), each from a cold jit cache: wall, compile seconds, XLA programs compiled.
+- sharded_extract: MuSc at N with extraction and scoring sharded over every local device against one device
+  (skipped on one device).
 - attention: the pipeline's extraction with ``jax.nn.dot_product_attention(implementation="cudnn")`` against the
   plain einsum attention (bf16; cuDNN's kernel takes no fp32), and "xla" against einsum in fp32; parity of taps.
 - musc_scaling: MuSc at the smaller N of ``--scaling`` for both precisions and the reference.
@@ -565,7 +570,8 @@ def fslc_run(suite: Suite) -> dict:
     args, spec, n = suite.args, suite.spec, suite.args.n
     sizes = _fslc_sizes(suite)
     config = mt._fslc_config(sizes, "fp32", spec.image_size)
-    scorer = Scorer(get_method("fslc"), config, suite.scorer("fp32").backbone, suite.mesh, args.batch)
+    scorer = Scorer(get_method("fslc"), config, suite.scorer("fp32").backbone, suite.mesh, args.batch,
+                    profile="stages")
     timed = mt.pipeline_run(scorer, mt.image_source(suite.images[:n]), args.repeats, suite.platform)
     result = timed["result"]
     out = {"n": n, "sizes": dict(sizes.__dict__), "repeats": args.repeats,
@@ -618,7 +624,7 @@ def method_run(spec: MethodRun) -> Callable:
         name = method.tiny_backbone if args.method_backbone == "tiny" else method.demo_backbone
         backbone = method_backbone(method, name, seed=args.seed)
         scorer = method_scorer(method, {"precision": "fp32"}, backbone, shots=shots, dataset=spec.dataset,
-                               mesh=suite.mesh, batch_size=args.batch)
+                               mesh=suite.mesh, batch_size=args.batch, profile="stages")
         size, n = backbone.image_size, args.method_images
         images = mt.random_images(n + shots + args.method_calibration, size, args.seed + 1)
         references = calibration = None
@@ -658,6 +664,52 @@ def method_estimate(suite: Suite) -> float:
 
 METHOD_RUNS = (MethodRun("patchcore_plus"), MethodRun("winclip"), MethodRun("clip_lad", "breakfast_box", "loco"))
 
+def fused_run(suite: Suite) -> dict:
+    """MuSc at N (fp32) through ``run_category``, the fused program (what users run) against the same body stage
+    by stage, each from a cold in-memory jit cache: wall, compile seconds and XLA programs compiled."""
+    import dataclasses
+
+    from benchmarks.fused_timing import timed_run
+
+    source = mt.image_source(suite.images[:suite.args.n])
+    out = {}
+    for profile in ("fused", "stages"):
+        scorer = dataclasses.replace(suite.scorer("fp32"), profile=profile)
+        timed = timed_run(scorer, source, 1)
+        out[profile] = {k: timed[k] for k in ("wall_s", "xla_programs", "backend_compile_s", "run_s_by_stage")}
+        out[profile]["image_scores_head"] = timed["image_scores_head"]
+    out["wall_ratio_stages_over_fused"] = out["stages"]["wall_s"] / max(out["fused"]["wall_s"], 1e-9)
+    return {"n": suite.args.n, **out}
+
+
+def fused_estimate(suite: Suite) -> float:
+    return 2 * (suite.args.slowdown * musc_floor_s(suite, suite.args.n, "fp32") + 2 * suite.args.compile_allowance)
+
+
+def sharded_extract_run(suite: Suite) -> dict:
+    """MuSc at N (fp32) with extraction and scoring sharded over every local device against one device: wall
+    time of each and the largest score difference. Skipped on a single device."""
+    import dataclasses
+
+    from benchmarks.fused_timing import timed_run
+
+    devices = len(jax.devices())
+    if devices < 2:
+        raise PartSkipped(f"one device ({jax.devices()[0].device_kind}): nothing to shard over")
+    source = mt.image_source(suite.images[:suite.args.n])
+    one = timed_run(dataclasses.replace(suite.scorer("fp32"), profile="fused"), source, 1)
+    batch = -(-suite.args.batch // devices) * devices
+    sharded = dataclasses.replace(suite.scorer("fp32"), mesh=device_mesh(devices), batch_size=batch)
+    many = timed_run(sharded, source, 1)
+    return {"n": suite.args.n, "devices": devices, "one_device_wall_s": one["wall_s"],
+            "sharded_wall_s": many["wall_s"], "image_scores_head": [one["image_scores_head"],
+                                                                   many["image_scores_head"]]}
+
+
+def sharded_extract_estimate(suite: Suite) -> float:
+    return fused_estimate(suite)
+
+
 PARTS = (
     Part("ceilings", "device ceilings: fp32 / bf16 matmul (JAX, PyTorch), streaming copy", ceilings_run,
          ceilings_estimate),
@@ -667,6 +719,10 @@ PARTS = (
          musc_estimate("fp32")),
     Part("musc_reference", "PyTorch reference MuSc at N (fp32, per-image cdist); score parity", reference_run,
          reference_estimate),
+    Part("musc_fused", "MuSc at N: the fused program against the same body stage by stage (wall, compiles)",
+         fused_run, fused_estimate),
+    Part("sharded_extract", "MuSc at N with extraction sharded over every local device against one device",
+         sharded_extract_run, sharded_extract_estimate),
     Part("attention", "extraction: cuDNN / XLA dot_product_attention against the einsum attention", attention_run,
          attention_estimate),
     Part("musc_scaling", "MuSc at the --scaling N: both precisions and the reference", scaling_run,

@@ -56,7 +56,7 @@ from jzad.backbone.config import CLIPConfig, architecture_name, default_taps, ge
 from jzad.data import ArrayImages  # noqa: E402
 from jzad.features import Features, normalize_pixels  # noqa: E402
 from jzad.features.clip import clip_backbone  # noqa: E402
-from jzad.kernels import device_mesh  # noqa: E402
+from jzad.kernels import device_mesh, resize_bilinear  # noqa: E402
 from jzad.methods import get_method  # noqa: E402
 from jzad.methods.musc import (  # noqa: E402
     MuScConfig,
@@ -65,7 +65,6 @@ from jzad.methods.musc import (  # noqa: E402
     mutual_scores,
     resolve_schedule,
     rscin,
-    upsample,
 )
 from jzad.pipeline import Scorer, extract_source, finalize, maps_at, run_category  # noqa: E402
 from jzad.timing import StageClock  # noqa: E402
@@ -204,7 +203,7 @@ def musc_scorer(spec: BackboneSpec, params: dict, musc: MuScConfig, mesh, batch:
     config = spec.config.replace(attention=attention)
     encoder = ImageEncoder(config, params, spec.taps, dtype, origin=f"random:{spec.arch}")
     backbone = clip_backbone(encoder, f"random-{spec.arch}", architecture_name(config))
-    return Scorer(get_method("musc"), musc, backbone, mesh, batch)
+    return Scorer(get_method("musc"), musc, backbone, mesh, batch, profile="stages")
 
 
 def pipeline_run(scorer: Scorer, source, repeats: int, platform_name: str, warmup: bool = True,
@@ -606,7 +605,7 @@ def jax_fslc_pass(programs: dict | None, grids: tuple, embeds, config, mesh, gri
         "expand": lambda f, core, images, patches: fslc.fslc_expand(f, core, images, patches, config, mesh),
         "filter": lambda f, core: fslc.fslc_filter(f, core, config, mesh),
         "score": lambda f, core, valid: fslc.fslc_score(f, core, valid, config, mesh),
-        "upsample": lambda patch: upsample(patch.reshape(n, grid, grid), config.map_size),
+        "upsample": lambda patch: resize_bilinear(patch.reshape(n, grid, grid), config.map_size, align_corners=True),
     }
     fresh = programs is None
     programs = {} if fresh else programs
@@ -636,7 +635,7 @@ def time_jax_fslc(backbone, grids: tuple, embeds, sizes: FslcSizes, precision: s
     of the stage functions (``jax_fslc_pass``, untimed) gives the diagnostics (coreset sizes, init images) and
     the compiled programs' memory."""
     config = _fslc_config(sizes, precision, backbone.image_size)
-    scorer = Scorer(get_method("fslc"), config, backbone, mesh)
+    scorer = Scorer(get_method("fslc"), config, backbone, mesh, profile="stages")
     features = Features(tuple(grids), embeds)
     n = features.num_images
     names = {stage: "lnamd" if stage == "features" else stage for stage in FSLC_STAGES}

@@ -88,7 +88,7 @@ def time_jax(method_name: str, backbone, source, references, batch: int, shots: 
     """run_category once to compile, once timed; per-image ms of every driver stage, compile seconds."""
     method = get_method(method_name)
     config = method.configure({}, RunContext("synthetic", backbone.image_size, shots=shots))
-    scorer = Scorer(method, config, backbone, None, batch_size=batch)
+    scorer = Scorer(method, config, backbone, None, batch_size=batch, profile="stages")
     run_category(scorer, source, "synthetic", references, clock=StageClock())
     clock = StageClock()
     result = run_category(scorer, source, "synthetic", references, clock=clock)

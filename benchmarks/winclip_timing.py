@@ -129,7 +129,7 @@ def refine_kwargs(method_config) -> dict:
 
 def driver_runs(method, config, backbone, source, references, repeats: int, batch_size: int):
     """Compile once, then ``repeats`` timed runs of run_category: (last result, per-run clocks)."""
-    scorer = Scorer(method, config, backbone, None, batch_size)
+    scorer = Scorer(method, config, backbone, None, batch_size, profile="stages")
     run_category(scorer, source, CATEGORY, references)
     clocks, result = [], None
     for _ in range(repeats):

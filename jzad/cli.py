@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--process-id", type=_non_negative_int, default=None,
                    help="multi-process run: this process's rank, 0..P-1; process 0 writes the outputs (env "
                    "JZAD_PROCESS_ID)")
+    p.add_argument("--profile", nargs="+", default=None, metavar="stages|trace DIR",
+                   help="'stages': run each method stage apart and time it (the default runs the method's "
+                   "scoring as one compiled program, timed as 'score'); 'trace DIR': write a JAX profiler trace of "
+                   "the run (the one program, its operations named by stage) to DIR, for Perfetto or TensorBoard")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (default: on, in $JZAD_CACHE_DIR/jax or the user "
+                   "cache folder's jzad/jax, so repeated runs of the same shapes skip compiling)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     for flag, (option, owners) in _method_options().items():
         p.add_argument(flag, dest=option.dest, type=_argparse_type(option.parse), choices=option.choices,
@@ -202,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "stream resumes from it: a folder or list is replayed and its scored images skipped, standard "
                    "input continues with the lines that arrive")
     p.add_argument("--checkpoint-every", type=positive_int, default=argparse.SUPPRESS,
-                   help="(--stream-state) batches between checkpoints (default 1)")
+                   help="(--stream-state) batches between checkpoints (default 100; one is always written at the "
+                   "end of the stream or on Ctrl-C)")
     p.add_argument("--stream-references", type=Path, default=argparse.SUPPRESS, metavar="FOLDER_OR_LIST",
                    help="(--stream; few-shot methods) the normal reference images the stream is scored against, "
                    "fitted once: a folder or a file listing image paths (every image in it is a reference); "
@@ -219,6 +227,18 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise ValueError(f"expected comma-separated integers, got {text!r}")
     return values
+
+
+def profile_settings(profile: list[str] | None) -> tuple[str, Path | None]:
+    """--profile values -> (Scorer profile "fused" or "stages", trace folder or None); a malformed value raises
+    OptionError naming the option."""
+    if profile is None:
+        return "fused", None
+    if profile == ["stages"]:
+        return "stages", None
+    if len(profile) == 2 and profile[0] == "trace":
+        return "fused", Path(profile[1])
+    raise OptionError(f"--profile: expected 'stages' or 'trace DIR', got {' '.join(profile)!r}")
 
 
 def check_options(args: argparse.Namespace, method: Method) -> dict:
@@ -265,6 +285,7 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
     if args.threshold_from is not None and not args.threshold_from.is_file():
         raise OptionError(f"--threshold-from: {args.threshold_from} is not a file (expected an earlier run's "
                           "results.json)")
+    profile_settings(args.profile)
     if args.maps_at_image_size and not args.save_maps:
         raise OptionError("--maps-at-image-size needs --save-maps")
     if args.infer_labels and args.dataset != "folder":

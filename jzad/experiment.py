@@ -152,7 +152,7 @@ def method_backbone(method: Method, backbone: str | None = None, *, weights: Pat
 
 
 def method_scorer(method: Method, values: dict, backbone, *, shots: int = 0, dataset: str = "mvtec",
-                  mesh=None, batch_size: int = 8) -> Scorer:
+                  mesh=None, batch_size: int = 8, profile: str = "fused") -> Scorer:
     """``method`` configured from ``values`` (option dest -> value) for ``backbone`` and a run with ``shots``
     references on ``dataset`` ("synthetic" for the demo), bound to the backbone and ``mesh``. Raises
     ``MethodConfigError`` (which names the config field)."""
@@ -163,7 +163,7 @@ def method_scorer(method: Method, values: dict, backbone, *, shots: int = 0, dat
             method.extractor(config, backbone)  # checks the backbone against the config before any image is read
     except ValueError as err:
         raise MethodConfigError(str(err)) from err
-    return Scorer(method, config, backbone, mesh, batch_size)
+    return Scorer(method, config, backbone, mesh, batch_size, profile=profile)
 
 
 def build_scorer(method: Method, values: dict, shots: int, *, backbone: str | None = None,
@@ -510,7 +510,7 @@ def run_experiment(scorer: Scorer, plan: Plan, sources: Callable, results: Resul
 
 
 def run_stream_experiment(streamer, source, out: Path, results: ResultsFile, *, state_dir: Path | None = None,
-                          done: int | None = None, checkpoint_every: int = 1, save_maps: bool = False,
+                          done: int | None = None, checkpoint_every: int = 100, save_maps: bool = False,
                           maps_at_image_size: bool = False, replay: bool = True,
                           progress: Callable[[int], None] | None = None,
                           announce: Callable[[int | None], None] | None = None, outputs_options: dict | None = None):

@@ -1,7 +1,9 @@
 """The one driver every caller uses: decode -> extract -> method -> maps -> metrics for a category.
 
 The command line (``jzad.run``), the benchmarks and the tests call ``run_category``, so the benchmark times
-exactly what users run. Each stage is timed on a ``StageClock`` (device-synchronised, compile time apart).
+exactly what users run. A method's scoring runs as its one jitted program (``Method.score``, timed as the stage
+"score") unless the scorer's ``profile`` is "stages": then the same body runs stage by stage, each stage timed
+on the ``StageClock`` (device-synchronised, compile time apart).
 
 Memory: a category is processed group by group. A pooling method (MuSc, FSLC) gets one subset at a time (MuSc's
 ``divide_num``; the official split by default), a non-pooling method fixed-size chunks. Only that group's images
@@ -18,18 +20,21 @@ process receives the gathered per-image outputs (the command line lets process 0
 from __future__ import annotations
 
 import resource
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jzad.data.sources import prefetch_batches
 from jzad.data.subsets import official_subsets, stratified_subsets
 from jzad.data.imageset import ImageSet
 from jzad.eval import metrics as jmetrics
 from jzad.features import Backbone, extract
+from jzad.features.types import VALID
 from jzad.kernels.multihost import assemble, gather_rows, process_share, to_host
 from jzad.methods.base import Method, Scores, check_finite
 from jzad.progress import RunProgress
@@ -37,18 +42,35 @@ from jzad.timing import StageClock
 
 METRIC_COLUMNS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pro")
 SPLITS = ("official", "balanced")
+PROFILES = ("fused", "stages")
+FUSED_STAGE = "score"
 MAP_CHUNK = 32
 
 
 @dataclass(frozen=True, eq=False)
 class Scorer:
-    """A method bound to its config, a backbone, a device mesh (None: one device) and the extraction batch."""
+    """A method bound to its config, a backbone, a device mesh (None: one device) and the extraction batch.
+
+    profile: "fused" (the production path: the method's scoring as one jitted program) or "stages" (the same
+    body with every stage timed apart, for profiling).
+    """
 
     method: Method
     config: Any
     backbone: Backbone
     mesh: Any = None
     batch_size: int = 8
+    profile: str = "fused"
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile: expected one of {PROFILES}, got {self.profile!r}")
+
+    def score(self, state, features, clock: StageClock):
+        """The method on one group's features -> (Scores, state), fused or stage by stage (``profile``)."""
+        if self.profile == "stages":
+            return self.method.staged(self.config, state, features, self.mesh, clock)
+        return clock.run(FUSED_STAGE, self.method.score, self.config, state, features, self.mesh)
 
     @property
     def request(self):
@@ -62,11 +84,30 @@ class Scorer:
 
     @property
     def extract_fn(self):
-        """images uint8 (B, S, S, 3) -> Features: the method's own extractor, else the backbone's features."""
+        """images uint8 (B, S, S, 3) -> Features: the method's own extractor, else the backbone's features.
+
+        With a mesh of several devices (one process) whose size divides the batch, each batch is put on the
+        mesh split by image (``extraction_sharding``) before the forward, so every device runs its share and
+        the features stay split over the mesh for the scorers."""
         if self.method.extractor is not None:
-            return self.method.extractor(self.config, self.backbone)
-        request = self.request
-        return lambda images: self.backbone(images, request)
+            forward = self.method.extractor(self.config, self.backbone)
+        else:
+            request = self.request
+            forward = lambda images: self.backbone(images, request)  # noqa: E731
+        sharding = self.extraction_sharding
+        if sharding is None:
+            return forward
+        return lambda images: forward(jax.device_put(images, sharding))
+
+    @property
+    def extraction_sharding(self):
+        """The NamedSharding that splits an image batch over the mesh, or None (one device, several processes,
+        or a batch size the device count does not divide)."""
+        if self.mesh is None or self.mesh.size == 1 or jax.process_count() > 1:
+            return None
+        if self.batch_size % self.mesh.size:
+            return None
+        return NamedSharding(self.mesh, PartitionSpec("data"))
 
 
 @dataclass
@@ -112,8 +153,34 @@ def score_groups(method: Method, num_images: int, defect_types, subsets: int, sp
     return [np.arange(first, min(first + chunk, num_images)) for first in range(0, num_images, chunk)]
 
 
-def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None):
+def bucket_size(count: int) -> int:
+    """The padded size of a group of ``count`` images: at least 8, else the next multiple of a quarter of the
+    largest power of two <= count (9 -> 10, 28 -> 28, 29 -> 32, 200 -> 224): at most 25% padding, and groups of
+    nearby sizes (MuSc's subsets, a ragged last chunk) share one compiled program."""
+    if count < 1:
+        raise ValueError(f"bucket_size: expected a positive image count, got {count}")
+    if count <= 8:
+        return 8
+    step = 1 << (count.bit_length() - 3)
+    return -(-count // step) * step
+
+
+@partial(jax.jit, static_argnums=(1,))
+def _zero_padded(tree, rows: int):
+    return jax.tree.map(lambda a: jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1)), tree)
+
+
+def with_valid(features, count: int, size: int):
+    """Features of ``size`` rows whose first ``count`` are images -> the same with ``extras[VALID]`` (size,)
+    bool marking them (a NumPy array: replicated as it is on every process of a multi-process run)."""
+    return features._replace(extras={**features.extras, VALID: np.arange(size) < count})
+
+
+def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None, rows: int | None = None):
     """Decode (thread pool, ahead of the device) and extract the images at ``indices`` -> (Features, sizes).
+
+    ``rows`` (>= len(indices)): the features have that many rows, zeros past the images (a group padded to a
+    bucket size, one program for groups of any size up to it).
 
     In a multi-process run each process decodes and extracts only its share of ``indices``
     (``process_share``); the shares become global arrays over the scorer's mesh (``assemble``, timed as part
@@ -128,9 +195,12 @@ def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None
             sizes.extend(decoded.sizes)
             yield decoded.images
 
+    local_rows = rows if rows is not None and jax.process_count() == 1 else None
     features = extract(scorer.extract_fn, images(), scorer.batch_size, clock,
-                       on_batch=None if task is None else task.advance)
+                       on_batch=None if task is None else task.advance, rows=local_rows)
     features = clock.run("extract", assemble, features, len(indices), scorer.mesh)
+    if rows is not None and local_rows is None:
+        features = clock.run("extract", _zero_padded, features, rows)
     if jax.process_count() > 1:
         sizes = [tuple(int(v) for v in hw) for hw in gather_rows(np.asarray(sizes, np.int64), len(indices))]
     return features, sizes
@@ -138,7 +208,8 @@ def extract_source(scorer: Scorer, source, indices, clock: StageClock, task=None
 
 def fit(scorer: Scorer, references, clock: StageClock, task=None, category: str = "", calibration=None):
     """The method's state for a category: ``prepare`` once, ``fit`` on the reference images (a source, or None
-    for zero-shot), then ``calibrate`` on held-out normal images when the method has that step."""
+    for zero-shot), then ``calibrate`` on held-out normal images when the method has that step. With extraction
+    sharded over the mesh the state is replicated on it, so the scoring program sees one device set."""
     method = scorer.method
     prepared = clock.run("prepare", method.prepare, scorer.config, scorer.backbone, category)
     ref_features = None
@@ -152,15 +223,18 @@ def fit(scorer: Scorer, references, clock: StageClock, task=None, category: str 
         cal_features, _ = extract_source(scorer, calibration, np.arange(len(calibration)), clock, task)
         check_finite(cal_features, calibration.names, "calibration features")
         state = clock.run("calibrate", method.calibrate, scorer.config, state, cal_features, scorer.mesh)
+    if scorer.extraction_sharding is not None:
+        state = jax.device_put(state, NamedSharding(scorer.mesh, PartitionSpec()))
     return state
 
 
-def maps_at(method: Method, config, patch_scores: np.ndarray, size: int, clock: StageClock) -> np.ndarray:
+def maps_at(method: Method, config, patch_scores: np.ndarray, size: int, clock: StageClock,
+            rows: int | None = None) -> np.ndarray:
     """Anomaly maps (n, size, size) float32 from patch scores (n, h, w), computed in padded chunks of
-    ``MAP_CHUNK`` so one shape is compiled."""
+    min(``MAP_CHUNK``, rows) images (rows: the group's bucket size, default n) so one shape is compiled."""
     n = patch_scores.shape[0]
     out = np.empty((n, size, size), np.float32)
-    chunk = min(MAP_CHUNK, n)
+    chunk = min(MAP_CHUNK, rows or n)
     for first in range(0, n, chunk):
         block = patch_scores[first:first + chunk]
         real = block.shape[0]
@@ -175,7 +249,8 @@ def score_source(scorer: Scorer, state, source, groups, clock: StageClock, progr
                  label: str = ""):
     """Score every group of ``source`` (decode, extract, method stages, maps) -> (host arrays dict, state).
 
-    Returns keys image_scores_raw (N,), patch_scores (N, h, w), maps (N, S, S), keep (dict of (N, ...)),
+    When the method pads (``Method.pads_to_buckets``) every group is padded to the bucket of the largest
+    (``bucket_size``), so all groups run one compiled program. Returns keys image_scores_raw (N,), patch_scores (N, h, w), maps (N, S, S), keep (dict of (N, ...)),
     original_sizes (list of (H, W)); in a multi-process run every process gets the whole of each (the scores
     are gathered from the global mesh).
     """
@@ -190,13 +265,18 @@ def score_source(scorer: Scorer, state, source, groups, clock: StageClock, progr
     patch = maps = None
     keep: dict = {}
     sizes: list = [None] * n
+    target = None
+    if scorer.method.pads_to_buckets(scorer.config):
+        target = bucket_size(max(len(g) for g in groups))
     try:
         for indices in groups:
-            features, group_sizes = extract_source(scorer, source, indices, clock, extract_task)
-            check_finite(features, [source.names[i] for i in indices])
-            scores, state = scorer.method.staged(scorer.config, state, features, scorer.mesh, clock)
+            features, group_sizes = extract_source(scorer, source, indices, clock, extract_task, target)
+            check_finite(features, [source.names[i] for i in indices], count=len(indices))
+            if target is not None:
+                features = with_valid(features, len(indices), target)
+            scores, state = scorer.score(state, features, clock)
             del features
-            host = to_host(scores)
+            host = jax.tree.map(lambda a, n=len(indices): a[:n], to_host(scores))
             if patch is None:
                 patch = np.zeros((n,) + host.patch_scores.shape[1:], np.float32)
                 maps = np.zeros((n, size, size), np.float32)
@@ -206,7 +286,7 @@ def score_source(scorer: Scorer, state, source, groups, clock: StageClock, progr
                 if key not in keep:
                     keep[key] = np.zeros((n,) + value.shape[1:], value.dtype)
                 keep[key][indices] = value
-            maps[indices] = maps_at(scorer.method, scorer.config, host.patch_scores, size, clock)
+            maps[indices] = maps_at(scorer.method, scorer.config, host.patch_scores, size, clock, target)
             for index, shape in zip(indices, group_sizes):
                 sizes[int(index)] = shape
             score_task.advance(1)

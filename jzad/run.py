@@ -37,7 +37,8 @@ import numpy as np
 
 from jzad import data as jdata
 from jzad import experiment
-from jzad.cli import UserError, build_parser, check_options, distributed_settings, in_flag_terms, start_distributed
+from jzad.cli import (UserError, build_parser, check_options, distributed_settings, in_flag_terms, profile_settings,
+                      start_distributed)
 from jzad.experiment import DEMO_CATEGORY, OutputSpec, Plan, ResultsFile
 from jzad.methods import Method, OptionError, get_method, get_streaming
 from jzad.pipeline import METRIC_COLUMNS
@@ -163,11 +164,14 @@ def data_sources(args, category: str, shots: int, draw_seed: int, calibration: s
 def load_scorer(args, method: Method, values: dict, shots: int):
     """The backbone the options name at the method's preset, and the method's config
     (``experiment.build_scorer``), its errors worded as the options that caused them."""
+    import dataclasses
+
     try:
-        return experiment.build_scorer(
+        scorer = experiment.build_scorer(
             method, values, shots, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
             taps=args.taps, activation=args.activation, precision=args.precision, seed=args.seed,
             shards=args.shards, batch_size=args.batch_size, demo=args.data is None, dataset=args.dataset)
+        return dataclasses.replace(scorer, profile=profile_settings(args.profile)[0])
     except experiment.BackboneLoadError as err:
         raise UserError(_backbone_error(args, method, err.name, err.reason)) from err
     except experiment.MethodConfigError as err:
@@ -369,11 +373,9 @@ def run_here(args: argparse.Namespace) -> int:
 def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> int:
     """--stream: score --data's images in arrival order with the method's streaming functions, appending each
     batch to scores_stream.csv; resume from --stream-state when it holds a checkpoint. Returns the exit status."""
-    import jax
-
     from jzad.data.arrivals import arrivals
     from jzad.eval import report
-    from jzad.stream import Streamer, decode_batch, has_checkpoint
+    from jzad.stream import CHECKPOINT_EVERY, Streamer, decode_batch, has_checkpoint
 
     given = vars(args)
     streaming = get_streaming(method.name)
@@ -429,7 +431,7 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
                if "heatmaps" in given else None}
     summary, csv_path = experiment.run_stream_experiment(
         streamer, arrivals(args.data), out, results, state_dir=state_dir, done=done,
-        checkpoint_every=given.get("checkpoint_every", 1), save_maps=args.save_maps,
+        checkpoint_every=given.get("checkpoint_every", CHECKPOINT_EVERY), save_maps=args.save_maps,
         maps_at_image_size=args.maps_at_image_size, replay=str(args.data) != "-",
         announce=announce, outputs_options=options)
     stats = results.payload["stream"]
@@ -487,26 +489,26 @@ def jax_device_kind() -> str:
     return jax.devices()[0].device_kind
 
 
-def use_compilation_cache() -> None:
-    """Keep compiled programs in the user cache folder (``jzad.paths.compilation_cache_dir``) so a second run
-    of the same set-up skips most compiling; a folder the user set for JAX (JAX_COMPILATION_CACHE_DIR) wins."""
-    import jax
-
-    from jzad.paths import compilation_cache_dir
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(compilation_cache_dir()))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m jzad.run``; returns the process exit status (2: a user error)."""
     args = build_parser().parse_args(argv)
-    use_compilation_cache()
     try:
+        _, trace_dir = profile_settings(args.profile)
+        from jzad.compile_cache import disable_compile_cache, enable_compile_cache
+
+        if args.no_compile_cache:
+            disable_compile_cache()
+        else:
+            enable_compile_cache()
         settings = distributed_settings(args)
         if settings is not None:
             start_distributed(settings)
-        return run_here(args)
+        if trace_dir is None:
+            return run_here(args)
+        import jax
+
+        with jax.profiler.trace(str(trace_dir)):
+            return run_here(args)
     except (UserError, OptionError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
             ConnectionError) as err:
         if args.debug:

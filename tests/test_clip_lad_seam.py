@@ -238,7 +238,7 @@ def test_cli_end_to_end_on_a_synthetic_loco_tree(tree, tmp_path, capsys):
     args = ["--method", "clip_lad", "--dataset", "loco", "--data", str(root), "--shots", "2", "--loco-subtypes",
             str(listing), "--backbone",
             "random-tiny-text", "--image-size", str(SIZE), "--save-maps", "--maps-at-image-size", "--no-heatmaps",
-            "--quiet", "--out", str(out)]
+            "--quiet", "--profile", "stages", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     for column in ("image_auroc_logical", "image_auroc_structural", "spro_05", "spro_30"):

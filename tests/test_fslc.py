@@ -12,13 +12,13 @@ from jzad.methods.fslc import (
     fslc_features,
     fslc_filter,
     fslc_init,
-    fslc_pipeline,
     fslc_score,
     otsu_split,
     otsu_threshold,
     score_fslc,
-    score_fslc_staged,
 )
+from jzad.features.types import Features, tokens_to_grid
+from jzad.methods import get_method
 from jzad.timing import StageClock
 
 # ------------------------------------------------------------------------------------- NumPy reference
@@ -302,30 +302,33 @@ def test_sharded_equals_unsharded(shards):
     embeds = rng.standard_normal((11, 6)).astype(np.float32)
     config = FSLCConfig(r_list=(1, 3), num_init_images=3, init_coreset_size=13, expand_per_image=3,
                         n_wanted="otsu", b=4, point_tile=8, query_tile=16, group_tile=2)
-    single = fslc_pipeline(layers, embeds, config, device_mesh(1))
-    sharded = fslc_pipeline(layers, embeds, config, device_mesh(shards))
-    for key in single:
-        np.testing.assert_array_equal(np.asarray(sharded[key]), np.asarray(single[key]), err_msg=key)
+    single = score_fslc(layers, embeds, config, device_mesh(1))
+    sharded = score_fslc(layers, embeds, config, device_mesh(shards))
+    for key in ("patch_scores", "image_scores", "coreset_size", "weights", "init_images"):
+        np.testing.assert_array_equal(np.asarray(getattr(sharded, key)), np.asarray(getattr(single, key)),
+                                      err_msg=key)
 
 
 def test_known_answer_and_no_retracing():
     """Clustered normal patches, a few far patches in anomalous images: image and patch AUROC 1.0.
 
-    The staged run (the CLI's path, each stage its own jit) gives the same scores as the one-jit pipeline.
-    The second set has the same shapes, so no jitted function traces again.
+    The staged run (``--profile stages``: the method's body, each stage its own jit) gives the same scores as
+    the fused program. The second set has the same shapes, so no jitted function traces again.
     """
     config = FSLCConfig(r_list=(1,), num_init_images=4, init_coreset_size=40, expand_per_image=3,
                         n_wanted="otsu", b=5, point_tile=16, query_tile=32, group_tile=2, map_size=9)
     n, side = 24, 6
     anomalous = np.arange(16, 24)
     labels = np.isin(np.arange(n), anomalous).astype(int)
-    jitted = (fslc_pipeline, fslc_init, fslc_expand, fslc_filter, fslc_score)
+    jitted = (fslc_init, fslc_expand, fslc_filter, fslc_score)
+    method = get_method("fslc")
     for seed in (1, 2):
         rng = np.random.default_rng(seed)
         tokens, masks = _tokens(rng, n, side, 16, anomalous)
         embeds = rng.standard_normal((n, 8)).astype(np.float32)
         result = score_fslc((tokens,), embeds, config)
-        patch, image = score_fslc_staged((tokens,), embeds, config, None, StageClock())
+        staged, _ = method.staged(config, (), Features((tokens_to_grid(tokens),), embeds), None, StageClock())
+        patch, image = staged.patch_scores, staged.image_scores
         if seed == 1:
             sizes = {fn: fn._cache_size() for fn in jitted}
         np.testing.assert_allclose(np.asarray(image), np.asarray(result.image_scores), rtol=1e-6)

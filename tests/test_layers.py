@@ -18,7 +18,7 @@ import jzad
 from jzad.cli import in_flag_terms
 from jzad.run import main
 
-ORDER = ("jzad.paths", "jzad.timing", "jzad.kernels", "jzad.data", "jzad.backbone", "jzad.weights", "jzad.features",
+ORDER = ("jzad.paths", "jzad.compile_cache", "jzad.timing", "jzad.kernels", "jzad.data", "jzad.backbone", "jzad.weights", "jzad.features",
          "jzad.methods", "jzad.eval", "jzad.progress", "jzad.pipeline", "jzad.reference_scores", "jzad.stream", "jzad.experiment",
          "jzad.cli", "jzad.run", "jzad.serve")
 LAYERS = {name: layer for layer, name in enumerate(ORDER)}

@@ -1,7 +1,11 @@
 """Multi-process scoring: two local processes (two fake CPU devices each), joined by JAX's distributed runtime
-over gloo, score the synthetic demo exactly as one process over a mesh of the same size; only process 0 writes.
+over gloo, score the synthetic demo exactly as one process over a mesh of the same size, for every method; only
+process 0 writes.
 
-Why bit for bit: both runs execute the same XLA programs on the same global shapes. Each process extracts its
+Why (nearly) bit for bit: both runs execute the same scoring programs on the same global shapes; the one-process
+run extracts with each batch split over its 4 devices (sharded extraction), the two processes each extract their
+share on one device, so features may differ by float rounding (1e-7 seen for WinCLIP): scores are compared to
+1e-5 relative, metrics to 1e-3. Each process extracts its
 share of a group with the backbone program of the same batch shape (every image's features depend on that
 image only), the shares are assembled into the same (N, ...) arrays the single process holds, and every
 kernel gives each of the 4 devices the same block of rows. The collectives only move values or pick among
@@ -20,11 +24,16 @@ from benchmarks.multiprocess_timing import launch_local, read_scores
 from jzad.methods import base, get_method
 from jzad.run import build_parser, distributed_settings, main
 
-TINY = ["--backbone", "random-tiny", "--image-size", "32", "--quiet", "--no-heatmaps"]
+TINY = ["--image-size", "32", "--quiet", "--no-heatmaps"]
 CASES = {
-    "musc-rows": ["--method", "musc", "--schedule", "rows"],
-    "musc-pairs-subsets": ["--method", "musc", "--schedule", "pairs", "--subsets", "3"],
-    "fslc": ["--method", "fslc"],
+    "musc-rows": ["--method", "musc", "--backbone", "random-tiny", "--schedule", "rows"],
+    "musc-pairs-subsets": ["--method", "musc", "--backbone", "random-tiny", "--schedule", "pairs", "--subsets", "3"],
+    "fslc": ["--method", "fslc", "--backbone", "random-tiny"],
+    "patchcore": ["--method", "patchcore", "--backbone", "random-tiny-resnet"],
+    "patchcore_plus": ["--method", "patchcore_plus", "--backbone", "random-tiny-resnet"],
+    "winclip": ["--method", "winclip", "--backbone", "random-tiny-text", "--shots", "1"],
+    "winclip_plus": ["--method", "winclip_plus", "--backbone", "random-tiny-text"],
+    "clip_lad": ["--method", "clip_lad", "--backbone", "random-tiny-text"],
 }
 TIMEOUT_S = 600
 
@@ -41,13 +50,15 @@ def test_two_processes_score_as_one_process_and_only_process_0_writes(tmp_path):
         two_out, one_out = tmp_path / case / "process0", tmp_path / case / "one"
         assert sorted(p.name for p in (tmp_path / case).iterdir()) == ["process0"], case
         assert main(TINY + args + ["--shards", "4", "--out", str(one_out)]) == 0
-        two = read_scores(two_out / "scores_synthetic.csv")
-        assert len(two) == 28 and two == read_scores(one_out / "scores_synthetic.csv"), case
+        two, one = read_scores(two_out / "scores_synthetic.csv"), read_scores(one_out / "scores_synthetic.csv")
+        assert len(two) == 28 and two.keys() == one.keys(), case
+        assert max(abs(two[k] - one[k]) for k in one) <= 1e-5 * max(1.0, max(abs(v) for v in one.values())), case
         results = json.loads((two_out / "results.json").read_text())
         reference = json.loads((one_out / "results.json").read_text())
         assert results["status"] == "complete" and results["processes"] == 2 and results["config"]["shards"] == 4
-        for key in ("metrics", "subset_sizes"):
-            assert results["categories"][0][key] == reference["categories"][0][key], (case, key)
+        assert results["categories"][0].get("subset_sizes") == reference["categories"][0].get("subset_sizes")
+        for name, value in results["categories"][0]["metrics"].items():
+            assert value == pytest.approx(reference["categories"][0]["metrics"][name], abs=1e-3), (case, name)
 
 
 def test_distributed_settings_from_flags_and_environment():
@@ -77,7 +88,7 @@ def test_bad_distributed_settings_are_one_line_errors(tmp_path, capsys, monkeypa
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    assert main(TINY + argv + ["--out", str(tmp_path / "o")]) == 2
+    assert main(TINY + ["--backbone", "random-tiny"] + argv + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
@@ -87,7 +98,7 @@ def test_a_method_without_multi_process_support_is_refused(tmp_path, capsys, mon
     local_only = dataclasses.replace(get_method("musc"), name="musc-local", multi_process=False)
     monkeypatch.setitem(base._REGISTRY, "musc-local", local_only)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    assert main(TINY + ["--method", "musc-local", "--out", str(tmp_path / "o")]) == 2
+    assert main(TINY + ["--backbone", "random-tiny", "--method", "musc-local", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--method musc-local does not support multi-process scoring (2 processes)" in err
     assert not (tmp_path / "o").exists()

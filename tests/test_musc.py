@@ -11,9 +11,13 @@ from jzad.methods.musc import (
     mutual_scores,
     rscin,
     score_musc,
-    tokens_to_grid,
-    upsample,
 )
+from jzad.features.types import tokens_to_grid
+from jzad.kernels.resize import resize_bilinear
+
+
+def upsample(x, size):
+    return resize_bilinear(x, size, align_corners=True)
 
 
 def np_lnamd(grid, r):
@@ -210,11 +214,11 @@ def test_score_musc_end_to_end_matches_numpy_and_has_no_retrace():
     raw = np_upsample_align_corners(expected, 9).max(axis=(1, 2))
     np.testing.assert_allclose(result.image_scores_raw, raw, atol=1e-5)
     np.testing.assert_allclose(result.image_scores, np_rscin(raw, embeds, (1, 2, 3)), atol=1e-5)
-    from jzad.methods.musc import musc_patch_scores
+    from jzad.methods.base import _fused
 
-    before = musc_patch_scores._cache_size()
+    before = _fused._cache_size()
     score_musc(tuple(t + 1 for t in layers), embeds, config)
-    assert musc_patch_scores._cache_size() == before
+    assert _fused._cache_size() == before
 
 
 def test_jit_embeds_the_scorer():

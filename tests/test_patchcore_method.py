@@ -104,7 +104,8 @@ def test_staged_stages_are_timed():
 def test_command_line_demo_and_option_errors(tmp_path, capsys):
     base = ["--method", "patchcore", "--backbone", "random-tiny-resnet", "--image-size", str(SIZE), "--quiet",
             "--no-heatmaps"]
-    assert main(base + ["--coreset-ratio", "0.5", "--reweight-b", "3", "--out", str(tmp_path / "a")]) == 0
+    assert main(base + ["--coreset-ratio", "0.5", "--reweight-b", "3", "--profile", "stages",
+                        "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "method: patchcore | mode: few_shot | shots: 2" in out and "| embed " in out and "| nearest " in out
     results = json.loads((tmp_path / "a" / "results.json").read_text())

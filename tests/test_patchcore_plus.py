@@ -113,7 +113,8 @@ def test_configure_and_command_line(tmp_path, capsys):
         method.configure({"coreset_ratio": 2.0}, RunContext("mvtec", 224, 1))
     base = ["--method", "patchcore_plus", "--backbone", "random-tiny-resnet", "--image-size", str(SIZE), "--quiet",
             "--no-heatmaps"]
-    assert main(base + ["--em-update", "closed", "--em-iterations", "2", "--out", str(tmp_path / "a")]) == 0
+    assert main(base + ["--em-update", "closed", "--em-iterations", "2", "--profile", "stages",
+                        "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "method: patchcore_plus | mode: few_shot | shots: 2" in out and "| refine " in out
     results = json.loads((tmp_path / "a" / "results.json").read_text())

@@ -35,7 +35,7 @@ def test_demo_run_writes_every_output(tmp_path, capsys):
     assert main(TINY + ["--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "RANDOM weights" in printed and "synthetic" in printed
-    for stage in ("extract", "lnamd", "msm", "rscin", "upsample"):
+    for stage in ("extract", "score", "rscin", "upsample"):
         assert f"| {stage}" in printed
     results = json.loads((tmp_path / "results.json").read_text())
     metrics = results["categories"][0]["metrics"]

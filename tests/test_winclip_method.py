@@ -137,7 +137,7 @@ CLI = ["--method", "winclip", "--backbone", "random-" + ARCH, "--image-size", st
 
 
 def test_command_line_demo_few_shot_with_class_name(tmp_path, capsys):
-    assert main(CLI + ["--shots", "2", "--class-name", "widget", "--out", str(tmp_path)]) == 0
+    assert main(CLI + ["--shots", "2", "--class-name", "widget", "--profile", "stages", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "method: winclip" in printed and "shots: 2" in printed
     for stage in ("extract", "prepare", "zero_shot", "few_shot", "upsample"):

@@ -10,12 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from jzad.backbone.clip import _check_dtype, check_taps, encode_image, init_clip
 from jzad.backbone.config import CLIPConfig, get_architecture
-from jzad.backbone.posembed import with_image_size
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,26 +68,6 @@ class ImageEncoder:
         ln_post(CLS) @ proj, not normalised. Outputs are float32 whatever the compute dtype.
         """
         return encode_image(self.params, images, self.config, self.taps, self.dtype, self.with_embedding)
-
-    def encode_batches(self, images, batch_size: int) -> tuple[tuple[jax.Array, ...], jax.Array]:
-        """Like ``__call__`` over (N, S, S, 3) images in batches of batch_size (the last one padded, so only
-        one shape is ever compiled); returns (taps: tuple of (N, 1 + g*g, C), embeds (N, D))."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        count = len(images)
-        if count == 0:
-            raise ValueError("encode_batches needs at least one image")
-        tap_parts, embed_parts = [], []
-        for start in range(0, count, batch_size):
-            batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
-            real = batch.shape[0]
-            if real < batch_size:
-                batch = np.concatenate([batch, np.zeros((batch_size - real, *batch.shape[1:]), np.float32)])
-            taps, embeds = self(batch)
-            tap_parts.append(tuple(t[:real] for t in taps))
-            embed_parts.append(None if embeds is None else embeds[:real])
-        taps = tuple(jnp.concatenate([part[i] for part in tap_parts]) for i in range(len(self.taps)))
-        return taps, (None if embed_parts[0] is None else jnp.concatenate(embed_parts))
 
 
 def init_random_encoder(

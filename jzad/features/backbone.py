@@ -8,6 +8,7 @@ program is compiled per run, and concatenates the per-image features on the devi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterable
 
 import jax
@@ -78,15 +79,20 @@ def extract(
     batch_size: int,
     clock,
     on_batch: Callable[[int], None] | None = None,
+    rows: int | None = None,
 ) -> Features:
     """Run ``forward`` (uint8 images -> Features, e.g. a Backbone with its request bound) over an iterable of
     uint8 batches (each at most batch_size images) -> Features of all.
 
     Every batch is padded to batch_size, so a single shape is compiled; the time of each call is recorded on
-    ``clock`` as "extract". on_batch(n) is called after each batch with its real image count.
+    ``clock`` as "extract". on_batch(n) is called after each batch with its real image count. ``rows``: the
+    result has exactly this many rows (>= the image count; the rows past the images are zeros), written batch by batch into one buffer at a traced offset, so sets of any size up to
+    ``rows`` run the same few programs.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if rows is not None:
+        return _extract_into(forward, batches, batch_size, clock, on_batch, rows)
     parts = []
     for batch in batches:
         real = len(batch)
@@ -105,3 +111,46 @@ def extract(
     if len(parts) == 1:
         return parts[0]
     return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
+
+
+@partial(jax.jit, donate_argnums=(0,))
+def _write_rows(buffer, part, offset):
+    return jax.tree.map(lambda whole, rows: jax.lax.dynamic_update_slice_in_dim(whole, rows, offset, 0), buffer, part)
+
+
+@partial(jax.jit, static_argnums=(1,))
+def _zeros_like_rows(part, rows: int):
+    return jax.tree.map(lambda a: jnp.zeros((rows,) + a.shape[1:], a.dtype), part)
+
+
+@partial(jax.jit, static_argnums=(1,))
+def _first_rows(buffer, rows: int):
+    return jax.tree.map(lambda whole: whole[:rows], buffer)
+
+
+def _extract_into(forward, batches, batch_size: int, clock, on_batch, rows: int) -> Features:
+    """``extract`` with a fixed row count: batches written into a zero buffer (one batch of slack, so a write at
+    any offset below rows fits without clamping), then cut to rows."""
+    total = -(-(rows + batch_size - 1) // batch_size) * batch_size
+    buffer, offset = None, 0
+    for batch in batches:
+        real = len(batch)
+        if real == 0:
+            continue
+        if real > batch_size:
+            raise ValueError(f"extract: a batch of {real} images exceeds batch_size {batch_size}")
+        if offset + real > rows:
+            raise ValueError(f"extract: more than rows={rows} images")
+        if real < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - real,) + batch.shape[1:], batch.dtype)])
+        out = clock.run("extract", forward, batch)
+        if buffer is None:
+            buffer = clock.run("extract", _zeros_like_rows, out, total)
+            buffer = jax.tree.map(lambda whole, part: jax.device_put(whole, part.sharding), buffer, out)
+        buffer = clock.run("extract", _write_rows, buffer, out, jnp.int32(offset))
+        offset += real
+        if on_batch is not None:
+            on_batch(real)
+    if buffer is None:
+        raise ValueError("extract: no images")
+    return clock.run("extract", _first_rows, buffer, rows)

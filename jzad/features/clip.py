@@ -11,7 +11,6 @@ from functools import partial
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from jzad.backbone import (
     CLIP_MEAN,

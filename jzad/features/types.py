@@ -4,11 +4,17 @@ images become model inputs, and the features a backbone returns."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import jax
 
 from jzad.data.prep import PREP_KINDS, ImagePrep
 
-__all__ = ["PREP_KINDS", "BackboneRun", "FeatureRequest", "Features", "ImagePrep"]
+__all__ = ["PREP_KINDS", "VALID", "BackboneRun", "FeatureRequest", "Features", "ImagePrep", "tokens_to_grid"]
+
+VALID = "valid"
+"""The ``Features.extras`` key of a (N,) bool mask of real images in a set padded to a bucket size."""
 
 
 class Features(NamedTuple):
@@ -50,3 +56,12 @@ class BackboneRun:
     activation: str | None = None
     taps: tuple | None = None
     align: bool = False
+
+
+def tokens_to_grid(tokens: jax.Array) -> jax.Array:
+    """(N, 1 + h*w, C) ViT tokens with CLS first -> (N, h, w, C) patch grid (square grids only)."""
+    n, count, c = tokens.shape
+    side = int(round((count - 1) ** 0.5))
+    if side * side != count - 1:
+        raise ValueError(f"tokens: expected (N, 1 + h*w, C) with a square h*w grid, got {tokens.shape}")
+    return tokens[:, 1:, :].reshape(n, side, side, c)

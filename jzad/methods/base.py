@@ -5,8 +5,8 @@ A method is a small set of pure functions over a frozen config (the optax init/u
     prepared = method.prepare(config, backbone, category)        # once per category: e.g. text embeddings
     state = method.fit(config, references, mesh, prepared)       # few-shot: memory banks; zero-shot: ()
     state = method.calibrate(config, state, calibration, mesh)   # optional: statistics from held-out normals
-    scores, state = method.score(config, state, queries, mesh)   # one jitted program
-    scores, state = method.staged(config, state, queries, mesh, clock)   # the same arithmetic, stage by stage
+    scores, state = method.score(config, state, queries, mesh)   # the scoring body as one jitted program
+    scores, state = method.staged(config, state, queries, mesh, clock)   # the same body, stage by stage
     scores = method.finalize(config, scores)                     # set-level re-scoring over a whole category
 
 ``references`` and ``queries`` are feature pytrees (``Features``: backbone layer grids and, when the method asks
@@ -18,6 +18,10 @@ the same functions serve a whole set, one subset, or a stream of batches.
 the driver passes one whole subset at a time and the subset is the pool. A non-pooling method scores each image
 against its fitted state alone, so the driver may cut the queries into any batches.
 
+Scoring is written once per method, as ``body(config, state, queries, mesh, run) -> (Scores, state)`` whose
+stages are called through ``run(stage, fn, *args)``: ``score`` runs the body under one ``jax.jit`` with ``run`` a
+plain call (``direct``), ``staged`` runs it with ``run`` a ``StageClock``'s timed call. There is no second body.
+
 The command line is generic over methods: each declares its ``options`` (flags mapped to config fields) and
 builds its config from them with ``configure``; a new method needs no edit of the CLI or the pipeline.
 """
@@ -25,9 +29,11 @@ builds its config from them with ``configure``; a new method needs no edit of th
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
+import numpy as np
 
 from jzad.features.types import BackboneRun, FeatureRequest, Features, ImagePrep
 
@@ -82,6 +88,18 @@ class OptionError(ValueError):
     """A command-line option that is misplaced or malformed; the message names the option."""
 
 
+def direct(stage: str, fn: Callable, *args, **kwargs):
+    """The ``run`` of a fused body: call the stage under ``jax.named_scope(stage)``, so a profiler trace of the
+    one program still names each stage's operations."""
+    with jax.named_scope(stage):
+        return fn(*args, **kwargs)
+
+
+@partial(jax.jit, static_argnames=("body", "config", "mesh"))
+def _fused(body, config, state, queries, mesh):
+    return body(config, state, queries, mesh, direct)
+
+
 def _identity_finalize(config, scores: Scores) -> Scores:
     return scores
 
@@ -102,6 +120,8 @@ class Method:
     when --backbone is not given; demo_backbone: the random-weight backbone of the built-in demo;
     tiny_backbone: a small random backbone of the right family for tests and quick checks.
     configure(values: dict, context: RunContext) -> config, from option values (dest -> value, defaults filled).
+    body(config, state, queries, mesh, run) -> (Scores, state): the one scoring implementation, its stages
+    called as ``run(stage, fn, *args)`` (see ``score`` and ``staged``).
     maps(config, patch_scores (N, h, w), size (H, W)) -> (N, H, W) anomaly maps at image resolution.
     stages: names of the stages ``staged`` times, in order (for reports). finalize(config, scores) -> scores:
     set-level re-scoring over a whole category (identity by default), timed as ``finalize_stage``.
@@ -115,6 +135,9 @@ class Method:
     refuses a multi-process run of a method without it. score_units: what its maps hold, for the colour bar
     of heatmaps; distance_scores: its scores are raw feature distances with no fixed scale (PatchCore's squared
     distances such as 6.4e4), so heatmaps show them 0-1 over the category (the raw values stay in the files).
+    pads(config) -> bool: whether the driver may pad a pool with copies of its last image to a bucket size
+    (so pools of nearby sizes share one compiled program), marking the real rows in
+    ``Features.extras[VALID]``; None: only a non-pooling method pads (its images are scored independently).
     """
 
     name: str
@@ -125,8 +148,7 @@ class Method:
     options: tuple
     request: Callable
     fit: Callable
-    score: Callable
-    staged: Callable
+    body: Callable
     configure: Callable
     maps: Callable
     backbone_run: Callable
@@ -145,6 +167,7 @@ class Method:
     multi_process: bool = False
     score_units: str = "anomaly score"
     distance_scores: bool = False
+    pads: Callable | None = None
 
     def __post_init__(self):
         if self.few_shot not in FEW_SHOT_MODES:
@@ -153,6 +176,19 @@ class Method:
         for option in self.options:
             if option.field is not None and option.field not in names:
                 raise ValueError(f"Method {self.name}: option {option.flag} sets unknown config field {option.field!r}")
+
+    def pads_to_buckets(self, config) -> bool:
+        """Whether query sets of this method and config may be padded to a bucket size (see ``pads``)."""
+        return not self.pools if self.pads is None else bool(self.pads(config))
+
+    def score(self, config, state, queries, mesh=None):
+        """The scoring body as one jitted program (config and mesh static) -> (Scores, state). Callable inside a
+        user's own ``jax.jit``."""
+        return _fused(self.body, config, state, queries, mesh)
+
+    def staged(self, config, state, queries, mesh, clock):
+        """The same body with each stage timed on ``clock`` (a ``jzad.timing.StageClock``) -> (Scores, state)."""
+        return self.body(config, state, queries, mesh, clock.run)
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -251,22 +287,50 @@ def option_fields(options, values: dict) -> dict:
     return {o.field: values[o.dest] for o in options if o.field is not None and values.get(o.dest) is not None}
 
 
-def check_finite(features, names=None, what: str = "features") -> None:
-    """Raise ValueError naming the images whose features hold NaN or inf (a silent NaN would spread to every
-    score of a pooling method). features: any pytree of arrays with a leading image axis N (``Features``, a
-    tuple of tapped tokens); names: (N,) image names for the message (indices when None). Under an outer jit
-    the values are unknown and nothing is checked: call it where the arrays are concrete."""
-    leaves = jax.tree.leaves(features)
-    if not leaves or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-        return
+@jax.jit
+def _non_finite_rows(leaves) -> jax.Array:
+    """(N,) bool: the images (leading axis) with a NaN or inf in any leaf; one program per set of shapes."""
     bad = None
     for leaf in leaves:
-        per_image = jax.numpy.all(jax.numpy.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
-        bad = ~per_image if bad is None else bad | ~per_image
-    indices = [int(i) for i in jax.numpy.flatnonzero(bad)]
+        rows = ~jax.numpy.all(jax.numpy.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+        bad = rows if bad is None else bad | rows
+    return bad
+
+
+def check_finite(features, names=None, what: str = "features", count: int | None = None) -> None:
+    """Raise ValueError naming the images whose features hold NaN or inf (a silent NaN would spread to every
+    score of a pooling method). features: any pytree of arrays with a leading image axis N (``Features``, a
+    tuple of tapped tokens); names: (N,) image names for the message (indices when None); count: only the
+    first count rows are images (the rest padding, not checked). Under an outer jit
+    the values are unknown and nothing is checked: call it where the arrays are concrete."""
+    leaves = [leaf for leaf in jax.tree.leaves(features) if jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact)]
+    if not leaves or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return
+    bad = np.asarray(_non_finite_rows(leaves))
+    indices = [int(i) for i in np.flatnonzero(bad[:count])]
     if indices:
         shown = [names[i] for i in indices[:5]] if names is not None else [str(i) for i in indices[:5]]
         more = f" and {len(indices) - 5} more" if len(indices) > 5 else ""
         where = "" if names is not None else "at index "
         raise ValueError(f"{what} of {len(indices)} image(s) are not finite (NaN or inf): {where}"
                          f"{', '.join(shown)}{more}")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """"1,3,5" -> (1, 3, 5) (argparse type)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from err
+    if not values:
+        raise ValueError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+def float_pair(text: str) -> tuple[float, float]:
+    """"0,0.3" -> (0.0, 0.3) (argparse type)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError as err:
+        raise ValueError(f"expected LO,HI such as 0,0.3, got {text!r}") from err
+    return lo, hi

@@ -57,6 +57,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from jzad.backbone import CLIP_MEAN, CLIP_STD
@@ -65,6 +66,7 @@ from jzad.backbone.naclip import naclip_encode
 from jzad.features.backbone import normalize_pixels
 from jzad.kernels.distances import check_precision, dot_nt, l2_normalize
 from jzad.kernels.kmeans import assign, kmeans
+from jzad.kernels.multihost import to_host
 from jzad.kernels.nearest import nearest_group_distance
 from jzad.kernels.sharding import AXIS, device_mesh, num_shards_of, pad_rows, replicated
 from jzad.methods.base import (
@@ -76,10 +78,11 @@ from jzad.methods.base import (
     OptionError,
     RunContext,
     Scores,
+    direct,
     option_fields,
     register,
 )
-from jzad.methods.musc import tokens_to_grid
+from jzad.features.types import tokens_to_grid
 
 FINE_LEVELS = ("patch", "region")
 
@@ -728,11 +731,6 @@ def fusion_stage(logical: jax.Array, structural: jax.Array, fusion: Fusion, conf
                      (logical, structural), fusion)
 
 
-def _direct(stage, fn, *args, **kwargs):
-    del stage
-    return fn(*args, **kwargs)
-
-
 def _on_mesh(mesh: Mesh, tree):
     return jax.device_put(tree, replicated(mesh))
 
@@ -752,7 +750,9 @@ def _stages(config: CLIPLADConfig, fitted: CLIPLADState, queries: Features, mesh
     return maps, logical, structural
 
 
-def _scores(config, state: CLIPLADMethodState, queries: Features, mesh, run) -> Scores:
+def clip_lad_body(config, state: CLIPLADMethodState, queries: Features, mesh, run):
+    """CLIP-LAD on query features -> (Scores(structural maps (B, 2g, 2g), fused image scores (B,)), state),
+    every stage (``STAGES``) through ``run``; the category's config comes from the state."""
     del config
     cfg, fitted = state.config, state.fitted
     if fitted.fusion is None:
@@ -761,7 +761,7 @@ def _scores(config, state: CLIPLADMethodState, queries: Features, mesh, run) -> 
     maps, logical, structural = _stages(cfg, fitted, queries, mesh, run)
     fused = run("fusion", fusion_stage, logical, structural, _on_mesh(mesh, fitted.fusion), cfg, mesh)
     side = queries.layers[0].shape[1] * cfg.upsample
-    return Scores(maps.reshape(-1, side, side), fused)
+    return Scores(maps.reshape(-1, side, side), fused), state
 
 
 def clip_lad_method_fit(config: CLIPLADConfig, references: Features | None = None, mesh: Mesh | None = None,
@@ -776,7 +776,7 @@ def clip_lad_method_fit(config: CLIPLADConfig, references: Features | None = Non
     mesh = device_mesh(1) if mesh is None else mesh
     layers, dense = _on_mesh(mesh, (tuple(references.layers), references.extras[DENSE]))
     features = features_stage(layers, dense, cfg, mesh)
-    centres = fit_centres(jax.device_put(features.cluster, jax.devices()[0]), cfg)
+    centres = np.asarray(fit_centres(jax.device_put(to_host(features.cluster), jax.local_devices()[0]), cfg))
     prompts = _on_mesh(mesh, prepared.prompts)
     regions = assign_stage(features.cluster, _on_mesh(mesh, centres), cfg, mesh)
     labels = match_stage(features.dense, regions, prompts, cfg, mesh)
@@ -789,23 +789,10 @@ def clip_lad_calibrate(config: CLIPLADConfig, state: CLIPLADMethodState, feature
     """Eq. 4's mu and Sigma from the (s_log, s_str) of validation normal images (V >= 2)."""
     del config
     mesh = device_mesh(1) if mesh is None else mesh
-    _, logical, structural = _stages(state.config, state.fitted, features, mesh, _direct)
-    scores = jax.device_put(jnp.stack([logical, structural], axis=1), jax.devices()[0])
-    fusion = fit_fusion(scores, state.config.ridge)
+    _, logical, structural = _stages(state.config, state.fitted, features, mesh, direct)
+    scores = jax.device_put(to_host(jnp.stack([logical, structural], axis=1)), jax.local_devices()[0])
+    fusion = jax.tree.map(np.asarray, fit_fusion(scores, state.config.ridge))
     return CLIPLADMethodState(state.fitted._replace(fusion=fusion), state.config)
-
-
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def clip_lad_method_score(config: CLIPLADConfig, state: CLIPLADMethodState, queries: Features,
-                          mesh: Mesh | None = None):
-    """Every stage as one program -> (Scores: structural maps (B, 2g, 2g), fused image scores (B,), state)."""
-    return _scores(config, state, queries, mesh, _direct), state
-
-
-def clip_lad_method_staged(config: CLIPLADConfig, state: CLIPLADMethodState, queries: Features, mesh: Mesh | None,
-                           clock):
-    """``clip_lad_method_score`` stage by stage, each timed on ``clock`` (``STAGES``)."""
-    return _scores(config, state, queries, mesh, clock.run), state
 
 
 @partial(jax.jit, static_argnames=("config", "size"))
@@ -873,8 +860,7 @@ METHOD = register(Method(
     options=OPTIONS,
     request=lambda config: FeatureRequest(),
     fit=clip_lad_method_fit,
-    score=clip_lad_method_score,
-    staged=clip_lad_method_staged,
+    body=clip_lad_body,
     configure=clip_lad_configure,
     maps=clip_lad_maps,
     backbone_run=backbone_run,
@@ -887,4 +873,5 @@ METHOD = register(Method(
     calibrate=clip_lad_calibrate,
     calibration="validation",
     needs_text=True,
+    multi_process=True,
 ))

@@ -63,10 +63,13 @@ from jzad.methods.base import (
     RunContext,
     Scores,
     check_finite,
+    int_list,
     option_fields,
     register,
 )
-from jzad.methods.musc import backbone_run, grid_features, int_list, musc_maps, tokens_to_grid, upsample
+from jzad.features.types import tokens_to_grid
+from jzad.kernels.resize import resize_bilinear
+from jzad.methods.musc import backbone_run, grid_features, musc_maps
 
 COMBINES = ("concat", "per_layer")
 
@@ -611,89 +614,6 @@ def fslc_score(
 # --------------------------------------------------------------------------------------------- whole method
 
 
-def _one_set(features, image_embeds, config, mesh):
-    """init -> expand -> filter -> score on one feature set (N, M, C)."""
-    init = fslc_init(features, image_embeds, config, mesh)
-    expanded = fslc_expand(features, init.coreset, init.image_indices, init.patch_indices, config, mesh)
-    filtered = fslc_filter(features, expanded.coreset, config, mesh)
-    scored = fslc_score(features, filtered.coreset, filtered.valid, config, mesh)
-    return init, filtered, scored
-
-
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def fslc_pipeline(
-    layer_tokens: tuple[jax.Array, ...],
-    image_embeds: jax.Array,
-    config: FSLCConfig = FSLCConfig(),
-    mesh: Mesh | None = None,
-) -> dict[str, jax.Array]:
-    """The whole method under one jit: L x (N, 1 + h*w, C) tokens, (N, D) embeddings -> dict of arrays.
-
-    Keys: patch_scores (N, h, w), image_scores (N,) (means over the feature sets), coreset_size (F,),
-    weights (F, N), init_images (S,).
-    """
-    sets = fslc_features(tuple(layer_tokens), config)
-    n, m, _ = sets[0].shape
-    side = int(round(m ** 0.5))
-    patch = image = None
-    sizes, weights = [], []
-    init_images = None
-    for features in sets:
-        init, filtered, scored = _one_set(features, image_embeds, config, mesh)
-        init_images = init.image_indices
-        patch = scored.patch_scores if patch is None else patch + scored.patch_scores
-        image = scored.image_scores if image is None else image + scored.image_scores
-        sizes.append(filtered.size)
-        weights.append(scored.weights)
-    return {
-        "patch_scores": (patch / len(sets)).reshape(n, side, side),
-        "image_scores": image / len(sets),
-        "coreset_size": jnp.stack(sizes),
-        "weights": jnp.stack(weights),
-        "init_images": init_images,
-    }
-
-
-def score_fslc(
-    layer_tokens: tuple[jax.Array, ...],
-    image_embeds: jax.Array,
-    config: FSLCConfig = FSLCConfig(),
-    mesh: Mesh | None = None,
-) -> FSLCResult:
-    """FSLC over one set: tapped tokens (L x (N, 1 + h*w, C)) and image embeddings (N, D) -> FSLCResult.
-
-    Square patch grids only (as ``tokens_to_grid``). Maps are upsampled when ``config.map_size`` is set. Tokens
-    or embeddings holding NaN or inf raise ValueError naming the images (by index).
-    """
-    _mesh(mesh)
-    check_finite((tuple(layer_tokens), image_embeds), what="score_fslc: layer_tokens / image_embeds")
-    out = fslc_pipeline(tuple(layer_tokens), image_embeds, config, mesh)
-    maps = None if config.map_size is None else upsample(out["patch_scores"], config.map_size)
-    return FSLCResult(maps=maps, **out)
-
-
-def score_fslc_staged(layer_tokens, image_embeds, config: FSLCConfig, mesh: Mesh | None, clock):
-    """FSLC stage by stage, each timed apart on ``clock`` (a ``jzad.timing.StageClock``): the same arithmetic
-    as ``score_fslc``. Stages: "lnamd", "init", "expand", "filter", "score".
-
-    Returns (patch_scores (N, h, w), image_scores (N,)).
-    """
-    sets = clock.run("lnamd", fslc_features, tuple(layer_tokens), config)
-    n, m, _ = sets[0].shape
-    side = int(round(m ** 0.5))
-    patch = image = None
-    for features in sets:
-        init = clock.run("init", fslc_init, features, image_embeds, config, mesh)
-        expanded = clock.run("expand", fslc_expand, features, init.coreset, init.image_indices,
-                             init.patch_indices, config, mesh)
-        filtered = clock.run("filter", fslc_filter, features, expanded.coreset, config, mesh)
-        scored = clock.run("score", fslc_score, features, filtered.coreset, filtered.valid, config, mesh)
-        patch = scored.patch_scores if patch is None else patch + scored.patch_scores
-        image = scored.image_scores if image is None else image + scored.image_scores
-    count = len(sets)
-    return (patch / count).reshape(n, side, side), image / count
-
-
 # --------------------------------------------------------------------------------------------- method seam
 
 
@@ -712,40 +632,64 @@ def fslc_fit(config: FSLCConfig, references: Features | None = None, mesh: Mesh 
     return ()
 
 
-def _sets_and_config(config: FSLCConfig, queries: Features):
-    sets = fslc_sets(tuple(queries.layers), config)
-    n, m, _ = sets[0].shape
-    return sets, fit_to_set(config, n, m)
-
-
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def fslc_method_score(config: FSLCConfig, state: tuple, queries: Features, mesh: Mesh | None = None):
-    """FSLC over one pool of queries as one program -> (Scores, state), the config fitted to the set size."""
-    sets, fitted = _sets_and_config(config, queries)
-    n, h, w, _ = queries.layers[0].shape
-    patch = image = None
-    for features in sets:
-        _, _, scored = _one_set(features, queries.embeds, fitted, mesh)
-        patch = scored.patch_scores if patch is None else patch + scored.patch_scores
-        image = scored.image_scores if image is None else image + scored.image_scores
-    return Scores((patch / len(sets)).reshape(n, h, w), image / len(sets)), state
-
-
-def fslc_method_staged(config: FSLCConfig, state: tuple, queries: Features, mesh: Mesh | None, clock):
-    """``fslc_method_score`` stage by stage on ``clock`` ("lnamd", "init", "expand", "filter", "score")."""
-    sets = clock.run("lnamd", fslc_sets, tuple(queries.layers), config)
+def fslc_body(config: FSLCConfig, state: tuple, queries: Features, mesh: Mesh | None, run):
+    """FSLC over one pool of queries -> (Scores, state), the config fitted to the set size, stages through
+    ``run``: "lnamd", then per feature set "init", "expand", "filter", "score"; patch (N, h, w) and image (N,)
+    scores averaged over the sets."""
+    sets = run("lnamd", fslc_sets, tuple(queries.layers), config)
     n, h, w, _ = queries.layers[0].shape
     fitted = fit_to_set(config, n, sets[0].shape[1])
     patch = image = None
     for features in sets:
-        init = clock.run("init", fslc_init, features, queries.embeds, fitted, mesh)
-        expanded = clock.run("expand", fslc_expand, features, init.coreset, init.image_indices,
-                             init.patch_indices, fitted, mesh)
-        filtered = clock.run("filter", fslc_filter, features, expanded.coreset, fitted, mesh)
-        scored = clock.run("score", fslc_score, features, filtered.coreset, filtered.valid, fitted, mesh)
+        init = run("init", fslc_init, features, queries.embeds, fitted, mesh)
+        expanded = run("expand", fslc_expand, features, init.coreset, init.image_indices,
+                       init.patch_indices, fitted, mesh)
+        filtered = run("filter", fslc_filter, features, expanded.coreset, fitted, mesh)
+        scored = run("score", fslc_score, features, filtered.coreset, filtered.valid, fitted, mesh)
         patch = scored.patch_scores if patch is None else patch + scored.patch_scores
         image = scored.image_scores if image is None else image + scored.image_scores
     return Scores((patch / len(sets)).reshape(n, h, w), image / len(sets)), state
+
+
+@partial(jax.jit, static_argnames=("config", "mesh"))
+def _score_with_diagnostics(grids: tuple, image_embeds: jax.Array, config: FSLCConfig, mesh) -> dict:
+    """``fslc_body`` under one jit, its stage outputs recorded on the way for ``FSLCResult``'s diagnostics."""
+    seen: dict = {}
+
+    def recording(stage, fn, *args, **kwargs):
+        out = fn(*args, **kwargs)
+        seen.setdefault(stage, []).append(out)
+        return out
+
+    scores, _ = fslc_body(config, (), Features(grids, image_embeds), mesh, recording)
+    return {
+        "patch_scores": scores.patch_scores,
+        "image_scores": scores.image_scores,
+        "coreset_size": jnp.stack([filtered.size for filtered in seen["filter"]]),
+        "weights": jnp.stack([scored.weights for scored in seen["score"]]),
+        "init_images": seen["init"][-1].image_indices,
+    }
+
+
+def score_fslc(
+    layer_tokens: tuple[jax.Array, ...],
+    image_embeds: jax.Array,
+    config: FSLCConfig = FSLCConfig(),
+    mesh: Mesh | None = None,
+) -> FSLCResult:
+    """FSLC over one set: tapped tokens (L x (N, 1 + h*w, C)) and image embeddings (N, D) -> FSLCResult.
+
+    A thin call into the method's one scoring body (``fslc_body``, as one program). Square patch grids only
+    (as ``tokens_to_grid``). Maps are upsampled when ``config.map_size`` is set. Tokens or embeddings holding
+    NaN or inf raise ValueError naming the images (by index).
+    """
+    _mesh(mesh)
+    check_finite((tuple(layer_tokens), image_embeds), what="score_fslc: layer_tokens / image_embeds")
+    grids = tuple(tokens_to_grid(t) for t in layer_tokens)
+    out = _score_with_diagnostics(grids, image_embeds, config, mesh)
+    maps = None if config.map_size is None else resize_bilinear(out["patch_scores"], config.map_size,
+                                                                align_corners=True)
+    return FSLCResult(maps=maps, **out)
 
 
 def _n_wanted(text: str) -> int | str:
@@ -793,8 +737,7 @@ METHOD = register(Method(
     options=OPTIONS,
     request=lambda config: FeatureRequest(embedding=True),
     fit=fslc_fit,
-    score=fslc_method_score,
-    staged=fslc_method_staged,
+    body=fslc_body,
     configure=fslc_configure,
     maps=musc_maps,
     backbone_run=backbone_run,

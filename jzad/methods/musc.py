@@ -14,7 +14,8 @@ Stages, each a pure function over arrays that works under jit (names follow the 
   would otherwise turn into hot spots (deviation: the reference's cdist keeps that noise).
 - ``rscin``: re-scoring with the constrained image-level neighbourhood: min-max normalised image scores
   smoothed over each image's k most similar images (by CLIP image embedding), averaged over the windows.
-- ``score_musc``: the whole method over the tapped layers of one set; layers and r values are scored
+- ``musc_body``: the whole method over the tapped layers of one set (``score_musc``: its public call on
+  tokens); layers and r values are scored
   separately and their maps averaged (no Gaussian smoothing), image score = max of the map.
 
 Memory: MSM runs over blocks of query images against the pool through the tiled nearest-neighbour kernel,
@@ -25,7 +26,7 @@ split over devices; the pool is replicated. The same code runs one shard.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
@@ -36,6 +37,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jzad.kernels.distances import check_precision, dot_nt, l2_normalize, squared_norms, zero_below_rounding
 from jzad.kernels.nearest import nearest_group_distance
 from jzad.kernels.select import interval_bounds, interval_table, mean_of_ranks
+from jzad.kernels.resize import resize_bilinear
 from jzad.kernels.sharding import device_mesh, map_row_shards
 from jzad.methods.base import (
     BackboneRun,
@@ -47,8 +49,11 @@ from jzad.methods.base import (
     RunContext,
     Scores,
     check_finite,
+    float_pair,
+    int_list,
     register,
 )
+from jzad.features.types import VALID, tokens_to_grid
 
 LAYER_NORM_EPS = 1e-5
 MODES = ("zero_shot", "few_shot", "plus")
@@ -122,16 +127,6 @@ class MuScResult:
     patch_scores: jax.Array
     image_scores_raw: jax.Array
     image_scores: jax.Array
-    stage_seconds: dict = field(default_factory=dict)
-
-
-def tokens_to_grid(tokens: jax.Array) -> jax.Array:
-    """(N, 1 + h*w, C) ViT tokens with CLS first -> (N, h, w, C) patch grid (square grids only)."""
-    n, count, c = tokens.shape
-    side = int(round((count - 1) ** 0.5))
-    if side * side != count - 1:
-        raise ValueError(f"tokens: expected (N, 1 + h*w, C) with a square h*w grid, got {tokens.shape}")
-    return tokens[:, 1:, :].reshape(n, side, side, c)
 
 
 def joint_layer_norm(grid: jax.Array, eps: float = LAYER_NORM_EPS) -> jax.Array:
@@ -238,8 +233,10 @@ def _pair_list(num_tiles: int, num_shards: int) -> jax.Array:
     return jnp.swapaxes(table, 0, 1)
 
 
-def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, start: int, stop: int) -> jax.Array:
-    """Zero-shot MSM with the symmetric schedule: (N, M, C) -> (N, M); see ``MuScConfig.schedule``."""
+def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, start, stop,
+                         valid: jax.Array | None = None) -> jax.Array:
+    """Zero-shot MSM with the symmetric schedule: (N, M, C) -> (N, M); see ``MuScConfig.schedule``. ``valid``
+    (N,) bool masks padding images out of the pool (the rank bounds then travel as traced values)."""
     n, m, c = features.shape
     t = min(images_per_step(config.pair_tile, m), n)
     tiles = -(-n // t)
@@ -276,6 +273,8 @@ def _pairs_mutual_scores(features: jax.Array, config: MuScConfig, mesh: Mesh, st
     squared = zero_below_rounding(squared, norms[:, :, None] + jnp.max(norms), c, config.precision)
     ids = jnp.arange(n)
     squared = jnp.where((ids[:, None] == ids[None, :])[:, None, :], jnp.inf, squared)
+    if valid is not None:
+        squared = jnp.where(valid[None, None, :], squared, jnp.inf)
     distances = jnp.sqrt(squared)
     return mean_of_ranks(distances, start, stop)
 
@@ -285,13 +284,16 @@ def mutual_scores(
     config: MuScConfig = MuScConfig(),
     mesh: Mesh | None = None,
     references: jax.Array | None = None,
+    valid: jax.Array | None = None,
 ) -> jax.Array:
     """MSM patch scores of one (layer, r): features (N, M, C) -> (N, M); see ``_mutual_scores``.
 
     Only the fields MSM reads enter the compile key (``msm_key``), so changing RsCIN windows, r values or the
-    map size never recompiles MSM.
+    map size never recompiles MSM. ``valid`` (N,) bool (zero_shot, plus): the rows that are real images; the
+    others are padding (a set padded to a bucket size, so sets of nearby sizes share one program): they are
+    left out of every pool and their own scores are undefined.
     """
-    return _mutual_scores(features, msm_key(config), mesh, references)
+    return _mutual_scores(features, msm_key(config), mesh, references, valid)
 
 
 def msm_key(config: MuScConfig) -> MuScConfig:
@@ -305,6 +307,7 @@ def _mutual_scores(
     config: MuScConfig,
     mesh: Mesh | None,
     references: jax.Array | None,
+    valid: jax.Array | None = None,
 ) -> jax.Array:
     """MSM patch scores of one (layer, r): features (N, M, C) -> (N, M).
 
@@ -326,8 +329,11 @@ def _mutual_scores(
             )
     elif references is not None:
         raise ValueError("mutual_scores: references are only used by modes 'few_shot' and 'plus'")
+    if valid is not None and mode == "few_shot":
+        raise ValueError("mutual_scores: padding rows (valid) are supported in modes 'zero_shot' and 'plus' only")
     if mode == "plus":
         pool, exclude_self, start, stop = references, False, 0, 1
+        valid = None
     else:
         pool = features if mode == "zero_shot" else jnp.concatenate([features, references], axis=0)
         others = pool.shape[0] - 1
@@ -336,10 +342,20 @@ def _mutual_scores(
         exclude_self = True
         start, stop = interval_bounds(others, *config.interval)
     mesh = device_mesh(1) if mesh is None else mesh
+    bounds = None
+    if valid is not None:
+        table = jnp.asarray(interval_table(pool.shape[0] - 1, *config.interval))
+        bounds = table[jnp.maximum(jnp.sum(valid.astype(jnp.int32)) - 1, 0)]
+        start = 0 if config.interval[0] == 0 else bounds[0]
+        stop = bounds[1]
     if resolve_schedule(config, num_test, features.shape[1]) == "pairs":
-        return _pairs_mutual_scores(features.astype(jnp.float32), config, mesh, start, stop)
-    block_fn = _msm_block_fn(config, num_test, exclude_self, start, stop)
-    return map_row_shards(block_fn, mesh, features.astype(jnp.float32), pool.astype(jnp.float32))
+        return _pairs_mutual_scores(features.astype(jnp.float32), config, mesh, start, stop, valid)
+    pool = pool.astype(jnp.float32)
+    if valid is None:
+        block_fn = _msm_block_fn(config, num_test, exclude_self, start, stop)
+        return map_row_shards(block_fn, mesh, features.astype(jnp.float32), pool)
+    block_fn = _msm_block_fn(config, num_test, exclude_self, None, None)
+    return map_row_shards(block_fn, mesh, features.astype(jnp.float32), pool, valid, bounds)
 
 
 @partial(jax.jit, static_argnames=("num_queries", "config", "mesh"))
@@ -416,91 +432,18 @@ def rscin(image_scores: jax.Array, image_embeds: jax.Array, windows: tuple[int, 
     return jnp.mean(jnp.stack(smoothed), axis=0)
 
 
-def bilinear_matrix(out_size: int, in_size: int) -> jax.Array:
-    """(out_size, in_size) weights of 1-D linear interpolation with align_corners=True."""
-    if in_size == 1:
-        return jnp.ones((out_size, 1), jnp.float32)
-    pos = jnp.arange(out_size, dtype=jnp.float32) * ((in_size - 1) / max(out_size - 1, 1))
-    low = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, in_size - 2)
-    frac = pos - low
-    rows = jnp.arange(out_size)
-    weights = jnp.zeros((out_size, in_size), jnp.float32)
-    weights = weights.at[rows, low].add(1.0 - frac)
-    return weights.at[rows, low + 1].add(frac)
-
-
-@partial(jax.jit, static_argnames=("size",))
-def upsample(patch_scores: jax.Array, size: int | tuple[int, int]) -> jax.Array:
-    """Bilinear upsampling with align_corners=True: (N, h, w) -> (N, H, W), as two small matmuls."""
-    out_h, out_w = (size, size) if isinstance(size, int) else size
-    _, h, w = patch_scores.shape
-    rows = bilinear_matrix(out_h, h)
-    cols = bilinear_matrix(out_w, w)
-    hp = jax.lax.Precision.HIGHEST
-    return jnp.einsum("Hh,nhw,Ww->nHW", rows, patch_scores.astype(jnp.float32), cols, precision=hp)
-
-
 @partial(jax.jit, static_argnames=("size",))
 def max_of_upsampled(patch_scores: jax.Array, size: int | None) -> jax.Array:
     """(N, h, w) -> (N,) max of each map after ``upsample`` to ``size`` (patch-grid max when None)."""
     if size is None:
         return jnp.max(patch_scores, axis=(1, 2))
-    return jax.lax.map(lambda one: jnp.max(upsample(one[None], size)), patch_scores)
-
-
-def layer_features(layer_tokens: tuple[jax.Array, ...], r_list: tuple[int, ...]) -> list[jax.Array]:
-    """LNAMD features for every (layer, r) of ViT tokens (N, 1 + h*w, C): list of (N, h*w, C)."""
-    return grid_features(tuple(tokens_to_grid(tokens) for tokens in layer_tokens), r_list)
+    return jax.lax.map(lambda one: jnp.max(resize_bilinear(one[None], size, align_corners=True)), patch_scores)
 
 
 def grid_features(grids: tuple[jax.Array, ...], r_list: tuple[int, ...]) -> list[jax.Array]:
     """LNAMD features for every (layer, r) of (N, h, w, C) grids: list of (N, h*w, C), layers outer, degrees
     inner."""
     return [lnamd(grid, r) for grid in grids for r in r_list]
-
-
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def musc_patch_scores(
-    layer_tokens: tuple[jax.Array, ...],
-    config: MuScConfig = MuScConfig(),
-    mesh: Mesh | None = None,
-    reference_tokens: tuple[jax.Array, ...] | None = None,
-) -> jax.Array:
-    """Mean MSM map over layers x degrees: L tapped layers of (N, 1 + h*w, C) -> (N, h, w)."""
-    if not layer_tokens:
-        raise ValueError("musc_patch_scores: expected at least one tapped layer")
-    if reference_tokens is not None and len(reference_tokens) != len(layer_tokens):
-        raise ValueError(
-            f"reference_tokens: expected {len(layer_tokens)} layers like layer_tokens, got {len(reference_tokens)}"
-        )
-    grids = tuple(tokens_to_grid(t) for t in layer_tokens)
-    refs = () if reference_tokens is None else tuple(tokens_to_grid(t) for t in reference_tokens)
-    return _grid_patch_scores(grids, config, mesh, refs)
-
-
-def score_musc(
-    layer_tokens: tuple[jax.Array, ...],
-    image_embeds: jax.Array | None,
-    config: MuScConfig = MuScConfig(),
-    mesh: Mesh | None = None,
-    reference_tokens: tuple[jax.Array, ...] | None = None,
-) -> MuScResult:
-    """MuSc over one set: tapped tokens (L x (N, 1 + h*w, C)) and image embeddings (N, D) -> MuScResult.
-
-    The image score is the max of the map upsampled to ``config.map_size`` (computed one image at a time, so
-    the full-size maps of the set are never held at once). ``image_embeds`` None skips RsCIN. Tokens or
-    embeddings holding NaN or inf raise ValueError naming the images (by index), since one such image would
-    turn every score of the pool into NaN.
-    """
-    if mesh is not None and not isinstance(mesh, Mesh):
-        raise ValueError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
-    check_finite((tuple(layer_tokens), image_embeds), what="score_musc: layer_tokens / image_embeds")
-    if reference_tokens is not None:
-        check_finite(tuple(reference_tokens), what="score_musc: reference_tokens")
-    patch = musc_patch_scores(tuple(layer_tokens), config, mesh, None if reference_tokens is None else tuple(reference_tokens))
-    raw = max_of_upsampled(patch, config.map_size)
-    scores = raw if image_embeds is None else rscin(raw, image_embeds, config.windows)
-    return MuScResult(patch_scores=patch, image_scores_raw=raw, image_scores=scores)
 
 
 # --------------------------------------------------------------------------------------------- method seam
@@ -510,17 +453,6 @@ class MuScState(NamedTuple):
     """Fitted MuSc state: the reference images' layer grids (R, h, w, C) per tap (few_shot / plus), else ()."""
 
     references: tuple = ()
-
-
-def _grid_patch_scores(grids, config: MuScConfig, mesh, reference_grids) -> jax.Array:
-    """Mean MSM map over layers x degrees from (N, h, w, C) grids -> (N, h, w); the fused form of the stages."""
-    n, h, w, _ = grids[0].shape
-    total = jnp.zeros((n, h * w), jnp.float32)
-    for index, grid in enumerate(grids):
-        for r in config.r_list:
-            refs = lnamd(reference_grids[index], r) if reference_grids else None
-            total = total + mutual_scores(lnamd(grid, r), config, mesh, refs)
-    return (total / (len(grids) * len(config.r_list))).reshape(n, h, w)
 
 
 def _keep(queries: Features) -> dict:
@@ -538,30 +470,63 @@ def musc_fit(config: MuScConfig, references: Features | None = None, mesh: Mesh 
     return MuScState(tuple(references.layers))
 
 
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def musc_score(config: MuScConfig, state: MuScState, queries: Features, mesh: Mesh | None = None):
-    """MuSc over one pool of queries as one program -> (Scores, state). Image scores are the max of the maps
-    upsampled to ``config.map_size``, before RsCIN (``musc_finalize`` re-scores over the whole category)."""
-    patch = _grid_patch_scores(tuple(queries.layers), config, mesh, state.references)
-    raw = max_of_upsampled(patch, config.map_size)
-    return Scores(patch, raw, _keep(queries)), state
-
-
-def musc_staged(config: MuScConfig, state: MuScState, queries: Features, mesh: Mesh | None, clock):
-    """``musc_score`` stage by stage, each timed on ``clock`` ("lnamd", "msm", "upsample"); one (layer, r)
-    feature set is alive at a time."""
+def musc_body(config: MuScConfig, state: MuScState, queries: Features, mesh: Mesh | None, run):
+    """MuSc over one pool of queries -> (Scores, state), each stage called through ``run`` ("lnamd", "msm",
+    "upsample"; see ``jzad.methods.base``). Patch scores (N, h, w): the mean MSM map over layers x degrees.
+    Image scores are the max of the maps upsampled to ``config.map_size``, before RsCIN (``musc_finalize``
+    re-scores over the whole category). ``queries.extras[VALID]`` (N,) bool, when present, marks the real
+    images of a pool padded to a bucket size (``musc_pads``); padding rows score undefined values."""
     n, h, w, _ = queries.layers[0].shape
+    valid = queries.extras.get(VALID)
     total = None
     for index, grid in enumerate(queries.layers):
         for r in config.r_list:
-            feats = clock.run("lnamd", lnamd, grid, r)
-            refs = clock.run("lnamd", lnamd, state.references[index], r) if state.references else None
-            scores = clock.run("msm", mutual_scores, feats, config, mesh, refs)
+            feats = run("lnamd", lnamd, grid, r)
+            refs = run("lnamd", lnamd, state.references[index], r) if state.references else None
+            scores = run("msm", mutual_scores, feats, config, mesh, refs, valid)
             total = scores if total is None else total + scores
             del feats, refs
     patch = (total / (len(queries.layers) * len(config.r_list))).reshape(n, h, w)
-    raw = clock.run("upsample", max_of_upsampled, patch, config.map_size)
+    raw = run("upsample", max_of_upsampled, patch, config.map_size)
     return Scores(patch, raw, _keep(queries)), state
+
+
+def musc_score(config: MuScConfig, state: MuScState, queries: Features, mesh: Mesh | None = None):
+    """``musc_body`` as one jitted program (the registered method's ``score``) -> (Scores, state)."""
+    return METHOD.score(config, state, queries, mesh)
+
+
+def score_musc(
+    layer_tokens: tuple[jax.Array, ...],
+    image_embeds: jax.Array | None,
+    config: MuScConfig = MuScConfig(),
+    mesh: Mesh | None = None,
+    reference_tokens: tuple[jax.Array, ...] | None = None,
+) -> MuScResult:
+    """MuSc over one set: tapped tokens (L x (N, 1 + h*w, C)) and image embeddings (N, D) -> MuScResult.
+
+    A thin call into the method's one scoring program (``musc_score``) and RsCIN (``musc_finalize``). The image
+    score is the max of the map upsampled to ``config.map_size``. ``image_embeds`` None skips RsCIN. Tokens or
+    embeddings holding NaN or inf raise ValueError naming the images (by index), since one such image would
+    turn every score of the pool into NaN. Works inside a user's own ``jax.jit``.
+    """
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise ValueError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+    if not layer_tokens:
+        raise ValueError("score_musc: expected at least one tapped layer")
+    if reference_tokens is not None and len(reference_tokens) != len(layer_tokens):
+        raise ValueError(
+            f"reference_tokens: expected {len(layer_tokens)} layers like layer_tokens, got {len(reference_tokens)}"
+        )
+    check_finite((tuple(layer_tokens), image_embeds), what="score_musc: layer_tokens / image_embeds")
+    if reference_tokens is not None:
+        check_finite(tuple(reference_tokens), what="score_musc: reference_tokens")
+    queries = Features(tuple(tokens_to_grid(t) for t in layer_tokens), image_embeds)
+    state = MuScState(() if reference_tokens is None else tuple(tokens_to_grid(t) for t in reference_tokens))
+    scores, _ = musc_score(config, state, queries, mesh)
+    final = scores if image_embeds is None else musc_finalize(config, scores)
+    return MuScResult(patch_scores=scores.patch_scores, image_scores_raw=scores.image_scores,
+                      image_scores=final.image_scores)
 
 
 def musc_finalize(config: MuScConfig, scores: Scores) -> Scores:
@@ -575,7 +540,7 @@ def musc_finalize(config: MuScConfig, scores: Scores) -> Scores:
 def musc_maps(config: MuScConfig, patch_scores: jax.Array, size) -> jax.Array:
     """Anomaly maps at image resolution: bilinear, align_corners=True, as the reference (no smoothing)."""
     del config
-    return upsample(patch_scores, size)
+    return resize_bilinear(patch_scores, size, align_corners=True)
 
 
 BACKBONE_PRESETS = {
@@ -611,26 +576,6 @@ def backbone_run(architecture: str | None) -> BackboneRun:
     return BACKBONE_PRESETS.get(architecture or "", DEFAULT_RUN)
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    """"1,3,5" -> (1, 3, 5) (argparse type)."""
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from err
-    if not values:
-        raise ValueError(f"expected at least one integer, got {text!r}")
-    return values
-
-
-def float_pair(text: str) -> tuple[float, float]:
-    """"0,0.3" -> (0.0, 0.3) (argparse type)."""
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError as err:
-        raise ValueError(f"expected LO,HI such as 0,0.3, got {text!r}") from err
-    return lo, hi
-
-
 OPTIONS = (
     Option("--r-list", "r_list", "LNAMD aggregation degrees (odd window sizes)", int_list, metavar="1,3,5"),
     Option("--interval", "interval", "MSM rank interval LO,HI of the other images' distances", float_pair,
@@ -662,6 +607,12 @@ def musc_configure(values: dict, context: RunContext) -> MuScConfig:
         raise OptionError(f"musc options: {err}") from err
 
 
+def musc_pads(config: MuScConfig) -> bool:
+    """Whether a pool may be padded to a bucket size (masked MSM): zero_shot and plus (queries scored against
+    the references only); few_shot pools queries with references, where padding is not masked."""
+    return config.mode in ("zero_shot", "plus")
+
+
 METHOD = register(Method(
     name="musc",
     score_units="mean L2 distance to the other images (unit features)",
@@ -672,8 +623,7 @@ METHOD = register(Method(
     options=OPTIONS,
     request=lambda config: FeatureRequest(embedding=bool(config.windows)),
     fit=musc_fit,
-    score=musc_score,
-    staged=musc_staged,
+    body=musc_body,
     configure=musc_configure,
     maps=musc_maps,
     backbone_run=backbone_run,
@@ -683,4 +633,5 @@ METHOD = register(Method(
     finalize=musc_finalize,
     finalize_stage="rscin",
     multi_process=True,
+    pads=musc_pads,
 ))

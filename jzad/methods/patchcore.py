@@ -25,8 +25,8 @@ Stages (amazon-science/patchcore-inspection, WideResNet-50-2 taps layer2 / layer
   (sigma 4, 33 taps, 'reflect'), axis 0 then axis 1 with a float32 intermediate.
 
 Method seam (registered as "patchcore"; ``jzad.methods.base``): ``patchcore_fit`` builds the memory bank of
-the reference images' features (``PatchCoreState``), ``patchcore_score`` is the fused program and
-``patchcore_staged`` the same arithmetic in timed stages ("embed", "nearest"); maps as above. The run preset
+the reference images' features (``PatchCoreState``), ``patchcore_body`` is the one scoring body (stages
+"embed", "nearest"), run fused or timed stage by stage by the seam; maps as above. The run preset
 is the original's: a ResNet family backbone (WideResNet-50-2 by default) at 224 x 224 crops of 256 (PIL
 bilinear, ``patchcore_prep``), taps layer2 and layer3. ``--coreset-ratio`` defaults to 0.05 for runs with at
 most 16 reference images (PatchCore+'s few-shot setting) and 0.1 (the paper's full-shot setting) above;
@@ -92,8 +92,8 @@ class PatchCoreConfig:
     (None: plain max, the original code; anomalib uses 9). map_size: side of the anomaly maps (the crop,
     224). sigma: Gaussian smoothing of the maps. precision: "fp32" or "bf16" distance GEMMs. bank_tile:
     bank rows per GEMM tile in scoring (peak memory ~ patches per image x bank_tile floats per device).
-    image_chunk: query images scored together in ``score_patchcore`` (a device's share is padded to a
-    multiple of it). seed: the coreset's random draws (projection, start points) in ``patchcore_fit``.
+    image_chunk: query images embedded together in ``patchcore_body`` (the batch is padded to a multiple of
+    it). seed: the coreset's random draws (projection, start points) in ``patchcore_fit``.
     """
 
     dim: int = 1024
@@ -422,39 +422,18 @@ def fit_patchcore(
     )
 
 
-@partial(jax.jit, static_argnames=("config", "mesh", "with_maps"))
-def _score(layer2, layer3, bank, *, config, mesh, with_maps=True):
-    n, h, w, c2 = layer2.shape
-    _, h3, w3, c3 = layer3.shape
-    patches, size, chunk, split = h * w, config.map_size, config.image_chunk, h * w * c2
-    rows = jnp.concatenate([layer2.reshape(n, -1), layer3.reshape(n, -1)], axis=1).astype(jnp.float32)
+@partial(jax.jit, static_argnames=("dim", "chunk"))
+def embed_in_chunks(layer2: jax.Array, layer3: jax.Array, dim: int, chunk: int) -> jax.Array:
+    """``patchcore_embed`` over chunks of ``chunk`` images (``lax.map``), so the 3x3 unfolds of only one chunk
+    are alive at a time: (N, h, w, C2), (N, h3, w3, C3) -> (N, h * w, dim)."""
+    n = layer2.shape[0]
+    total = -(-n // chunk) * chunk
 
-    def block(images, first_row, bank):
-        del first_row
-        origin = bank[0]
-        groups = _bank_groups(bank - origin, config.bank_tile)
+    def chunks(x):
+        return pad_rows(x, total).reshape((total // chunk, chunk) + x.shape[1:])
 
-        def one_chunk(chunk_rows):
-            features = _embed(
-                chunk_rows[:, :split].reshape(chunk, h, w, c2),
-                chunk_rows[:, split:].reshape(chunk, h3, w3, c3),
-                dim=config.dim,
-            )
-            patch = _nearest_block(features - origin, groups, config.precision)
-            image = image_scores(patch, features, bank, config.num_neighbors)
-            if not with_maps:
-                return jnp.concatenate([image[:, None], patch], axis=1)
-            maps = patchcore_maps(patch.reshape(chunk, h, w), size, config.sigma)
-            return jnp.concatenate([image[:, None], patch, maps.reshape(chunk, size * size)], axis=1)
-
-        count = images.shape[0]
-        total = -(-count // chunk) * chunk
-        chunks = pad_rows(images, total).reshape(total // chunk, chunk, images.shape[1])
-        return jax.lax.map(one_chunk, chunks).reshape(total, -1)[:count]
-
-    out = map_row_shards(block, mesh, rows, bank.astype(jnp.float32))
-    maps = out[:, 1 + patches :].reshape(n, size, size) if with_maps else None
-    return PatchCoreScores(out[:, 0], out[:, 1 : 1 + patches].reshape(n, h, w), maps)
+    out = jax.lax.map(lambda parts: _embed(parts[0], parts[1], dim=dim), (chunks(layer2), chunks(layer3)))
+    return out.reshape((total,) + out.shape[2:])[:n]
 
 
 def score_patchcore(
@@ -465,11 +444,9 @@ def score_patchcore(
     mesh: Mesh | None = None,
     with_maps: bool = True,
 ) -> PatchCoreScores:
-    """Query taps (N, h, w, C2), (N, h3, w3, C3) and a bank (K, dim) -> PatchCoreScores, in one jitted program.
-
-    Per chunk of ``config.image_chunk`` images: embed -> nearest squared distances -> image scores -> maps
-    (maps None when with_maps is False); chunks are split over mesh by image and every chunk has the same
-    shapes on any shard count, so sharded and unsharded results are equal bit for bit.
+    """Query taps (N, h, w, C2), (N, h3, w3, C3) and a bank (K, dim) -> PatchCoreScores: a thin call into the
+    method's one scoring program (``patchcore_body``), then the maps (None when with_maps is False). Images are
+    split over mesh; every image's arithmetic has the same shapes on any shard count. Works under jit.
     """
     features_dim = config.dim
     if getattr(bank, "ndim", 0) != 2 or bank.shape[1] != features_dim:
@@ -479,9 +456,9 @@ def score_patchcore(
             raise ValueError(f"{name} must be (N, h, w, C) NHWC, got shape {np.shape(value)}")
     if layer2.shape[0] != layer3.shape[0]:
         raise ValueError(f"layer2 and layer3 must hold the same images, got N={layer2.shape[0]} and {layer3.shape[0]}")
-    mesh = device_mesh(1) if mesh is None else mesh
-    layer2, layer3, bank = on_mesh(mesh, layer2, layer3, bank)
-    return _score(layer2, layer3, bank, config=config, mesh=mesh, with_maps=with_maps)
+    scores, _ = METHOD.score(config, PatchCoreState(bank), Features((layer2, layer3)), mesh)
+    maps = patchcore_maps(scores.patch_scores, config.map_size, config.sigma) if with_maps else None
+    return PatchCoreScores(scores.image_scores, scores.patch_scores, maps)
 
 
 # ------------------------------------------------------------------------------------------ method seam
@@ -551,22 +528,14 @@ def patchcore_fit(config: PatchCoreConfig, references: Features | None, mesh: Me
     return PatchCoreState(fit_patchcore(layer2, layer3, config, config.seed, mesh))
 
 
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def patchcore_score(config: PatchCoreConfig, state: PatchCoreState, queries: Features, mesh: Mesh | None = None):
-    """PatchCore over a batch of queries as one program -> (Scores, state): patch scores (N, h, w) squared
-    distances to the bank, image scores (N,) their max (or the b-nearest reweighting)."""
-    layer2, layer3 = tapped_layers(queries)
-    out = score_patchcore(layer2, layer3, state.bank, config, mesh, with_maps=False)
-    return Scores(out.patch, out.image), state
-
-
-def patchcore_staged(config: PatchCoreConfig, state: PatchCoreState, queries: Features, mesh: Mesh | None, clock):
-    """``patchcore_score`` stage by stage on ``clock``: "embed" (patch features), "nearest" (distances to the
-    bank and image scores)."""
+def patchcore_body(config: PatchCoreConfig, state: PatchCoreState, queries: Features, mesh: Mesh | None, run):
+    """PatchCore over a batch of queries -> (Scores, state), stages through ``run``: "embed" (patch features,
+    ``config.image_chunk`` images at a time), "nearest" (squared distances to the bank, image scores their max
+    or the b-nearest reweighting). Patch scores (N, h, w)."""
     layer2, layer3 = tapped_layers(queries)
     n, h, w, _ = layer2.shape
-    features = clock.run("embed", patchcore_embed, layer2, layer3, config.dim)
-    image, patch = clock.run("nearest", _nearest_and_image, features, state.bank, config, mesh)
+    features = run("embed", embed_in_chunks, layer2, layer3, config.dim, config.image_chunk)
+    image, patch = run("nearest", _nearest_and_image, features, state.bank, config, mesh)
     return Scores(patch.reshape(n, h, w), image), state
 
 
@@ -617,8 +586,7 @@ METHOD = register(Method(
     options=OPTIONS,
     request=lambda config: FeatureRequest(),
     fit=patchcore_fit,
-    score=patchcore_score,
-    staged=patchcore_staged,
+    body=patchcore_body,
     configure=patchcore_configure,
     maps=patchcore_method_maps,
     backbone_run=backbone_run,
@@ -627,4 +595,5 @@ METHOD = register(Method(
     tiny_backbone="random-tiny-resnet",
     prep=patchcore_prep,
     stages=("embed", "nearest", "upsample"),
+    multi_process=True,
 ))

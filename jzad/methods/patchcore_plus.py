@@ -41,6 +41,7 @@ from jzad.methods.base import (
     OptionError,
     RunContext,
     Scores,
+    direct,
     option_fields,
     register,
 )
@@ -50,8 +51,8 @@ from jzad.methods.patchcore import (
     backbone_run,
     check_ratio,
     fit_patchcore,
+    embed_in_chunks,
     on_mesh,
-    patchcore_embed,
     patchcore_maps,
     patchcore_prep,
     tapped_layers,
@@ -175,69 +176,33 @@ def _refine_stage(features, bank, config: PatchCorePlusConfig, mesh):
     return scores, jnp.max(scores, axis=1)
 
 
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def _embed_and_refine(layer2, layer3, bank, config: PatchCorePlusConfig, mesh):
-    """The fused program: per chunk of images, PatchCore's embedding then the refinement -> (N, m), (N,)."""
-    n, h, w, c2 = layer2.shape
-    _, h3, w3, c3 = layer3.shape
-    split = h * w * c2
-    rows = jnp.concatenate([layer2.reshape(n, -1), layer3.reshape(n, -1)], axis=1).astype(jnp.float32)
-
-    def features_of(chunk_rows):
-        count = chunk_rows.shape[0]
-        return patchcore_embed(chunk_rows[:, :split].reshape(count, h, w, c2),
-                               chunk_rows[:, split:].reshape(count, h3, w3, c3), config.patchcore.dim)
-
-    scores = _refine_chunks(rows, bank, config, mesh, features_of, h * w)
-    return scores, jnp.max(scores, axis=1)
-
-
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def patchcore_plus_score(config: PatchCorePlusConfig, state: PatchCorePlusState, queries: Features,
-                         mesh: Mesh | None = None):
-    """PatchCore+ over a batch of queries as one program -> (Scores, state): patch scores (N, h, w) against
-    each image's refined prototypes, image scores (N,) their max; the online memory advanced when online."""
+def patchcore_plus_body(config: PatchCorePlusConfig, state: PatchCorePlusState, queries: Features,
+                        mesh: Mesh | None, run, arrived=None):
+    """PatchCore+ over a batch of queries -> (Scores, state), stages through ``run``: "embed" (patch
+    features), "refine" (Sinkhorn-EM per image and the scores against the refined prototypes). Patch scores
+    (N, h, w), image scores (N,) their max; online, the memory advanced by the rows ``arrived`` marks (None:
+    all)."""
     layer2, layer3 = tapped_layers(queries)
     n, h, w, _ = layer2.shape
+    features = run("embed", embed_in_chunks, layer2, layer3, config.patchcore.dim, config.patchcore.image_chunk)
     if config.online_images:
         _check_memory(state)
-        features = patchcore_embed(layer2, layer3, config.patchcore.dim)
-        patch, image, memory = _online_stage(features, state.memory, config=config)
+        patch, image, memory = run("refine", _online_stage, features, state.memory, config=config, arrived=arrived)
         return Scores(patch.reshape(n, h, w), image), state._replace(memory=memory)
-    patch, image = _embed_and_refine(layer2, layer3, state.bank, config=config, mesh=mesh)
+    patch, image = run("refine", _refine_stage, features, state.bank, config=config, mesh=mesh)
     return Scores(patch.reshape(n, h, w), image), state
 
 
 @partial(jax.jit, static_argnames=("config", "mesh"))
 def patchcore_plus_stream_score(config: PatchCorePlusConfig, state: PatchCorePlusState, queries: Features,
                                 arrived: jax.Array, mesh: Mesh | None = None):
-    """``patchcore_plus_score`` for a stream's batch, whose rows with ``arrived`` False are padding ->
+    """``patchcore_plus_body`` for a stream's batch, whose rows with ``arrived`` False are padding ->
     (Scores, state, banked (N,) bool). Online, only the real rows' refined prototypes enter the memory (banked);
     otherwise the state is the fitted one and nothing is banked."""
+    scores, advanced = patchcore_plus_body(config, state, queries, mesh, direct, arrived)
     if not config.online_images:
-        scores, _ = patchcore_plus_score(config, state, queries, mesh)
         return scores, state, jnp.zeros(arrived.shape, bool)
-    _check_memory(state)
-    layer2, layer3 = tapped_layers(queries)
-    n, h, w, _ = layer2.shape
-    features = patchcore_embed(layer2, layer3, config.patchcore.dim)
-    patch, image, memory = _online_stage(features, state.memory, config=config, arrived=arrived)
-    return Scores(patch.reshape(n, h, w), image), state._replace(memory=memory), arrived
-
-
-def patchcore_plus_staged(config: PatchCorePlusConfig, state: PatchCorePlusState, queries: Features,
-                          mesh: Mesh | None, clock):
-    """``patchcore_plus_score`` stage by stage on ``clock``: "embed" (patch features), "refine" (Sinkhorn-EM
-    per image and the scores against the refined prototypes)."""
-    layer2, layer3 = tapped_layers(queries)
-    n, h, w, _ = layer2.shape
-    features = clock.run("embed", patchcore_embed, layer2, layer3, config.patchcore.dim)
-    if config.online_images:
-        _check_memory(state)
-        patch, image, memory = clock.run("refine", _online_stage, features, state.memory, config=config)
-        return Scores(patch.reshape(n, h, w), image), state._replace(memory=memory)
-    patch, image = clock.run("refine", _refine_stage, features, state.bank, config=config, mesh=mesh)
-    return Scores(patch.reshape(n, h, w), image), state
+    return scores, advanced, arrived
 
 
 def patchcore_plus_maps(config: PatchCorePlusConfig, patch_scores: jax.Array, size) -> jax.Array:
@@ -300,8 +265,7 @@ METHOD = register(Method(
     options=OPTIONS,
     request=lambda config: FeatureRequest(),
     fit=patchcore_plus_fit,
-    score=patchcore_plus_score,
-    staged=patchcore_plus_staged,
+    body=patchcore_plus_body,
     configure=patchcore_plus_configure,
     maps=patchcore_plus_maps,
     backbone_run=backbone_run,
@@ -310,4 +274,6 @@ METHOD = register(Method(
     tiny_backbone="random-tiny-resnet",
     prep=patchcore_prep,
     stages=("embed", "refine", "upsample"),
+    pads=lambda config: not config.online_images,
+    multi_process=True,
 ))

@@ -97,9 +97,6 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.linalg import cho_factor, cho_solve
 from jax.sharding import Mesh, PartitionSpec
-from ott.geometry import geometry
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import sinkhorn
 
 from jzad.kernels.distances import check_precision, dot_nt, l2_normalize, squared_norms
 from jzad.kernels.sharding import AXIS, device_mesh, padded_size
@@ -306,6 +303,10 @@ def _sinkhorn_plan(cost: jax.Array, weights: jax.Array, config: RefineConfig) ->
     multiplication by the reciprocal in a multi-device one (1-ulp differences between sharded and unsharded
     runs); one explicit reciprocal makes both programs compute alike."""
     eps = config.epsilon * jnp.sum(weights[:, None] * cost) / cost.shape[1]
+    from ott.geometry import geometry  # imported where used: ott costs ~1.5 s of start-up for runs without it
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import sinkhorn
+
     geom = geometry.Geometry(cost_matrix=cost * (1.0 / eps), epsilon=1.0)
     problem = linear_problem.LinearProblem(geom, a=weights)
     iters = config.sinkhorn_iterations

@@ -197,7 +197,7 @@ def _arrival(config: FSLCConfig, stream: FSLCStreamConfig, st: FSLCSetState, x: 
     return patch, image, FSLCSetState(coreset, filled, a, window, window_valid)
 
 
-@partial(jax.jit, static_argnames=("config", "stream", "mesh"))
+@partial(jax.jit, static_argnames=("config", "stream", "mesh"), donate_argnames=("state",))
 def fslc_stream_step(
     config: FSLCConfig,
     stream: FSLCStreamConfig,

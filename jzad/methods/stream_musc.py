@@ -134,7 +134,7 @@ def bank_slot(stream: MuScStreamConfig, admitted: jax.Array) -> tuple[jax.Array,
     return jnp.minimum(slot, b - 1), slot < b
 
 
-@partial(jax.jit, static_argnames=("config", "stream", "mesh"))
+@partial(jax.jit, static_argnames=("config", "stream", "mesh"), donate_argnames=("state",))
 def musc_stream_step(
     config: MuScConfig,
     stream: MuScStreamConfig,

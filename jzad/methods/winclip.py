@@ -350,7 +350,6 @@ def upsample_maps(maps: jax.Array, size: int) -> jax.Array:
     return jnp.einsum("Hh,bhw,Ww->bHW", weights, maps, weights, precision=jax.lax.Precision.HIGHEST)
 
 
-@partial(jax.jit, static_argnames=("config",))
 def winclip_scores(
     features: WinCLIPFeatures,
     text: jax.Array,
@@ -361,13 +360,10 @@ def winclip_scores(
 
     text: (2, D) from ``text_embeddings``. memory: None for zero-shot; with a ``winclip_memory`` the map is
     (zero-shot + few-shot) / 2 and the image score (zero-shot image score + max of the few-shot grid map) / 2.
+    A thin call into the method's one scoring program (``winclip_body``), then the upsampling; works under jit.
     """
-    image, maps = zero_shot_scores(features, text, config)
-    if memory is not None:
-        few = few_shot_map(features, memory, config)
-        maps = (maps + few) / 2.0
-        image = (image + jnp.max(few, axis=(1, 2))) / 2.0
-    return image, upsample_maps(maps, config.map_size)
+    scores, _ = METHOD.score(config, WinCLIPState(text, memory), as_features(features))
+    return scores.image_scores, upsample_maps(scores.patch_scores, config.map_size)
 
 
 # ------------------------------------------------------------------------------------------ method seam
@@ -517,11 +513,6 @@ def _few_shot_chunk(config, part, memory):
     return few_shot_map(part, memory, config)
 
 
-def _winclip_chunk(config, part, text, memory):
-    zero = zero_shot_scores(part, text, config)
-    return zero if memory is None else fuse_scores(zero, few_shot_map(part, memory, config))
-
-
 def zero_shot_stage(config: WinCLIPConfig, features: WinCLIPFeatures, text: jax.Array, mesh=None):
     """``zero_shot_scores`` over query images split over mesh -> (image (N,), map (N, g, g))."""
     return map_image_chunks(_zero_shot_chunk, config, mesh, config.image_chunk, features, text)
@@ -532,22 +523,18 @@ def few_shot_stage(config: WinCLIPConfig, features: WinCLIPFeatures, memory: Win
     return map_image_chunks(_few_shot_chunk, config, mesh, config.image_chunk, features, memory)
 
 
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def winclip_score(config: WinCLIPConfig, state: WinCLIPState, queries: Features, mesh: Mesh | None = None):
-    """WinCLIP on query features as one program -> (Scores(grid maps (N, g, g), image scores (N,)), state)."""
-    image, maps = map_image_chunks(_winclip_chunk, config, mesh, config.image_chunk, winclip_view(queries),
-                                   state.text, state.memory)
-    return Scores(maps, image), state
+def _fuse_with_few_shot(config: WinCLIPConfig, zero, features: WinCLIPFeatures, memory: WinCLIPMemory, mesh):
+    return fuse_scores(zero, few_shot_stage(config, features, memory, mesh))
 
 
-def winclip_staged(config: WinCLIPConfig, state: WinCLIPState, queries: Features, mesh: Mesh | None, clock):
-    """``winclip_score`` stage by stage on ``clock``: "zero_shot", then (few-shot) "few_shot" (with the fusion)."""
+def winclip_body(config: WinCLIPConfig, state: WinCLIPState, queries: Features, mesh: Mesh | None, run):
+    """WinCLIP on query features -> (Scores(grid maps (N, g, g), image scores (N,)), state), stages through
+    ``run``: "zero_shot", then (few-shot) "few_shot" (the memory association and the fusion)."""
     features = winclip_view(queries)
-    zero = clock.run("zero_shot", zero_shot_stage, config, features, state.text, mesh)
+    zero = run("zero_shot", zero_shot_stage, config, features, state.text, mesh)
     if state.memory is None:
         return Scores(zero[1], zero[0]), state
-    image, maps = clock.run("few_shot", lambda: fuse_scores(zero, few_shot_stage(config, features, state.memory,
-                                                                                 mesh)))
+    image, maps = run("few_shot", _fuse_with_few_shot, config, zero, features, state.memory, mesh)
     return Scores(maps, image), state
 
 
@@ -604,8 +591,7 @@ METHOD = register(Method(
     options=(CLASS_NAME,),
     request=lambda config: FeatureRequest(embedding=True),
     fit=winclip_fit,
-    score=winclip_score,
-    staged=winclip_staged,
+    body=winclip_body,
     configure=winclip_configure,
     maps=winclip_maps,
     backbone_run=backbone_run,
@@ -617,4 +603,5 @@ METHOD = register(Method(
     prepare=winclip_prepare,
     extractor=winclip_extractor,
     needs_text=True,
+    multi_process=True,
 ))

@@ -31,12 +31,11 @@ unsharded ones bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jzad.kernels.blur import gaussian_blur
 from jzad.kernels.distances import l2_normalize
@@ -114,7 +113,9 @@ def winclip_plus_fit(config: WinCLIPPlusConfig, references: Features | None = No
     if config.refine_memories == "all":
         windows = tuple(coreset(w, k) for w, k in zip(windows, keys[1:]))
     state = WinCLIPPlusState(jnp.asarray(prepared, jnp.float32), coreset(memory.patches, keys[0]), windows)
-    return jax.device_put(state, jax.devices()[0])
+    if mesh is None:
+        return jax.device_put(state, jax.devices()[0])
+    return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
 
 def _refined(rows: jax.Array, prototypes: jax.Array, refine: RefineConfig) -> jax.Array:
@@ -162,33 +163,21 @@ def _refine_chunk(config: WinCLIPPlusConfig, part, prototypes, windows, zero, wi
     return wc.fuse_scores(zero, plus_few_shot_map(config, part, prototypes, windows, window_maps))
 
 
-def _plus_chunk(config: WinCLIPPlusConfig, part, text, prototypes, windows):
-    return _refine_chunk(config, part, prototypes, windows, wc.zero_shot_scores(part, text, config.winclip), None)
-
-
 def _chunks(config: WinCLIPPlusConfig, fn, mesh, tree, *shared):
     return wc.map_image_chunks(fn, config, mesh, config.winclip.image_chunk, tree, *shared)
 
 
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def winclip_plus_score(config: WinCLIPPlusConfig, state: WinCLIPPlusState, queries: Features,
-                       mesh: Mesh | None = None):
-    """WinCLIP+ on query features as one program -> (Scores(grid maps (N, g, g), image scores (N,)), state)."""
-    image, maps = _chunks(config, _plus_chunk, mesh, wc.winclip_view(queries), state.text, state.prototypes,
-                          state.windows)
-    return Scores(maps, image), state
-
-
-def winclip_plus_staged(config: WinCLIPPlusConfig, state: WinCLIPPlusState, queries: Features, mesh, clock):
-    """``winclip_plus_score`` stage by stage on ``clock``: "zero_shot", "few_shot" (window associations),
+def winclip_plus_body(config: WinCLIPPlusConfig, state: WinCLIPPlusState, queries: Features, mesh, run):
+    """WinCLIP+ on query features -> (Scores(grid maps (N, g, g), image scores (N,)), state), stages through
+    ``run``: "zero_shot", "few_shot" (window associations, when the refined memories are the patches),
     "refine" (the EM per query, its scores and the fusion)."""
     features = wc.winclip_view(queries)
-    zero = clock.run("zero_shot", _chunks, config, _zero_shot_chunk, mesh, features, state.text)
+    zero = run("zero_shot", _chunks, config, _zero_shot_chunk, mesh, features, state.text)
     window_maps = None
     if config.refine_memories == "patches":
-        window_maps = clock.run("few_shot", _chunks, config, _windows_chunk, mesh, features, state.windows)
-    image, maps = clock.run("refine", _chunks, config, _refine_stage_chunk, mesh, (features, zero, window_maps),
-                            state.prototypes, state.windows)
+        window_maps = run("few_shot", _chunks, config, _windows_chunk, mesh, features, state.windows)
+    image, maps = run("refine", _chunks, config, _refine_stage_chunk, mesh, (features, zero, window_maps),
+                      state.prototypes, state.windows)
     return Scores(maps, image), state
 
 
@@ -269,8 +258,7 @@ METHOD = register(Method(
     options=OPTIONS,
     request=lambda config: FeatureRequest(embedding=True),
     fit=winclip_plus_fit,
-    score=winclip_plus_score,
-    staged=winclip_plus_staged,
+    body=winclip_plus_body,
     configure=winclip_plus_configure,
     maps=winclip_plus_maps,
     backbone_run=wc.backbone_run,
@@ -282,4 +270,5 @@ METHOD = register(Method(
     prepare=winclip_plus_prepare,
     extractor=winclip_plus_extractor,
     needs_text=True,
+    multi_process=True,
 ))
