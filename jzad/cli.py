@@ -5,12 +5,15 @@ option that does not apply to the chosen method or mode. ``jzad.run`` uses both.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from jzad import data as jdata
+from jzad import experiment
 from jzad.methods import Method, OptionError, get_method, get_streaming, method_names, streaming_names
 from jzad.pipeline import SPLITS
 
@@ -176,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-from", type=Path, default=None, metavar="RESULTS",
                    help="reuse the per-category thresholds an earlier run of the same method saved in its "
                    "results.json (and its score range for the normalised score)")
+    _add_run_options(p)
+    for flag, (option, owners) in _method_options().items():
+        p.add_argument(flag, dest=option.dest, type=_argparse_type(option.parse), choices=option.choices,
+                       metavar=option.metavar, default=argparse.SUPPRESS,
+                       help=f"({', '.join(owners)}) {option.help}")
+    _add_stream_options(p)
+    return p
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options of how a run executes: several processes, profiling, the compilation cache, tracebacks."""
     p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="multi-process run: process 0's address for JAX's distributed runtime (env "
                    "JZAD_COORDINATOR), or 'auto' to let JAX detect the cluster (SLURM, Open MPI, TPU pods)")
@@ -192,10 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not use JAX's persistent compilation cache (default: on, in $JZAD_CACHE_DIR/jax or the user "
                    "cache folder's jzad/jax, so repeated runs of the same shapes skip compiling)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    for flag, (option, owners) in _method_options().items():
-        p.add_argument(flag, dest=option.dest, type=_argparse_type(option.parse), choices=option.choices,
-                       metavar=option.metavar, default=argparse.SUPPRESS,
-                       help=f"({', '.join(owners)}) {option.help}")
+
+
+def _add_stream_options(p: argparse.ArgumentParser) -> None:
+    """--stream and the options of a streamed run."""
     p.add_argument("--stream", action="store_true",
                    help="score images as they arrive: --data is a folder (oldest modification time first), a file "
                    "listing image paths, or - (paths on standard input); each batch's scores are appended to "
@@ -219,7 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, dest=option.dest, type=_argparse_type(option.parse), choices=option.choices,
                        metavar=option.metavar, default=argparse.SUPPRESS,
                        help=f"(--stream; {', '.join(owners)}) {option.help}")
-    return p
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -348,3 +361,88 @@ def start_distributed(settings: dict) -> None:
     except (RuntimeError, ValueError) as err:
         raise UserError(f"--coordinator {settings['coordinator']}: cannot start the distributed runtime: "
                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+
+
+OUTPUT_NAMES = ("results.json", "results.json.tmp", "heatmaps", "maps")
+OUTPUT_PREFIXES = ("scores_", "summary_")
+"""What jzad writes into --out (what --overwrite removes)."""
+
+
+def default_backbone(args, method: Method) -> str | None:
+    """--data without --backbone or --weights: the method's catalogue default when its weights are here, else the
+    best usable real backbone (``jzad.weights.availability.choose_backbone``), set into args.backbone. Returns
+    the header line saying so, or None."""
+    if args.data is None or args.backbone is not None or args.weights is not None:
+        return None
+    from jzad.weights.availability import choose_backbone
+
+    try:
+        choice = choose_backbone(method.default_backbone, method.needs_text)
+    except ValueError as err:
+        raise UserError(f"no --backbone given: --method {method.name}: {err}") from err
+    args.backbone = choice.name
+    return choice.note
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """--out must be a writable folder that holds no earlier outputs (unless --overwrite, which removes
+    jzad's own outputs and keeps anything else)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".jzad-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"--out: cannot write to {out} ({err.strerror or err})") from err
+    ours = [p for p in out.iterdir() if p.name in OUTPUT_NAMES or p.name.startswith(OUTPUT_PREFIXES)]
+    others = [p for p in out.iterdir() if p not in ours]
+    if not overwrite and (ours or others):
+        raise UserError(f"--out: {out} is not empty; pass --overwrite to replace jzad's outputs in it, or choose "
+                        "a new folder")
+    for path in ours:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def load_scorer(args, method: Method, values: dict, shots: int):
+    """The backbone the options name at the method's preset, and the method's config
+    (``experiment.build_scorer``), its errors worded as the options that caused them."""
+    try:
+        scorer = experiment.build_scorer(
+            method, values, shots, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+            taps=args.taps, activation=args.activation, precision=args.precision, seed=args.seed,
+            shards=args.shards, batch_size=args.batch_size, demo=args.data is None, dataset=args.dataset)
+        return dataclasses.replace(scorer, profile=profile_settings(args.profile)[0])
+    except experiment.BackboneLoadError as err:
+        raise UserError(_backbone_error(args, method, err.name, err.reason)) from err
+    except experiment.MethodConfigError as err:
+        raise OptionError(_with_flag(method, str(err))) from err
+
+
+def _backbone_error(args, method: Method, name: str, text: str) -> str:
+    """The one-line message for a backbone that cannot be loaded: an option's own message as it is, else
+    which option (or the method's default backbone) named what could not be loaded, and why."""
+    if text.startswith("--"):
+        return text
+    if args.weights is not None:
+        return f"--weights: cannot load {name!r}: {text}"
+    if args.backbone is not None:
+        return f"--backbone: cannot load {name!r}: {text}"
+    return (f"no --backbone given, and the default backbone of --method {method.name}, {name!r}, cannot be "
+            f"loaded: {text}")
+
+
+def _with_flag(method: Method, text: str) -> str:
+    """A config error ("musc options: r_list: ...") with the config field replaced by its command-line flag."""
+    for option in method.options:
+        if option.field is not None and f"{option.field}:" in text:
+            return text.replace(f"{option.field}:", f"{option.flag}:", 1)
+    return text
+
+
+def jax_device_kind() -> str:
+    """The default device's kind (e.g. "cpu", "NVIDIA H100 80GB HBM3")."""
+    import jax
+
+    return jax.devices()[0].device_kind

@@ -28,25 +28,21 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from jzad import data as jdata
 from jzad import experiment
-from jzad.cli import (UserError, build_parser, check_options, distributed_settings, in_flag_terms, profile_settings,
-                      start_distributed)
+from jzad.cli import (UserError, build_parser, check_options, check_out, default_backbone, distributed_settings,
+                      in_flag_terms, load_scorer, profile_settings, start_distributed)
+from jzad.stream_cli import run_stream_cli
 from jzad.experiment import DEMO_CATEGORY, OutputSpec, Plan, ResultsFile
-from jzad.methods import Method, OptionError, get_method, get_streaming
+from jzad.methods import Method, OptionError, get_method
 from jzad.pipeline import METRIC_COLUMNS
 
 DEMO_SHOTS = 2
 """Reference images of the demo for a method that needs them, when --shots is not given."""
-OUTPUT_NAMES = ("results.json", "results.json.tmp", "heatmaps", "maps")
-OUTPUT_PREFIXES = ("scores_", "summary_")
 __all__ = ["UserError", "build_parser", "check_options", "distributed_settings", "main"]
 
 
@@ -94,22 +90,6 @@ def display_category(args, category: str) -> str:
     return category
 
 
-def default_backbone(args, method: Method) -> str | None:
-    """--data without --backbone or --weights: the method's catalogue default when its weights are here, else the
-    best usable real backbone (``jzad.weights.availability.choose_backbone``), set into args.backbone. Returns
-    the header line saying so, or None."""
-    if args.data is None or args.backbone is not None or args.weights is not None:
-        return None
-    from jzad.weights.availability import choose_backbone
-
-    try:
-        choice = choose_backbone(method.default_backbone, method.needs_text)
-    except ValueError as err:
-        raise UserError(f"no --backbone given: --method {method.name}: {err}") from err
-    args.backbone = choice.name
-    return choice.note
-
-
 def preflight(args, method: Method, categories: list, shots: int, seeds: list) -> dict:
     """Every check of the data that can fail before scoring, run before anything is written: each category's
     sources at the first draw seed (its images, enough normal references for --shots, calibration images) and
@@ -131,27 +111,6 @@ def preflight(args, method: Method, categories: list, shots: int, seeds: list) -
     return found
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """--out must be a writable folder that holds no earlier outputs (unless --overwrite, which removes
-    jzad's own outputs and keeps anything else)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out: {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".jzad-write-check"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"--out: cannot write to {out} ({err.strerror or err})") from err
-    ours = [p for p in out.iterdir() if p.name in OUTPUT_NAMES or p.name.startswith(OUTPUT_PREFIXES)]
-    others = [p for p in out.iterdir() if p not in ours]
-    if not overwrite and (ours or others):
-        raise UserError(f"--out: {out} is not empty; pass --overwrite to replace jzad's outputs in it, or choose "
-                        "a new folder")
-    for path in ours:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
 def data_sources(args, category: str, shots: int, draw_seed: int, calibration: str | None = None):
     """One category of --data as sources (``jzad.data.category_sources``): the test images, ``shots`` normal
     train images drawn by ``reference_draw`` (labelled-normal only: re-split MPDD trains hold defects too) and,
@@ -159,44 +118,6 @@ def data_sources(args, category: str, shots: int, draw_seed: int, calibration: s
     return jdata.category_sources(args.dataset, args.data, category, shots, draw_seed, calibration,
                                   subtypes=getattr(args, "loco_subtypes", "rule"), infer_labels=args.infer_labels,
                                   allow_missing_masks=args.allow_missing_masks)
-
-
-def load_scorer(args, method: Method, values: dict, shots: int):
-    """The backbone the options name at the method's preset, and the method's config
-    (``experiment.build_scorer``), its errors worded as the options that caused them."""
-    import dataclasses
-
-    try:
-        scorer = experiment.build_scorer(
-            method, values, shots, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
-            taps=args.taps, activation=args.activation, precision=args.precision, seed=args.seed,
-            shards=args.shards, batch_size=args.batch_size, demo=args.data is None, dataset=args.dataset)
-        return dataclasses.replace(scorer, profile=profile_settings(args.profile)[0])
-    except experiment.BackboneLoadError as err:
-        raise UserError(_backbone_error(args, method, err.name, err.reason)) from err
-    except experiment.MethodConfigError as err:
-        raise OptionError(_with_flag(method, str(err))) from err
-
-
-def _backbone_error(args, method: Method, name: str, text: str) -> str:
-    """The one-line message for a backbone that cannot be loaded: an option's own message as it is, else
-    which option (or the method's default backbone) named what could not be loaded, and why."""
-    if text.startswith("--"):
-        return text
-    if args.weights is not None:
-        return f"--weights: cannot load {name!r}: {text}"
-    if args.backbone is not None:
-        return f"--backbone: cannot load {name!r}: {text}"
-    return (f"no --backbone given, and the default backbone of --method {method.name}, {name!r}, cannot be "
-            f"loaded: {text}")
-
-
-def _with_flag(method: Method, text: str) -> str:
-    """A config error ("musc options: r_list: ...") with the config field replaced by its command-line flag."""
-    for option in method.options:
-        if option.field is not None and f"{option.field}:" in text:
-            return text.replace(f"{option.field}:", f"{option.flag}:", 1)
-    return text
 
 
 def check_run(args: argparse.Namespace, method: Method, processes: int, devices: list) -> tuple[dict, int, list]:
@@ -368,125 +289,6 @@ def run_here(args: argparse.Namespace) -> int:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"process {rank} of {processes}: exchanging data with the other processes failed (did "
                         f"one of them stop? see its output): {first}") from err
-
-
-def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> int:
-    """--stream: score --data's images in arrival order with the method's streaming functions, appending each
-    batch to scores_stream.csv; resume from --stream-state when it holds a checkpoint. Returns the exit status."""
-    from jzad.data.arrivals import arrivals
-    from jzad.eval import report
-    from jzad.stream import CHECKPOINT_EVERY, Streamer, decode_batch, has_checkpoint
-
-    given = vars(args)
-    streaming = get_streaming(method.name)
-    if str(args.data) != "-" and not args.data.exists():
-        raise UserError(f"--data: {args.data} does not exist (--stream takes a folder, a list file or -)")
-    state_dir = Path(args.stream_state).absolute() if "stream_state" in given else None
-    done = has_checkpoint(state_dir) if state_dir is not None else None
-    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    if done is not None and args.overwrite:
-        raise UserError(f"--stream-state: {state_dir} holds a checkpoint of {done} images; drop --overwrite to "
-                        "resume it, or remove the folder to start again")
-    if done is None:
-        check_out(out, args.overwrite)
-    reference_paths = stream_reference_paths(args.stream_references) if "stream_references" in given else []
-    backbone_note = default_backbone(args, method)
-    scorer = load_scorer(args, method, values, len(reference_paths))
-    stream_config = streaming.configure({o.dest: given[o.dest] for o in streaming.options if o.dest in given},
-                                        scorer.config)
-    references, category = None, "stream"
-    if streaming.references:
-        category = args.category if args.category != "all" else (
-            args.data.absolute().name if str(args.data) != "-" else "object")
-        if reference_paths:
-            references, _ = decode_batch(reference_paths, scorer.prep, scorer.backbone.image_size)
-    threshold = stream_threshold(args, scorer, references, reference_paths, category)
-    streamer = Streamer(scorer, stream_config, given.get("stream_batch", 1), references, category)
-    results = ResultsFile(Path(out) / "results.json", {
-        "mode": "stream", "method": method.name, "method_config": experiment.config_object(scorer.config),
-        "stream_config": repr(stream_config), "config": experiment.jsonable_config(given),
-        "environment": report.environment_info(), "category": "stream",
-        "threshold": None if threshold is None else {**threshold.to_json(), "describe": threshold.describe()}})
-    source_kind = ("standard input" if str(args.data) == "-" else "a folder, oldest first" if args.data.is_dir()
-                   else "a list file")
-    against = (f"each arrival against {len(references)} reference images from {args.stream_references}"
-               if references is not None else "each arrival against the images that arrived before it"
-               if not streaming.references else "each arrival against the prompts alone (zero-shot)")
-
-    def announce(resumed: int | None) -> None:
-        print(f"method: {method.name} (stream) | batch: {streamer.batch} | {stream_config} | data: {args.data} "
-              f"({source_kind})" + (f" | resuming after {resumed} images" if resumed else ""))
-        print(f"scores: {against}" + (f" | prompts name the object {category!r}" if method.needs_text else "")
-              + f" | verdict: {'threshold ' + threshold.describe() if threshold is not None else 'none'}")
-        print(f"backbone: {scorer.backbone.describe()} | device: {jax_device_kind()}")
-        if backbone_note:
-            print(f"backbone: {backbone_note}")
-
-    from jzad.data.arrivals import output_namer
-    from jzad.eval.outputs import HeatmapStyle
-
-    options = {"threshold": threshold, "output_name": output_namer(args.data),
-               "echo": None if args.quiet else sys.stdout, "heatmap_size": args.heatmap_size,
-               "heatmaps": HeatmapStyle(method.score_units, method.distance_scores, scorer.backbone.random_weights)
-               if "heatmaps" in given else None}
-    summary, csv_path = experiment.run_stream_experiment(
-        streamer, arrivals(args.data), out, results, state_dir=state_dir, done=done,
-        checkpoint_every=given.get("checkpoint_every", CHECKPOINT_EVERY), save_maps=args.save_maps,
-        maps_at_image_size=args.maps_at_image_size, replay=str(args.data) != "-",
-        announce=announce, outputs_options=options)
-    stats = results.payload["stream"]
-    print(f"{summary.images} images in {summary.batches} batches: latency median {stats['latency_ms_median']:.1f} "
-          f"ms, p95 {stats['latency_ms_p95']:.1f} ms; {stats['images_per_s']:.2f} images/s "
-          f"({stats['images_per_s_after_first_batch']:.2f} after the first batch); {summary.warming} warming, "
-          f"{summary.banked} banked")
-    print(f"wrote {out}: results.json, {csv_path.name}" + (", maps/" if args.save_maps else "")
-          + (", heatmaps/" if "heatmaps" in given else ""))
-    return 130 if summary.interrupted else 0
-
-
-def stream_threshold(args, scorer, references, reference_paths, category: str):
-    """The verdict threshold of a stream: --threshold (its normalised score on a unit range), --threshold-from
-    (an earlier run's, with its range; --category picks one of several saved categories), else the quantile of
-    the stream references' leave-one-out scores; None without any (zero-shot streams: give --threshold or
-    --threshold-from)."""
-    from jzad.eval import verdict
-    from jzad.reference_scores import leave_one_out_scores
-
-    if args.threshold is not None:
-        return verdict.Threshold(float(args.threshold), "given", float(args.threshold), float(args.threshold))
-    if args.threshold_from is not None:
-        try:
-            named = args.category if args.category != "all" else category
-            return verdict.threshold_from_results(args.threshold_from, scorer.method.name, named)
-        except ValueError as err:
-            raise UserError(in_flag_terms(str(err))) from err
-    if references is None or len(references) < 2:
-        return None
-    source = jdata.ArrayImages(references, [str(p) for p in reference_paths], np.zeros(len(references), np.int64),
-                               ("good",) * len(references))
-    loo = leave_one_out_scores(scorer, source, category)
-    return None if loo is None else verdict.choose_threshold(loo, None, loo)
-
-
-def stream_reference_paths(spec: Path) -> list[Path]:
-    """--stream-references: the image paths of a folder or list file; a missing or empty source is a user error
-    naming it."""
-    from jzad.data.arrivals import arrivals
-
-    if not spec.exists():
-        raise UserError(f"--stream-references: {spec} does not exist (expected a folder of normal images or a file "
-                        "listing their paths)")
-    paths = [path for _, path in arrivals(spec)]
-    if not paths:
-        raise UserError(f"--stream-references: no images in {spec}")
-    return paths
-
-
-def jax_device_kind() -> str:
-    """The default device's kind (e.g. "cpu", "NVIDIA H100 80GB HBM3")."""
-    import jax
-
-    return jax.devices()[0].device_kind
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Each package imports only from itself and the packages below it in ``LAYERS`` (a strict order, so no two
 packages import each other): timing, kernels, data, backbone, weights, features, methods, eval, progress,
-pipeline, reference_scores, stream, experiment, cli, run, serve (the service builds on the command line's option handling). ``data`` reads files into arrays and depends on nothing else in jzad;
+pipeline, reference_scores, stream, experiment, cli, stream_cli, run, serve (the service builds on the command line's option handling). ``data`` reads files into arrays and depends on nothing else in jzad;
 ``eval`` scores what ``data`` reads. Imports inside functions count too: a lazy import that goes upward is
 still a cycle in the design. Library errors name the library's own arguments; only the command lines
 (``jzad.cli``, ``jzad.run``, ``jzad.weights.__main__``) word errors as flags.
@@ -20,9 +20,9 @@ from jzad.run import main
 
 ORDER = ("jzad.paths", "jzad.compile_cache", "jzad.timing", "jzad.kernels", "jzad.data", "jzad.backbone", "jzad.weights", "jzad.features",
          "jzad.methods", "jzad.eval", "jzad.progress", "jzad.pipeline", "jzad.reference_scores", "jzad.stream", "jzad.experiment",
-         "jzad.cli", "jzad.run", "jzad.serve")
+         "jzad.cli", "jzad.stream_cli", "jzad.run", "jzad.serve")
 LAYERS = {name: layer for layer, name in enumerate(ORDER)}
-COMMAND_LINES = ("jzad.cli", "jzad.run", "jzad.weights.__main__", "jzad.serve.cli")
+COMMAND_LINES = ("jzad.cli", "jzad.stream_cli", "jzad.run", "jzad.weights.__main__", "jzad.serve.cli")
 FLAG_WORDED = {
     "jzad.backbone.efficientnet", "jzad.features.clip", "jzad.features.efficientnet", "jzad.features.resnet",
     "jzad.methods.base", "jzad.methods.clip_lad", "jzad.methods.musc", "jzad.methods.stream_fewshot",

@@ -186,6 +186,33 @@ async def _uploads(request: Request, settings: ServiceSettings) -> list[tuple[st
     return [(name, await _read_body(request, settings.max_bytes, name))]
 
 
+def _events_endpoint(service: Service):
+    """The GET /events handler: server-sent events to the live page (a hello with the current state, then every
+    batch's results as they are scored, keep-alives each second; a slow page's queue is bounded)."""
+
+    async def events(request: Request) -> Response:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=256)
+        service.subscribers.add(queue)
+
+        async def stream():
+            try:
+                yield f"event: hello\ndata: {json.dumps(service.hello())}\n\n"
+                while not service.closing:
+                    try:
+                        event, payload = await asyncio.wait_for(queue.get(), 1.0)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield f"event: {event}\ndata: {json.dumps(payload)}\n\n"
+            finally:
+                service.subscribers.discard(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    return events
+
+
 def build_app(service: Service) -> Starlette:
     """The Starlette application of ``service`` (its lifespan starts the batcher, warms the device program up,
     and on shutdown drains the queue and checkpoints)."""
@@ -238,25 +265,7 @@ def build_app(service: Service) -> Starlette:
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
 
-    async def events(request: Request) -> Response:
-        queue: asyncio.Queue = asyncio.Queue(maxsize=256)
-        service.subscribers.add(queue)
-
-        async def stream():
-            try:
-                yield f"event: hello\ndata: {json.dumps(service.hello())}\n\n"
-                while not service.closing:
-                    try:
-                        event, payload = await asyncio.wait_for(queue.get(), 1.0)
-                    except TimeoutError:
-                        yield ": keep-alive\n\n"
-                        continue
-                    yield f"event: {event}\ndata: {json.dumps(payload)}\n\n"
-            finally:
-                service.subscribers.discard(queue)
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    events = _events_endpoint(service)
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")

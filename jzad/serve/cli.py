@@ -10,9 +10,10 @@ import signal
 import sys
 from pathlib import Path
 
+from jzad.cli import UserError, build_parser, check_options, in_flag_terms, load_scorer
 from jzad.eval.verdict import REFERENCE_QUANTILE
-from jzad.cli import in_flag_terms
-from jzad.run import OptionError, UserError, build_parser, check_options, load_scorer, stream_reference_paths
+from jzad.methods import OptionError
+from jzad.stream_cli import stream_reference_paths
 
 DEMO_REFERENCES = 4
 TOKEN_ENV = "JZAD_SERVE_TOKEN"
