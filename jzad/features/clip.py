@@ -26,7 +26,7 @@ from jzad.backbone import (
 from jzad.backbone.clip import _encode_image, check_taps, encode_text
 from jzad.backbone.config import ACTIVATIONS, CLIPConfig
 from jzad.features.backbone import Backbone, normalize_pixels
-from jzad.features.types import BackboneRun, Features
+from jzad.features.types import BackboneRun, Features, first_given
 from jzad.weights import open_checkpoint
 
 RANDOM_PREFIX = "random-"
@@ -81,13 +81,6 @@ def clip_backbone(encoder: ImageEncoder, name: str, architecture: str | None, te
                     encoder.params, forward, info, encode_prompts, config)
 
 
-def _resolve(override, recorded, preset, native):
-    for value in (override, recorded, preset):
-        if value is not None:
-            return value
-    return native
-
-
 def load_clip_backbone(
     name: str | Path,
     run: BackboneRun = BackboneRun(),
@@ -127,7 +120,7 @@ def load_clip_backbone(
                 tokenizer = load_tokenizer(opened.tokenizer_dir, vocab_size=opened.config.text.vocab_size)
             text_parts = (jax.device_put(opened.params["text"]), opened.config, tokenizer)
     preset = run
-    size = _resolve(image_size, recorded.image_size if recorded else None, preset.image_size,
+    size = first_given(image_size, recorded.image_size if recorded else None, preset.image_size,
                     native.vision.image_size)
     check_image_size(size, native.vision.patch_size, "--image-size" if image_size is not None else "image size",
                      native.vision.image_size)
@@ -136,10 +129,10 @@ def load_clip_backbone(
             check_taps(taps, native.vision.layers)
         except ValueError as err:
             raise ValueError(f"--taps: {err}") from err
-    act = _resolve(activation, recorded.activation if recorded else None, preset.activation, native.activation)
+    act = first_given(activation, recorded.activation if recorded else None, preset.activation, native.activation)
     if act not in ACTIVATIONS:
         raise ValueError(f"--activation: expected one of {ACTIVATIONS}, got {act!r}")
-    chosen_taps = _resolve(taps, recorded.taps if recorded else None, preset.taps, None)
+    chosen_taps = first_given(taps, recorded.taps if recorded else None, preset.taps, None)
     config = native.replace(activation=act)
     if params is None:
         config = config.replace(vision=type(config.vision)(**{**config.vision.__dict__, "image_size": int(size)}))

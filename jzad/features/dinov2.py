@@ -37,7 +37,7 @@ from jzad.backbone.dinov2 import (
 )
 from jzad.backbone.dinov2_port import PACKAGES, dino_from_onnx, packaged_checkpoint
 from jzad.features.backbone import Backbone, normalize_pixels
-from jzad.features.types import BackboneRun, Features
+from jzad.features.types import BackboneRun, Features, first_given
 
 RANDOM_PREFIX = "random-"
 
@@ -109,13 +109,6 @@ def _open(name, weights_dir):
     return opened.params, opened.config, opened.origin, opened.image_size, opened.taps
 
 
-def _resolve(*values):
-    for value in values:
-        if value is not None:
-            return value
-    return None
-
-
 def load_dino_backbone(
     name: str | Path,
     run: BackboneRun = BackboneRun(),
@@ -145,13 +138,13 @@ def load_dino_backbone(
         recorded_size = recorded_taps = None
     else:
         params, config, origin, recorded_size, recorded_taps = _open(name, weights_dir)
-    wanted = _resolve(taps, recorded_taps, run.taps, default_taps(config))
+    wanted = first_given(taps, recorded_taps, run.taps, default_taps(config))
     try:
         chosen = check_taps(wanted, config.depth)
     except ValueError as err:
         what = "--taps" if taps is not None else "the preset taps"
         raise ValueError(f"{what} {list(wanted)} do not fit {text} ({config.depth} blocks): {err}") from err
-    size = _resolve(image_size, recorded_size, run.image_size, config.image_size)
+    size = first_given(image_size, recorded_size, run.image_size, config.image_size)
     patch = config.patch_size
     if isinstance(size, bool) or not isinstance(size, int) or size < patch or size % patch:
         what = "--image-size" if image_size is not None else "image size"

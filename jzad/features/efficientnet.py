@@ -56,7 +56,7 @@ from jzad.backbone.efficientnet_port import (
     read_torch_state,
 )
 from jzad.features.backbone import Backbone, normalize_pixels
-from jzad.features.types import BackboneRun, Features
+from jzad.features.types import BackboneRun, Features, first_given
 from jzad.kernels.resize import bilinear_matrix
 
 RANDOM_PREFIX = "random-"
@@ -113,13 +113,6 @@ def efficientnet_backbone(params, config: EfficientNetConfig, name: str, origin:
             "channels": channels, "aligned": align, "embed_dim": config.head_channels}
     return Backbone("efficientnet", name, variant_name(config), origin, image_size, max(strides.values()),
                     taps, dtype, params, forward, info, None, config)
-
-
-def _resolve(*values):
-    for value in values:
-        if value is not None:
-            return value
-    return None
 
 
 def _packaged(text: str):
@@ -191,7 +184,7 @@ def load_efficientnet_backbone(
         recorded_size = recorded_taps = None
     else:
         params, config, origin, recorded_size, recorded_taps = _open(name, weights_dir)
-    wanted = _resolve(taps, recorded_taps, run.taps, DEFAULT_TAPS)
+    wanted = first_given(taps, recorded_taps, run.taps, DEFAULT_TAPS)
     try:
         chosen = check_taps(wanted, config)
     except ValueError as err:
@@ -201,7 +194,7 @@ def load_efficientnet_backbone(
         raise ValueError(f"{where} {list(wanted)} do not fit {text} ({err}); pass --taps") from err
     coarsest = max(config.tap_stride(t) for t in chosen)
     native = max(coarsest, config.image_size // coarsest * coarsest)
-    size = _resolve(image_size, recorded_size, run.image_size, native)
+    size = first_given(image_size, recorded_size, run.image_size, native)
     if isinstance(size, bool) or not isinstance(size, int) or size < coarsest or size % coarsest:
         what = "--image-size" if image_size is not None else "image size"
         raise ValueError(

@@ -29,7 +29,7 @@ from jzad.backbone.resnet import (
     resnet_architecture_name,
 )
 from jzad.features.backbone import Backbone, normalize_pixels
-from jzad.features.types import BackboneRun, Features
+from jzad.features.types import BackboneRun, Features, first_given
 from jzad.weights import open_checkpoint
 from jzad.weights.families import RESNET_STRIDE
 
@@ -83,13 +83,6 @@ def resnet_backbone(params, config, name: str, origin: str, image_size: int, tap
                     params, forward, info, None, config)
 
 
-def _resolve(*values):
-    for value in values:
-        if value is not None:
-            return value
-    return None
-
-
 def load_resnet_backbone(
     name: str | Path,
     run: BackboneRun = BackboneRun(),
@@ -123,9 +116,9 @@ def load_resnet_backbone(
             raise ValueError(f"{text} is a {opened.family} checkpoint, not a ResNet")
         config, params, origin = opened.config, jax.device_put(opened.params), opened.origin
         recorded_size, recorded_taps = opened.image_size, opened.taps
-    size = _resolve(image_size, recorded_size, run.image_size, DEFAULT_SIZE)
+    size = first_given(image_size, recorded_size, run.image_size, DEFAULT_SIZE)
     if isinstance(size, bool) or not isinstance(size, int) or size < RESNET_STRIDE or size % RESNET_STRIDE:
         what = "--image-size" if image_size is not None else "image size"
         raise ValueError(f"{what} {size!r}: a ResNet input side must be a positive multiple of {RESNET_STRIDE}")
-    chosen = stage_taps(_resolve(taps, recorded_taps, run.taps, DEFAULT_TAPS), config)
+    chosen = stage_taps(first_given(taps, recorded_taps, run.taps, DEFAULT_TAPS), config)
     return resnet_backbone(params, config, text, origin, size, chosen, dtype)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 from jzad.data.prep import PREP_KINDS, ImagePrep
 
-__all__ = ["PREP_KINDS", "VALID", "BackboneRun", "FeatureRequest", "Features", "ImagePrep", "tokens_to_grid"]
+__all__ = ["PREP_KINDS", "VALID", "BackboneRun", "FeatureRequest", "Features", "ImagePrep", "first_given", "tokens_to_grid"]
 
 VALID = "valid"
 """The ``Features.extras`` key of a (N,) bool mask of real images in a set padded to a bucket size."""
@@ -65,3 +65,12 @@ def tokens_to_grid(tokens: jax.Array) -> jax.Array:
     if side * side != count - 1:
         raise ValueError(f"tokens: expected (N, 1 + h*w, C) with a square h*w grid, got {tokens.shape}")
     return tokens[:, 1:, :].reshape(n, side, side, c)
+
+
+def first_given(*values):
+    """The first value that is not None (None if all are): how a loader picks each setting from the explicit
+    argument, the checkpoint's recorded run, the method's preset and the family default, in that order."""
+    for value in values:
+        if value is not None:
+            return value
+    return None
