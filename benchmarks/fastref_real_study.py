@@ -178,6 +178,34 @@ def summarise(runs: list[dict]) -> dict:
     return {"complete_draws": complete, "table": table, "decision": decision}
 
 
+def complete_cells(runs: list[dict]) -> list[tuple]:
+    """(set, shots, draw) cells in which every arm ran."""
+    cells = {}
+    for r in runs:
+        cells.setdefault((r["set"], r["shots"], r["draw"]), set()).add(r["arm"])
+    return sorted(cell for cell, arms in cells.items() if arms >= set(ARMS))
+
+
+def markdown(payload: dict) -> str:
+    """The README table: mean image / pixel AUROC per arm over the cells complete for every arm (and, when any
+    draw is complete for every set and shot count, the pre-registered decision on those)."""
+    runs = payload["runs"]
+    cells = complete_cells(runs)
+    lines = [f"Cells (set, shots, draw) complete for every arm: {len(cells)} of "
+             f"{4 * len(PROTOCOL['shots']) * 3} planned: " + ", ".join(f"{s} {k}-shot draw {d}" for s, k, d in cells),
+             "", "| arm | image AUROC | pixel AUROC | " + " | ".join(f"{s} {k}-shot" for s, k, _ in cells) + " |",
+             "|---|---|---|" + "---|" * len(cells)]
+    for arm in ARMS:
+        rows = {(r["set"], r["shots"], r["draw"]): r for r in runs if r["arm"] == arm}
+        picked = [rows[c] for c in cells]
+        if not picked:
+            continue
+        lines.append(f"| {arm} | {100 * np.mean([r['image_auroc'] for r in picked]):.1f} | "
+                     f"{100 * np.mean([r['pixel_auroc'] for r in picked]):.1f} | "
+                     + " | ".join(f"{100 * r['image_auroc']:.1f}" for r in picked) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (mtd/, mvtec_subset/)")
@@ -185,7 +213,11 @@ def main(argv=None) -> int:
     parser.add_argument("--draws", default="0,1,2", help="reference draws to run, in this order")
     parser.add_argument("--deadline-utc", default=None, help="HH:MM UTC: start no new (set, shots, draw) after it")
     parser.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
+    parser.add_argument("--report", action="store_true", help="print the README table from --out and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
     from jzad.features import backbone_architecture, load_backbone
 
     payload = {"kind": "fastref_real_study", "protocol": PROTOCOL, "runs": []}
