@@ -151,7 +151,10 @@ def with_load_time_bn_update(backbone: Backbone) -> Backbone:
     if updated is None:
         stages = [t for t in backbone.taps if t in STRIDES]
         through = "layer4" if "logits" in backbone.taps or not stages else max(stages, key=STRIDES.get)
-        params = constant_image_bn_update(backbone.params, backbone.config, backbone.image_size, through)
+        with jax.ensure_compile_time_eval():  # concrete even when first asked for inside a traced extractor
+            params = constant_image_bn_update(backbone.params, backbone.config, backbone.image_size, through)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
+            raise ValueError(f"{backbone.name}: the BatchNorm update needs concrete params, got traced ones")
         updated = dataclasses.replace(backbone, params=params,
                                       origin=f"{backbone.origin} + load-time BatchNorm update (constant image)")
         _BN_UPDATED[backbone] = updated
