@@ -84,3 +84,17 @@ class TorchResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x, ("logits",))[0]
+
+
+def load_time_bn_update(model: TorchResNet, image_size: int, through: str = "layer3") -> TorchResNet:
+    """What the original PatchCore code does to its backbone at load time, with PyTorch's own BatchNorm: the
+    model in train mode runs one forward of ``torch.ones(1, 3, S, S)`` (no normalisation) up to the deepest
+    extracted stage (its forward hook stops there), which moves the running statistics of every BatchNorm on
+    the way by momentum 0.1; then eval mode. Modifies and returns ``model``."""
+    stages = ("layer1", "layer2", "layer3", "layer4")
+    model.train()
+    with torch.no_grad():
+        x = model.maxpool(model.relu(model.bn1(model.conv1(torch.ones(1, 3, image_size, image_size)))))
+        for name in stages[: stages.index(through) + 1]:
+            x = getattr(model, name)(x)
+    return model.eval()

@@ -1,6 +1,7 @@
 """PatchCore through the method seam: uint8 images -> ResNet family backbone -> fit / score / maps against the
 literal PyTorch reference of the original code; its run preset, options and the command line."""
 
+import dataclasses
 import json
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import reference_torch_patchcore as ref
-from benchmarks.reference_torch_resnet import TorchResNet
+from benchmarks.reference_torch_resnet import TorchResNet, load_time_bn_update
 from jzad import data as jdata
 from jzad.backbone.resnet import IMAGENET_MEAN, IMAGENET_STD
 from jzad.backbone.resnet_port import resnet_to_torch
@@ -22,12 +23,15 @@ from jzad.timing import StageClock
 SIZE = 64
 
 
-def torch_layers(backbone, images):
-    """The same random network in PyTorch (torchvision structure), on torchvision-normalised uint8 images."""
+def torch_layers(backbone, images, bn_update: bool = False):
+    """The same random network in PyTorch (torchvision structure), on torchvision-normalised uint8 images;
+    bn_update: after the original PatchCore code's load-time BatchNorm pass (PyTorch's own train-mode BN)."""
     config = backbone.config
     model = TorchResNet(config.layers, config.width_per_group, config.groups, config.base_width).eval()
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in resnet_to_torch(backbone.params, config).items()},
                           strict=False)
+    if bn_update:
+        load_time_bn_update(model, backbone.image_size, "layer3")
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -120,3 +124,33 @@ def test_command_line_demo_and_option_errors(tmp_path, capsys):
     assert "--reweight-b does not apply to --method musc" in capsys.readouterr().err
     assert main(base + ["--activation", "gelu", "--out", str(tmp_path / "e")]) == 2
     assert "applies to ViT backbones" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bn_stats", ["original", "checkpoint"])
+def test_extractor_applies_the_original_load_time_batchnorm_update_once(bn_stats):
+    """The extractor's features equal PyTorch's network after (original) or without (checkpoint) the original
+    code's train-mode pass of a constant image; the update is computed once per backbone and leaves the
+    backbone's own params (which other methods use) untouched."""
+    method = get_method("patchcore")
+    backbone = load_backbone(method.tiny_backbone, method.backbone_run("tiny-resnet"), image_size=SIZE, seed=4)
+    before = jax.tree.map(np.array, backbone.params)
+    config = method.configure({} if bn_stats == "original" else {"bn_stats": bn_stats}, RunContext("mvtec", SIZE, 2))
+    assert config.bn_stats == bn_stats
+    images, _, _, _ = jdata.make_synthetic_set(2, 1, size=SIZE, seed=2)
+    layers = method.extractor(config, backbone)(images).layers
+    expected = torch_layers(backbone, images, bn_update=bn_stats == "original")
+    for got, want in zip(layers, expected):
+        assert rel(got, want.permute(0, 2, 3, 1).numpy()) <= 1e-5
+    unchanged = torch_layers(backbone, images)
+    moved = rel(layers[1], unchanged[1].permute(0, 2, 3, 1).numpy())
+    assert (moved > 1e-3) if bn_stats == "original" else moved <= 1e-5
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, backbone.params), before)
+    if bn_stats == "original":
+        from jzad.features.resnet import with_load_time_bn_update
+
+        assert with_load_time_bn_update(backbone) is with_load_time_bn_update(backbone)
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, with_load_time_bn_update(backbone).params[
+            "layer4"]), before["layer4"])  # the original's forward stops after layer3
+    # The flag is not part of the scoring programs' compile key.
+    assert config == dataclasses.replace(config, bn_stats="checkpoint")
+    assert hash(config) == hash(dataclasses.replace(config, bn_stats="checkpoint"))

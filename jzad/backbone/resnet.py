@@ -9,7 +9,8 @@ stage s (1..4) has ``layers[s-1]`` blocks of ``planes = base_width * 2**(s-1)``,
 
 Every padding is explicit and symmetric, as PyTorch pads (XLA's 'SAME' pads stride-2 convs on one side only
 and gives different numbers); the max pool pads with -inf. BatchNorm runs in inference mode (running
-statistics, eps 1e-5). Params live in a plain nested dict; the jitted function rebuilds the module from a
+statistics, eps 1e-5); ``constant_image_bn_update`` applies, once, the train-mode statistics pass the original
+PatchCore code makes at load time (see its docstring). Params live in a plain nested dict; the jitted function rebuilds the module from a
 cached graph definition at trace time, so it is pure and retraces only when a static argument or a shape
 changes.
 """
@@ -340,3 +341,85 @@ def encode_resnet(
     if not jnp.issubdtype(images.dtype, jnp.floating):
         raise ValueError(f"images must be float (ImageNet-normalised), got dtype {images.dtype}")
     return _encode(params, images, config=config, taps=taps, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------ load-time BatchNorm update
+
+BN_MOMENTUM = 0.1
+"""PyTorch's BatchNorm momentum: running = (1 - momentum) * running + momentum * batch statistic."""
+
+
+def _conv_nhwc(x: jax.Array, kernel: jax.Array, stride: int, groups: int = 1) -> jax.Array:
+    pad = (kernel.shape[0] - 1) // 2
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+                                        precision=jax.lax.Precision.HIGHEST)
+
+
+def _bn_train(x: jax.Array, bn: dict, eps: float, momentum: float) -> tuple[jax.Array, dict]:
+    """PyTorch BatchNorm2d in train mode: normalise by the batch's mean and biased variance over (N, H, W);
+    move the running mean towards the batch mean and the running variance towards the unbiased batch
+    variance (n / (n - 1) times the biased one, n = N H W) by ``momentum``."""
+    count = x.shape[0] * x.shape[1] * x.shape[2]
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    y = (x - mean) * jax.lax.rsqrt(var + eps) * bn["scale"] + bn["bias"]
+    unbiased = var * (count / max(count - 1, 1))
+    updated = {**bn, "mean": (1.0 - momentum) * bn["mean"] + momentum * mean,
+               "var": (1.0 - momentum) * bn["var"] + momentum * unbiased}
+    return y, updated
+
+
+def _block_train(x: jax.Array, block: dict, stride: int, config: ResNetConfig, momentum: float):
+    eps, out = config.eps, dict(block)
+    y, out["bn1"] = _bn_train(_conv_nhwc(x, block["conv1"]["kernel"], 1), block["bn1"], eps, momentum)
+    y, out["bn2"] = _bn_train(_conv_nhwc(jax.nn.relu(y), block["conv2"]["kernel"], stride, config.groups),
+                              block["bn2"], eps, momentum)
+    y, out["bn3"] = _bn_train(_conv_nhwc(jax.nn.relu(y), block["conv3"]["kernel"], 1), block["bn3"], eps, momentum)
+    shortcut = x
+    if block.get("downsample") is not None:
+        down = block["downsample"]
+        shortcut, bn = _bn_train(_conv_nhwc(x, down[0]["kernel"], stride), down[1], eps, momentum)
+        out["downsample"] = {**down, 1: bn}
+    return jax.nn.relu(y + shortcut), out
+
+
+@partial(jax.jit, static_argnames=("config", "image_size", "through", "momentum", "value"))
+def _constant_image_bn_update(params, *, config, image_size, through, momentum, value):
+    x = jnp.full((1, image_size, image_size, 3), value, jnp.float32)
+    out = dict(params)
+    y, out["bn1"] = _bn_train(_conv_nhwc(x, params["conv1"]["kernel"], 2), params["bn1"], config.eps, momentum)
+    x = max_pool_3x3_s2(jax.nn.relu(y))
+    for stage in range(STAGES.index(through) + 1):
+        name = STAGES[stage]
+        blocks = dict(params[name])
+        for index in sorted(blocks):
+            stride = 2 if stage > 0 and index == 0 else 1
+            x, blocks[index] = _block_train(x, params[name][index], stride, config, momentum)
+        out[name] = blocks
+    return out
+
+
+def constant_image_bn_update(params: dict, config: ResNetConfig | str, image_size: int, through: str = "layer3",
+                             momentum: float = BN_MOMENTUM, value: float = 1.0) -> dict:
+    """Params after the original PatchCore code's load-time BatchNorm update (a new tree; params unchanged).
+
+    amazon-science/patchcore-inspection gets its backbone in train mode (torchvision's default, pretrained
+    weights included) and ``NetworkFeatureAggregator.feature_dimensions``, called from ``PatchCore.load``,
+    runs one forward of ``torch.ones(1, 3, S, S)`` (S the run's input side; fed to the network as is, no
+    ImageNet normalisation) in that mode, stopping after the deepest extracted stage. Every BatchNorm it
+    passes (the stem's and those of layer1 .. ``through``) thereby moves its running mean and variance
+    ``momentum`` (0.1) of the way to the batch statistics of that constant image before any real image is
+    embedded; later stages keep theirs. This function is that one pass: a train-mode forward of a
+    (1, S, S, 3) image of ``value``, each BatchNorm normalising by its batch statistics and updating its
+    running ones as PyTorch does (unbiased variance). Jitted; the checkpoint's params are not modified.
+    """
+    config = get_resnet_config(config)
+    if through not in STAGES:
+        raise ValueError(f"through must be one of {STAGES}, got {through!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
+        raise ValueError(f"image_size must be an int >= 32 (the input side), got {image_size!r}")
+    if not 0.0 < float(momentum) <= 1.0:
+        raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
+    return _constant_image_bn_update(params, config=config, image_size=image_size, through=through,
+                                     momentum=float(momentum), value=float(value))

@@ -12,6 +12,8 @@ then 224 px with taps layer2 and layer3 (PatchCore's).
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from jzad.backbone.resnet import (
     RESNET_ARCHITECTURES,
     STAGES,
     check_resnet_taps,
+    constant_image_bn_update,
     encode_resnet,
     init_resnet,
     resnet_architecture_name,
@@ -122,3 +125,30 @@ def load_resnet_backbone(
         raise ValueError(f"{what} {size!r}: a ResNet input side must be a positive multiple of {RESNET_STRIDE}")
     chosen = stage_taps(first_given(taps, recorded_taps, run.taps, DEFAULT_TAPS), config)
     return resnet_backbone(params, config, text, origin, size, chosen, dtype)
+
+
+_BN_UPDATED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def with_load_time_bn_update(backbone: Backbone) -> Backbone:
+    """The ResNet ``backbone`` as the original PatchCore code runs it: its BatchNorm running statistics after
+    the load-time train-mode pass of a constant image at the backbone's input side
+    (``jzad.backbone.resnet.constant_image_bn_update``; the stem and the stages up to the deepest tap, as the
+    original's forward stops there). A new Backbone with new params, computed once per loaded backbone
+    (cached by identity for as long as it lives) and never written into it, so other methods using the same
+    ResNet keep the checkpoint's statistics."""
+    if backbone.family != "resnet":
+        raise ValueError(f"{backbone.name}: the load-time BatchNorm update applies to ResNet backbones, "
+                         f"got a {backbone.family} backbone")
+    updated = _BN_UPDATED.get(backbone)
+    if updated is None:
+        stages = [t for t in backbone.taps if t in STRIDES]
+        through = "layer4" if "logits" in backbone.taps or not stages else max(stages, key=STRIDES.get)
+        with jax.ensure_compile_time_eval():  # concrete even when first asked for inside a traced extractor
+            params = constant_image_bn_update(backbone.params, backbone.config, backbone.image_size, through)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
+            raise ValueError(f"{backbone.name}: the BatchNorm update needs concrete params, got traced ones")
+        updated = dataclasses.replace(backbone, params=params,
+                                      origin=f"{backbone.origin} + load-time BatchNorm update (constant image)")
+        _BN_UPDATED[backbone] = updated
+    return updated

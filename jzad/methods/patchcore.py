@@ -28,7 +28,14 @@ Method seam (registered as "patchcore"; ``jzad.methods.base``): ``patchcore_fit`
 the reference images' features (``PatchCoreState``), ``patchcore_body`` is the one scoring body (stages
 "embed", "nearest"), run fused or timed stage by stage by the seam; maps as above. The run preset
 is the original's: a ResNet family backbone (WideResNet-50-2 by default) at 224 x 224 crops of 256 (PIL
-bilinear, ``patchcore_prep``), taps layer2 and layer3. ``--coreset-ratio`` defaults to 0.05 for runs with at
+bilinear, ``patchcore_prep``), taps layer2 and layer3, and by default the original's load-time BatchNorm
+update (``--bn-stats original``): the original code's backbone is in train mode when ``PatchCore.load`` runs one
+forward of ``torch.ones(1, 3, S, S)`` to read the feature dimensions, so every BatchNorm it passes moves its
+running statistics 10 % (momentum 0.1) towards those of a constant image before any real image is embedded.
+The published PatchCore numbers come from that code, and with the update jzad's scores equal the original's
+(benchmarks/patchcore_original_parity.py); ``--bn-stats checkpoint`` keeps the stored statistics (the clean
+eval-mode network). The update is applied once per loaded backbone to a copy of its params
+(``patchcore_extractor``), so other methods sharing the ResNet are unaffected. ``--coreset-ratio`` defaults to 0.05 for runs with at
 most 16 reference images (PatchCore+'s few-shot setting) and 0.1 (the paper's full-shot setting) above;
 ``--reweight-b`` turns on the b-nearest reweighting.
 
@@ -40,7 +47,7 @@ candidate rows (see ``jzad.kernels.kcenter``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
 
@@ -72,6 +79,7 @@ from jzad.methods.base import (
 )
 
 HIGHEST = jax.lax.Precision.HIGHEST
+BN_STATS = ("original", "checkpoint")
 
 
 def check_ratio(ratio) -> float:
@@ -94,6 +102,11 @@ class PatchCoreConfig:
     bank rows per GEMM tile in scoring (peak memory ~ patches per image x bank_tile floats per device).
     image_chunk: query images embedded together in ``patchcore_body`` (the batch is padded to a multiple of
     it). seed: the coreset's random draws (projection, start points) in ``patchcore_fit``.
+    bn_stats: the ResNet family's BatchNorm running statistics during extraction: "original" (default; the
+    original code's load-time train-mode pass of a constant image, ``jzad.features.resnet.
+    with_load_time_bn_update``) or "checkpoint" (the statistics as stored: the clean eval-mode network).
+    Only the extractor reads it, so it is left out of the config's hash and equality (compare=False) and
+    never enters the compile key of a scoring program; other backbone families ignore it.
     """
 
     dim: int = 1024
@@ -107,8 +120,11 @@ class PatchCoreConfig:
     bank_tile: int = 4096
     image_chunk: int = 4
     seed: int = 0
+    bn_stats: str = field(default="original", compare=False)
 
     def __post_init__(self):
+        if self.bn_stats not in BN_STATS:
+            raise ValueError(f"PatchCoreConfig.bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
         for name in ("dim", "num_starts", "map_size", "bank_tile", "image_chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -549,11 +565,29 @@ def patchcore_method_maps(config: PatchCoreConfig, patch_scores: jax.Array, size
     return patchcore_maps(patch_scores, size, config.sigma)
 
 
+def patchcore_extractor(config: PatchCoreConfig, backbone):
+    """images uint8 (B, S, S, 3) -> Features: the backbone's taps, from a ResNet with the original code's
+    load-time BatchNorm update when ``config.bn_stats`` is "original" (computed once per loaded backbone)."""
+    if config.bn_stats == "original" and backbone.family == "resnet":
+        from jzad.features.resnet import with_load_time_bn_update
+
+        backbone = with_load_time_bn_update(backbone)
+    return lambda images: backbone(images, FeatureRequest())
+
+
+BN_STATS_OPTION = Option(
+    "--bn-stats", None, "ResNet BatchNorm statistics: original (default; the original PatchCore code's load-time "
+    "train-mode forward of a constant image of the input size moves every BatchNorm's running statistics "
+    "towards it by momentum 0.1, as the published numbers were made) or checkpoint (the stored statistics: the clean eval-mode "
+    "network)", str, choices=BN_STATS)
+"""Shared by PatchCore and PatchCore+ (a flag declared once, read by each method's configure)."""
+
 OPTIONS = (
     Option("--coreset-ratio", "coreset_ratio", f"share of the reference patches kept in the memory bank (default "
            f"0.05 with <= {FEW_SHOT_MAX} shots, else 0.1; 1 keeps every patch)", float),
     Option("--reweight-b", "num_neighbors", "b of the paper's image-score reweighting (anomalib's; 9 in the "
            "paper); default: the plain max of the original code", int),
+    BN_STATS_OPTION,
 )
 
 
@@ -569,6 +603,8 @@ def patchcore_configure(values: dict, context: RunContext) -> PatchCoreConfig:
     fields.update(option_fields(OPTIONS, values))
     if values.get("precision") is not None:
         fields["precision"] = values["precision"]
+    if values.get("bn_stats") is not None:
+        fields["bn_stats"] = values["bn_stats"]
     try:
         return PatchCoreConfig(**fields)
     except ValueError as err:
@@ -596,4 +632,5 @@ METHOD = register(Method(
     prep=patchcore_prep,
     stages=("embed", "nearest", "upsample"),
     multi_process=True,
+    extractor=patchcore_extractor,
 ))

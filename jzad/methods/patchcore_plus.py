@@ -11,6 +11,14 @@ query image's prototypes refined by the Sinkhorn-EM of ``jzad.methods.refine`` b
   leaves open (the init's Gram matrix, epsilon, how the plan is scaled inside the loss, the closed M-step) is
   made and documented in ``jzad.methods.refine``; its options are exposed here (--em-update, --em-iterations,
   --lam, --plan-scale, --score).
+- Input: the paper's 256 x 256 (Sec. 6.1; m = 32 x 32 = 1024 patches with WideResNet-50-2's layer2 or
+  EfficientNet-Lite's stride-8 stage): the image resized (PIL bilinear) to 256 on its shorter side and centre
+  cropped to 256, no 256 -> 224 crop (that is the original PatchCore's, kept for ``patchcore``).
+- Plan scaling: "row" (the data term per position) by default, the reading under which the paper's lambda
+  sweep and T* ablation are not flat (derived in ``jzad.methods.refine``); ``--plan-scale printed`` gives the
+  loss as printed, under which the refinement is the W0 projection; ``--lam 0`` is that projection exactly.
+- ResNet BatchNorm statistics: the original PatchCore code's load-time update by default, as PatchCore's
+  (``--bn-stats``; ``jzad.methods.patchcore``).
 - ``maps``: PatchCore's: bilinear to the crop size (align_corners False), Gaussian sigma 4.
 - Batching and sharding: the refinement is vmapped over chunks of ``chunk`` query images (``lax.map`` over
   the chunks) and the images are split over the device mesh (``--shards``), so every chunk has the same
@@ -34,7 +42,9 @@ from jax.sharding import Mesh
 
 from jzad.kernels.sharding import device_mesh, map_row_shards, pad_rows
 from jzad.methods.base import (
+    BackboneRun,
     FeatureRequest,
+    ImagePrep,
     Features,
     Method,
     Option,
@@ -46,15 +56,16 @@ from jzad.methods.base import (
     register,
 )
 from jzad.methods.patchcore import (
+    BN_STATS_OPTION,
     PATCHCORE_PRESETS,
     PatchCoreConfig,
-    backbone_run,
+    backbone_run as patchcore_backbone_run,
     check_ratio,
     fit_patchcore,
     embed_in_chunks,
     on_mesh,
+    patchcore_extractor,
     patchcore_maps,
-    patchcore_prep,
     tapped_layers,
 )
 from jzad.methods.refine import (
@@ -210,6 +221,22 @@ def patchcore_plus_maps(config: PatchCorePlusConfig, patch_scores: jax.Array, si
     return patchcore_maps(patch_scores, size, config.patchcore.sigma)
 
 
+IMAGE_SIZE = 256
+"""The paper's PatchCore+ input side (Sec. 6.1): 32 x 32 = 1024 patches at stride 8."""
+
+
+def backbone_run(architecture: str | None) -> BackboneRun:
+    """PatchCore's taps for the architecture, at the paper's 256 x 256 input."""
+    return dataclasses.replace(patchcore_backbone_run(architecture), image_size=IMAGE_SIZE)
+
+
+def patchcore_plus_prep(config, image_size: int) -> ImagePrep:
+    """Resize of the shorter side to the input side (PIL bilinear) and a centre crop of it: the whole image,
+    no 256 -> 224 crop."""
+    del config
+    return ImagePrep("resize_crop", resize_to=image_size)
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -223,11 +250,14 @@ OPTIONS = (
     Option("--em-update", None, "M-step: gradient (optax steps, Algorithm 1) or closed (the exact minimiser, "
            "the CVPR version)", str, choices=EM_UPDATES),
     Option("--em-iterations", None, "N, EM rounds (paper 10; the CVPR closed form uses 2)", int),
-    Option("--lam", None, "lambda, weight of the OT term (paper 0.3)", float),
-    Option("--plan-scale", None, "how the plan enters the M-step loss: printed (T as Eq. 5 prints it; default) or "
-           "row (m T^T, rows sum to 1)", str, choices=PLAN_SCALES),
+    Option("--lam", None, "lambda, weight of the OT term (paper 0.3); 0 is the W0 projection onto the span of the "
+           "prototypes alone, with no transport term", float),
+    Option("--plan-scale", None, "how the plan enters the M-step loss: row (m T^T, rows sum to 1: the data term "
+           "per position; default) or printed (T as Eq. 5 prints it: the OT term is then ~1/m of the data term "
+           "and the result is the W0 projection)", str, choices=PLAN_SCALES),
     Option("--score", None, "nearest (Eq. 6: min over the refined prototypes) or residual (||f_j - (W M)_j||^2)",
            str, choices=SCORES),
+    BN_STATS_OPTION,
     Option("--online", "online_images", "Online PatchCore+: the refined prototypes of the last K scored images "
            "join the memory (0: off)", _non_negative_int, metavar="K"),
 )
@@ -245,6 +275,8 @@ def patchcore_plus_configure(values: dict, context: RunContext) -> PatchCorePlus
             patchcore["coreset_ratio"] = check_ratio(values["coreset_ratio"])
         if values.get("precision") is not None:
             patchcore["precision"] = refine["precision"] = values["precision"]
+        if values.get("bn_stats") is not None:
+            patchcore["bn_stats"] = values["bn_stats"]
         return PatchCorePlusConfig(
             patchcore=dataclasses.replace(PATCHCORE_PRESETS["few-shot"], **patchcore),
             refine=dataclasses.replace(PATCHCORE_PLUS, **refine),
@@ -272,8 +304,9 @@ METHOD = register(Method(
     default_backbone="wide-resnet50-2",
     demo_backbone="random-wide-resnet50-2",
     tiny_backbone="random-tiny-resnet",
-    prep=patchcore_prep,
+    prep=patchcore_plus_prep,
     stages=("embed", "refine", "upsample"),
     pads=lambda config: not config.online_images,
     multi_process=True,
+    extractor=lambda config, backbone: patchcore_extractor(config.patchcore, backbone),
 ))

@@ -22,16 +22,21 @@ Choices, each with the equation it concerns:
   iteration), ``min_iterations = max_iterations = sinkhorn_iterations`` so the loop has a fixed length and
   vmaps; potentials start at 0 each E-step; T is ott's plan exp((f_i + g_j - C_ij) / eps).
 - Plan scaling inside the loss (Eq. 3 with Eq. 5): T's entries are O(1/(n m)) and sum to 1, while dis sums
-  over m positions, so with T as printed ("printed") the OT term weighs about 1/m of the data term and
-  lambda barely acts. "row" uses P = m T^T (m, n), whose rows (one per refined prototype) sum to 1: each
-  position j gets lambda * sum_i P_ji C_ij, a weighted mean cost, beside its own ||f_j - R_j||^2. "row" is
-  the printed loss with dis taken as a mean over positions (torch's default reduction) instead of a sum.
-  Measured in benchmarks/refine_study.py (synthetic shifted features): "printed" scores exactly as lambda = 0
-  (W0 M, the projection onto span(M)); "row" lowers PatchCore+ image AUROC under a global shift (0.84 vs 0.96)
-  because the OT pull brings shifted normal patches back towards the unshifted prototypes; on the built-in
-  demo (random WideResNet-50-2, 2 shots, no shift) PatchCore+ scores image AUROC 1.0 with "printed" and 0.74
-  with "row" (PatchCore 0.87). "printed" is the default: it is the loss as printed and measured best; "row"
-  is the reading under which lambda does anything at all, kept as an option.
+  over m positions, so with T as printed ("printed") the OT term weighs about 1/m of the data term: at
+  PatchCore+'s m = 1024 the refined prototypes move about 2e-5 relative to W0 M and the largest score change is
+  ~3e-7, i.e. the refinement is the W0 projection onto span(M) and the Sinkhorn step is dead code. "row" uses
+  P = m T^T (m, n), whose rows (one per refined prototype) sum to 1: each position j gets lambda * sum_i P_ji
+  C_ij, a weighted mean cost, beside its own ||f_j - R_j||^2. Derivation: "row" is exactly the printed loss
+  with dis taken per position, dis = (1/m) sum_j ||f_j - R_j||^2 (the mean over positions, torch's default
+  reduction, the normalisation that makes dis independent of the number of patches), multiplied through by m:
+  (1/m) sum_j d_j + lambda <T, C> = (1/m) [sum_j d_j + lambda <m T^T, C^T>]. "row" is the default, because it
+  is the only reading under which the paper's own evidence can hold: its Table 2 ablation (W* alone vs
+  W* + T*: e.g. MPDD 74.9/96.4 -> 76.0/97.3) and its Fig. 5 lambda sweep ("first improves and then
+  declines") would be flat under "printed", and lambda = 0.3 (PatchCore+) / 0.1 (WinCLIP+) are O(1) weights,
+  which only a per-position data term makes them. The synthetic global-shift set of benchmarks/refine_study.py
+  favours the projection by construction (a shift the OT pull undoes on normal patches), so it does not decide
+  this default; the pre-registered real-photo study (benchmarks/fastref_real_study.py) reports how the two
+  readings compare on real features. ``lam = 0`` is the W0 projection alone, under either reading.
 - M-step (Sec. 4.2, W_{t+1} = W_t - beta dL/dW; the draft's "+" is a sign slip): T fixed
   (``stop_gradient``). Because the OT term is linear in C, <P, C(M, R)> collapses to the barycentric
   projections B = P M (m, c) and masses p = P 1 (m,): squared Euclidean
@@ -123,15 +128,12 @@ class RefineConfig:
 
     Defaults: the paper's N = 10 and lambda = 0.3 (PatchCore+; ``WINCLIP_PLUS`` has 0.1); one SGD step per
     round, as Sec. 4.2's W_{t+1} = W_t - beta dL/dW, at lr 0.5 (below the stability bound 1 / (1 + lambda) =
-    0.77 of the "row" loss); epsilon 0.05 x mean cost, a sharp plan; 50 Sinkhorn iterations (rows then sum to
-    1/n exactly; the worst column sum is off 1/m by 2-12 % on the synthetic test features, by 1e-6 on random
-    784 x 1024 queries against 157 prototypes; raise it for a tighter plan); "printed" plan scaling, the loss as
-    Eq. 5 prints it, which measured best everywhere we could measure (synthetic shift set: PatchCore+ image AUROC
-    0.96 vs 0.84 with "row"; the built-in demo with random WideResNet weights: 1.0 vs 0.74, where PatchCore
-    scores 0.87). Under it the OT term weighs about 1/m of the data term, so lambda barely acts and the
-    refinement is close to the projection W0 M; "row" is the reading under which lambda has the effect the
-    paper's lambda sweep (Fig. 5) and T* ablation (Table 2) report, kept as an option until real features can
-    decide between them; ridge 1e-4.
+    0.77 of the "row" loss at lambda 0.3; lambda > 1 needs a smaller lr or the closed M-step); epsilon 0.05 x
+    mean cost, a sharp plan; 50 Sinkhorn iterations (rows then sum to 1/n exactly; the worst column sum is off
+    1/m by 2-12 % on the synthetic test features, by 1e-6 on random 784 x 1024 queries against 157 prototypes;
+    raise it for a tighter plan); "row" plan scaling (the per-position data term; see the module docstring for
+    why: under "printed" the OT term is about 1/m of the data term and lambda does nothing measurable); ridge
+    1e-4.
     """
 
     distance: str = "sqeuclidean"
@@ -144,7 +146,7 @@ class RefineConfig:
     m_steps: int = 1
     epsilon: float = 0.05
     sinkhorn_iterations: int = 50
-    plan_scale: str = "printed"
+    plan_scale: str = "row"
     ridge: float = 1e-4
     score: str = "nearest"
     precision: str = "fp32"

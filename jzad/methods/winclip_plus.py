@@ -11,7 +11,9 @@ Readings (the paper gives Eqs. 8-9 and the settings of Sec. 6.1, no code):
   unit vectors the Euclidean distance the coreset spreads is sqrt(2 - 2 cos), a monotone function of the
   cosine distance the refinement uses. Each query's patch tokens f (g*g, W) are refined against M with
   the cosine distance (1 - cos) / 2 and lambda = 0.1 (``refine.WINCLIP_PLUS``); s_j of Eq. 8 is the
-  refined patch score. ``refine_memories="all"`` also refines the window memories (each scale's window
+  refined patch score. The plan enters the M-step loss per position ("row", the default; ``--plan-scale``),
+  the reading under which lambda = 0.1 is an O(1) weight and the paper's T* ablation is not flat (derived in
+  ``jzad.methods.refine``); "printed" and ``--lam 0`` give the W0 projection. ``refine_memories="all"`` also refines the window memories (each scale's window
   embeddings against a coreset of the reference windows at the same ratio), measured in
   benchmarks/winclip_timing.py.
 - Maps and Eq. 9: s replaces the patch term of WinCLIP's few-shot map, so the few-shot map is the mean of
@@ -43,7 +45,7 @@ from jzad.kernels.resize import resize_bilinear
 from jzad.methods import winclip as wc
 from jzad.methods.base import FeatureRequest, Features, Method, Option, OptionError, RunContext, Scores, register
 from jzad.methods.patchcore import check_ratio, memory_bank
-from jzad.methods.refine import EM_UPDATES, WINCLIP_PLUS, RefineConfig, refined_patch_scores
+from jzad.methods.refine import EM_UPDATES, PLAN_SCALES, WINCLIP_PLUS, RefineConfig, refined_patch_scores
 
 REFINE_MEMORIES = ("patches", "all")
 DATASET_RATIOS = {"mvtec": 0.5, "visa": 0.3, "mpdd": 0.2}
@@ -223,8 +225,11 @@ OPTIONS = (
     Option("--class-name", None, wc.CLASS_NAME.help, wc.class_name, metavar="NAME"),
     Option("--coreset-ratio", "coreset_ratio", "share of the reference patches kept as prototypes (default: "
            "WinCLIP+ 0.5 MVTec, 0.3 VisA, 0.2 MPDD, 0.5 other layouts)", _ratio, metavar="ALPHA"),
-    Option("--lam", None, "lambda, the weight of the refinement's optimal-transport term (WinCLIP+ 0.1)",
-           _non_negative),
+    Option("--lam", None, "lambda, the weight of the refinement's optimal-transport term (WinCLIP+ 0.1); 0 is the "
+           "W0 projection onto the span of the prototypes alone, with no transport term", _non_negative),
+    Option("--plan-scale", None, "how the plan enters the M-step loss: row (m T^T, rows sum to 1: the data term "
+           "per position; default) or printed (T as Eq. 5 prints it: the OT term is then ~1/m of the data term "
+           "and the result is the W0 projection)", str, choices=PLAN_SCALES),
     Option("--em-iterations", None, "EM rounds of the refinement (10)", _positive_int),
     Option("--em-update", None, "M-step of the refinement: gradient (the paper) or closed (closed form)", str,
            choices=EM_UPDATES),
@@ -238,7 +243,8 @@ def winclip_plus_configure(values: dict, context: RunContext) -> WinCLIPPlusConf
     lambda / rounds / M-step from the options."""
     winclip = wc.winclip_configure(values, context)
     changes = {name: values[dest] for name, dest in (("lam", "lam"), ("iterations", "em_iterations"),
-                                                     ("em_update", "em_update")) if values.get(dest) is not None}
+                                                     ("em_update", "em_update"), ("plan_scale", "plan_scale"))
+               if values.get(dest) is not None}
     try:
         refine = RefineConfig(**{**WINCLIP_PLUS.__dict__, "precision": winclip.precision, **changes})
         ratio = values.get("coreset_ratio") or DATASET_RATIOS.get(context.dataset, DEFAULT_RATIO)
