@@ -142,3 +142,9 @@ def test_the_command_line_words_library_errors_as_its_flags(tmp_path, capsys):
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == "python -m jzad.run: error: --subsets: expected 1..28 (the category's image count), got 99"
+
+
+def test_readme_module_table_lists_the_layers_in_order():
+    readme = (ROOT.parent / "README.md").read_text()
+    listed = re.findall(r"^\| `(jzad\.[a-z_.]+)` \|", readme, re.M)
+    assert listed == list(ORDER)
