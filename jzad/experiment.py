@@ -292,13 +292,16 @@ def category_threshold(scorer: Scorer, plan: "Plan", category: str, found, resul
     ``plan.threshold_from`` saved for the category, else the quantile of the references' leave-one-out scores
     (``jzad.reference_scores``), else the labels' F1 optimum; None when none exists (no labels, no references)."""
     from jzad.eval import verdict
-    from jzad.reference_scores import leave_one_out_scores
+    from jzad.reference_scores import ReferencesTooFew, leave_one_out_scores
 
     if plan.threshold is None and plan.threshold_from is not None:
         return verdict.threshold_from_results(plan.threshold_from, scorer.method.name, category)
     loo = None
     if plan.threshold is None:
-        loo = leave_one_out_scores(scorer, found.references, category, found.calibration)
+        try:
+            loo = leave_one_out_scores(scorer, found.references, category, found.calibration)
+        except ReferencesTooFew as err:
+            result.notes.append(str(err))
     return verdict.choose_threshold(result.image_scores, result.labels, loo, plan.threshold)
 
 

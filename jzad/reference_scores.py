@@ -6,7 +6,9 @@ so its score is what a normal image the method has not seen gets. The references
 and sliced; the config is the run's (configured for all R shots: a method whose config depends on the shot count
 is fitted on R - 1 images under R's settings, which the verdict's quantile tolerates). Pooling methods (MuSc,
 FSLC) score a reference inside the pool of test images, so they have no leave-one-out score; one reference
-leaves nothing to fit on. Both return None and the threshold comes from --threshold or the labels.
+leaves nothing to fit on. Both return None and the threshold comes from --threshold or the labels. A method
+that cannot be fitted on R - 1 references (e.g. a coreset that keeps no patch of one small image) raises
+``ReferencesTooFew``, which the callers report before falling back the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import numpy as np
 from jzad.methods.base import check_finite
 from jzad.pipeline import Scorer, extract_source
 from jzad.timing import StageClock
+
+
+class ReferencesTooFew(ValueError):
+    """The method cannot be fitted on R - 1 of the references (the message says why)."""
 
 
 def leave_one_out_scores(scorer: Scorer, references, category: str = "", calibration=None,
@@ -39,7 +45,11 @@ def leave_one_out_scores(scorer: Scorer, references, category: str = "", calibra
         others = np.delete(np.arange(count), index)
         rest = jax.tree.map(lambda a: a[others], features)
         query = jax.tree.map(lambda a: a[index:index + 1], features)
-        state = method.fit(scorer.config, rest, scorer.mesh, prepared)
+        try:
+            state = method.fit(scorer.config, rest, scorer.mesh, prepared)
+        except ValueError as err:
+            raise ReferencesTooFew(f"no leave-one-out threshold: {method.name} cannot be fitted on {count - 1} of "
+                                   f"the {count} references ({err})") from err
         if held_out is not None:
             state = method.calibrate(scorer.config, state, held_out, scorer.mesh)
         scores, _ = method.score(scorer.config, state, query, scorer.mesh)
@@ -47,4 +57,4 @@ def leave_one_out_scores(scorer: Scorer, references, category: str = "", calibra
     return out
 
 
-__all__ = ["leave_one_out_scores"]
+__all__ = ["ReferencesTooFew", "leave_one_out_scores"]

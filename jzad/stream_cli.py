@@ -98,7 +98,7 @@ def stream_threshold(args, scorer, references, reference_paths, category: str):
     the stream references' leave-one-out scores; None without any (zero-shot streams: give --threshold or
     --threshold-from)."""
     from jzad.eval import verdict
-    from jzad.reference_scores import leave_one_out_scores
+    from jzad.reference_scores import ReferencesTooFew, leave_one_out_scores
 
     if args.threshold is not None:
         return verdict.Threshold(float(args.threshold), "given", float(args.threshold), float(args.threshold))
@@ -112,7 +112,11 @@ def stream_threshold(args, scorer, references, reference_paths, category: str):
         return None
     source = jdata.ArrayImages(references, [str(p) for p in reference_paths], np.zeros(len(references), np.int64),
                                ("good",) * len(references))
-    loo = leave_one_out_scores(scorer, source, category)
+    try:
+        loo = leave_one_out_scores(scorer, source, category)
+    except ReferencesTooFew as err:
+        print(f"warning: {err}", file=sys.stderr)
+        return None
     return None if loo is None else verdict.choose_threshold(loo, None, loo)
 
 

@@ -8,7 +8,8 @@ import pytest
 from jzad.features import load_backbone
 from jzad.methods import ImagePrep, RunContext, get_method
 from jzad.pipeline import Scorer, run_category
-from jzad.run import DEMO_SHOTS, demo_sources
+from jzad.experiment import demo_sources
+from jzad.run import DEMO_SHOTS
 
 SIZES = {"patchcore_plus": 64, "winclip_plus": 32}
 

@@ -101,8 +101,8 @@ def test_torchvision_file_ports_with_its_family_and_matches_torch(tiny_torch, tm
     assert ported.family == "resnet" and ported.config == get_resnet_config("tiny")
     assert weights_cli(["list", "--weights-dir", str(folder)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.split()[:4] == ["tiny-rn", "resnet", "tiny-resnet", "yes"] for line in lines)
-    assert any(line.split()[:4] == ["wide-resnet50-2", "resnet", "wide-resnet50-2", "no"] for line in lines)
+    assert any(line.split()[:5] == ["tiny-rn", "resnet", "tiny-resnet", "-", "yes"] for line in lines)
+    assert any(line.split()[:5] == ["wide-resnet50-2", "resnet", "wide-resnet50-2", "224", "no"] for line in lines)
     assert any(line.split()[:3] == ["vit-b-16", "clip", "ViT-B-16"] for line in lines)
     # The ported name loads with its recorded taps (explicit taps override them).
     backbone = load_backbone("tiny-rn", BackboneRun(image_size=SIZE), weights_dir=folder)

@@ -43,7 +43,8 @@ def test_two_processes_score_as_one_process_and_only_process_0_writes(tmp_path):
     runs = [(TINY + args, tmp_path / case) for case, args in CASES.items()]
     for run in launch_local(runs, processes=2, devices=2, workdir=tmp_path, timeout=TIMEOUT_S):
         status = "killed after the timeout" if run.returncode is None else f"exit status {run.returncode}"
-        assert run.returncode == 0, f"process {run.process_id}: {status}\n{run.output[-3000:]}"
+        errors = "\n".join(line for line in run.output.splitlines() if "error" in line.lower())
+        assert run.returncode == 0, f"process {run.process_id}: {status}\n{errors}\n{run.output[-3000:]}"
     # Process 1 created nothing (its --out included) and the launcher removed both logs.
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(CASES)
     for case, args in CASES.items():

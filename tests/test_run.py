@@ -82,7 +82,10 @@ def test_real_photos_end_to_end(tmp_path, dataset, root, category):
     for entry in results["categories"]:
         assert_image_metrics_match_sklearn(entry["metrics"], outputs["1"] / f"scores_{entry['category']}.csv")
     for csv_path in outputs["1"].glob("scores_*.csv"):
-        assert read_scores(csv_path) == read_scores(outputs["8"] / csv_path.name)
+        one, eight = read_scores(csv_path), read_scores(outputs["8"] / csv_path.name)
+        # Extraction is split over the 8 devices, so features (and scores) may differ by float rounding.
+        assert one.keys() == eight.keys()
+        assert max(abs(one[k] - eight[k]) for k in one) <= 1e-6 * max(abs(v) for v in one.values())
 
 
 def test_bad_arguments_give_clear_errors(tmp_path, capsys):

@@ -128,7 +128,7 @@ def load_dino_backbone(
         raise ValueError(f"{text}: a DINO / DINOv2 backbone has no text tower, and the method embeds text prompts; "
                          f"use a CLIP backbone for it")
     if activation is not None:
-        raise ValueError(f"--activation {activation}: DINO / DINOv2 backbones always use exact GELU (SwiGLU for G)")
+        raise ValueError(f"activation {activation!r}: DINO / DINOv2 backbones always use exact GELU (SwiGLU for G)")
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
     if text.startswith(RANDOM_PREFIX):

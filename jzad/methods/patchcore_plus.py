@@ -57,6 +57,7 @@ from jzad.methods.base import (
 )
 from jzad.methods.patchcore import (
     BN_STATS_OPTION,
+    DINO_RUNS,
     PATCHCORE_PRESETS,
     PatchCoreConfig,
     backbone_run as patchcore_backbone_run,
@@ -226,8 +227,13 @@ IMAGE_SIZE = 256
 
 
 def backbone_run(architecture: str | None) -> BackboneRun:
-    """PatchCore's taps for the architecture, at the paper's 256 x 256 input."""
-    return dataclasses.replace(patchcore_backbone_run(architecture), image_size=IMAGE_SIZE)
+    """PatchCore's taps for the architecture, at the paper's 256 x 256 input for the CNN backbones (stride-8
+    grids, as the paper's WideResNet-50-2); a DINO / DINOv2 ViT keeps PatchCore's preset (224: the paper has no
+    ViT setting, and 256 is not a multiple of its patch 14)."""
+    run = patchcore_backbone_run(architecture)
+    if (architecture or "") in DINO_RUNS:
+        return run
+    return dataclasses.replace(run, image_size=IMAGE_SIZE)
 
 
 def patchcore_plus_prep(config, image_size: int) -> ImagePrep:
