@@ -88,10 +88,29 @@ RANDOM_WEIGHTS_MARK = "RANDOM WEIGHTS: scores are not meaningful"
 _MARK_RGB = (200, 0, 0)
 
 
+def _wrapped(text: str, width: int, font) -> str:
+    """``text`` with each line broken between words so that no line is wider than ``width`` pixels (a single
+    word wider than that stays whole)."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = []
+    for line in text.split("\n"):
+        current = ""
+        for word in line.split(" "):
+            trial = f"{current} {word}" if current else word
+            if current and measure.textlength(trial, font=font) > width:
+                lines.append(current)
+                current = word
+            else:
+                current = trial
+        lines.append(current)
+    return "\n".join(lines)
+
+
 def _vertical_text(text: str, height: int) -> Image.Image:
-    """Text (lines split at newlines) rotated 90 degrees, reading bottom to top, on a white strip of the given
-    height (longer lines are cut)."""
+    """Text (lines split at newlines, and between words where a line is longer than ``height``) rotated 90
+    degrees, reading bottom to top, on a white strip of the given height."""
     font = ImageFont.load_default()
+    text = _wrapped(text, height - 4, font)
     left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox((0, 0), text, font=font)
     strip = Image.new("RGB", (max(right - left + 4, height), bottom - top + 4), (255, 255, 255))
     ImageDraw.Draw(strip).multiline_text((2 - left, 2 - top), text, fill=(0, 0, 0), font=font)
@@ -101,7 +120,7 @@ def _vertical_text(text: str, height: int) -> Image.Image:
 
 def colour_bar(height: int, lo: float, hi: float, label: str = "") -> np.ndarray:
     """uint8 (height, width, 3) vertical jet bar, high values on top, with the scale's ends printed and, when
-    given, ``label`` written along it (cut to the bar's height)."""
+    given, ``label`` written along it (wrapped to the bar's height)."""
     ramp = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(_BAR_WIDTH, axis=1)
     bar = np.round(jet(ramp) * 255.0).astype(np.uint8)
     label_width = 56
