@@ -94,14 +94,7 @@ def extract(
     if rows is not None:
         return _extract_into(forward, batches, batch_size, clock, on_batch, rows)
     parts = []
-    for batch in batches:
-        real = len(batch)
-        if real == 0:
-            continue
-        if real > batch_size:
-            raise ValueError(f"extract: a batch of {real} images exceeds batch_size {batch_size}")
-        if real < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - real,) + batch.shape[1:], batch.dtype)])
+    for real, batch in _padded_batches(batches, batch_size):
         out = clock.run("extract", forward, batch)
         parts.append(jax.tree.map(lambda a, n=real: a[:n], out))
         if on_batch is not None:
@@ -111,6 +104,20 @@ def extract(
     if len(parts) == 1:
         return parts[0]
     return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
+
+
+def _padded_batches(batches, batch_size: int):
+    """(real image count, the batch zero-padded to batch_size) of each non-empty batch, so one shape compiles;
+    a batch over batch_size is an error."""
+    for batch in batches:
+        real = len(batch)
+        if real == 0:
+            continue
+        if real > batch_size:
+            raise ValueError(f"extract: a batch of {real} images exceeds batch_size {batch_size}")
+        if real < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - real,) + batch.shape[1:], batch.dtype)])
+        yield real, batch
 
 
 @partial(jax.jit, donate_argnums=(0,))
@@ -133,16 +140,9 @@ def _extract_into(forward, batches, batch_size: int, clock, on_batch, rows: int)
     any offset below rows fits without clamping), then cut to rows."""
     total = -(-(rows + batch_size - 1) // batch_size) * batch_size
     buffer, offset = None, 0
-    for batch in batches:
-        real = len(batch)
-        if real == 0:
-            continue
-        if real > batch_size:
-            raise ValueError(f"extract: a batch of {real} images exceeds batch_size {batch_size}")
+    for real, batch in _padded_batches(batches, batch_size):
         if offset + real > rows:
             raise ValueError(f"extract: more than rows={rows} images")
-        if real < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - real,) + batch.shape[1:], batch.dtype)])
         out = clock.run("extract", forward, batch)
         if buffer is None:
             buffer = clock.run("extract", _zeros_like_rows, out, total)
