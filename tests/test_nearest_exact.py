@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 from jzad.kernels import device_mesh
-from jzad.kernels.nearest import first_argmin, nearest_group_distance, sharded_nearest_group_distance
+from jzad.kernels.nearest import (
+    _nearest_members,
+    first_argmin,
+    nearest_group_distance,
+    sharded_nearest_group_distance,
+)
 from jzad.methods.patchcore import nearest_scores
 
 CHANNELS = 1024
@@ -93,3 +98,21 @@ def test_first_argmin_equals_argmin_with_ties():
     got = jax.jit(first_argmin)(jnp.asarray(values))
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(got), np.argmin(values, axis=-1))
+
+
+
+@pytest.mark.parametrize("m", [61, 100, 784])  # no blocks (prime), blocks of 50, blocks of 56
+def test_nearest_members_are_the_first_minima_with_ties(m):
+    # Small integers make the GEMM form exact in float32, so ties are real and the first member must win.
+    rng = np.random.default_rng(m)
+    queries = rng.integers(0, 3, size=(20, 16)).astype(np.float32)
+    members = rng.integers(0, 3, size=(3 * m, 16)).astype(np.float32)
+    query_norms, member_norms = (queries**2).sum(1), (members**2).sum(1)
+    cross = queries @ members.T
+    sq = (query_norms[:, None] + member_norms[None] - 2 * cross).reshape(20, 3, m)
+    assert (sq == sq.min(-1, keepdims=True)).sum(-1).max() > 1  # ties present
+    got = jax.jit(_nearest_members)(query_norms, member_norms, cross, sq)
+    np.testing.assert_array_equal(np.asarray(got), np.argmin(sq, axis=-1))
+    refined = nearest_group_distance(queries, members.reshape(3, m, 16), query_tile=8, group_tile=2, squared=True,
+                                     refine_winner=True)
+    np.testing.assert_array_equal(np.asarray(refined), sq.min(-1))
