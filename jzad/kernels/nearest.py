@@ -11,9 +11,11 @@ distances between large vectors (cancellation: features of norm 250 at distance 
 ``refine_winner`` keeps the form to find each group's nearest member, then measures that member's distance
 directly as ||q - r||^2 (float32 differences: exact to a few float32 ulps of the distance itself). The result
 is mathematically the same minimum; the rounding no longer depends on the vectors' norms, only a near-tie
-decided wrongly by the form can remain, and it costs at most the form's error. The extra work is one
-gathered row and one c-long difference per query and group (1/m of the GEMM), plus query_tile * group_tile *
-c floats of peak memory.
+decided wrongly by the form can remain, and it costs at most the form's error. The winner is found in blocks
+(``_nearest_members``) and its distance is one gathered row and one c-long difference per query and group
+(1/m of the GEMM), plus query_tile * group_tile * c floats of peak memory. With the GEMM in bf16 the winner is
+still measured in float32. Measured on 2 CPU cores (load 5): PatchCore's nearest stage, 4 images x 784
+patches against 3136 / 8192 bank rows, 0.43 / 1.02 s with the form alone, 0.43 / 0.97 s refined.
 """
 
 from __future__ import annotations
