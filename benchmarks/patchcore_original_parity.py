@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         raise SystemExit(why)
     import jax
 
-    from benchmarks.musc_timing import _commit, _cpu_name, _versions
+    from benchmarks.harness import commit as checkout_commit, cpu_name, versions
     from benchmarks.report import dumps
 
     result = compare(copy, args.data, args.category, test=args.test)
@@ -172,9 +172,9 @@ def main(argv=None) -> int:
         "threshold": 1e-4, "rows": result["rows"],
         "passed": all(r["image_error"] <= 1e-4 and r["map_error"] <= 1e-4 for r in result["rows"]),
         "seconds": {"oracle": result["oracle_seconds"], "jzad": result["jzad_seconds"]},
-        "device": {"platform": jax.devices()[0].platform, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "device": {"platform": jax.devices()[0].platform, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
                    "load_average_1m": os.getloadavg()[0]},
-        "versions": _versions(), "commit": _commit(),
+        "versions": versions("torch", "transformers"), "commit": checkout_commit(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(dumps(payload) + "\n")

@@ -30,12 +30,12 @@ def test_patchcore_equals_the_original_code_on_real_photos():
     assert {(r["shots"], r["bn_stats"]) for r in result["rows"]} == {(1, "original"), (1, "checkpoint"),
                                                                    (4, "original"), (4, "checkpoint")}
     for row in result["rows"]:
-        # "checkpoint" keeps torchvision's initial BatchNorm statistics (identity), so the random network's
-        # activations grow block by block and float32 rounding of the forward grows with them: measured on these
-        # 2 images at 4 shots, jzad's image scores are 9.7e-5 from float64 nearest distances on the original's
-        # own features (faiss itself 2.9e-5) and its maps 1.1e-4 from the original's (9.9e-5 over all 23 test
-        # images, benchmarks/results/patchcore_original_parity_cpu.json). The default setting sits at 2e-5.
-        bound = 1e-4 if row["bn_stats"] == "original" else 2e-4
+        # Both settings to 1e-4 of the original's largest score. "checkpoint" keeps torchvision's initial BatchNorm
+        # statistics (identity), so the random network's features reach norms of ~250 at nearest distances of ~25;
+        # jzad measures each patch's nearest distance directly (|a - b|^2 after the GEMM form picks the entry), so
+        # its float32 scores sit within 1e-7 of float64 nearest distances on its own features, where the form alone
+        # was 1.7e-4 off.
+        bound = 1e-4
         assert row["image_error"] <= bound and row["map_error"] <= bound, row
         # Each setting is the other's wrong answer by far: the option decides what the scores are.
         assert row["image_error_vs_other_setting"] > 1e-2 and row["map_error_vs_other_setting"] > 1e-2, row
