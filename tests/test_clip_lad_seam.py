@@ -5,6 +5,7 @@ against the official layout and recomputed metrics."""
 
 import csv
 import json
+from types import SimpleNamespace
 from pathlib import Path
 
 import jax
@@ -126,10 +127,15 @@ def test_seam_equals_the_unpadded_torch_reference(tiny, category):
         emb = np.asarray(backbone.encode_prompts(prompt_texts([name])[0]))
         emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).mean(0)
         want.append(emb / np.linalg.norm(emb))
-    b, o = len(row.background), len(row.objects)
-    np.testing.assert_allclose(np.asarray(prepared.prompts.coarse), np.stack(want[:b + o]), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(prepared.prompts.fine), np.stack(want[b + o:]), atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(prepared.prompts.is_object), [False] * b + [True] * o)
+    b, o, f = len(row.background), len(row.objects), len(row.parts)
+    text = jax.tree.map(np.asarray, prepared.prompts)
+    assert text.coarse.shape[0] == text.fine.shape[0] == 8  # padded rows: zero, masked, not objects
+    np.testing.assert_allclose(text.coarse[:b + o], np.stack(want[:b + o]), atol=1e-5)
+    np.testing.assert_allclose(text.fine[:f], np.stack(want[b + o:]), atol=1e-5)
+    assert np.all(text.coarse[b + o:] == 0) and np.all(text.fine[f:] == 0)
+    np.testing.assert_array_equal(text.is_object, [False] * b + [True] * o + [False] * (8 - b - o))
+    np.testing.assert_array_equal(text.coarse_valid, np.arange(8) < b + o)
+    np.testing.assert_array_equal(text.fine_valid, np.arange(8) < f)
     assert len(PROMPT_TEMPLATES) == 8
 
     extract = method.extractor(config, backbone)
@@ -142,12 +148,13 @@ def test_seam_equals_the_unpadded_torch_reference(tiny, category):
     assert state.centres.shape[0] == 8 and state.prompts.fine.shape[0] == 8 and state.histograms.shape == (2, 8)
     # k-means in 8 slots with N_c active = the kernel's k-means with N_c clusters on the same points; rest zero.
     points = prepare_grids(tuple(ref_features.layers), ref_features.extras[DENSE], config).cluster
-    unpadded = kmeans(points.reshape(-1, points.shape[-1]), n_c, jax.random.key(config.seed),
+    plain = kmeans(points.reshape(-1, points.shape[-1]), n_c, jax.random.key(config.seed),
                       config.kmeans_iterations)
     centres = np.asarray(state.centres)
-    np.testing.assert_allclose(centres[:n_c], np.asarray(unpadded.centres), atol=1e-6)
+    np.testing.assert_allclose(centres[:n_c], np.asarray(plain.centres), atol=1e-6)
     np.testing.assert_array_equal(centres[n_c:], 0.0)
-    fused, logical, structural, maps = torch_reference_scores(config, row, prepared.prompts, centres[:n_c],
+    unpadded = SimpleNamespace(coarse=text.coarse[:b + o], is_object=text.is_object[:b + o], fine=text.fine[:f])
+    fused, logical, structural, maps = torch_reference_scores(config, row, unpadded, centres[:n_c],
                                                               ref_features, held_features, query_features)
     np.testing.assert_allclose(np.asarray(scores.keep["logical"]), logical, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(scores.keep["structural"]), structural, rtol=1e-5, atol=1e-5)

@@ -303,6 +303,8 @@ def pad_prompts(prompts: CLIPLADPrompts, coarse_rows: int, fine_rows: int) -> CL
     def pad(a, rows):
         if rows < a.shape[0]:
             raise ValueError(f"pad_prompts: {a.shape[0]} classes do not fit in {rows} rows")
+        if rows == a.shape[0]:
+            return a
         return jnp.pad(jnp.asarray(a), [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
 
     return CLIPLADPrompts(pad(prompts.coarse, coarse_rows), pad(prompts.is_object, coarse_rows),
@@ -551,12 +553,28 @@ class CategoryText(NamedTuple):
 
 def encode_category(encode, row: CategoryPrompts, templates: Sequence[str] = PROMPT_TEMPLATES) -> CLIPLADPrompts:
     """CLIPLADPrompts of a table row: encode(list of str) -> (P, D) text embeddings of every (class, template)
-    prompt, ensembled per class (``ensemble_text``)."""
-    names = [*row.background, *row.objects, *row.parts]
+    prompt, ensembled per class (``ensemble_text``). The coarse and fine class lists are padded to
+    ``slot_count`` rows (padding classes repeat the list's last name, then are zeroed and masked), so every
+    category encodes the same number of prompts and yields tables of one shape."""
+    coarse = [*row.background, *row.objects]
+    coarse_rows, fine_rows = slot_count(len(coarse)), slot_count(len(row.parts))
+    names = [*coarse, *coarse[-1:] * (coarse_rows - len(coarse)), *row.parts,
+             *row.parts[-1:] * (fine_rows - len(row.parts))]
     texts = [t for per_class in prompt_texts(names, templates) for t in per_class]
-    classes = ensemble_text(jnp.asarray(encode(texts)).reshape(len(names), len(templates), -1))
-    b, o = len(row.background), len(row.objects)
-    return make_prompts(classes[:b], classes[b:b + o], classes[b + o:])
+    counts = np.array([len(row.background), len(coarse), len(row.parts)], np.int32)
+    return _prompt_tables(jnp.asarray(encode(texts)), counts, coarse_rows=coarse_rows, templates=len(templates))
+
+
+@partial(jax.jit, static_argnames=("coarse_rows", "templates"))
+def _prompt_tables(embeddings: jax.Array, counts: jax.Array, *, coarse_rows: int, templates: int) -> CLIPLADPrompts:
+    """(classes * templates, D) embeddings, the first coarse_rows classes coarse, the rest fine; counts (3,):
+    background classes, real coarse classes, real fine classes -> padded CLIPLADPrompts."""
+    classes = ensemble_text(embeddings.reshape(-1, templates, embeddings.shape[-1]))
+    coarse_index, fine_index = jnp.arange(coarse_rows), jnp.arange(classes.shape[0] - coarse_rows)
+    coarse_valid, fine_valid = coarse_index < counts[1], fine_index < counts[2]
+    return CLIPLADPrompts(l2_normalize(classes[:coarse_rows]) * coarse_valid[:, None],
+                          (coarse_index >= counts[0]) & coarse_valid,
+                          l2_normalize(classes[coarse_rows:]) * fine_valid[:, None], coarse_valid, fine_valid)
 
 
 def clip_lad_prepare(config: CLIPLADConfig, backbone, category: str) -> CategoryText:
