@@ -48,6 +48,7 @@ from jzad.methods.clip_lad import (
     make_prompts,
     match_stage,
     memory_stage,
+    scoring_key,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,21 +76,24 @@ def run(arch: str, image_size: int, n: int, shots: int, clusters: int, repeats: 
     extract = method.extractor(config, backbone)
     state = method.fit(config, extract(refs), None, prepared)
     state = method.calibrate(config, state, extract(held_out), None)
-    cfg, fitted, mesh = state.config, state.fitted, device_mesh(1)
+    cfg, fitted, mesh = scoring_key(config), state, device_mesh(1)
+    slots = fitted.centres.shape[0]
 
     # JAX side: the seam's stages on the query images.
     feats = extract(images)
     prep = features_stage(tuple(feats.layers), feats.extras[DENSE], cfg, mesh)
-    regions = assign_stage(prep.cluster, fitted.centres, cfg, mesh)
-    labels = match_stage(prep.dense, regions, fitted.prompts, cfg, mesh)
+    regions = assign_stage(prep.cluster, fitted.centres, fitted.num_clusters, cfg, mesh)
+    labels = match_stage(prep.dense, regions, fitted.prompts, fitted.region_level, cfg, mesh, slots)
     tf = fitted.prompts.fine.shape[0]
     _, logical = histogram_stage(labels, fitted.histograms, cfg, mesh, tf)
     maps, structural = memory_stage(prep.levels, fitted.patch_memory, cfg, mesh)
     jax_stages = {  # stage -> (function of arrays, its arrays)
         "forward": (extract, (jnp.asarray(images),)),
         "features": (lambda a, b: features_stage(a, b, cfg, mesh), (tuple(feats.layers), feats.extras[DENSE])),
-        "assign": (lambda a, b: assign_stage(a, b, cfg, mesh), (prep.cluster, fitted.centres)),
-        "match": (lambda a, b, c: match_stage(a, b, c, cfg, mesh), (prep.dense, regions, fitted.prompts)),
+        "assign": (lambda a, b, c: assign_stage(a, b, c, cfg, mesh), (prep.cluster, fitted.centres,
+                                                                       fitted.num_clusters)),
+        "match": (lambda a, b, c, d: match_stage(a, b, c, d, cfg, mesh, slots),
+                  (prep.dense, regions, fitted.prompts, fitted.region_level)),
         "histogram": (lambda a, b: histogram_stage(a, b, cfg, mesh, tf), (labels, fitted.histograms)),
         "memory": (lambda a, b: memory_stage(a, b, cfg, mesh), (prep.levels, fitted.patch_memory)),
         "fusion": (lambda a, b, c: fusion_stage(a, b, c, cfg, mesh), (logical, structural, fitted.fusion)),
@@ -100,9 +104,12 @@ def run(arch: str, image_size: int, n: int, shots: int, clusters: int, repeats: 
     vision = backbone.config.vision
     pixels = torch.from_numpy(images)
     mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
+    # The reference runs the category unpadded: its N_c centres, its prompt rows, its histogram bins.
+    tc, tf_real = len(row.background) + len(row.objects), len(row.parts)
     t = {k: torch.from_numpy(np.array(v)) for k, v in (
-        ("centres", fitted.centres), ("coarse", fitted.prompts.coarse), ("is_object", fitted.prompts.is_object),
-        ("fine", fitted.prompts.fine), ("histograms", fitted.histograms), ("mean", fitted.fusion.mean),
+        ("centres", fitted.centres[:clusters]), ("coarse", fitted.prompts.coarse[:tc]),
+        ("is_object", fitted.prompts.is_object[:tc]), ("fine", fitted.prompts.fine[:tf_real]),
+        ("histograms", fitted.histograms[:, :tf_real]), ("mean", fitted.fusion.mean),
         ("cholesky", fitted.fusion.cholesky))}
     memory = tuple(torch.from_numpy(np.array(m)) for m in fitted.patch_memory)
     cluster_index = [cfg.tap_index(tap) for tap in cfg.cluster_taps]
@@ -117,18 +124,18 @@ def run(arch: str, image_size: int, n: int, shots: int, clusters: int, repeats: 
         t_streams, t_dense = forward()
         t_prep = ref.prepare(t_streams, t_dense, cluster_index, structural_index, cfg.upsample)
         t_regions = ref.assign(t_prep.cluster, t["centres"])
-        t_labels = ref.match(t_prep.dense, t_regions, cfg.num_clusters, t["coarse"], t["is_object"], t["fine"],
-                             cfg.fine_level)
-        _, t_logical = ref.histogram(t_labels, tf, t["histograms"], cfg.delta)
+        t_labels = ref.match(t_prep.dense, t_regions, clusters, t["coarse"], t["is_object"], t["fine"],
+                             row.fine_level)
+        _, t_logical = ref.histogram(t_labels, tf_real, t["histograms"], cfg.delta)
         t_maps, t_structural = ref.memory_scores(t_prep.levels, memory)
         t_fused = ref.fusion(t_logical, t_structural, t["mean"], t["cholesky"])
     torch_stages = {
         "forward": forward,
         "features": lambda: ref.prepare(t_streams, t_dense, cluster_index, structural_index, cfg.upsample),
         "assign": lambda: ref.assign(t_prep.cluster, t["centres"]),
-        "match": lambda: ref.match(t_prep.dense, t_regions, cfg.num_clusters, t["coarse"], t["is_object"],
-                                   t["fine"], cfg.fine_level),
-        "histogram": lambda: ref.histogram(t_labels, tf, t["histograms"], cfg.delta),
+        "match": lambda: ref.match(t_prep.dense, t_regions, clusters, t["coarse"], t["is_object"],
+                                   t["fine"], row.fine_level),
+        "histogram": lambda: ref.histogram(t_labels, tf_real, t["histograms"], cfg.delta),
         "memory": lambda: ref.memory_scores(t_prep.levels, memory),
         "fusion": lambda: ref.fusion(t_logical, t_structural, t["mean"], t["cholesky"]),
     }
@@ -165,7 +172,7 @@ def run(arch: str, image_size: int, n: int, shots: int, clusters: int, repeats: 
     }
     return {"arch": arch, "image_size": image_size, "n": n, "shots": shots, "clusters": clusters,
             "taps": list(cfg.taps), "patches_per_image": p * p, "width": vision.width, "embed_dim": dim,
-            "fine_classes": tf, "image_chunk": cfg.image_chunk, "torch_threads": torch.get_num_threads(),
+            "fine_classes": tf_real, "image_chunk": cfg.image_chunk, "torch_threads": torch.get_num_threads(),
             "stages": rows, "parity": parity,
             "total_ms_per_image": {side: sum(r[f"{side}_ms_per_image"] for r in rows.values())
                                    for side in ("jax", "torch")}}

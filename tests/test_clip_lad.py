@@ -1,7 +1,7 @@
 """CLIP-LAD (jzad.methods.clip_lad): each stage against NumPy or PyTorch, and a known answer on a synthetic
 LOCO-like set with a deterministic stand-in encoder whose "text" embeddings map prompts to part colours."""
 
-import dataclasses
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -11,28 +11,39 @@ import torch
 import torch.nn.functional as F
 
 from jzad.eval.metrics import image_metrics
+from jzad.features.types import Features, tokens_to_grid
+from jzad.kernels.kmeans import kmeans
+from jzad.methods import get_method
 from jzad.methods.clip_lad import (
+    DENSE,
     LOCO_PROMPTS,
+    CategoryPrompts,
+    CategoryText,
     CLIPLADConfig,
-    CLIPLADFeatures,
-    CLIPLADPrompts,
-    PreparedFeatures,
+    assign_regions,
+    assign_stage,
     class_histograms,
-    clip_lad_fit,
-    clip_lad_fit_fusion,
-    clip_lad_score,
     ensemble_text,
+    features_stage,
+    fit_centres,
     fit_fusion,
+    foreground,
     fused_scores,
     logical_scores,
     make_prompts,
-    prepare_features,
+    match_stage,
+    pad_prompts,
+    part_labels,
+    prepare_grids,
     prompt_texts,
     region_embeddings,
-    segment,
+    scoring_key,
     structural_maps,
     upsample_grid,
 )
+from jzad.kernels.sharding import device_mesh
+
+METHOD = get_method("clip_lad")
 
 # ------------------------------------------------------------------------------------------ stage parity
 
@@ -207,27 +218,33 @@ class StandInEncoder:
                 noise = rng.normal(size=(G * G, self.width)) * 0.15
                 taps[level, i, 1:] = self.colour_taps[level, colour] + noise + s * self.scratch_taps[level]
             dense[i, 1:] = self.text[colour] + rng.normal(size=(G * G, self.dim)) * 0.15 + s * self.scratch_dense
-        return CLIPLADFeatures(tuple(jnp.asarray(t) for t in taps), jnp.asarray(dense))
+        return Features(tuple(tokens_to_grid(jnp.asarray(t)) for t in taps), None,
+                        {DENSE: tokens_to_grid(jnp.asarray(dense))})
 
 
 SYNTHETIC_CONFIG = CLIPLADConfig(
-    image_size=G, taps=(1, 2, 3), cluster_taps=(1, 2), structural_taps=(1, 2, 3), num_clusters=6,
+    image_size=G, taps=(1, 2, 3), cluster_taps=(1, 2), structural_taps=(1, 2, 3), num_clusters=None,
     kmeans_iterations=20, seed=3, delta=0.01,
 )
+SYNTHETIC_ROW = CategoryPrompts(("background",), ("object",), ("red", "green", "blue"), 6)
+"""The stand-in category: N_c 6, fine classes per patch (its text embeddings come from the encoder)."""
 
 
 def synthetic_run(seed, shots=4):
-    """Fit on `shots` normal images and 10 validation ones, score 12 normal, 12 logical (4 of each kind) and 12
-    scratched images. Returns (kinds (36,), test images, CLIPLADScores, state)."""
+    """Through the method seam: fit on `shots` normal images, calibrate on 10 validation ones, score 12 normal, 12
+    logical (4 of each kind) and 12 scratched images. Returns (kinds (36,), test images, Scores, query Features,
+    state)."""
     rng = np.random.default_rng(seed)
     encoder = StandInEncoder(seed)
     kinds = ["normal"] * 12 + ["missing", "extra", "wrong_colour"] * 4 + ["scratch"] * 12
     normal = encoder([make_image(rng, "normal") for _ in range(shots)], seed + 1)
     validation = encoder([make_image(rng, "normal") for _ in range(10)], seed + 2)
     images = [make_image(rng, k) for k in kinds]
-    state = clip_lad_fit(normal, encoder.prompts(), SYNTHETIC_CONFIG)
-    state = clip_lad_fit_fusion(state, validation, SYNTHETIC_CONFIG)
-    return np.array(kinds), images, clip_lad_score(state, encoder(images, seed + 3), SYNTHETIC_CONFIG), state
+    state = METHOD.fit(SYNTHETIC_CONFIG, normal, None, CategoryText(encoder.prompts(), SYNTHETIC_ROW))
+    state = METHOD.calibrate(SYNTHETIC_CONFIG, state, validation, None)
+    queries = encoder(images, seed + 3)
+    scores, _ = METHOD.score(SYNTHETIC_CONFIG, state, queries)
+    return np.array(kinds), images, scores, queries, state
 
 
 def auroc(scores, positive):
@@ -236,7 +253,9 @@ def auroc(scores, positive):
 
 @pytest.mark.parametrize("seed", [0, 7])
 def test_known_answer_on_synthetic_loco(seed):
-    kinds, _, result, _ = synthetic_run(seed)
+    kinds, _, scores, _, _ = synthetic_run(seed)
+    result = SimpleNamespace(logical=np.asarray(scores.keep["logical"]),
+                             structural=np.asarray(scores.keep["structural"]), fused=np.asarray(scores.image_scores))
     normal = kinds == "normal"
     logical = np.isin(kinds, ["missing", "extra", "wrong_colour"])
     scratch = kinds == "scratch"
@@ -254,9 +273,14 @@ def test_known_answer_on_synthetic_loco(seed):
 
 
 def test_synthetic_segmentation_finds_the_parts():
-    kinds, images, result, state = synthetic_run(0)
-    labels = np.asarray(result.labels)
-    assert labels.shape == (len(kinds), 2 * G, 2 * G)
+    kinds, images, _, queries, state = synthetic_run(0)
+    # The part masks and histograms of the body's own stages on the fitted state.
+    cfg, mesh = scoring_key(SYNTHETIC_CONFIG), device_mesh(1)
+    prepared = features_stage(tuple(queries.layers), queries.extras[DENSE], cfg, mesh)
+    regions = assign_stage(prepared.cluster, state.centres, state.num_clusters, cfg, mesh)
+    flat = match_stage(prepared.dense, regions, state.prompts, state.region_level, cfg, mesh, state.centres.shape[0])
+    histograms = np.asarray(class_histograms(flat, state.prompts.fine.shape[0]))
+    labels = np.asarray(flat).reshape(len(kinds), 2 * G, 2 * G)
     # Part masks against the known colours, on the upsampled patches whose bilinear sources (own source patch
     # and its neighbour towards the patch's side, per axis) all have one colour.
     up = np.arange(2 * G)
@@ -270,70 +294,101 @@ def test_synthetic_segmentation_finds_the_parts():
         total += pure.sum()
         part_patches += np.sum(pure & (want >= 0))
     assert part_patches > 500 and hits / total >= 0.99  # measured: 576 part patches, all 15728 right
-    wrong = np.asarray(result.histograms)[kinds == "wrong_colour"]
+    wrong = histograms[kinds == "wrong_colour"]
     assert np.all(wrong[:, 1] < 0.05) and np.all(wrong[:, 2] > 0.4)
-    assert np.asarray(state.histograms).shape == (4, 3)
+    # Three fine classes padded to 8 bins: the padding bins stay empty in the memory and in every test image.
+    assert np.asarray(state.histograms).shape == (4, 8)
+    assert np.all(np.asarray(state.histograms)[:, 3:] == 0) and np.all(histograms[:, 3:] == 0)
 
 
-def test_segment_by_hand():
-    # Two regions by construction (patches 0-2 one shallow feature, 3-5 another); dense features put region 0
-    # on "object" text and region 1 on background; fine classes by patch or by region.
-    cfg = CLIPLADConfig(taps=(1,), cluster_taps=(1,), structural_taps=(1,), upsample=1, num_clusters=2,
-                        kmeans_iterations=3)
+def test_segment_by_hand_padded_and_unpadded():
+    # Two regions by construction (patches 0-2 one shallow feature, 3-8 another); dense features put region 0
+    # on "object" text and region 1 on background; fine classes by patch or by region (a traced flag). The
+    # same answer with 2 centres and prompts as given, and with 8 centre slots (2 active, the inactive ones
+    # placed right on the patches, nearer than the real centres: a masked slot never wins) and prompts padded to
+    # 8 rows.
     basis = np.eye(4, dtype=np.float32)
-    prompts = CLIPLADPrompts(jnp.asarray(basis[[0, 1]]), jnp.asarray([False, True]), jnp.asarray(basis[[2, 3]]))
-    cluster = basis[[0, 0, 0, 1, 1, 1, 1, 1, 1]][None]  # (1, 9, 4)
+    prompts = make_prompts(jnp.asarray(basis[[0]]), jnp.asarray(basis[[1]]), jnp.asarray(basis[[2, 3]]))
+    cluster = jnp.asarray(basis[[0, 0, 0, 1, 1, 1, 1, 1, 1]][None])  # (1, 9, 4)
     dense = np.stack([basis[1] + 0.6 * basis[2], basis[1] + 0.6 * basis[2], basis[1] + 0.9 * basis[3]]
                      + [basis[0]] * 6)[None]
-    unit = dense / np.linalg.norm(dense, axis=-1, keepdims=True)
-    prepared = PreparedFeatures(jnp.asarray(cluster), jnp.asarray(unit), ())
-    centres = jnp.asarray(basis[[0, 1]])
-    seg = segment(prepared, centres, prompts, cfg)
-    np.testing.assert_array_equal(np.asarray(seg.foreground[0]), [1, 1, 1, 0, 0, 0, 0, 0, 0])
-    np.testing.assert_array_equal(np.asarray(seg.labels[0]), [0, 0, 1, -1, -1, -1, -1, -1, -1])
-    np.testing.assert_allclose(np.asarray(seg.histograms[0]), [2 / 3, 1 / 3], atol=1e-6)
-    by_region = segment(prepared, centres, prompts, dataclasses.replace(cfg, fine_level="region"))
-    np.testing.assert_array_equal(np.asarray(by_region.labels[0]), [0, 0, 0, -1, -1, -1, -1, -1, -1])
+    dense = jnp.asarray(dense / np.linalg.norm(dense, axis=-1, keepdims=True))
+    real = 2.0 * basis[[0, 1]]
+    decoys = np.concatenate([real, np.tile(basis[[0, 1]], (3, 1))])
+
+    @jax.jit
+    def segment(centres, used, text, region_level):
+        regions = assign_regions(cluster, centres, used)
+        emb, counts = region_embeddings(dense, regions, centres.shape[0])
+        fg = foreground(emb, counts, regions, text)
+        labels = part_labels(dense, fg, text, regions, emb, region_level)
+        return regions, fg, labels, class_histograms(labels, text.fine.shape[0])
+
+    for centres, used, text in ((real, None, prompts), (decoys, 2, pad_prompts(prompts, 8, 8))):
+        regions, fg, labels, hist = segment(jnp.asarray(centres), used, text, False)
+        np.testing.assert_array_equal(np.asarray(regions[0]), [0, 0, 0, 1, 1, 1, 1, 1, 1])
+        np.testing.assert_array_equal(np.asarray(fg[0]), [1, 1, 1, 0, 0, 0, 0, 0, 0])
+        np.testing.assert_array_equal(np.asarray(labels[0]), [0, 0, 1, -1, -1, -1, -1, -1, -1])
+        np.testing.assert_allclose(np.asarray(hist[0, :2]), [2 / 3, 1 / 3], atol=1e-6)
+        assert np.all(np.asarray(hist[0, 2:]) == 0)
+        _, _, by_region, _ = segment(jnp.asarray(centres), used, text, True)
+        np.testing.assert_array_equal(np.asarray(by_region[0]), [0, 0, 0, -1, -1, -1, -1, -1, -1])
+    # A padded (zero) prompt row is never the nearest class, even where every real fine class has cosine < 0.
+    away = np.stack([-basis[1], -(basis[1] + basis[3]) / np.sqrt(2)])
+    text = pad_prompts(make_prompts(jnp.asarray(basis[[0]]), jnp.asarray(basis[[1]]), jnp.asarray(away)), 8, 8)
+    _, fg, labels, _ = segment(jnp.asarray(decoys), 2, text, False)
+    assert np.asarray(fg).sum() == 3 and set(np.asarray(labels)[np.asarray(fg)].tolist()) <= {0, 1}
 
 
-def test_prepare_features_shapes_and_checks():
+def test_fit_centres_in_padded_slots_equal_the_unpadded_kmeans():
+    rng = np.random.default_rng(2)
+    cluster = jnp.asarray(rng.normal(size=(3, 50, 12)).astype(np.float32))
+    for k in (3, 6, 8):
+        padded = np.asarray(fit_centres(cluster, jnp.int32(k), slots=8, iterations=15, seed=4))
+        plain = kmeans(cluster.reshape(-1, 12), k, jax.random.key(4), 15)
+        np.testing.assert_allclose(padded[:k], np.asarray(plain.centres), atol=1e-6)
+        assert np.all(padded[k:] == 0)
+
+
+def test_prepare_grids_shapes_and_checks():
     encoder = StandInEncoder(0)
     rng = np.random.default_rng(0)
     features = encoder([make_image(rng, "normal") for _ in range(2)], 1)
-    prepared = prepare_features(features, SYNTHETIC_CONFIG)
+    prepared = prepare_grids(tuple(features.layers), features.extras[DENSE], SYNTHETIC_CONFIG)
     assert prepared.cluster.shape == (2, (2 * G) ** 2, 2 * encoder.width)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(prepared.cluster), axis=-1), 1.0, atol=1e-5)
     assert len(prepared.levels) == 3 and prepared.dense.shape == (2, (2 * G) ** 2, encoder.dim)
     with pytest.raises(ValueError, match=r"features carry 2 taps but config.taps is \(1, 2, 3\)"):
-        prepare_features(CLIPLADFeatures(features.taps[:2], features.dense), SYNTHETIC_CONFIG)
-    jitted = jax.jit(lambda f: prepare_features(f, SYNTHETIC_CONFIG).cluster)
-    np.testing.assert_array_equal(np.asarray(jitted(features)), np.asarray(prepared.cluster))
+        prepare_grids(tuple(features.layers[:2]), features.extras[DENSE], SYNTHETIC_CONFIG)
 
 
 def test_tiny_clip_end_to_end_fitted_images_score_zero():
-    # Through the real backbone path (NACLIP on a random tiny CLIP): a normal image scored against a memory
-    # that holds it has its own histogram and its own patches there, so s_log = 0 and s_str ~ 0.
+    # Through the real backbone path (NACLIP on a random tiny CLIP) and the method seam: a normal image scored
+    # against a memory that holds it has its own histogram and its own patches there, so s_log = 0, s_str ~ 0.
     from jzad.backbone import init_clip
     from jzad.backbone.config import CLIPConfig, VisionConfig
-    from jzad.methods.clip_lad import clip_lad_features
+    from jzad.backbone.naclip import naclip_encode
 
     clip = CLIPConfig(vision=VisionConfig(width=32, layers=4, heads=4, patch_size=4, image_size=20), embed_dim=12)
     config = CLIPLADConfig(image_size=20, taps=(1, 2, 3), cluster_taps=(1, 2), structural_taps=(2, 3),
                            num_clusters=3, kmeans_iterations=5)
     params = init_clip(clip, seed=4)
     rng = np.random.default_rng(6)
-    images = rng.normal(size=(6, 20, 20, 3)).astype(np.float32)
-    features = clip_lad_features(params, jnp.asarray(images), clip, config)
-    assert [t.shape for t in features.taps] == [(6, 26, 32)] * 3 and features.dense.shape == (6, 26, 12)
+    images = rng.normal(size=(8, 20, 20, 3)).astype(np.float32)
+    streams, dense = naclip_encode(params, jnp.asarray(images), clip, config.taps, config.sigma)
+    assert [t.shape for t in streams] == [(8, 26, 32)] * 3 and dense.shape == (8, 26, 12)
+
+    def features(rows):
+        return Features(tuple(tokens_to_grid(t[rows]) for t in streams), None, {DENSE: tokens_to_grid(dense[rows])})
+
     text = rng.normal(size=(6, 12)).astype(np.float32)
     prompts = make_prompts(jnp.asarray(text[:1]), jnp.asarray(text[1:3]), jnp.asarray(text[3:]))
-    normal = CLIPLADFeatures(tuple(t[:3] for t in features.taps), features.dense[:3])
-    state = clip_lad_fit(normal, prompts, config)
-    result = clip_lad_score(state, normal, config)
-    assert result.fused is None and result.labels.shape == (3, 10, 10)
-    np.testing.assert_allclose(np.asarray(result.logical), 0.0, atol=1e-6)
-    assert float(np.max(np.asarray(result.structural))) <= 1e-3
-    others = CLIPLADFeatures(tuple(t[3:] for t in features.taps), features.dense[3:])
-    assert float(np.min(np.asarray(clip_lad_score(state, others, config).structural))) > 0.05
-    with pytest.raises(ValueError, match="CLIPLADConfig.image_size is 448"):
-        clip_lad_features(params, jnp.asarray(images), clip, CLIPLADConfig())
+    row = CategoryPrompts(("b",), ("o", "p"), ("x", "y", "z"), 5)  # N_c from the config (3) wins over the row's
+    state = METHOD.fit(config, features(slice(0, 3)), None, CategoryText(prompts, row))
+    assert int(state.num_clusters) == 3 and not bool(state.region_level)
+    state = METHOD.calibrate(config, state, features(slice(3, 8)), None)
+    scores, _ = METHOD.score(config, state, features(slice(0, 3)))
+    np.testing.assert_allclose(np.asarray(scores.keep["logical"]), 0.0, atol=1e-6)
+    assert float(np.max(np.asarray(scores.keep["structural"]))) <= 1e-3 and scores.patch_scores.shape == (3, 10, 10)
+    others, _ = METHOD.score(config, state, features(slice(3, 8)))
+    assert float(np.min(np.asarray(others.keep["structural"]))) > 0.05

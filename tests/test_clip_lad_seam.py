@@ -5,20 +5,22 @@ against the official layout and recomputed metrics."""
 
 import csv
 import json
+from types import SimpleNamespace
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from jzad import data as jdata
-from jzad.backbone import CLIP_MEAN, CLIP_STD
 from jzad.data.loco import SUBTYPE_RULES, load_loco_masks, load_loco_truth, read_loco
 from jzad.data.synthetic import LOCO_SYNTHETIC_DEFECTS
 from jzad.eval.spro import loco_image_metrics, loco_localization
-from jzad.features import load_backbone, normalize_pixels
+from jzad.features import load_backbone
 from jzad.features.types import BackboneRun, ImagePrep
+from jzad.kernels.kmeans import kmeans
 from jzad.methods import OptionError, RunContext, get_method
 from jzad.methods.clip_lad import (
     GENERIC_PROMPTS,
@@ -27,10 +29,8 @@ from jzad.methods.clip_lad import (
     CLIPLADConfig,
     backbone_run,
     category_prompts,
-    clip_lad_features,
-    clip_lad_fit,
-    clip_lad_fit_fusion,
-    clip_lad_score,
+    DENSE,
+    prepare_grids,
     prompt_texts,
 )
 from jzad.run import main
@@ -62,45 +62,104 @@ def tree(tmp_path_factory):
 # ---------------------------------------------------------------------------------------- the method seam
 
 
-def test_seam_equals_the_pure_functions(tiny):
+def torch_reference_scores(config, row, prompts, centres, refs, held_out, queries):
+    """CLIP-LAD of one category, unpadded, from benchmarks/reference_torch_clip_lad.py (PyTorch, written from the
+    paper) on the same features: N_c = row.num_clusters centres (N_c, C), the category's own prompt tables
+    and fine level; fusion's mu and Sigma from NumPy -> (fused, logical, structural, maps (B, P))."""
+    import torch
+
+    from benchmarks import reference_torch_clip_lad as ref
+
+    def tokens(features):  # grids (B, g, g, C) -> (B, 1 + g*g, C) with a zero class token, as the reference reads
+        def one(grid):
+            flat = np.asarray(grid).reshape(grid.shape[0], -1, grid.shape[-1])
+            return torch.from_numpy(np.concatenate([np.zeros_like(flat[:, :1]), flat], axis=1))
+        return [one(g) for g in features.layers], one(features.extras[DENSE])
+
+    coarse, is_object, fine = (torch.from_numpy(np.array(a)) for a in (prompts.coarse, prompts.is_object,
+                                                                         prompts.fine))
+    cluster_index = [config.tap_index(t) for t in config.cluster_taps]
+    structural_index = [config.tap_index(t) for t in config.structural_taps]
+
+    def segment_and_score(features, memory=None):
+        streams, dense = tokens(features)
+        prep = ref.prepare(streams, dense, cluster_index, structural_index, config.upsample)
+        regions = ref.assign(prep.cluster, torch.from_numpy(np.array(centres)))
+        labels = ref.match(prep.dense, regions, row.num_clusters, coarse, is_object, fine, row.fine_level)
+        return prep, labels
+
+    with torch.no_grad():
+        ref_prep, ref_labels = segment_and_score(refs)
+        counts = torch.stack([torch.bincount(r[r >= 0], minlength=fine.shape[0]) for r in ref_labels]).float()
+        memory_hist = counts / counts.sum(1, keepdim=True).clamp(min=1)
+
+        def raw(features):
+            prep, labels = segment_and_score(features)
+            _, logical = ref.histogram(labels, fine.shape[0], memory_hist, config.delta)
+            maps, structural = ref.memory_scores(prep.levels, ref_prep.levels)
+            return logical.numpy(), structural.numpy(), maps.numpy()
+
+        validation = np.stack(raw(held_out)[:2], axis=1).astype(np.float64)
+        logical, structural, maps = raw(queries)
+    mean = validation.mean(0)
+    cov = np.cov(validation.T)
+    cov += (config.ridge * np.trace(cov) / 2 + 1e-12) * np.eye(2)
+    x = np.stack([logical, structural], axis=1) - mean
+    fused = np.sqrt(np.einsum("bi,ij,bj->b", x, np.linalg.inv(cov), x))
+    return fused, logical, structural, maps
+
+
+@pytest.mark.parametrize("category", ["pushpins", "juice_bottle"])
+def test_seam_equals_the_unpadded_torch_reference(tiny, category):
+    # pushpins: N_c 4 patch-level, 5 coarse and 2 fine classes; juice_bottle: N_c 8 region-level, 4 fine classes.
+    # The seam pads both to 8 cluster slots and 8 prompt rows with masks; the reference runs each category
+    # unpadded with its own sizes and fine level.
     method, backbone, config = tiny
     images, _, _, _ = jdata.make_synthetic_set(3, 3, size=SIZE, seed=4)
     refs, _, _, _ = jdata.make_synthetic_set(2, 0, size=SIZE, seed=5)
     held_out, _, _, _ = jdata.make_synthetic_set(4, 0, size=SIZE, seed=6)
-    prepared = method.prepare(config, backbone, "pushpins")
+    prepared = method.prepare(config, backbone, category)
     # The prompts: each class the normalised mean of its normalised template embeddings, from the text tower.
-    row = LOCO_PROMPTS["pushpins"]
+    row = LOCO_PROMPTS[category]
     assert prepared.row == row
     want = []
     for name in (*row.background, *row.objects, *row.parts):
         emb = np.asarray(backbone.encode_prompts(prompt_texts([name])[0]))
         emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).mean(0)
         want.append(emb / np.linalg.norm(emb))
-    b, o = len(row.background), len(row.objects)
-    np.testing.assert_allclose(np.asarray(prepared.prompts.coarse), np.stack(want[:b + o]), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(prepared.prompts.fine), np.stack(want[b + o:]), atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(prepared.prompts.is_object), [False] * b + [True] * o)
+    b, o, f = len(row.background), len(row.objects), len(row.parts)
+    text = jax.tree.map(np.asarray, prepared.prompts)
+    assert text.coarse.shape[0] == text.fine.shape[0] == 8  # padded rows: zero, masked, not objects
+    np.testing.assert_allclose(text.coarse[:b + o], np.stack(want[:b + o]), atol=1e-5)
+    np.testing.assert_allclose(text.fine[:f], np.stack(want[b + o:]), atol=1e-5)
+    assert np.all(text.coarse[b + o:] == 0) and np.all(text.fine[f:] == 0)
+    np.testing.assert_array_equal(text.is_object, [False] * b + [True] * o + [False] * (8 - b - o))
+    np.testing.assert_array_equal(text.coarse_valid, np.arange(8) < b + o)
+    np.testing.assert_array_equal(text.fine_valid, np.arange(8) < f)
     assert len(PROMPT_TEMPLATES) == 8
 
     extract = method.extractor(config, backbone)
-    state = method.fit(config, extract(refs), None, prepared)
-    state = method.calibrate(config, state, extract(held_out), None)
-    scores, _ = method.score(config, state, extract(images), None)
-    # The pure path: NACLIP on the normalised images, fit, fusion, score with the category's N_c (4, patch level).
-    resolved = config.for_category(row)
-    assert (resolved.num_clusters, resolved.fine_level) == (4, "patch") and state.config == resolved
-
-    def pure(x):
-        return clip_lad_features(backbone.params, normalize_pixels(jnp.asarray(x), CLIP_MEAN, CLIP_STD),
-                                 backbone.config, resolved)
-
-    fitted = clip_lad_fit(pure(refs), prepared.prompts, resolved)
-    fitted = clip_lad_fit_fusion(fitted, pure(held_out), resolved)
-    expected = clip_lad_score(fitted, pure(images), resolved)
-    np.testing.assert_allclose(np.asarray(state.fitted.centres), np.asarray(fitted.centres), atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(state.fitted.histograms), np.asarray(fitted.histograms))
-    np.testing.assert_allclose(np.asarray(scores.image_scores), np.asarray(expected.fused), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(scores.patch_scores), np.asarray(expected.structural_map), atol=1e-5)
+    ref_features, held_features, query_features = extract(refs), extract(held_out), extract(images)
+    state = method.fit(config, ref_features, None, prepared)
+    state = method.calibrate(config, state, held_features, None)
+    scores, _ = method.score(config, state, query_features, None)
+    n_c = row.num_clusters
+    assert (int(state.num_clusters), bool(state.region_level)) == (n_c, row.fine_level == "region")
+    assert state.centres.shape[0] == 8 and state.prompts.fine.shape[0] == 8 and state.histograms.shape == (2, 8)
+    # k-means in 8 slots with N_c active = the kernel's k-means with N_c clusters on the same points; rest zero.
+    points = prepare_grids(tuple(ref_features.layers), ref_features.extras[DENSE], config).cluster
+    plain = kmeans(points.reshape(-1, points.shape[-1]), n_c, jax.random.key(config.seed),
+                      config.kmeans_iterations)
+    centres = np.asarray(state.centres)
+    np.testing.assert_allclose(centres[:n_c], np.asarray(plain.centres), atol=1e-6)
+    np.testing.assert_array_equal(centres[n_c:], 0.0)
+    unpadded = SimpleNamespace(coarse=text.coarse[:b + o], is_object=text.is_object[:b + o], fine=text.fine[:f])
+    fused, logical, structural, maps = torch_reference_scores(config, row, unpadded, centres[:n_c],
+                                                              ref_features, held_features, query_features)
+    np.testing.assert_allclose(np.asarray(scores.keep["logical"]), logical, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scores.keep["structural"]), structural, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scores.image_scores), fused, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scores.patch_scores).reshape(6, -1), maps, atol=1e-5)
     assert scores.patch_scores.shape == (6, 8, 8)
 
 
@@ -136,8 +195,8 @@ def test_configure_presets_and_errors(tiny):
     with pytest.raises(ValueError, match=r"--taps 1,2,4: NACLIP replaces the last block \(4\)"):
         method.extractor(CLIPLADConfig(image_size=SIZE, taps=(1, 2, 4), cluster_taps=(1, 2),
                                        structural_taps=(1, 2)), backbone)
-    with pytest.raises(ValueError, match="resolve them with config.for_category"):
-        clip_lad_fit(None, None, config)
+    with pytest.raises(ValueError, match="needs k >= 1 normal reference images"):
+        method.fit(config, None, None, None)
     text_less = load_backbone("random-tiny-text", backbone_run("tiny-text"), image_size=SIZE)
     with pytest.raises(ValueError, match="loaded without its text tower"):
         method.prepare(config, text_less, "pushpins")

@@ -8,6 +8,12 @@ nearest centre, move each centre to the (weighted) mean of its points; a centre 
 stays where it was. The iteration count is fixed (no tolerance test), so the result is a pure function of
 (points, weights, k, iterations, key) and the loop compiles to one ``fori_loop``.
 
+``active`` (a traced count <= k, default k): only the first ``active`` centre slots are used; the others stay
+zero and no point is assigned to them, so problems with different numbers of clusters share one compiled
+program of k slots. The result on the active slots is the run with k = active: the uniforms of a (k,) draw
+begin with those of an (active,) draw (JAX's partitionable threefry, the default), and a masked slot never
+wins an argmin nor moves.
+
 Squared distances are ||x||^2 - 2 x.c + ||c||^2 with the GEMM at HIGHEST precision (no TF32 on GPUs); ties
 go to the lowest centre index (argmin).
 
@@ -40,6 +46,11 @@ class KMeansResult(NamedTuple):
     inertia: jax.Array
 
 
+def _slot_mask(k: int, active) -> jax.Array:
+    """(k,) bool: the centre slots in use (all of them when active is None)."""
+    return jnp.arange(k) < (k if active is None else active)
+
+
 def _check_points(points, k: int, weights) -> None:
     if points.ndim != 2:
         raise ValueError(f"points must be (n, c), got shape {points.shape}")
@@ -61,7 +72,7 @@ def _pick(cumulative: jax.Array, u: jax.Array) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("k",))
-def _plusplus(points, weights, key, *, k):
+def _plusplus(points, weights, key, active, *, k):
     x = points.astype(jnp.float32)
     n = x.shape[0]
     norms = jnp.sum(x * x, axis=-1)
@@ -80,46 +91,53 @@ def _plusplus(points, weights, key, *, k):
         # All remaining mass zero (fewer distinct points than k): fall back to the weights alone.
         mass = jnp.where(mass[-1] > 0, mass, jnp.cumsum(weights))
         index = jnp.minimum(_pick(mass, uniforms[j]), n - 1)
-        centres = centres.at[j].set(x[index])
-        chosen = chosen.at[j].set(index)
+        used = j < active
+        centres = centres.at[j].set(jnp.where(used, x[index], 0.0))
+        chosen = chosen.at[j].set(jnp.where(used, index, 0))
         return centres, chosen, jnp.minimum(nearest, distances_to(x[index]))
 
     centres, chosen, _ = jax.lax.fori_loop(1, k, step, (centres, chosen, distances_to(x[first])))
     return centres, chosen
 
 
-def kmeans_plusplus(points: jax.Array, k: int, key: jax.Array, weights: jax.Array | None = None):
+def kmeans_plusplus(points: jax.Array, k: int, key: jax.Array, weights: jax.Array | None = None,
+                    active: jax.Array | int | None = None):
     """k-means++ seeding: points (n, c) -> (centres (k, c) float32, indices (k,) int32 of the chosen points).
 
     weights (n,) >= 0 scale each point's probability (0 = padding, never chosen while another point has mass);
-    None = all ones. Deterministic given key.
+    None = all ones. active: centre slots in use (module docstring; the others are zero rows, index 0).
+    Deterministic given key.
     """
     _check_points(points, k, weights)
     w = jnp.ones((points.shape[0],), jnp.float32) if weights is None else weights.astype(jnp.float32)
-    return _plusplus(points, w, key, k=k)
+    return _plusplus(points, w, key, jnp.asarray(k if active is None else active, jnp.int32), k=k)
 
 
-def assign(points: jax.Array, centres: jax.Array, precision: str = "fp32") -> tuple[jax.Array, jax.Array]:
-    """Nearest centre of each point: (n, c), (k, c) -> (labels (n,) int32, squared distances (n,) float32)."""
+def assign(points: jax.Array, centres: jax.Array, precision: str = "fp32",
+           active: jax.Array | int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Nearest centre of each point: (n, c), (k, c) -> (labels (n,) int32, squared distances (n,) float32).
+    active: only the first ``active`` centres compete (None: all)."""
     d = pairwise_sq_euclidean(points, centres, precision)
+    if active is not None:
+        d = jnp.where(_slot_mask(centres.shape[0], active)[None, :], d, jnp.inf)
     labels = jnp.argmin(d, axis=1).astype(jnp.int32)
     return labels, jnp.take_along_axis(d, labels[:, None], axis=1)[:, 0]
 
 
 @partial(jax.jit, static_argnames=("iterations", "precision"))
-def _lloyd(points, weights, init, *, iterations, precision):
+def _lloyd(points, weights, init, active, *, iterations, precision):
     x = points.astype(jnp.float32)
     k = init.shape[0]
 
     def update(_, centres):
-        labels, _ = assign(x, centres, precision)
+        labels, _ = assign(x, centres, precision, active)
         onehot = jax.nn.one_hot(labels, k, dtype=jnp.float32) * weights[:, None]
         mass = jnp.sum(onehot, axis=0)
         sums = jnp.matmul(onehot.T, x, precision=jax.lax.Precision.HIGHEST)
         return jnp.where(mass[:, None] > 0, sums / jnp.maximum(mass, 1e-30)[:, None], centres)
 
     centres = jax.lax.fori_loop(0, iterations, update, init.astype(jnp.float32))
-    labels, sq = assign(x, centres, precision)
+    labels, sq = assign(x, centres, precision, active)
     return KMeansResult(centres, labels, jnp.sum(weights * sq))
 
 
@@ -129,15 +147,18 @@ def lloyd(
     iterations: int,
     weights: jax.Array | None = None,
     precision: str = "fp32",
+    active: jax.Array | int | None = None,
 ) -> KMeansResult:
-    """``iterations`` Lloyd steps from init centres (k, c) on points (n, c); see the module docstring."""
+    """``iterations`` Lloyd steps from init centres (k, c) on points (n, c); see the module docstring (active:
+    the centre slots in use)."""
     _check_points(points, init.shape[0], weights)
     if init.ndim != 2 or init.shape[1] != points.shape[1]:
         raise ValueError(f"init must be (k, {points.shape[1]}), got shape {init.shape}")
     if not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative int, got {iterations!r}")
     w = jnp.ones((points.shape[0],), jnp.float32) if weights is None else weights.astype(jnp.float32)
-    return _lloyd(points, w, init, iterations=iterations, precision=precision)
+    slots = jnp.asarray(init.shape[0] if active is None else active, jnp.int32)
+    return _lloyd(points, w, init, slots, iterations=iterations, precision=precision)
 
 
 def kmeans(
@@ -147,7 +168,9 @@ def kmeans(
     iterations: int = 30,
     weights: jax.Array | None = None,
     precision: str = "fp32",
+    active: jax.Array | int | None = None,
 ) -> KMeansResult:
-    """k-means++ seeding from key, then ``iterations`` Lloyd steps: points (n, c) -> KMeansResult."""
-    init, _ = kmeans_plusplus(points, k, key, weights)
-    return lloyd(points, init, iterations, weights, precision)
+    """k-means++ seeding from key, then ``iterations`` Lloyd steps: points (n, c) -> KMeansResult. active: the
+    first ``active`` of the k centre slots are used (module docstring); None: all k."""
+    init, _ = kmeans_plusplus(points, k, key, weights, active)
+    return lloyd(points, init, iterations, weights, precision, active)

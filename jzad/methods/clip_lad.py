@@ -17,7 +17,7 @@ Stages, each a pure jitted function (names from the paper):
   embedding instead and gives its class to the region's foreground patches (the paper does this for the
   juice bottle). The labels form the part masks (64 x 64 with the defaults).
 - ``class_histograms``: per image, the share of the foreground in each fine class (background excluded).
-- Memories (``clip_lad_fit``): the k normal images' histograms and their multi-level patch features (the
+- Memories (``clip_lad_method_fit``): the k normal images' histograms and their multi-level patch features (the
   ``structural_taps`` maps, L2-normalised per patch).
 - ``logical_scores`` (Eq. 2): s_log = min over memory histograms h of sum_c |(h_test,c + delta) / (h_c + delta) - 1|.
 - ``structural_maps`` / ``structural_scores`` (Eq. 3): per patch, the Euclidean distance to its nearest memory
@@ -43,9 +43,15 @@ names and N_c per MVTec LOCO category; ``prompt_texts`` expands them with the te
 The registered method "clip_lad" (bottom of this file) runs these functions through the method seam:
 ``prepare`` embeds the category's prompts with the backbone's text tower, the extractor is the NACLIP pass,
 ``fit`` resolves N_c and the fine level for the category and keeps the memories, ``calibrate`` fits Eq. 4 on
-validation/good, and scoring runs ``STAGES`` in fixed-size image chunks split over the device mesh. Its
-image score is the fused s; its patch scores the structural map (logical anomalies are scored per image,
-not localised).
+validation/good, and scoring runs ``STAGES`` (``clip_lad_body``, the one scoring implementation) in
+fixed-size image chunks split over the device mesh. Its image score is the fused s (s_log and s_str are kept
+beside it); its patch scores the structural map (logical anomalies are scored per image, not localised).
+
+The per-category constants are arrays of the fitted state, not static config: N_c is a count of active
+k-means slots among ``slot_count(N_c)`` (8 for every LOCO category), the fine level a traced flag (both
+levels computed, one selected), the prompt tables padded to ``slot_count`` rows with validity masks (a
+padded histogram bin is 0 in every histogram, so it adds exactly 0 to s_log). Categories of one run thus
+share one compiled scoring program; the padded computation equals the unpadded one.
 """
 
 from __future__ import annotations
@@ -97,7 +103,9 @@ class CLIPLADConfig:
     (the first two stages). structural_taps: the taps forming the patch memory. upsample: feature-map scale
     factor. num_clusters: N_c. kmeans_iterations, seed: the k-means run (k-means++ from ``seed``, then a
     fixed number of Lloyd steps). fine_level: "patch" or "region" fine classification. num_clusters and
-    fine_level None: the category's values (``for_category``; the method seam resolves them at fit time).
+    fine_level None: the category's values (``for_category``). These four and ridge are read at fit time
+    only: the fitted state carries N_c and the fine level as arrays (``CLIPLADState``), so categories share
+    one scoring program, whose stages see the config through ``scoring_key``.
     delta: histogram smoothing of Eq. 2. ridge: relative diagonal loading of the fusion covariance.
     precision: "fp32" or "bf16" GEMMs for the distances. query_tile: query patches per tile of the
     nearest-neighbour search. image_chunk: images per fixed-shape chunk of the method seam's stages (each
@@ -157,15 +165,25 @@ class CLIPLADConfig:
             fine_level=prompts.fine_level if self.fine_level is None else self.fine_level,
         )
 
-    def check_resolved(self) -> None:
-        """ValueError unless num_clusters and fine_level are set (``for_category``)."""
-        if self.num_clusters is None or self.fine_level is None:
-            raise ValueError("num_clusters and fine_level are None (the category's values): resolve them with "
-                             "config.for_category(category_prompts(category)) first")
-
     def tap_index(self, tap: int) -> int:
         """Position of block ``tap`` in ``taps`` (and in the features' tap tuple)."""
         return self.taps.index(tap)
+
+
+def scoring_key(config: CLIPLADConfig) -> CLIPLADConfig:
+    """``config`` with the fields only fitting reads (N_c, fine level, k-means run, ridge) reset: the compile key
+    of the scoring stages, equal for every category of a run."""
+    return dataclasses.replace(config, num_clusters=None, fine_level=None, kmeans_iterations=0, seed=0, ridge=0.0)
+
+
+SLOT_BUCKET = 8
+"""Cluster slots and prompt rows are padded to a multiple of this (masks mark the real ones), so the LOCO
+categories (N_c <= 8, at most 6 coarse and 7 fine classes) all run one compiled program."""
+
+
+def slot_count(count: int) -> int:
+    """Padded size of ``count`` clusters or prompt classes: the next multiple of ``SLOT_BUCKET``."""
+    return -(-count // SLOT_BUCKET) * SLOT_BUCKET
 
 
 # ------------------------------------------------------------------------------------------------ prompts
@@ -252,11 +270,14 @@ def ensemble_text(embeddings: jax.Array) -> jax.Array:
 
 class CLIPLADPrompts(NamedTuple):
     """Text side: coarse (Tc, D) and fine (Tf, D) class embeddings (unit rows); is_object (Tc,) bool, True for
-    the coarse classes that mean foreground."""
+    the coarse classes that mean foreground; coarse_valid (Tc,) and fine_valid (Tf,) bool: the real classes
+    (rows past them are padding, ``pad_prompts``, never the nearest class)."""
 
     coarse: jax.Array
     is_object: jax.Array
     fine: jax.Array
+    coarse_valid: jax.Array
+    fine_valid: jax.Array
 
 
 def make_prompts(background: jax.Array, objects: jax.Array, fine: jax.Array) -> CLIPLADPrompts:
@@ -272,31 +293,26 @@ def make_prompts(background: jax.Array, objects: jax.Array, fine: jax.Array) -> 
         l2_normalize(jnp.concatenate([background, objects]).astype(jnp.float32)),
         is_object,
         l2_normalize(fine.astype(jnp.float32)),
+        jnp.ones(is_object.shape[0], bool),
+        jnp.ones(fine.shape[0], bool),
     )
 
 
+def pad_prompts(prompts: CLIPLADPrompts, coarse_rows: int, fine_rows: int) -> CLIPLADPrompts:
+    """Prompts padded with zero rows (masked invalid, not objects) to (coarse_rows, D) and (fine_rows, D)."""
+    def pad(a, rows):
+        if rows < a.shape[0]:
+            raise ValueError(f"pad_prompts: {a.shape[0]} classes do not fit in {rows} rows")
+        if rows == a.shape[0]:
+            return a
+        return jnp.pad(jnp.asarray(a), [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+
+    return CLIPLADPrompts(pad(prompts.coarse, coarse_rows), pad(prompts.is_object, coarse_rows),
+                          pad(prompts.fine, fine_rows), pad(prompts.coarse_valid, coarse_rows),
+                          pad(prompts.fine_valid, fine_rows))
+
+
 # ----------------------------------------------------------------------------------------------- features
-
-
-class CLIPLADFeatures(NamedTuple):
-    """Backbone output for B images: taps, one (B, 1 + g*g, W) residual stream per ``config.taps`` entry in
-    that order; dense (B, 1 + g*g, D) NACLIP embeddings (class token first)."""
-
-    taps: tuple[jax.Array, ...]
-    dense: jax.Array
-
-
-def clip_lad_features(params: dict, images: jax.Array, clip_config: CLIPConfig, config: CLIPLADConfig,
-                      dtype: str = "float32") -> CLIPLADFeatures:
-    """The backbone pass CLIP-LAD needs: NACLIP on (B, S, S, 3) CLIP-normalised images, S ==
-    clip_config.vision.image_size (== config.image_size), with config.taps and config.sigma."""
-    if clip_config.vision.image_size != config.image_size:
-        raise ValueError(
-            f"the CLIP config runs at {clip_config.vision.image_size} but CLIPLADConfig.image_size is "
-            f"{config.image_size}; resize the position embeddings with with_image_size() first"
-        )
-    taps, dense = naclip_encode(params, images, clip_config, config.taps, config.sigma, dtype)
-    return CLIPLADFeatures(taps, dense)
 
 
 class PreparedFeatures(NamedTuple):
@@ -322,14 +338,6 @@ def _patches(grid: jax.Array, factor: int) -> jax.Array:
     return grid.reshape(b, h * w, c)
 
 
-def _check_features(features: CLIPLADFeatures, config: CLIPLADConfig) -> None:
-    if len(features.taps) != len(config.taps):
-        raise ValueError(f"features carry {len(features.taps)} taps but config.taps is {config.taps}")
-    shapes = {t.shape[:2] for t in features.taps} | {features.dense.shape[:2]}
-    if len(shapes) != 1 or features.dense.ndim != 3 or any(t.ndim != 3 for t in features.taps):
-        raise ValueError(f"taps and dense must be (B, 1 + g*g, C) with equal B and tokens, got {sorted(shapes)}")
-
-
 @partial(jax.jit, static_argnames=("config",))
 def prepare_grids(taps: tuple[jax.Array, ...], dense: jax.Array, config: CLIPLADConfig) -> PreparedFeatures:
     """Upsample and normalise patch grids (module docstring): taps, one (B, g, g, W) grid per ``config.taps``
@@ -342,30 +350,26 @@ def prepare_grids(taps: tuple[jax.Array, ...], dense: jax.Array, config: CLIPLAD
     return PreparedFeatures(cluster, l2_normalize(_patches(dense, config.upsample)), levels)
 
 
-@partial(jax.jit, static_argnames=("config",))
-def prepare_features(features: CLIPLADFeatures, config: CLIPLADConfig) -> PreparedFeatures:
-    """Drop the class tokens, upsample, normalise (module docstring): CLIPLADFeatures -> PreparedFeatures."""
-    _check_features(features, config)
-    return prepare_grids(tuple(tokens_to_grid(t) for t in features.taps), tokens_to_grid(features.dense), config)
-
-
 # ---------------------------------------------------------------------------------------- coarse to fine
 
 
-@partial(jax.jit, static_argnames=("config",))
-def fit_centres(cluster: jax.Array, config: CLIPLADConfig) -> jax.Array:
-    """k-means centres (N_c, C) of the k normal images' shallow features (k, P, C)."""
-    config.check_resolved()
+@partial(jax.jit, static_argnames=("slots", "iterations", "seed", "precision"))
+def fit_centres(cluster: jax.Array, num_clusters: jax.Array, *, slots: int, iterations: int, seed: int = 0,
+                precision: str = "fp32") -> jax.Array:
+    """k-means centres (slots, C) of the k normal images' shallow features (k, P, C): the first num_clusters
+    (N_c, traced) rows are the centres of k-means with N_c clusters, the rest zero (``kmeans``' active slots),
+    so every N_c <= slots runs one program."""
     points = cluster.reshape(-1, cluster.shape[-1])
-    result = kmeans(points, config.num_clusters, jax.random.key(config.seed), config.kmeans_iterations,
-                    precision=config.precision)
+    result = kmeans(points, slots, jax.random.key(seed), iterations, precision=precision, active=num_clusters)
     return result.centres
 
 
-def assign_regions(cluster: jax.Array, centres: jax.Array, precision: str = "fp32") -> jax.Array:
-    """Region (nearest centre) of every patch: (B, P, C), (N_c, C) -> (B, P) int32."""
+def assign_regions(cluster: jax.Array, centres: jax.Array, num_clusters: jax.Array | int | None = None,
+                   precision: str = "fp32") -> jax.Array:
+    """Region (nearest of the first num_clusters centres; None: all) of every patch: (B, P, C), (S, C) -> (B, P)
+    int32."""
     b, p, c = cluster.shape
-    labels, _ = assign(cluster.reshape(b * p, c), centres, precision)
+    labels, _ = assign(cluster.reshape(b * p, c), centres, precision, num_clusters)
     return labels.reshape(b, p)
 
 
@@ -377,41 +381,33 @@ def region_embeddings(dense: jax.Array, regions: jax.Array, num_regions: int) ->
     return sums / jnp.maximum(counts, 1.0)[..., None], counts
 
 
-def _nearest_class(x: jax.Array, text: jax.Array) -> jax.Array:
-    """Index of the most similar (cosine) text class (T, D) of each row of x (..., D) -> (...)."""
+def _nearest_class(x: jax.Array, text: jax.Array, valid: jax.Array) -> jax.Array:
+    """Index of the most similar (cosine) valid text class (T, D) (valid (T,) bool) of each row of x (..., D)
+    -> (...)."""
     flat = l2_normalize(x.reshape(-1, x.shape[-1]))
-    return jnp.argmax(dot_nt(flat, l2_normalize(text)), axis=-1).reshape(x.shape[:-1]).astype(jnp.int32)
+    similarity = jnp.where(valid[None, :], dot_nt(flat, l2_normalize(text)), -jnp.inf)
+    return jnp.argmax(similarity, axis=-1).reshape(x.shape[:-1]).astype(jnp.int32)
 
 
 def foreground(region_emb: jax.Array, counts: jax.Array, regions: jax.Array, prompts: CLIPLADPrompts) -> jax.Array:
     """Foreground patches (B, P) bool: the patch's region is non-empty and its nearest coarse class is an
-    object class. region_emb (B, N_c, D), counts (B, N_c), regions (B, P)."""
-    region_is_object = prompts.is_object[_nearest_class(region_emb, prompts.coarse)] & (counts > 0)
+    object class. region_emb (B, S, D), counts (B, S), regions (B, P)."""
+    nearest = _nearest_class(region_emb, prompts.coarse, prompts.coarse_valid)
+    region_is_object = prompts.is_object[nearest] & (counts > 0)
     return jnp.take_along_axis(region_is_object, regions, axis=1)
 
 
-def part_labels(
-    dense: jax.Array,
-    fg: jax.Array,
-    prompts: CLIPLADPrompts,
-    regions: jax.Array | None = None,
-    region_emb: jax.Array | None = None,
-    fine_level: str = "patch",
-) -> jax.Array:
+def part_labels(dense: jax.Array, fg: jax.Array, prompts: CLIPLADPrompts, regions: jax.Array,
+                region_emb: jax.Array, region_level: jax.Array | bool) -> jax.Array:
     """Fine class of every foreground patch, -1 elsewhere: (B, P) int32.
 
-    fine_level "patch": each patch's dense feature (B, P, D) against the fine classes; "region": each region
-    embedding (B, N_c, D) against them, given to its patches (regions (B, P) and region_emb needed).
+    region_level False (fine level "patch"): each patch's dense feature (B, P, D) against the fine classes;
+    True ("region"): each region embedding (B, S, D) against them, given to its patches (regions (B, P)).
+    A traced flag: both are computed and one is selected, so both levels run one program.
     """
-    if fine_level == "patch":
-        classes = _nearest_class(dense, prompts.fine)
-    elif fine_level == "region":
-        if regions is None or region_emb is None:
-            raise ValueError("fine_level='region' needs regions and region_emb")
-        classes = jnp.take_along_axis(_nearest_class(region_emb, prompts.fine), regions, axis=1)
-    else:
-        raise ValueError(f"fine_level: expected one of {FINE_LEVELS}, got {fine_level!r}")
-    return jnp.where(fg, classes, -1)
+    by_patch = _nearest_class(dense, prompts.fine, prompts.fine_valid)
+    by_region = jnp.take_along_axis(_nearest_class(region_emb, prompts.fine, prompts.fine_valid), regions, axis=1)
+    return jnp.where(fg, jnp.where(region_level, by_region, by_patch), -1)
 
 
 def class_histograms(labels: jax.Array, num_classes: int) -> jax.Array:
@@ -420,29 +416,6 @@ def class_histograms(labels: jax.Array, num_classes: int) -> jax.Array:
     onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # -1 -> all zeros
     counts = jnp.sum(onehot, axis=1)
     return counts / jnp.maximum(jnp.sum(counts, axis=1, keepdims=True), 1.0)
-
-
-class Segmentation(NamedTuple):
-    """regions (B, P) int32 cluster ids; foreground (B, P) bool; labels (B, P) int32 fine class or -1;
-    histograms (B, Tf)."""
-
-    regions: jax.Array
-    foreground: jax.Array
-    labels: jax.Array
-    histograms: jax.Array
-
-
-@partial(jax.jit, static_argnames=("config",))
-def segment(
-    prepared: PreparedFeatures, centres: jax.Array, prompts: CLIPLADPrompts, config: CLIPLADConfig
-) -> Segmentation:
-    """The coarse-to-fine segmentation of B images with fixed centres (the normal images' k-means)."""
-    config.check_resolved()
-    regions = assign_regions(prepared.cluster, centres, config.precision)
-    emb, counts = region_embeddings(prepared.dense, regions, config.num_clusters)
-    fg = foreground(emb, counts, regions, prompts)
-    labels = part_labels(prepared.dense, fg, prompts, regions, emb, config.fine_level)
-    return Segmentation(regions, fg, labels, class_histograms(labels, prompts.fine.shape[0]))
 
 
 # ------------------------------------------------------------------------------------------------- scores
@@ -509,64 +482,20 @@ def fused_scores(scores: jax.Array, fusion: Fusion) -> jax.Array:
 
 
 class CLIPLADState(NamedTuple):
-    """What fitting keeps: centres (N_c, C); histograms (k, Tf) memory; patch_memory per structural tap
-    (k, P, W); prompts; fusion (None until ``clip_lad_fit_fusion``)."""
+    """The fitted state of a category, all arrays (so categories of one shape bucket share the scoring program).
+
+    centres (S, C): k-means centres in S = ``slot_count(N_c)`` slots, the first num_clusters () int32 (N_c) in
+    use; region_level () bool: fine classes per region (True) or per patch; histograms (k, Tf) memory over the
+    padded fine classes; patch_memory per structural tap (k, P, W); prompts padded to ``slot_count`` rows;
+    fusion (None until ``calibrate``)."""
 
     centres: jax.Array
+    num_clusters: jax.Array
+    region_level: jax.Array
     histograms: jax.Array
     patch_memory: tuple[jax.Array, ...]
     prompts: CLIPLADPrompts
     fusion: Fusion | None = None
-
-
-class CLIPLADScores(NamedTuple):
-    """logical (B,), structural (B,), fused (B,) (None without fusion), structural_map (B, H, W) and part
-    masks labels (B, H, W) int32 (-1 background) on the upsampled grid, histograms (B, Tf)."""
-
-    logical: jax.Array
-    structural: jax.Array
-    fused: jax.Array | None
-    structural_map: jax.Array
-    labels: jax.Array
-    histograms: jax.Array
-
-
-@partial(jax.jit, static_argnames=("config",))
-def clip_lad_fit(normal: CLIPLADFeatures, prompts: CLIPLADPrompts, config: CLIPLADConfig) -> CLIPLADState:
-    """Fit on the k normal images' features: centres, histogram memory, patch memory."""
-    config.check_resolved()
-    prepared = prepare_features(normal, config)
-    centres = fit_centres(prepared.cluster, config)
-    seg = segment(prepared, centres, prompts, config)
-    return CLIPLADState(centres, seg.histograms, prepared.levels, prompts)
-
-
-def _raw_scores(state: CLIPLADState, features: CLIPLADFeatures, config: CLIPLADConfig):
-    prepared = prepare_features(features, config)
-    seg = segment(prepared, state.centres, state.prompts, config)
-    maps = structural_maps(prepared.levels, state.patch_memory, config.precision, config.query_tile)
-    return seg, maps, logical_scores(seg.histograms, state.histograms, config.delta), structural_scores(maps)
-
-
-@partial(jax.jit, static_argnames=("config",))
-def clip_lad_fit_fusion(state: CLIPLADState, validation: CLIPLADFeatures, config: CLIPLADConfig) -> CLIPLADState:
-    """Add Eq. 4's fusion, estimated on validation normal images' features (V >= 2)."""
-    _, _, logical, structural = _raw_scores(state, validation, config)
-    return state._replace(fusion=fit_fusion(jnp.stack([logical, structural], axis=1), config.ridge))
-
-
-@partial(jax.jit, static_argnames=("config",))
-def clip_lad_score(state: CLIPLADState, features: CLIPLADFeatures, config: CLIPLADConfig) -> CLIPLADScores:
-    """Score B query images against a fitted state."""
-    seg, maps, logical, structural = _raw_scores(state, features, config)
-    fused = None
-    if state.fusion is not None:
-        fused = fused_scores(jnp.stack([logical, structural], axis=1), state.fusion)
-    b, p = maps.shape
-    side = int(round(p**0.5))
-    return CLIPLADScores(
-        logical, structural, fused, maps.reshape(b, side, side), seg.labels.reshape(b, side, side), seg.histograms
-    )
 
 
 # ------------------------------------------------------------------------------------------ method seam
@@ -624,12 +553,28 @@ class CategoryText(NamedTuple):
 
 def encode_category(encode, row: CategoryPrompts, templates: Sequence[str] = PROMPT_TEMPLATES) -> CLIPLADPrompts:
     """CLIPLADPrompts of a table row: encode(list of str) -> (P, D) text embeddings of every (class, template)
-    prompt, ensembled per class (``ensemble_text``)."""
-    names = [*row.background, *row.objects, *row.parts]
+    prompt, ensembled per class (``ensemble_text``). The coarse and fine class lists are padded to
+    ``slot_count`` rows (padding classes repeat the list's last name, then are zeroed and masked), so every
+    category encodes the same number of prompts and yields tables of one shape."""
+    coarse = [*row.background, *row.objects]
+    coarse_rows, fine_rows = slot_count(len(coarse)), slot_count(len(row.parts))
+    names = [*coarse, *coarse[-1:] * (coarse_rows - len(coarse)), *row.parts,
+             *row.parts[-1:] * (fine_rows - len(row.parts))]
     texts = [t for per_class in prompt_texts(names, templates) for t in per_class]
-    classes = ensemble_text(jnp.asarray(encode(texts)).reshape(len(names), len(templates), -1))
-    b, o = len(row.background), len(row.objects)
-    return make_prompts(classes[:b], classes[b:b + o], classes[b + o:])
+    counts = np.array([len(row.background), len(coarse), len(row.parts)], np.int32)
+    return _prompt_tables(jnp.asarray(encode(texts)), counts, coarse_rows=coarse_rows, templates=len(templates))
+
+
+@partial(jax.jit, static_argnames=("coarse_rows", "templates"))
+def _prompt_tables(embeddings: jax.Array, counts: jax.Array, *, coarse_rows: int, templates: int) -> CLIPLADPrompts:
+    """(classes * templates, D) embeddings, the first coarse_rows classes coarse, the rest fine; counts (3,):
+    background classes, real coarse classes, real fine classes -> padded CLIPLADPrompts."""
+    classes = ensemble_text(embeddings.reshape(-1, templates, embeddings.shape[-1]))
+    coarse_index, fine_index = jnp.arange(coarse_rows), jnp.arange(classes.shape[0] - coarse_rows)
+    coarse_valid, fine_valid = coarse_index < counts[1], fine_index < counts[2]
+    return CLIPLADPrompts(l2_normalize(classes[:coarse_rows]) * coarse_valid[:, None],
+                          (coarse_index >= counts[0]) & coarse_valid,
+                          l2_normalize(classes[coarse_rows:]) * fine_valid[:, None], coarse_valid, fine_valid)
 
 
 def clip_lad_prepare(config: CLIPLADConfig, backbone, category: str) -> CategoryText:
@@ -640,15 +585,6 @@ def clip_lad_prepare(config: CLIPLADConfig, backbone, category: str) -> Category
         raise ValueError(f"clip_lad embeds text prompts: {backbone.name} was loaded without its text tower")
     row = category_prompts(category)
     return CategoryText(encode_category(backbone.encode_prompts, row), row)
-
-
-@partial(jax.tree_util.register_dataclass, data_fields=["fitted"], meta_fields=["config"])
-@dataclass(frozen=True)
-class CLIPLADMethodState:
-    """The seam's state: the fitted CLIPLADState and, static, the config resolved for its category."""
-
-    fitted: CLIPLADState
-    config: CLIPLADConfig
 
 
 def _by_image(fn, mesh: Mesh, chunk: int, rows, *shared):
@@ -678,26 +614,28 @@ def features_stage(layers: tuple, dense: jax.Array, config: CLIPLADConfig, mesh:
 
 
 @partial(jax.jit, static_argnames=("config", "mesh"))
-def assign_stage(cluster: jax.Array, centres: jax.Array, config: CLIPLADConfig, mesh: Mesh) -> jax.Array:
-    """Clustering assignment: the region (nearest centre) of every patch, (B, P, C), (N_c, C) -> (B, P)."""
-    return _by_image(lambda c, cen: assign_regions(c, cen, config.precision), mesh, config.image_chunk, cluster,
-                     centres)
+def assign_stage(cluster: jax.Array, centres: jax.Array, num_clusters: jax.Array, config: CLIPLADConfig,
+                 mesh: Mesh) -> jax.Array:
+    """Clustering assignment: the region (nearest of the first num_clusters centres) of every patch, (B, P, C),
+    (S, C) -> (B, P)."""
+    return _by_image(lambda c, cen, used: assign_regions(c, cen, used, config.precision), mesh, config.image_chunk,
+                     cluster, centres, num_clusters)
 
 
-@partial(jax.jit, static_argnames=("config", "mesh"))
-def match_stage(dense: jax.Array, regions: jax.Array, prompts: CLIPLADPrompts, config: CLIPLADConfig,
-                mesh: Mesh) -> jax.Array:
-    """Prompt matching: region embeddings vs coarse prompts (foreground), patches (or regions) vs fine prompts
-    -> part labels (B, P) int32, -1 on the background."""
-    config.check_resolved()
+@partial(jax.jit, static_argnames=("config", "mesh", "slots"))
+def match_stage(dense: jax.Array, regions: jax.Array, prompts: CLIPLADPrompts, region_level: jax.Array,
+                config: CLIPLADConfig, mesh: Mesh, slots: int) -> jax.Array:
+    """Prompt matching: region embeddings (over the S = slots cluster slots) vs coarse prompts (foreground),
+    patches (or regions, region_level () bool) vs fine prompts -> part labels (B, P) int32, -1 on the
+    background."""
 
-    def fn(rows, text):
+    def fn(rows, text, by_region):
         dense_rows, region_rows = rows
-        emb, counts = region_embeddings(dense_rows, region_rows, config.num_clusters)
+        emb, counts = region_embeddings(dense_rows, region_rows, slots)
         fg = foreground(emb, counts, region_rows, text)
-        return part_labels(dense_rows, fg, text, region_rows, emb, config.fine_level)
+        return part_labels(dense_rows, fg, text, region_rows, emb, by_region)
 
-    return _by_image(fn, mesh, config.image_chunk, (dense, regions), prompts)
+    return _by_image(fn, mesh, config.image_chunk, (dense, regions), prompts, region_level)
 
 
 @partial(jax.jit, static_argnames=("config", "mesh", "num_classes"))
@@ -737,62 +675,72 @@ def _on_mesh(mesh: Mesh, tree):
 
 def _stages(config: CLIPLADConfig, fitted: CLIPLADState, queries: Features, mesh: Mesh, run) -> tuple:
     """Run the stages up to fusion on queries -> (maps (B, P), s_log (B,), s_str (B,)); run(stage, fn, ...)
-    calls each stage (timed by a StageClock in ``staged``)."""
+    calls each stage (timed by a StageClock in ``staged``); config: the ``scoring_key``."""
     if DENSE not in queries.extras:
         raise ValueError("clip_lad features need the NACLIP dense grid (use the method's extractor)")
     layers, dense, fitted = _on_mesh(mesh, (tuple(queries.layers), queries.extras[DENSE], fitted))
     prepared = run("features", features_stage, layers, dense, config, mesh)
-    regions = run("assign", assign_stage, prepared.cluster, fitted.centres, config, mesh)
-    labels = run("match", match_stage, prepared.dense, regions, fitted.prompts, config, mesh)
+    regions = run("assign", assign_stage, prepared.cluster, fitted.centres, fitted.num_clusters, config, mesh)
+    labels = run("match", match_stage, prepared.dense, regions, fitted.prompts, fitted.region_level, config, mesh,
+                 fitted.centres.shape[0])
     _, logical = run("histogram", histogram_stage, labels, fitted.histograms, config, mesh,
                      fitted.prompts.fine.shape[0])
     maps, structural = run("memory", memory_stage, prepared.levels, fitted.patch_memory, config, mesh)
     return maps, logical, structural
 
 
-def clip_lad_body(config, state: CLIPLADMethodState, queries: Features, mesh, run):
-    """CLIP-LAD on query features -> (Scores(structural maps (B, 2g, 2g), fused image scores (B,)), state),
-    every stage (``STAGES``) through ``run``; the category's config comes from the state."""
-    del config
-    cfg, fitted = state.config, state.fitted
-    if fitted.fusion is None:
+def clip_lad_body(config: CLIPLADConfig, state: CLIPLADState, queries: Features, mesh, run):
+    """CLIP-LAD on query features -> (Scores(structural maps (B, 2g, 2g), fused image scores (B,), keep
+    {"logical": s_log (B,), "structural": s_str (B,)}), state), every stage (``STAGES``) through ``run``. The
+    category's constants (N_c, fine level, prompts) are arrays of the state, so one program serves every
+    category of a run."""
+    if state.fusion is None:
         raise ValueError("clip_lad: the state has no fusion; calibrate it on validation images first")
+    cfg = scoring_key(config)
     mesh = device_mesh(1) if mesh is None else mesh
-    maps, logical, structural = _stages(cfg, fitted, queries, mesh, run)
-    fused = run("fusion", fusion_stage, logical, structural, _on_mesh(mesh, fitted.fusion), cfg, mesh)
+    maps, logical, structural = _stages(cfg, state, queries, mesh, run)
+    fused = run("fusion", fusion_stage, logical, structural, _on_mesh(mesh, state.fusion), cfg, mesh)
     side = queries.layers[0].shape[1] * cfg.upsample
-    return Scores(maps.reshape(-1, side, side), fused), state
+    return Scores(maps.reshape(-1, side, side), fused, {"logical": logical, "structural": structural}), state
 
 
 def clip_lad_method_fit(config: CLIPLADConfig, references: Features | None = None, mesh: Mesh | None = None,
-                        prepared: CategoryText | None = None) -> CLIPLADMethodState:
-    """The category's config (``for_category``), k-means centres of the k references (on one device, so the
-    centres do not depend on the mesh), their part histograms and patch memory; fusion comes with calibrate."""
+                        prepared: CategoryText | None = None) -> CLIPLADState:
+    """The category's N_c and fine level (``for_category``) as arrays, k-means centres of the k references (on
+    one device, so the centres do not depend on the mesh) in ``slot_count(N_c)`` slots, prompts padded to
+    ``slot_count`` rows, the references' part histograms and patch memory; fusion comes with calibrate."""
     if references is None:
-        raise ValueError("clip_lad needs k normal reference images (--shots K >= 1)")
+        raise ValueError("clip_lad needs k >= 1 normal reference images (few-shot references)")
     if prepared is None:
         raise ValueError("clip_lad fits with its category's prompt embeddings (the method's prepare step)")
-    cfg = config.for_category(prepared.row)
+    resolved = config.for_category(prepared.row)
+    cfg = scoring_key(config)
     mesh = device_mesh(1) if mesh is None else mesh
+    num_clusters = np.int32(resolved.num_clusters)
+    region_level = np.bool_(resolved.fine_level == "region")
     layers, dense = _on_mesh(mesh, (tuple(references.layers), references.extras[DENSE]))
     features = features_stage(layers, dense, cfg, mesh)
-    centres = np.asarray(fit_centres(jax.device_put(to_host(features.cluster), jax.local_devices()[0]), cfg))
-    prompts = _on_mesh(mesh, prepared.prompts)
-    regions = assign_stage(features.cluster, _on_mesh(mesh, centres), cfg, mesh)
-    labels = match_stage(features.dense, regions, prompts, cfg, mesh)
+    cluster = jax.device_put(to_host(features.cluster), jax.local_devices()[0])
+    centres = np.asarray(fit_centres(cluster, num_clusters, slots=slot_count(resolved.num_clusters),
+                                     iterations=resolved.kmeans_iterations, seed=resolved.seed,
+                                     precision=resolved.precision))
+    text = prepared.prompts
+    text = jax.tree.map(np.asarray, pad_prompts(text, slot_count(text.coarse.shape[0]), slot_count(text.fine.shape[0])))
+    prompts = _on_mesh(mesh, text)
+    regions = assign_stage(features.cluster, _on_mesh(mesh, centres), num_clusters, cfg, mesh)
+    labels = match_stage(features.dense, regions, prompts, region_level, cfg, mesh, centres.shape[0])
     histograms, _ = histogram_stage(labels, None, cfg, mesh, prompts.fine.shape[0])
-    return CLIPLADMethodState(CLIPLADState(centres, histograms, features.levels, prepared.prompts), cfg)
+    return CLIPLADState(centres, num_clusters, region_level, histograms, features.levels, text)
 
 
-def clip_lad_calibrate(config: CLIPLADConfig, state: CLIPLADMethodState, features: Features,
-                       mesh: Mesh | None = None) -> CLIPLADMethodState:
+def clip_lad_calibrate(config: CLIPLADConfig, state: CLIPLADState, features: Features,
+                       mesh: Mesh | None = None) -> CLIPLADState:
     """Eq. 4's mu and Sigma from the (s_log, s_str) of validation normal images (V >= 2)."""
-    del config
     mesh = device_mesh(1) if mesh is None else mesh
-    _, logical, structural = _stages(state.config, state.fitted, features, mesh, direct)
+    _, logical, structural = _stages(scoring_key(config), state, features, mesh, direct)
     scores = jax.device_put(to_host(jnp.stack([logical, structural], axis=1)), jax.local_devices()[0])
-    fusion = jax.tree.map(np.asarray, fit_fusion(scores, state.config.ridge))
-    return CLIPLADMethodState(state.fitted._replace(fusion=fusion), state.config)
+    fusion = jax.tree.map(np.asarray, fit_fusion(scores, config.ridge))
+    return state._replace(fusion=fusion)
 
 
 @partial(jax.jit, static_argnames=("config", "size"))
