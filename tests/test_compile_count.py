@@ -69,3 +69,22 @@ def test_bucket_sizes_and_masked_pool_equal_the_unpadded_pool():
     # Padding rows out of the pool: the first 4 rows score as the 4-image pool alone.
     np.testing.assert_allclose(np.asarray(mutual_scores(features, MuScConfig(), None, None, valid))[:4],
                                np.asarray(mutual_scores(features[:4], MuScConfig())), rtol=1e-5, atol=1e-6)
+
+
+def test_fslc_demo_subsets_3_compiles_at_most_two_more_programs_than_subsets_1():
+    """FSLC pads its subsets like MuSc (masked init, expansion and filtering): uneven subsets share one program."""
+    disable_compile_cache()
+    method = get_method("fslc")
+    assert method.pads_to_buckets(method.config_type())
+    scorer = build_scorer(method, {}, 0, backbone="random-tiny", image_size=64, demo=True)
+    sources = demo_sources(64, 0, 0, 0)
+    groups = {}
+
+    def run(subsets):
+        result = run_category(scorer, sources.source, "synthetic", subsets=subsets)
+        groups[subsets] = [len(g) for g in result.groups]
+
+    one = compiled_programs(lambda: run(1))
+    three = compiled_programs(lambda: run(3))
+    assert len(set(groups[3])) > 1, groups
+    assert three <= one + 2, (one, three, groups)

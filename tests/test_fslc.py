@@ -19,6 +19,7 @@ from jzad.methods.fslc import (
 )
 from jzad.features.types import Features, tokens_to_grid
 from jzad.methods import get_method
+from jzad.pipeline import bucket_size, with_valid
 from jzad.timing import StageClock
 
 # ------------------------------------------------------------------------------------- NumPy reference
@@ -366,6 +367,78 @@ def test_per_layer_averages_the_sets():
     np.testing.assert_allclose(np.asarray(result.image_scores), (per_set[0][1] + per_set[1][1]) / 2, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(result.patch_scores).reshape(9, -1), (per_set[0][0] + per_set[1][0]) / 2,
                                rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- padded pools
+
+
+def _padded_pool(grid, embeds, size, filler, rng):
+    """A pool of len(grid) real images padded to ``size`` rows, as the driver pads a group to its bucket:
+    "zeros" (what the driver writes) or "noise" (far, varied rows that would change every stage unmasked)."""
+    extra = size - grid.shape[0]
+    if filler == "zeros":
+        rows, embed_rows = np.zeros((extra,) + grid.shape[1:]), np.zeros((extra, embeds.shape[1]))
+    else:
+        rows, embed_rows = 8.0 * rng.standard_normal((extra,) + grid.shape[1:]), 8.0 * rng.standard_normal(
+            (extra, embeds.shape[1]))
+    return (np.concatenate([grid, rows.astype(np.float32)]), np.concatenate([embeds, embed_rows.astype(np.float32)]))
+
+
+@pytest.mark.parametrize("n_wanted", ["otsu", 20])
+def test_padded_pool_scores_equal_the_unpadded_pool(n_wanted):
+    """Groups of several sizes padded (with zeros, as the driver does, or with noise) to their own bucket or to a
+    larger group's score their real images as the unpadded group does; 1 and 2 real images (fewer than S, and
+    fewer init patches than M_0) included. Unmasked, the noise padding changes the scores (the test can fail)."""
+    config = FSLCConfig(r_list=(1, 3), num_init_images=4, init_coreset_size=40, expand_per_image=3,
+                        n_wanted=n_wanted, b=4, point_tile=8, query_tile=16, group_tile=2)
+    method = get_method("fslc")
+    rng = np.random.default_rng(21)
+    for real, size in ((1, 8), (2, 8), (6, 8), (9, 10), (5, bucket_size(13))):
+        grid = tokens_to_grid(_tokens(rng, real, 5, 8, anomalous=(real - 1,))[0])
+        embeds = rng.standard_normal((real, 6)).astype(np.float32)
+        plain, _ = method.score(config, (), Features((grid,), embeds))
+        for filler in ("zeros", "noise"):
+            pad_grid, pad_embeds = _padded_pool(np.asarray(grid), embeds, size, filler, rng)
+            masked, _ = method.score(config, (), with_valid(Features((pad_grid,), pad_embeds), real, size))
+            where = f"{real} images padded to {size} with {filler}"
+            np.testing.assert_allclose(np.asarray(masked.image_scores)[:real], np.asarray(plain.image_scores),
+                                       rtol=1e-6, atol=0, err_msg=where)
+            np.testing.assert_allclose(np.asarray(masked.patch_scores)[:real], np.asarray(plain.patch_scores),
+                                       rtol=1e-6, atol=1e-7, err_msg=where)
+        if real == 9:
+            unmasked, _ = method.score(config, (), Features((pad_grid,), pad_embeds))
+            assert not np.allclose(np.asarray(unmasked.patch_scores)[:real], np.asarray(plain.patch_scores),
+                                   rtol=1e-3)
+
+
+def test_padded_stages_keep_the_unpadded_coreset_as_a_prefix(data):
+    """Stage by stage on a padded set: init picks only real images, expansion's real rows (``size``) are the
+    unpadded coreset and patch indices, filtering keeps the same rows; sharded over 3 devices as on one."""
+    features, embeds = data
+    real, size = 9, 12
+    rng = np.random.default_rng(4)
+    pad_features, pad_embeds = _padded_pool(features[:real], embeds[:real], size, "noise", rng)
+    valid = np.arange(size) < real
+    host = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
+    init = host(fslc_init(features[:real], embeds[:real], CONFIG))
+    expanded = host(fslc_expand(features[:real], init.coreset, init.image_indices, init.patch_indices, CONFIG))
+    filtered = host(fslc_filter(features[:real], expanded.coreset, CONFIG))
+    for mesh in (None, device_mesh(3)):
+        p_init = host(fslc_init(pad_features, pad_embeds, CONFIG, mesh, valid))
+        np.testing.assert_array_equal(p_init.image_indices, init.image_indices)
+        np.testing.assert_array_equal(p_init.coreset[:int(p_init.size)], init.coreset)
+        p_exp = host(fslc_expand(pad_features, p_init.coreset, p_init.image_indices, p_init.patch_indices, CONFIG,
+                                 mesh, valid, p_init.size))
+        k = int(expanded.size)
+        assert k == expanded.coreset.shape[0] and int(p_exp.size) == k
+        np.testing.assert_array_equal(p_exp.coreset[:k], expanded.coreset)
+        np.testing.assert_array_equal(p_exp.patch_indices[:k], expanded.patch_indices)
+        assert np.all(p_exp.patch_indices[k:] == -1) and np.all(p_exp.coreset[k:] == 0)
+        p_filt = host(fslc_filter(pad_features, p_exp.coreset, CONFIG, mesh, valid, p_exp.size))
+        np.testing.assert_array_equal(p_filt.scores[:k], filtered.scores)
+        assert np.all(np.isinf(p_filt.scores[k:]))
+        np.testing.assert_array_equal(p_filt.kept, filtered.kept)
+        np.testing.assert_array_equal(p_filt.coreset, filtered.coreset)
 
 
 # ------------------------------------------------------------------------------------- errors

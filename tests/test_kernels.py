@@ -195,6 +195,24 @@ def test_kcenter_greedy_known_answer_and_no_duplicates():
         kcenter_greedy(line, 6)
 
 
+@pytest.mark.parametrize("shards", [1, 3])
+def test_kcenter_valid_rows_pick_as_the_valid_rows_alone(shards):
+    """Rows marked invalid are never picked while a valid one is left: the picks are those of the valid rows
+    alone (mapped back to their indices), then repeats of earlier picks."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(41, 7)).astype(np.float32)
+    x[rng.choice(41, 9, replace=False)] *= 20.0  # far rows, picked first were they valid
+    valid = rng.random(41) < 0.6
+    rows = np.flatnonzero(valid)
+    start = int(rows[2])
+    expected = rows[np_kcenter(x[rows], len(rows), 2)]
+    picks = np.asarray(sharded_kcenter_greedy(x, len(rows) + 3, device_mesh(shards), start, valid=valid))
+    np.testing.assert_array_equal(picks[:len(rows)], expected)
+    assert set(picks[len(rows):].tolist()) <= set(rows.tolist())
+    with pytest.raises(ValueError, match="valid"):
+        sharded_kcenter_greedy(x, 3, device_mesh(1), 0, valid=valid[:-1])
+
+
 def test_kcenter_projection_is_deterministic_and_needs_key():
     rng = np.random.default_rng(6)
     x = rng.normal(size=(61, 40)).astype(np.float32)

@@ -105,12 +105,15 @@ def sharded_kcenter_greedy(
     projection_dim: int | None = None,
     key: jax.Array | None = None,
     start_points: jax.Array | None = None,
+    valid: jax.Array | None = None,
 ) -> jax.Array:
     """k-center greedy over the rows of x (n, c) split across ``mesh``: -> (k,) int32 indices in pick order.
 
     ``start_index`` is the first pick (traced, so changing it does not recompile). With ``projection_dim``
     the distances are computed on a random projection drawn from ``key``. ``start_points`` (s,) int
-    switches to PatchCore's start (see the module docstring); start_index must then stay 0.
+    switches to PatchCore's start (see the module docstring); start_index must then stay 0. ``valid`` (n,)
+    bool: only those rows are candidates (rows of a set padded to a fixed size); the picks among them are those
+    of the valid rows alone, and picks past their count repeat earlier ones.
     """
     n = x.shape[0]
     _check_k(k, n)
@@ -129,7 +132,10 @@ def sharded_kcenter_greedy(
         anchors = points[jnp.clip(start_points, 0, n - 1)]
     total = padded_size(n, mesh)
     block = total // num_shards_of(mesh)
-    valid = jnp.arange(total) < n
+    if valid is not None and valid.shape != (n,):
+        raise ValueError(f"valid: expected ({n},) like the rows of x, got shape {valid.shape}")
+    in_set = jnp.arange(total) < n
+    valid = in_set if valid is None else in_set & pad_rows(valid.astype(bool), total)
     body = partial(_greedy_on_shards, k=k, block=block)
     run = jax.shard_map(
         lambda p, v, s, a: body(p, v, start_index=s, anchors=a),

@@ -32,6 +32,11 @@ test images; scoring splits the test images. Every device computes each distance
 shape at the same position as one device would, and minima are order-free, so sharded results equal the
 unsharded ones bit for bit.
 
+Padded pools (the driver pads a group to a bucket size so groups of nearby sizes share one program, marking
+the real images in ``Features.extras[VALID]``): no padding image is picked at init, adds patches in expansion or
+enters a_f, and the coreset rows that came from none of them are a prefix whose length each stage returns
+(``size``), so the real images' scores are those of the unpadded pool; padding images are scored and dropped.
+
 Distances: the nearest point is found with the GEMM form ||a||^2 + ||b||^2 - 2 a.b (matrix units, tiled,
 never more than a tile of the distance matrix), and the distance to that point is then recomputed from the
 difference a - b. The GEMM form alone leaves about sqrt(eps) ~ 3e-4 where the true distance is 0 (a coreset
@@ -67,7 +72,7 @@ from jzad.methods.base import (
     option_fields,
     register,
 )
-from jzad.features.types import tokens_to_grid
+from jzad.features.types import VALID, tokens_to_grid
 from jzad.kernels.resize import resize_bilinear
 from jzad.methods.musc import backbone_run, grid_features, musc_maps
 
@@ -148,21 +153,25 @@ class FSLCConfig:
 
 class FSLCInit(NamedTuple):
     """``fslc_init`` output: coreset (M0, C); image_indices (S,) in pick order; patch_indices (M0,) into the
-    flattened (N * M) patches."""
+    flattened (N * M) patches; size () int32 the rows of the coreset that are real (a prefix; M0 unless the
+    set holds padding images and fewer than S real ones)."""
 
     coreset: jax.Array
     image_indices: jax.Array
     patch_indices: jax.Array
+    size: jax.Array
 
 
 class FSLCExpansion(NamedTuple):
     """``fslc_expand`` output: coreset (M0 + R k, C) = M_0 then each remaining image's k picks in order;
     patch_indices (M0 + R k,) of those rows into the flattened (N * M) patches; order (R,) the remaining
-    images in expansion order."""
+    images in expansion order; size () int32 the real rows, a prefix (with padding images, the rows past it
+    are zero and their patch indices -1)."""
 
     coreset: jax.Array
     patch_indices: jax.Array
     order: jax.Array
+    size: jax.Array
 
 
 class FSLCFilter(NamedTuple):
@@ -170,7 +179,7 @@ class FSLCFilter(NamedTuple):
 
     coreset (P, C): P = n_wanted, or the whole expanded size K with "otsu" (rows past ``size`` invalid);
     valid (P,) bool; size () int32 the final coreset size |M|; kept (P,) int32 rows of the input coreset;
-    scores (K,) float32 a_f of every input coreset row.
+    scores (K,) float32 a_f of every input coreset row (inf for rows past the real coreset of a padded set).
     """
 
     coreset: jax.Array
@@ -231,6 +240,16 @@ def _ceil_div(a, b):
     return (a + b - 1) // b
 
 
+def _image_mask(valid, n: int) -> jax.Array:
+    """The real images of a set of N (a padded group): ``valid`` (N,) bool, or None for all of them."""
+    if valid is None:
+        return jnp.ones((n,), bool)
+    valid = jnp.asarray(valid)
+    if valid.shape != (n,):
+        raise ValueError(f"valid: expected ({n},) bool marking the real images, got shape {valid.shape}")
+    return valid.astype(bool)
+
+
 def _tile_nearest(queries, query_norms, rows, row_norms, first, limit, precision):
     """Nearest row of one tile by the GEMM form: queries (q, C) vs rows (t, C) at global offset ``first``;
     rows at or past ``limit`` are masked. -> (squared distance (q,), global row index (q,) int32)."""
@@ -277,12 +296,18 @@ def fslc_sets(grids: tuple[jax.Array, ...], config: FSLCConfig = FSLCConfig()) -
 
 @partial(jax.jit, static_argnames=("config", "mesh"))
 def fslc_init(
-    features: jax.Array, image_embeds: jax.Array, config: FSLCConfig = FSLCConfig(), mesh: Mesh | None = None
+    features: jax.Array, image_embeds: jax.Array, config: FSLCConfig = FSLCConfig(), mesh: Mesh | None = None,
+    valid: jax.Array | None = None,
 ) -> FSLCInit:
     """Coreset initialisation (Sec. 3.2): features (N, M, C), image embeddings (N, D) -> FSLCInit.
 
     k-center greedy (squared Euclidean, from ``start_index``) over the embeddings as given picks S images;
     their patches stacked in pick order form Q (S * M, C); k-center greedy over Q picks M_0 rows.
+
+    ``valid`` (N,) bool marks the real images of a set padded to a fixed size (None: all real; the image at
+    ``start_index`` must be real). Only real images are picked: with N' real, S' = min(S, N') of them, then
+    the first padding images fill the S slots; Q's rows from those are no candidates, and only the first
+    min(M_0, S' M) coreset rows are real (``size``). The real picks are those of the N' real images alone.
     """
     n, m, c = _check_features("features", features)
     if image_embeds.ndim != 2 or image_embeds.shape[0] != n:
@@ -297,12 +322,19 @@ def fslc_init(
             f"start_index: expected < {min(n, s * m)} (images and candidate patches), got {config.start_index}"
         )
     mesh = _mesh(mesh)
-    images = sharded_kcenter_greedy(image_embeds.astype(jnp.float32), s, mesh, config.start_index)
+    real = _image_mask(valid, n)
+    picked = jnp.minimum(s, jnp.sum(real)).astype(jnp.int32)
+    slots = jnp.arange(s, dtype=jnp.int32)
+    images = sharded_kcenter_greedy(image_embeds.astype(jnp.float32), s, mesh, config.start_index, valid=real)
+    padding = jnp.nonzero(~real, size=n, fill_value=0)[0].astype(jnp.int32)
+    images = jnp.where(slots < picked, images, padding[jnp.maximum(slots - picked, 0)])
     q = features.astype(jnp.float32)[images].reshape(s * m, c)
     key = jax.random.key(config.seed) if config.projection_dim is not None else None
-    local = sharded_kcenter_greedy(q, m0, mesh, config.start_index, projection_dim=config.projection_dim, key=key)
+    local = sharded_kcenter_greedy(q, m0, mesh, config.start_index, projection_dim=config.projection_dim, key=key,
+                                   valid=jnp.repeat(slots < picked, m))
     patch_indices = images[local // m] * m + local % m
-    return FSLCInit(q[local], images, patch_indices.astype(jnp.int32))
+    size = jnp.minimum(m0, picked * m).astype(jnp.int32)
+    return FSLCInit(q[local], images, patch_indices.astype(jnp.int32), size)
 
 
 # --------------------------------------------------------------------------------------------- expand
@@ -314,10 +346,14 @@ def remaining_images(image_indices: jax.Array, num_images: int) -> jax.Array:
     return jnp.nonzero(~chosen, size=num_images - image_indices.shape[0])[0].astype(jnp.int32)
 
 
-def _expand_on_shards(features, order, coreset, *, per_image: int, tile: int, precision: str, shards: int):
+def _expand_on_shards(features, order, real, coreset, init_size, *, per_image: int, tile: int, precision: str,
+                      shards: int):
     """Per-device expansion scan; every device holds the whole buffer and runs the same picks.
 
-    features (N, M, C), order (R,), coreset (M0, C) replicated -> (buffer (K_pad, C), picks (R, k)).
+    features (N, M, C), order (R,), real (R,) bool (the step's image is real), coreset (M0, C) and its real
+    row count init_size () replicated -> (buffer (K_pad, C), picks (R, k), real rows ()). The buffer's real
+    rows are a prefix: a real image appends its picks at the current count; a padding image measures nothing
+    and leaves the count (what it writes past the count is overwritten or ignored).
     Device d measures buffer tiles d, d + shards, ... below the current count; a pmin joins them (lowest row
     on ties). The nearest row is found with the GEMM form, its distance then taken from the difference.
     """
@@ -331,11 +367,11 @@ def _expand_on_shards(features, order, coreset, *, per_image: int, tile: int, pr
     norms = squared_norms(buffer)
 
     def step(carry, i):
-        buffer, norms = carry
+        buffer, norms, count = carry
         image = features[order[i]]
         image_norms = squared_norms(image)
-        count = m0 + i * per_image
         local_tiles = jnp.maximum(_ceil_div(_ceil_div(count, tile) - device, shards), 0)
+        local_tiles = jnp.where(real[i], local_tiles, 0)
 
         def one_tile(j, best):
             first = (device + j * shards) * tile
@@ -352,12 +388,13 @@ def _expand_on_shards(features, order, coreset, *, per_image: int, tile: int, pr
         added = image[picks]
         buffer = jax.lax.dynamic_update_slice_in_dim(buffer, added, count, axis=0)
         norms = jax.lax.dynamic_update_slice_in_dim(norms, squared_norms(added), count, axis=0)
-        return (buffer, norms), picks.astype(jnp.int32)
+        return (buffer, norms, count + jnp.where(real[i], per_image, 0)), picks.astype(jnp.int32)
 
+    count = init_size.astype(jnp.int32)
     if steps == 0:
-        return buffer, jnp.zeros((0, per_image), jnp.int32)
-    (buffer, _), picks = jax.lax.scan(step, (buffer, norms), jnp.arange(steps, dtype=jnp.int32))
-    return buffer, picks
+        return buffer, jnp.zeros((0, per_image), jnp.int32), count
+    (buffer, _, count), picks = jax.lax.scan(step, (buffer, norms, count), jnp.arange(steps, dtype=jnp.int32))
+    return buffer, picks, count
 
 
 @partial(jax.jit, static_argnames=("config", "mesh"))
@@ -368,13 +405,17 @@ def fslc_expand(
     init_patch_indices: jax.Array | None = None,
     config: FSLCConfig = FSLCConfig(),
     mesh: Mesh | None = None,
+    valid: jax.Array | None = None,
+    init_size: jax.Array | None = None,
 ) -> FSLCExpansion:
     """Coreset expansion (Sec. 3.3): features (N, M, C), M_0 (M0, C), the S init images (S,) -> FSLCExpansion.
 
     The N - S other images in ascending index order each append the k = ``expand_per_image`` patches
     farthest (Euclidean) from the coreset as it stands after the previous images (ties: lower patch index).
     ``init_patch_indices`` (M0,) (from ``fslc_init``) are carried into ``patch_indices``; None marks the
-    M_0 rows -1.
+    M_0 rows -1. A set padded to a fixed size: ``valid`` (N,) bool marks its real images (padding images add
+    nothing) and ``init_size`` () the real rows of M_0 (``FSLCInit.size``; None: all M0); the real rows of
+    the result are then those of the real images alone, as a prefix of length ``size``.
     """
     n, m, c = _check_features("features", features)
     m0 = _check_coreset("init_coreset", init_coreset, c)
@@ -384,20 +425,28 @@ def fslc_expand(
     if k > m:
         raise ValueError(f"expand_per_image: expected at most M = {m} patches per image, got {k}")
     mesh = _mesh(mesh)
-    order = remaining_images(image_indices, n)
-    body = partial(_expand_on_shards, per_image=k, tile=config.point_tile, precision=config.precision,
-                   shards=num_shards_of(mesh))
-    run = jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec(),) * 3, out_specs=(PartitionSpec(), PartitionSpec()),
-                        check_vma=False)
-    buffer, picks = run(features.astype(jnp.float32), order, init_coreset.astype(jnp.float32))
-    capacity = m0 + order.shape[0] * k
     if init_patch_indices is None:
         init_patch_indices = jnp.full((m0,), -1, jnp.int32)
     elif init_patch_indices.shape != (m0,):
         raise ValueError(f"init_patch_indices: expected ({m0},) like init_coreset, got {init_patch_indices.shape}")
-    added = (order[:, None] * m + picks).reshape(-1)
-    patch_indices = jnp.concatenate([init_patch_indices.astype(jnp.int32), added])
-    return FSLCExpansion(buffer[:capacity], patch_indices, order)
+    init_size = jnp.int32(m0) if init_size is None else jnp.asarray(init_size, jnp.int32)
+    order = remaining_images(image_indices, n)
+    real = _image_mask(valid, n)[order]
+    body = partial(_expand_on_shards, per_image=k, tile=config.point_tile, precision=config.precision,
+                   shards=num_shards_of(mesh))
+    run = jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec(),) * 5, out_specs=(PartitionSpec(),) * 3,
+                        check_vma=False)
+    buffer, picks, size = run(features.astype(jnp.float32), order, real, init_coreset.astype(jnp.float32),
+                              init_size)
+    capacity = m0 + order.shape[0] * k
+    rows = jnp.arange(capacity, dtype=jnp.int32)
+    patch_indices = jnp.full((capacity,), -1, jnp.int32).at[:m0].set(
+        jnp.where(rows[:m0] < init_size, init_patch_indices.astype(jnp.int32), -1))
+    first = init_size + (jnp.cumsum(real, dtype=jnp.int32) - 1) * k
+    targets = jnp.where(real[:, None], first[:, None] + jnp.arange(k, dtype=jnp.int32)[None, :], capacity)
+    patch_indices = patch_indices.at[targets.reshape(-1)].set((order[:, None] * m + picks).reshape(-1), mode="drop")
+    coreset = jnp.where((rows < size)[:, None], buffer[:capacity], 0.0)
+    return FSLCExpansion(coreset, patch_indices, order, size)
 
 
 # --------------------------------------------------------------------------------------------- filter
@@ -481,13 +530,14 @@ def _filter_block(images, points, *, group: int, precision: str):
 
 @partial(jax.jit, static_argnames=("config", "mesh"))
 def filter_scores(features: jax.Array, coreset: jax.Array, config: FSLCConfig = FSLCConfig(),
-                  mesh: Mesh | None = None) -> jax.Array:
+                  mesh: Mesh | None = None, valid: jax.Array | None = None) -> jax.Array:
     """a_f (Eqs. 1-3): coreset (K, C) against features (N, M, C) -> (K,) sums of the max(1, floor(X N))
     smallest nearest-patch distances a_f^j over the images.
 
     The images are split over the mesh, padded to whole tiles of ``group_tile`` images per device, so every
     nearest patch is found in the same (query_tile, group_tile * M) GEMM tile whatever the device count;
     its distance is then taken from the difference (exactly 0 for the image a point came from).
+    ``valid`` (N,) bool: only those images count (a set padded to a fixed size), N being their number.
     """
     n, m, c = _check_features("features", features)
     size = _check_coreset("coreset", coreset, c)
@@ -501,30 +551,37 @@ def filter_scores(features: jax.Array, coreset: jax.Array, config: FSLCConfig = 
     points = jnp.pad(coreset.astype(jnp.float32), ((0, query_tiles * qt - size), (0, 0))).reshape(query_tiles, qt, c)
     body = partial(_filter_block, group=group, precision=config.precision)
     per_image = map_row_shards(lambda rows, first, pts: body(rows, pts), mesh, images, points)
-    per_image = per_image[:n, :size]
-    _, count = interval_bounds(n, 0.0, float(config.filter_fraction))
-    lowest, _ = smallest_k(per_image.T, count)
-    return jnp.sum(lowest, axis=-1)
+    real = _image_mask(valid, n)
+    per_image = jnp.where(real[:, None], per_image[:n, :size], jnp.inf)
+    counts = [interval_bounds(images, 0.0, float(config.filter_fraction))[1] for images in range(1, n + 1)]
+    count = jnp.asarray(counts, jnp.int32)[jnp.maximum(jnp.sum(real), 1) - 1]
+    lowest, _ = smallest_k(per_image.T, counts[-1])
+    return jnp.sum(jnp.where(jnp.arange(counts[-1]) < count, lowest, 0.0), axis=-1)
 
 
 @partial(jax.jit, static_argnames=("config", "mesh"))
 def fslc_filter(features: jax.Array, coreset: jax.Array, config: FSLCConfig = FSLCConfig(),
-                mesh: Mesh | None = None) -> FSLCFilter:
+                mesh: Mesh | None = None, valid: jax.Array | None = None,
+                coreset_size: jax.Array | None = None) -> FSLCFilter:
     """Coreset filtering (Eqs. 1-4): features (N, M, C), expanded coreset (K, C) -> FSLCFilter.
 
     Keeps the ``n_wanted`` rows of lowest a_f (ties: lower row), or with "otsu" Otsu's low class of a_f
     (a prefix of the a_f order, since the binning is monotone), in a (K, C) buffer with a valid mask.
+    A set padded to a fixed size: ``valid`` (N,) bool marks its real images (a_f is taken over those) and
+    ``coreset_size`` () the real coreset rows, a prefix (``FSLCExpansion.size``; None: all K); rows past it
+    get a_f = inf and are never kept (with fewer real rows than ``n_wanted``, only those are valid).
     """
     _, _, c = _check_features("features", features)
     size = _check_coreset("coreset", coreset, c)
-    scores = filter_scores(features, coreset, config, mesh)
+    real_rows = jnp.arange(size) < (size if coreset_size is None else coreset_size)
+    scores = jnp.where(real_rows, filter_scores(features, coreset, config, mesh, valid), jnp.inf)
     if config.n_wanted == "otsu":
         if config.b > size:
             raise ValueError(f"b: expected at most the expanded coreset size {size}, got {config.b}")
-        _, low = otsu_split(scores, config.otsu_bins)
+        _, low = otsu_split(scores, config.otsu_bins, real_rows)
         kept = jnp.argsort(scores, stable=True).astype(jnp.int32)
         wanted = jnp.sum(low).astype(jnp.int32)
-        valid = jnp.arange(size) < wanted
+        kept_rows = jnp.arange(size) < wanted
     else:
         if config.n_wanted > size:
             raise ValueError(f"n_wanted: expected at most the expanded coreset size {size}, got {config.n_wanted}")
@@ -532,9 +589,9 @@ def fslc_filter(features: jax.Array, coreset: jax.Array, config: FSLCConfig = FS
             raise ValueError(f"b: expected at most n_wanted = {config.n_wanted}, got {config.b}")
         _, kept = smallest_k(scores, config.n_wanted)
         kept = kept.astype(jnp.int32)
-        wanted = jnp.int32(config.n_wanted)
-        valid = jnp.ones((config.n_wanted,), bool)
-    return FSLCFilter(coreset.astype(jnp.float32)[kept], valid, wanted, kept, scores)
+        wanted = jnp.minimum(config.n_wanted, jnp.sum(real_rows)).astype(jnp.int32)
+        kept_rows = jnp.arange(config.n_wanted) < wanted
+    return FSLCFilter(coreset.astype(jnp.float32)[kept], kept_rows, wanted, kept, scores)
 
 
 # --------------------------------------------------------------------------------------------- score
@@ -618,7 +675,8 @@ def fslc_score(
 
 
 def fit_to_set(config: FSLCConfig, num_images: int, patches: int) -> FSLCConfig:
-    """The config shrunk to a small set: at most N init images and S * M init coreset patches."""
+    """The config shrunk to a small set: at most N init images and S * M init coreset patches (N counts the
+    padding rows of a padded pool; ``fslc_init`` shrinks S and M_0 further to the real images)."""
     images = min(config.num_init_images, num_images)
     return dataclasses.replace(
         config, num_init_images=images, init_coreset_size=min(config.init_coreset_size, images * patches)
@@ -635,16 +693,19 @@ def fslc_fit(config: FSLCConfig, references: Features | None = None, mesh: Mesh 
 def fslc_body(config: FSLCConfig, state: tuple, queries: Features, mesh: Mesh | None, run):
     """FSLC over one pool of queries -> (Scores, state), the config fitted to the set size, stages through
     ``run``: "lnamd", then per feature set "init", "expand", "filter", "score"; patch (N, h, w) and image (N,)
-    scores averaged over the sets."""
+    scores averaged over the sets. ``queries.extras[VALID]`` (N,) bool, when present, marks the real images of
+    a pool padded to a bucket size (``fslc_pads``): the coreset is learned from those alone, so their scores
+    are those of the unpadded pool; padding rows score undefined values."""
     sets = run("lnamd", fslc_sets, tuple(queries.layers), config)
     n, h, w, _ = queries.layers[0].shape
+    valid = queries.extras.get(VALID)
     fitted = fit_to_set(config, n, sets[0].shape[1])
     patch = image = None
     for features in sets:
-        init = run("init", fslc_init, features, queries.embeds, fitted, mesh)
+        init = run("init", fslc_init, features, queries.embeds, fitted, mesh, valid)
         expanded = run("expand", fslc_expand, features, init.coreset, init.image_indices,
-                       init.patch_indices, fitted, mesh)
-        filtered = run("filter", fslc_filter, features, expanded.coreset, fitted, mesh)
+                       init.patch_indices, fitted, mesh, valid, init.size)
+        filtered = run("filter", fslc_filter, features, expanded.coreset, fitted, mesh, valid, expanded.size)
         scored = run("score", fslc_score, features, filtered.coreset, filtered.valid, fitted, mesh)
         patch = scored.patch_scores if patch is None else patch + scored.patch_scores
         image = scored.image_scores if image is None else image + scored.image_scores
@@ -701,6 +762,14 @@ def _n_wanted(text: str) -> int | str:
         raise ValueError(f"expected a positive integer or 'otsu', got {text!r}") from err
 
 
+def fslc_pads(config: FSLCConfig) -> bool:
+    """A pool may always be padded to a bucket size: every stage takes its coreset and statistics from the
+    real images only (``FSLCInit.size``, ``FSLCExpansion.size``, the masked a_f), so padding changes no real
+    image's score."""
+    del config
+    return True
+
+
 OPTIONS = (
     Option("--r-list", "r_list", "LNAMD aggregation degrees (odd window sizes)", int_list, metavar="3"),
     Option("--combine", "combine", "concat: (layer, r) features joined (the paper); per_layer: scored apart",
@@ -745,4 +814,5 @@ METHOD = register(Method(
     demo_backbone="random-vit-b-16",
     stages=("lnamd", "init", "expand", "filter", "score", "upsample"),
     multi_process=True,
+    pads=fslc_pads,
 ))
