@@ -381,6 +381,37 @@ def test_a_checkpoint_not_written_by_a_stream_is_refused_in_one_line(tmp_path):
         save_state(tmp_path / "ahead", streamer.init(), 3, streamer.signature())
 
 
+def test_non_finite_features_name_the_real_images_not_the_padding():
+    """The finite check runs on the whole padded batch (one compiled shape for every fill) and reports only the
+    n real rows: a NaN in a padding row is not an image's."""
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class NaNRows(Streamer):
+        def extract(self, images):
+            rows = jnp.asarray([1, 3])
+            return jax.tree.map(lambda a: a.at[rows].set(jnp.nan) if jnp.issubdtype(a.dtype, jnp.inexact) else a,
+                                super().extract(images))
+
+    images, *_ = jdata.make_synthetic_set(3, 0, size=SIZE, seed=8)
+    base = tiny_streamer(batch=4)
+    streamer = NaNRows(base.scorer, base.stream_config, 4)
+    with pytest.raises(ValueError, match=r"^features of 1 image\(s\) are not finite \(NaN or inf\): b$"):
+        streamer.step(streamer.init(), images, ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"^features of 1 image\(s\) are not finite \(NaN or inf\): b$"):
+        streamer.step(streamer.init(), images[:2], ["a", "b"])
+
+
+def test_the_summary_reports_latency_after_the_first_batch_apart():
+    """A short stream's first batch (compilation) alone can be its p95: the report gives both."""
+    from jzad.stream import StreamSummary
+
+    latency = np.asarray([900.0, 950.0, 10.0, 20.0, 30.0, 40.0])
+    report = StreamSummary(6, 3, 1.2, 0.95, 2, latency, 0, 6, 6).report()
+    assert report["latency_ms_p95"] == np.percentile(latency, 95) > 900
+    assert report["latency_ms_median_after_first_batch"] == 25.0
+    assert report["latency_ms_p95_after_first_batch"] == 10.0 + 0.95 * 3 * 10.0  # numpy's linear rule by hand
+
+
 def write_pngs(folder, images, names, mtimes):
     folder.mkdir(parents=True, exist_ok=True)
     for image, name, when in zip(images, names, mtimes):
@@ -418,7 +449,7 @@ def test_cli_stream_resumes_a_stopped_stream_with_the_same_scores(tmp_path, caps
     assert main(CLI + ["--stream", "--data", str(tmp_path / "in"), "--bank-size", "4", "--stream-batch", "2",
                        "--save-maps", "--out", str(whole)]) == 0
     printed = capsys.readouterr().out
-    assert "latency median" in printed and "p95" in printed
+    assert "latency median" in printed and "p95" in printed and "compilation included; after it median" in printed
     rows = read_csv(whole / "scores_stream.csv")
     assert [r["name"] for r in rows] == names and len(list((whole / "maps" / "stream").glob("*.tiff"))) == 9
 
