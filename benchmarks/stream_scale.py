@@ -19,9 +19,10 @@ Sections, each written to benchmarks/results/stream_<platform>.json:
 - latency: the stream at ``--stream-batch`` over ``--throughput-n`` arrivals, checkpointing every
   ``--checkpoint-every`` batches, ``--repeats`` times: each batch's wall time (first arrival to end, checkpoint
   included) split into waiting / decode / step / outputs / checkpoint, with the XLA compilations that ran in
-  it (jax.monitoring). The leading batches that compiled are the warm-up, reported apart and said so; the
-  steady state (every later batch, recompiles included) gives the median, p95 and the batches slower than
-  3x the median with their cause.
+  it (jax.monitoring) and the process's CPU time over it (a batch slow in wall time but not in CPU time waited
+  for a core: the machine's load). The leading batches that compiled are the warm-up, reported apart and said
+  so; the steady state (every later batch, recompiles included) gives the median, p95 and the batches slower
+  than 3x the median with their cause.
 
     python -m benchmarks.stream_scale --sections latency   # only this section; the others keep their results
 """
@@ -224,6 +225,8 @@ COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 """jax.monitoring's event for one XLA compilation (its ``fun_name`` names the jitted function)."""
 SLOW = 3.0
 """A steady-state batch slower than SLOW x the steady median is listed with its cause."""
+CONTENDED = 1.5
+"""A slow batch whose process CPU time is within CONTENDED x the typical was waiting for a core."""
 PARTS = ("waiting", "decode", "step", "outputs", "checkpoint")
 
 
@@ -254,20 +257,29 @@ class CompileLog:
         return taken
 
 
-def batch_rows(timings, compiles) -> list[dict]:
-    """Each batch's parts (ms), its compilations and its images' latency."""
+def batch_rows(timings, compiles, cpu_s, writing) -> list[dict]:
+    """Each batch's parts (ms), its compilations, the process's CPU time over it (all threads) and whether it
+    began while a checkpoint was still being written in the background."""
     return [{"batch": t.index, "images": t.images, "checkpointed": t.checkpointed, "ms": 1e3 * t.seconds,
-             **{f"{part}_ms": 1e3 * getattr(t, part) for part in PARTS},
-             "compiles": len(c), "compile_ms": 1e3 * sum(s for _, s in c), "compiled": sorted({n for n, _ in c})}
-            for t, c in zip(timings, compiles)]
+             **{f"{part}_ms": 1e3 * getattr(t, part) for part in PARTS}, "cpu_ms": 1e3 * cpu,
+             "compiles": len(c), "compile_ms": 1e3 * sum(s for _, s in c), "compiled": sorted({n for n, _ in c}),
+             "checkpoint_writing": w}
+            for t, c, cpu, w in zip(timings, compiles, cpu_s, writing)]
 
 
 def slow_cause(row: dict, typical: dict) -> str:
-    """Why a batch was slow: compilation when it compiled, else the part furthest above its typical time."""
+    """Why a batch was slow: compilation when it compiled, else the part furthest above its typical time, with
+    "waiting for a core" when the process's CPU time stayed typical (the wall time went to other processes)."""
     if row["compiles"]:
         return f"compile ({row['compiles']} x: {', '.join(row['compiled'])})"
     part = max(PARTS, key=lambda p: row[f"{p}_ms"] - typical[p])
-    return "checkpoint save" if part == "checkpoint" else part
+    cause = "checkpoint save" if part == "checkpoint" else part
+    if part != "checkpoint" and row["checkpoint_writing"]:
+        cause += ", beside the background write of the last checkpoint (it shares the cores)"
+    if row["cpu_ms"] <= CONTENDED * typical["cpu"]:
+        cause += (f", waiting for a core (CPU time {row['cpu_ms']:.0f} ms, typically {typical['cpu']:.0f}: "
+                  "the machine's load)")
+    return cause
 
 
 def attribute(rows: list[dict]) -> dict:
@@ -284,13 +296,15 @@ def attribute(rows: list[dict]) -> dict:
         return {**summary, "steady": None}
     ms = np.asarray([r["ms"] for r in steady])
     median = float(np.median(ms))
-    typical = {p: float(np.median([r[f"{p}_ms"] for r in steady])) for p in PARTS}
+    typical = {p: float(np.median([r[f"{p}_ms"] for r in steady])) for p in PARTS + ("cpu",)}
+    cpu = np.asarray([r["cpu_ms"] for r in steady])
     slow = [{"batch": r["batch"], "ms": r["ms"], "cause": slow_cause(r, typical)}
             for r in steady if r["ms"] > SLOW * median]
     return {**summary, "steady": {
         "batches": len(steady), "batch_ms_median": median, "batch_ms_p95": float(np.percentile(ms, 95)),
         "batch_ms_max": float(ms.max()), "p95_over_median": float(np.percentile(ms, 95)) / median,
-        "typical_ms": typical, "recompiles": sum(r["compiles"] for r in steady),
+        "typical_ms": typical, "cpu_ms_median": float(np.median(cpu)), "cpu_ms_p95": float(np.percentile(cpu, 95)),
+        "recompiles": sum(r["compiles"] for r in steady),
         "checkpoints": sum(r["checkpointed"] for r in steady),
         "checkpoint_ms": [r["checkpoint_ms"] for r in steady if r["checkpointed"]],
         f"slower_than_{SLOW:g}x_median": slow}}
@@ -301,12 +315,13 @@ def latency(n: int, batch: int, bank: int, out: Path, checkpoint_every: int, r_l
     end): each batch's wall time from its first arrival to its end (checkpoint included) split into its parts,
     with the XLA compilations that ran in it -> per batch rows, warm-up and steady state apart, slow batches
     with their cause, per-image latency (arrival to score), the wait for the last save at the end."""
-    from jzad.stream import StreamOutputs, run_stream
+    from jzad.stream import StreamOutputs, has_checkpoint, run_stream
 
     source = SyntheticSource(n, base=2 * 10**6)
     runner = streamer(batch, bank, r_list=r_list)
     outputs = StreamOutputs(out)
-    timings, compiles, ends = [], [], []
+    timings, compiles, ends, cpu, writing = [], [], [], [], [False]
+    started = [0]  # the image count of the newest checkpoint begun
     items = ((source.names[i], i) for i in range(n))
     decode = lambda indices: (np.stack([source.image(i) for i in indices]), [(SIZE, SIZE)] * len(indices))  # noqa: E731
 
@@ -314,15 +329,18 @@ def latency(n: int, batch: int, bank: int, out: Path, checkpoint_every: int, r_l
         timings.append(timing)
         compiles.append(log.take())
         ends.append(time.perf_counter())
+        cpu.append(time.process_time())
+        started[0] = timing.done if timing.checkpointed else started[0]
+        writing.append(started[0] > (has_checkpoint(out / "state") or 0))  # what the next batch begins beside
 
     with harness.LoadSampler(2.0) as load, CompileLog() as log:
         log.take()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         summary, _ = run_stream(runner, items, outputs, state_dir=out / "state", checkpoint_every=checkpoint_every,
                                 decode=decode, on_timing=on_timing)
         finished = time.perf_counter()
     outputs.close()
-    rows = batch_rows(timings, compiles)
+    rows = batch_rows(timings, compiles, np.diff(np.r_[cpu_start, cpu]), writing)
     report = attribute(rows)
     warm_images = sum(r["images"] for r in rows[:report["warm_up"]["batches"]])
     steady_latency = summary.latency_ms[warm_images:]
@@ -482,15 +500,16 @@ def print_memory(memory: dict) -> None:
 
 def print_latency(runs: list[dict]) -> None:
     print("\n| run | warm-up batches (ms, compiles) | steady batches | batch median (ms) | batch p95 (ms) | "
-          "p95 / median | image latency median / p95 (ms, steady) | checkpoints (ms) | final save wait (ms) | "
-          "load (median) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "p95 / median | CPU ms median / p95 | image latency median / p95 (ms, steady) | checkpoints (ms) | "
+          "final save wait (ms) | load (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for k, run in enumerate(runs):
         warm, steady = run["warm_up"], run["steady"]
         load = run["load_average"]["median"] if run["load_average"] else float("nan")
         print(f"| {k} | {warm['batches']} ({', '.join(f'{v:.0f}' for v in warm['ms'])}; {warm['compiles']}) | "
               f"{steady['batches']} | {steady['batch_ms_median']:.1f} | {steady['batch_ms_p95']:.1f} | "
-              f"{steady['p95_over_median']:.2f} | {run['image_latency_ms_median_steady']:.1f} / "
+              f"{steady['p95_over_median']:.2f} | {steady['cpu_ms_median']:.1f} / {steady['cpu_ms_p95']:.1f} | "
+              f"{run['image_latency_ms_median_steady']:.1f} / "
               f"{run['image_latency_ms_p95_steady']:.1f} | "
               f"{', '.join(f'{v:.0f}' for v in steady['checkpoint_ms'])} | {run['final_checkpoint_wait_ms']:.0f} | "
               f"{load:.1f} |")
