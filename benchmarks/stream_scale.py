@@ -412,7 +412,8 @@ def main(argv=None) -> dict:
                         help="batches between checkpoints in the latency runs (the stream's default)")
     parser.add_argument("--repeats", type=harness.positive_int, default=3, help="latency runs, one after another")
     parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help="sections to run; the others keep their results from the existing results file")
+                        help="sections to run; the others keep their results from the existing results file "
+                             "(section_runs: when and at what load each section ran)")
     parser.add_argument("--dry-run", action="store_true", help="N = 50, in-process, r = 1 only, small burst")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/)")
     parser.add_argument("--worker", choices=("whole", "stream"), default=None, help=argparse.SUPPRESS)
@@ -440,7 +441,11 @@ def main(argv=None) -> dict:
                "config": {"image_size": SIZE, "backbone": "random-tiny (4 blocks, width 64, patch 8: 4x4 patches)",
                           "r_list": list(r_list), "subset_size": args.subset_size, "stream_batch": args.stream_batch,
                           "bank": args.bank, "defect_every": DEFECT_EVERY, "checkpoint_every": args.checkpoint_every}}
-    payload["section_dates"] = {**kept.get("section_dates", {}), **{section: date for section in sections}}
+    ran = {"date": date, "load_average": device["load_average"], "commit": device["commit"]}
+    before = {"date": kept.get("date"), "load_average": kept.get("device", {}).get("load_average"),
+              "commit": kept.get("device", {}).get("commit")}
+    payload["section_runs"] = {**{section: before for section in SECTIONS if section in kept},
+                               **kept.get("section_runs", {}), **{section: ran for section in sections}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "memory" in sections:
