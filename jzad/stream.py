@@ -186,7 +186,7 @@ class StreamCheckpoints:
             raise ValueError(f"state_dir: the checkpoint in {self.directory} belongs to another stream set-up "
                              f"({detail})")
         leaves, treedef = jax.tree.flatten(like)
-        abstract = {f"{i:04d}": jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+        abstract = {f"{i:04d}": jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
                     for i, leaf in enumerate(leaves)}
         restored = self._manager.restore(done, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return jax.tree.unflatten(treedef, [restored.state[f"{i:04d}"] for i in range(len(leaves))]), done
