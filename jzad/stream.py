@@ -8,9 +8,10 @@ The method's streaming functions (``jzad.methods.get_streaming``: MuSc's bank, F
 module only drives them. ``run_stream`` takes arrivals (``jzad.data.arrivals``: a folder by modification time, a
 list file, standard input), decodes each batch, pads it to b (one compiled shape for the whole stream), extracts,
 steps, and appends each result to the scores CSV, flushed (and the maps with ``save_maps``); latency per image
-is arrival (read from its source) to its score, ready to be written. ``save_state`` / ``restore_state``
-checkpoint the state with orbax so a restarted process continues the stream where it stopped, with the same
-scores as an uninterrupted run (same batch size: arrivals of one batch see each other). Host memory does not
+is arrival (read from its source) to its score, ready to be written. ``StreamCheckpoints`` (orbax's
+``CheckpointManager``; ``save_state`` / ``restore_state`` for one call) checkpoints the state in the background so
+a restarted process continues the stream where it stopped, with the same scores as an uninterrupted run (same
+batch size: arrivals of one batch see each other). Host memory does not
 grow with the stream (beyond 8 bytes of latency per image); device memory is the method's memory plus one batch.
 """
 
