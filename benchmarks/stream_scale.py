@@ -16,6 +16,15 @@ Sections, each written to benchmarks/results/stream_<platform>.json:
 - burst: normals, then a burst of identical defect images, then normals with sporadic defects, streamed at
   b = 1 under FIFO, reservoir and normal-only admission: how the burst scores against the normals' 95th
   percentile, AUROCs, how much of the burst entered the bank.
+- latency: the stream at ``--stream-batch`` over ``--throughput-n`` arrivals, checkpointing every
+  ``--checkpoint-every`` batches, ``--repeats`` times: each batch's wall time (first arrival to end, checkpoint
+  included) split into waiting / decode / step / outputs / checkpoint, with the XLA compilations that ran in
+  it (jax.monitoring) and the process's CPU time over it (a batch slow in wall time but not in CPU time waited
+  for a core: the machine's load). The leading batches that compiled are the warm-up, reported apart and said
+  so; the steady state (every later batch, recompiles included) gives the median, p95 and the batches slower
+  than 3x the median with their cause.
+
+    python -m benchmarks.stream_scale --sections latency   # only this section; the others keep their results
 """
 
 from __future__ import annotations
@@ -212,6 +221,138 @@ def burst(normals: int, burst_len: int, after: int, bank: int, out: Path, r_list
             "policies": results}
 
 
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+"""jax.monitoring's event for one XLA compilation (its ``fun_name`` names the jitted function)."""
+SLOW = 3.0
+"""A steady-state batch slower than SLOW x the steady median is listed with its cause."""
+CONTENDED = 1.5
+"""A slow batch whose process CPU time is within CONTENDED x the typical was waiting for a core."""
+PARTS = ("waiting", "decode", "step", "outputs", "checkpoint")
+
+
+class CompileLog:
+    """The XLA compilations (function name, seconds) since the last ``take``, from jax.monitoring."""
+
+    def __init__(self):
+        self.pending: list[tuple[str, float]] = []
+
+    def _listen(self, event: str, seconds: float, **kwargs) -> None:
+        if event == COMPILE_EVENT:
+            self.pending.append((str(kwargs.get("fun_name", "?")), seconds))
+
+    def __enter__(self):
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc):
+        import jax
+
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+        return False
+
+    def take(self) -> list[tuple[str, float]]:
+        taken, self.pending = self.pending, []
+        return taken
+
+
+def batch_rows(timings, compiles, cpu_s, writing) -> list[dict]:
+    """Each batch's parts (ms), its compilations, the process's CPU time over it (all threads) and whether it
+    began while a checkpoint was still being written in the background."""
+    return [{"batch": t.index, "images": t.images, "checkpointed": t.checkpointed, "ms": 1e3 * t.seconds,
+             **{f"{part}_ms": 1e3 * getattr(t, part) for part in PARTS}, "cpu_ms": 1e3 * cpu,
+             "compiles": len(c), "compile_ms": 1e3 * sum(s for _, s in c), "compiled": sorted({n for n, _ in c}),
+             "checkpoint_writing": w}
+            for t, c, cpu, w in zip(timings, compiles, cpu_s, writing)]
+
+
+def slow_cause(row: dict, typical: dict) -> str:
+    """Why a batch was slow: compilation when it compiled, else the part furthest above its typical time, with
+    "waiting for a core" when the process's CPU time stayed typical (the wall time went to other processes)."""
+    if row["compiles"]:
+        return f"compile ({row['compiles']} x: {', '.join(row['compiled'])})"
+    part = max(PARTS, key=lambda p: row[f"{p}_ms"] - typical[p])
+    cause = "checkpoint save" if part == "checkpoint" else part
+    if part != "checkpoint" and row["checkpoint_writing"]:
+        cause += ", beside the background write of the last checkpoint (it shares the cores)"
+    if row["cpu_ms"] <= CONTENDED * typical["cpu"]:
+        cause += (f", waiting for a core (CPU time {row['cpu_ms']:.0f} ms, typically {typical['cpu']:.0f}: "
+                  "the machine's load)")
+    return cause
+
+
+def attribute(rows: list[dict]) -> dict:
+    """Warm-up = the leading batches that compiled (reported apart, said so); the steady state is every later
+    batch, recompiles included: per-batch median / p95 and the batches over SLOW x the median with their
+    cause."""
+    warm = next((i for i, row in enumerate(rows) if not row["compiles"]), len(rows))
+    steady = rows[warm:]
+    summary = {"warm_up": {"batches": warm, "ms": [r["ms"] for r in rows[:warm]],
+                           "compiles": sum(r["compiles"] for r in rows[:warm]),
+                           "compile_ms": sum(r["compile_ms"] for r in rows[:warm]),
+                           "note": "leading batches that ran XLA compilations: reported apart from the steady state"}}
+    if not steady:
+        return {**summary, "steady": None}
+    ms = np.asarray([r["ms"] for r in steady])
+    median = float(np.median(ms))
+    typical = {p: float(np.median([r[f"{p}_ms"] for r in steady])) for p in PARTS + ("cpu",)}
+    cpu = np.asarray([r["cpu_ms"] for r in steady])
+    slow = [{"batch": r["batch"], "ms": r["ms"], "cause": slow_cause(r, typical)}
+            for r in steady if r["ms"] > SLOW * median]
+    return {**summary, "steady": {
+        "batches": len(steady), "batch_ms_median": median, "batch_ms_p95": float(np.percentile(ms, 95)),
+        "batch_ms_max": float(ms.max()), "p95_over_median": float(np.percentile(ms, 95)) / median,
+        "typical_ms": typical, "cpu_ms_median": float(np.median(cpu)), "cpu_ms_p95": float(np.percentile(cpu, 95)),
+        "recompiles": sum(r["compiles"] for r in steady),
+        "checkpoints": sum(r["checkpointed"] for r in steady),
+        "checkpoint_ms": [r["checkpoint_ms"] for r in steady if r["checkpointed"]],
+        f"slower_than_{SLOW:g}x_median": slow}}
+
+
+def latency(n: int, batch: int, bank: int, out: Path, checkpoint_every: int, r_list=(1, 3, 5)) -> dict:
+    """run_stream over n arrivals, checkpointing to out/state every ``checkpoint_every`` batches (and at the
+    end): each batch's wall time from its first arrival to its end (checkpoint included) split into its parts,
+    with the XLA compilations that ran in it -> per batch rows, warm-up and steady state apart, slow batches
+    with their cause, per-image latency (arrival to score), the wait for the last save at the end."""
+    from jzad.stream import StreamOutputs, has_checkpoint, run_stream
+
+    source = SyntheticSource(n, base=2 * 10**6)
+    runner = streamer(batch, bank, r_list=r_list)
+    outputs = StreamOutputs(out)
+    timings, compiles, ends, cpu, writing = [], [], [], [], [False]
+    started = [0]  # the image count of the newest checkpoint begun
+    items = ((source.names[i], i) for i in range(n))
+    decode = lambda indices: (np.stack([source.image(i) for i in indices]), [(SIZE, SIZE)] * len(indices))  # noqa: E731
+
+    def on_timing(timing):
+        timings.append(timing)
+        compiles.append(log.take())
+        ends.append(time.perf_counter())
+        cpu.append(time.process_time())
+        started[0] = timing.done if timing.checkpointed else started[0]
+        writing.append(started[0] > (has_checkpoint(out / "state") or 0))  # what the next batch begins beside
+
+    with harness.LoadSampler(2.0) as load, CompileLog() as log:
+        log.take()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        summary, _ = run_stream(runner, items, outputs, state_dir=out / "state", checkpoint_every=checkpoint_every,
+                                decode=decode, on_timing=on_timing)
+        finished = time.perf_counter()
+    outputs.close()
+    rows = batch_rows(timings, compiles, np.diff(np.r_[cpu_start, cpu]), writing)
+    report = attribute(rows)
+    warm_images = sum(r["images"] for r in rows[:report["warm_up"]["batches"]])
+    steady_latency = summary.latency_ms[warm_images:]
+    report.update(n=n, batch=batch, bank=bank, checkpoint_every=checkpoint_every, load_average=load.summary(),
+                  seconds=finished - start, final_checkpoint_wait_ms=1e3 * (finished - ends[-1]),
+                  image_latency_ms_median_all=float(np.median(summary.latency_ms)),
+                  image_latency_ms_p95_all=float(np.percentile(summary.latency_ms, 95)),
+                  image_latency_ms_median_steady=float(np.median(steady_latency)),
+                  image_latency_ms_p95_steady=float(np.percentile(steady_latency, 95)), batches=rows)
+    return report
+
+
 def run_worker(args) -> dict:
     out = Path(args.tmp)
     if args.worker == "whole":
@@ -234,14 +375,45 @@ def environment() -> dict:
             "commit": harness.commit()}
 
 
+SECTIONS = ("memory", "throughput", "burst", "latency")
+
+
+def memory_section(sizes, args, tmp: Path, r_list) -> dict:
+    """Peak RSS of the whole-set and the stream runs at each N (a fresh process each, in-process for a dry run)."""
+    memory = {"whole": [], "stream": []}
+    for n in sizes:
+        for section in ("whole", "stream"):
+            start = time.perf_counter()
+            if args.dry_run:
+                row = whole(n, args.subset_size, r_list) if section == "whole" else stream(
+                    n, args.stream_batch, args.bank, tmp / f"stream{n}", r_list=r_list)
+            else:
+                row = in_subprocess(section, n, args, tmp / f"{section}{n}")
+            memory[section].append(row)
+            print(f"{section} N={n}: peak RSS {row['peak_rss_mib']:.0f} MiB, "
+                  f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
+    for section, rows in list(memory.items()):
+        if len(rows) > 1:
+            memory[f"{section}_rss_ratio"] = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
+    return memory
+
+
 def main(argv=None) -> dict:
+    from jzad.stream import CHECKPOINT_EVERY
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000", help="N values of the memory runs")
     parser.add_argument("--subset-size", type=int, default=100, help="images per subset of the whole-set runs")
-    parser.add_argument("--stream-batch", type=int, default=8, help="batch of the memory stream runs")
+    parser.add_argument("--stream-batch", type=int, default=8, help="batch of the memory and latency stream runs")
     parser.add_argument("--bank", type=int, default=64, help="bank capacity B")
-    parser.add_argument("--throughput-n", type=int, default=1000)
+    parser.add_argument("--throughput-n", type=int, default=1000, help="images of the throughput and latency runs")
     parser.add_argument("--batches", default="1,8,32", help="batch sizes of the throughput runs")
+    parser.add_argument("--checkpoint-every", type=harness.positive_int, default=CHECKPOINT_EVERY,
+                        help="batches between checkpoints in the latency runs (the stream's default)")
+    parser.add_argument("--repeats", type=harness.positive_int, default=3, help="latency runs, one after another")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="sections to run; the others keep their results from the existing results file "
+                             "(section_runs: when and at what load each section ran)")
     parser.add_argument("--dry-run", action="store_true", help="N = 50, in-process, r = 1 only, small burst")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/)")
     parser.add_argument("--worker", choices=("whole", "stream"), default=None, help=argparse.SUPPRESS)
@@ -251,39 +423,45 @@ def main(argv=None) -> dict:
     if args.worker:
         print(json.dumps(run_worker(args)))
         return {}
+    sections = [v for v in args.sections.split(",") if v]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)} (expected some of {', '.join(SECTIONS)})")
 
     sizes = [50] if args.dry_run else [int(v) for v in args.sizes.split(",")]
     batches = [1, 8] if args.dry_run else [int(v) for v in args.batches.split(",")]
     r_list = (1,) if args.dry_run else (1, 3, 5)
-    payload = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": environment(), "dry_run": args.dry_run,
+    n = 50 if args.dry_run else args.throughput_n
+    date = time.strftime("%Y-%m-%d %H:%M:%S")
+    device = environment()
+    name = "stream_cpu_dry.json" if args.dry_run else f"stream_{device['platform']}.json"
+    out = args.out or RESULTS / name
+    kept = json.loads(out.read_text()) if set(sections) != set(SECTIONS) and out.is_file() else {}
+    payload = {**kept, "date": date, "device": device, "dry_run": args.dry_run,
                "config": {"image_size": SIZE, "backbone": "random-tiny (4 blocks, width 64, patch 8: 4x4 patches)",
                           "r_list": list(r_list), "subset_size": args.subset_size, "stream_batch": args.stream_batch,
-                          "bank": args.bank, "defect_every": DEFECT_EVERY}}
+                          "bank": args.bank, "defect_every": DEFECT_EVERY, "checkpoint_every": args.checkpoint_every}}
+    ran = {"date": date, "load_average": device["load_average"], "commit": device["commit"]}
+    before = {"date": kept.get("date"), "load_average": kept.get("device", {}).get("load_average"),
+              "commit": kept.get("device", {}).get("commit")}
+    payload["section_runs"] = {**{section: before for section in SECTIONS if section in kept},
+                               **kept.get("section_runs", {}), **{section: ran for section in sections}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        memory = {"whole": [], "stream": []}
-        for n in sizes:
-            for section in ("whole", "stream"):
-                start = time.perf_counter()
-                if args.dry_run:
-                    row = whole(n, args.subset_size, r_list) if section == "whole" else stream(
-                        n, args.stream_batch, args.bank, tmp / f"stream{n}", r_list=r_list)
-                else:
-                    row = in_subprocess(section, n, args, tmp / f"{section}{n}")
-                memory[section].append(row)
-                print(f"{section} N={n}: peak RSS {row['peak_rss_mib']:.0f} MiB, "
-                      f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
-        for section, rows in list(memory.items()):
-            if len(rows) > 1:
-                memory[f"{section}_rss_ratio"] = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
-        payload["memory"] = memory
-        n = 50 if args.dry_run else args.throughput_n
-        payload["throughput"] = throughput(n, batches, args.bank, tmp / "throughput", r_list)
-        payload["burst"] = (burst(12, 6, 8, 8, tmp / "burst", r_list) if args.dry_run
-                            else burst(80, 24, 48, args.bank // 2, tmp / "burst"))
+        if "memory" in sections:
+            payload["memory"] = memory_section(sizes, args, tmp, r_list)
+        if "throughput" in sections:
+            payload["throughput"] = throughput(n, batches, args.bank, tmp / "throughput", r_list)
+        if "burst" in sections:
+            payload["burst"] = (burst(12, 6, 8, 8, tmp / "burst", r_list) if args.dry_run
+                                else burst(80, 24, 48, args.bank // 2, tmp / "burst"))
+        if "latency" in sections:
+            import jax
+
+            jax.clear_caches()  # the first run compiles as a fresh process would (its warm-up), later ones do not
+            payload["latency"] = [latency(n, args.stream_batch, args.bank, tmp / f"latency{k}",
+                                          args.checkpoint_every, r_list) for k in range(args.repeats)]
     payload["device"]["load_average_end"] = list(os.getloadavg())
-    name = "stream_cpu_dry.json" if args.dry_run else f"stream_{payload['device']['platform']}.json"
-    out = args.out or RESULTS / name
     harness.write_json(out, payload)
     print_summary(payload)
     print(f"wrote {out}")
@@ -292,7 +470,28 @@ def main(argv=None) -> dict:
 
 
 def print_summary(payload: dict) -> None:
-    memory = payload["memory"]
+    if "memory" in payload:
+        print_memory(payload["memory"])
+    if "throughput" in payload:
+        print("\n| stream batch | images/s (after first batch) | latency median (ms) | latency p95 (ms) |")
+        print("|---|---|---|---|")
+        for key, row in payload["throughput"].items():
+            if key == "one_set":
+                print(f"| one set (run_category) | {row['images_per_s']:.1f} | | |")
+            else:
+                print(f"| {row['batch']} | {row['images_per_s_after_first_batch']:.1f} | "
+                      f"{row['latency_ms_median']:.1f} | {row['latency_ms_p95']:.1f} |")
+    if "burst" in payload:
+        print("\n| policy | burst > normal p95 | burst AUROC | sporadic AUROC after | burst banked |")
+        print("|---|---|---|---|---|")
+        for name, row in payload["burst"]["policies"].items():
+            print(f"| {name} | {row['burst_above_normal_p95']:.2f} | {row['burst_auroc_vs_normals']:.3f} | "
+                  f"{row['sporadic_auroc_after_burst']:.3f} | {row['burst_banked']} / {payload['burst']['burst']} |")
+    if "latency" in payload:
+        print_latency(payload["latency"])
+
+
+def print_memory(memory: dict) -> None:
     print("| run | N | peak RSS (MiB) | seconds | images/s |\n|---|---|---|---|---|")
     for section in ("whole", "stream"):
         for row in memory[section]:
@@ -302,19 +501,25 @@ def print_summary(payload: dict) -> None:
         if f"{section}_rss_ratio" in memory:
             print(f"{section}: RSS ratio N = {memory[section][-1]['n']} / {memory[section][0]['n']}: "
                   f"{memory[f'{section}_rss_ratio']:.3f}")
-    print("\n| stream batch | images/s (after first batch) | latency median (ms) | latency p95 (ms) |")
-    print("|---|---|---|---|")
-    for key, row in payload["throughput"].items():
-        if key == "one_set":
-            print(f"| one set (run_category) | {row['images_per_s']:.1f} | | |")
-        else:
-            print(f"| {row['batch']} | {row['images_per_s_after_first_batch']:.1f} | "
-                  f"{row['latency_ms_median']:.1f} | {row['latency_ms_p95']:.1f} |")
-    print("\n| policy | burst > normal p95 | burst AUROC | sporadic AUROC after | burst banked |")
-    print("|---|---|---|---|---|")
-    for name, row in payload["burst"]["policies"].items():
-        print(f"| {name} | {row['burst_above_normal_p95']:.2f} | {row['burst_auroc_vs_normals']:.3f} | "
-              f"{row['sporadic_auroc_after_burst']:.3f} | {row['burst_banked']} / {payload['burst']['burst']} |")
+
+
+def print_latency(runs: list[dict]) -> None:
+    print("\n| run | warm-up batches (ms, compiles) | steady batches | batch median (ms) | batch p95 (ms) | "
+          "p95 / median | CPU ms median / p95 | image latency median / p95 (ms, steady) | checkpoints (ms) | "
+          "final save wait (ms) | load (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for k, run in enumerate(runs):
+        warm, steady = run["warm_up"], run["steady"]
+        load = run["load_average"]["median"] if run["load_average"] else float("nan")
+        print(f"| {k} | {warm['batches']} ({', '.join(f'{v:.0f}' for v in warm['ms'])}; {warm['compiles']}) | "
+              f"{steady['batches']} | {steady['batch_ms_median']:.1f} | {steady['batch_ms_p95']:.1f} | "
+              f"{steady['p95_over_median']:.2f} | {steady['cpu_ms_median']:.1f} / {steady['cpu_ms_p95']:.1f} | "
+              f"{run['image_latency_ms_median_steady']:.1f} / "
+              f"{run['image_latency_ms_p95_steady']:.1f} | "
+              f"{', '.join(f'{v:.0f}' for v in steady['checkpoint_ms'])} | {run['final_checkpoint_wait_ms']:.0f} | "
+              f"{load:.1f} |")
+        for slow in steady[f"slower_than_{SLOW:g}x_median"]:
+            print(f"    run {k} batch {slow['batch']}: {slow['ms']:.0f} ms, {slow['cause']}")
 
 
 if __name__ == "__main__":

@@ -8,19 +8,19 @@ The method's streaming functions (``jzad.methods.get_streaming``: MuSc's bank, F
 module only drives them. ``run_stream`` takes arrivals (``jzad.data.arrivals``: a folder by modification time, a
 list file, standard input), decodes each batch, pads it to b (one compiled shape for the whole stream), extracts,
 steps, and appends each result to the scores CSV, flushed (and the maps with ``save_maps``); latency per image
-is arrival (read from its source) to its score, ready to be written. ``save_state`` / ``restore_state``
-checkpoint the state with orbax so a restarted process continues the stream where it stopped, with the same
-scores as an uninterrupted run (same batch size: arrivals of one batch see each other). Host memory does not
+is arrival (read from its source) to its score, ready to be written. ``StreamCheckpoints`` (orbax's
+``CheckpointManager``; ``save_state`` / ``restore_state`` for one call) checkpoints the state in the background so
+a restarted process continues the stream where it stopped, with the same scores as an uninterrupted run (same
+batch size: arrivals of one batch see each other). Host memory does not
 grow with the stream (beyond 8 bytes of latency per image); device memory is the method's memory plus one batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
-import json
 import os
-import shutil
 import time
 from array import array
 from dataclasses import dataclass
@@ -43,7 +43,6 @@ saving after every batch made the latency tail (benchmarks/stream_scale.py)."""
 CSV_NAME = "scores_stream.csv"
 CSV_COLUMNS = ("index", "name", "score", "warming", "banked", "latency_ms", "anomalous", "normalised_score")
 MAPS_DIR = "stream"
-SIGNATURE_FILE = "stream.json"
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,7 +101,7 @@ class Streamer:
         if n < self.batch:
             images = np.concatenate([images, np.zeros((self.batch - n,) + images.shape[1:], images.dtype)])
         features = self.extract(images)
-        check_finite(jax.tree.map(lambda a: a[:n], features), names)
+        check_finite(features, names, count=n)  # the whole padded batch: slicing the n real rows compiled per n
         valid = np.arange(self.batch) < n
         return self.streaming.step(self.scorer.config, self.stream_config, state, features, valid, self.scorer.mesh)
 
@@ -124,61 +123,125 @@ class Streamer:
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
-def _checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    if not directory.is_dir():
-        return []
-    return sorted((int(p.name), p) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+class StreamCheckpoints:
+    """The stream-state checkpoints in one folder, kept by orbax's ``CheckpointManager``: one step per
+    checkpoint, numbered by the images done, the newest ``keep`` kept, each holding the state's leaves and the
+    stream's signature (JSON). ``save`` returns once the state is copied off the device (so the next step may
+    donate its buffers) and writes to disk in the background; ``wait`` blocks until every save is on disk;
+    ``close`` waits, then releases the manager. Used from one thread at a time (orbax's manager is not
+    thread-safe)."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 1):
+        import orbax.checkpoint as ocp
+
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep: expected an integer >= 1 checkpoints to keep, got {keep!r}")
+        self.directory = Path(directory).absolute()
+        refuse_older_layout(self.directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "signature"))
+
+    @property
+    def latest(self) -> int | None:
+        """The image count of the newest checkpoint (one still being written included), or None."""
+        return self._manager.latest_step()
+
+    def save(self, state, done: int, signature: dict) -> Path:
+        """Start checkpointing ``state`` after ``done`` images with its ``signature``; returns the step's folder
+        once the arrays are off the device (the write goes on in the background). Saving the newest step again
+        does nothing (the same images give the same state); a step older than the newest raises ValueError."""
+        import orbax.checkpoint as ocp
+
+        latest = self.latest
+        if latest is not None and done <= latest:
+            if done < latest:
+                raise ValueError(f"state_dir: {self.directory} holds a checkpoint after {latest} images, newer than "
+                                 f"this stream's {done}")
+            return self.step_path(done)
+        leaves = {f"{i:04d}": leaf for i, leaf in enumerate(jax.tree.leaves(state))}
+        self._manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves),
+                                                         signature=ocp.args.JsonSave(signature)))
+        return self.step_path(done)
+
+    def step_path(self, done: int) -> Path:
+        """The folder of the checkpoint after ``done`` images."""
+        return self.directory / str(done)
+
+    def restore(self, like, signature: dict) -> tuple[Any, int]:
+        """(state, images done) from the newest checkpoint; ``like`` is a state of the same structure and
+        placement (``Streamer.init()``). A checkpoint written under another signature raises ValueError
+        naming the differing fields."""
+        import orbax.checkpoint as ocp
+
+        self.wait()
+        done = self.latest
+        if done is None:
+            raise ValueError(f"state_dir: no checkpoint in {self.directory}")
+        if not (self.step_path(done) / "signature").is_dir():
+            raise ValueError(f"state_dir: the checkpoint {self.step_path(done)} holds no stream signature (not "
+                             "written by a jzad stream); remove the folder to start the stream again")
+        recorded = self._manager.restore(done, args=ocp.args.Composite(signature=ocp.args.JsonRestore())).signature
+        differing = sorted(k for k in set(signature) | set(recorded) if recorded.get(k) != signature.get(k))
+        if differing:
+            detail = "; ".join(f"{k}: {recorded.get(k)!r} there, {signature.get(k)!r} now" for k in differing[:3])
+            raise ValueError(f"state_dir: the checkpoint in {self.directory} belongs to another stream set-up "
+                             f"({detail})")
+        leaves, treedef = jax.tree.flatten(like)
+        abstract = {f"{i:04d}": jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
+                    for i, leaf in enumerate(leaves)}
+        restored = self._manager.restore(done, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        return jax.tree.unflatten(treedef, [restored.state[f"{i:04d}"] for i in range(len(leaves))]), done
+
+    def wait(self) -> None:
+        """Block until every started save is on disk (and older checkpoints beyond ``keep`` are removed)."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Wait for the saves, then release the manager's threads."""
+        self._manager.close()
+
+    def __enter__(self) -> "StreamCheckpoints":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def refuse_older_layout(directory: Path) -> None:
+    """Raise ValueError when ``directory`` holds a checkpoint in the layout of jzad before orbax's manager kept
+    them (``stream.json`` beside zero-padded step folders), which the manager would not see."""
+    if (directory / "stream.json").is_file():
+        raise ValueError(f"state_dir: {directory} holds a stream checkpoint in an older jzad layout, which this "
+                         "version does not read; remove the folder to start the stream again")
 
 
 def save_state(directory: str | os.PathLike, state, done: int, signature: dict) -> Path:
-    """Checkpoint ``state`` after ``done`` images under ``directory``/<done> (orbax StandardCheckpointer, an
-    absolute path) and record ``signature``; older checkpoints are removed once the new one is complete."""
-    import orbax.checkpoint as ocp
-
-    directory = Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"{done:012d}"
-    leaves = {f"{i:04d}": leaf for i, leaf in enumerate(jax.tree.leaves(state))}
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(target, {"done": np.asarray(done, np.int64), "leaves": leaves}, force=True)
-    checkpointer.wait_until_finished()
-    temp = directory / (SIGNATURE_FILE + ".tmp")
-    temp.write_text(json.dumps(signature, indent=2) + "\n", encoding="utf-8")
-    os.replace(temp, directory / SIGNATURE_FILE)
-    for _, old in _checkpoints(directory):
-        if old != target:
-            shutil.rmtree(old)
-    return target
+    """Checkpoint ``state`` after ``done`` images under ``directory`` with its ``signature`` and wait until it
+    is on disk (``StreamCheckpoints`` saves in the background); older checkpoints are removed."""
+    with StreamCheckpoints(directory) as checkpoints:
+        return checkpoints.save(state, done, signature)
 
 
 def has_checkpoint(directory: str | os.PathLike) -> int | None:
-    """The image count of the newest checkpoint under ``directory``, or None when there is none."""
-    found = _checkpoints(Path(directory).absolute())
-    return found[-1][0] if found else None
-
-
-def restore_state(directory: str | os.PathLike, like, signature: dict) -> tuple[Any, int]:
-    """(state, images done) from the newest checkpoint under ``directory``; ``like`` is a state of the same
-    structure and placement (``Streamer.init()``). A checkpoint written under another signature raises
-    ValueError naming the differing fields."""
+    """The image count of the newest complete checkpoint under ``directory``, or None when there is none (safe
+    to call while another thread or process writes one)."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
-    found = _checkpoints(directory)
-    if not found:
+    if not directory.is_dir():
+        return None
+    refuse_older_layout(directory)
+    latest = ocp.path.step.latest_step_metadata(directory, ocp.path.step.standard_name_format())
+    return None if latest is None else latest.step
+
+
+def restore_state(directory: str | os.PathLike, like, signature: dict) -> tuple[Any, int]:
+    """(state, images done) from the newest checkpoint under ``directory`` (``StreamCheckpoints.restore``)."""
+    directory = Path(directory).absolute()
+    if has_checkpoint(directory) is None:
         raise ValueError(f"state_dir: no checkpoint in {directory}")
-    recorded_path = directory / SIGNATURE_FILE
-    recorded = json.loads(recorded_path.read_text(encoding="utf-8")) if recorded_path.is_file() else {}
-    differing = sorted(k for k in set(signature) | set(recorded) if recorded.get(k) != signature.get(k))
-    if differing:
-        detail = "; ".join(f"{k}: {recorded.get(k)!r} there, {signature.get(k)!r} now" for k in differing[:3])
-        raise ValueError(f"state_dir: the checkpoint in {directory} belongs to another stream set-up ({detail})")
-    leaves, treedef = jax.tree.flatten(like)
-    abstract = {"done": np.asarray(0, np.int64),
-                "leaves": {f"{i:04d}": jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for i, leaf in enumerate(leaves)}}
-    restored = ocp.StandardCheckpointer().restore(found[-1][1], abstract)
-    values = [jax.device_put(restored["leaves"][f"{i:04d}"], leaf.sharding) for i, leaf in enumerate(leaves)]
-    return jax.tree.unflatten(treedef, values), int(restored["done"])
+    with StreamCheckpoints(directory) as checkpoints:
+        return checkpoints.restore(like, signature)
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -323,15 +386,19 @@ class StreamSummary:
     interrupted: bool = False
 
     def report(self) -> dict:
-        """Latency median and p95, throughput overall and after the first batch (compile apart)."""
+        """Latency median and p95 over every image and after the first batch (its compilation apart: in a short
+        stream the first batch alone can be the p95), throughput overall and after the first batch."""
         lat = self.latency_ms
         steady = self.images - self.first_batch_images
         rest = self.seconds - self.first_batch_seconds
+        after = lat[self.first_batch_images:]
         return {
             "images": self.images, "batches": self.batches, "done": self.done, "seconds": self.seconds,
             "first_batch_seconds": self.first_batch_seconds,
             "latency_ms_median": float(np.median(lat)) if lat.size else float("nan"),
             "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else float("nan"),
+            "latency_ms_median_after_first_batch": float(np.median(after)) if after.size else float("nan"),
+            "latency_ms_p95_after_first_batch": float(np.percentile(after, 95)) if after.size else float("nan"),
             "images_per_s": self.images / self.seconds if self.seconds > 0 else float("nan"),
             "images_per_s_after_first_batch": steady / rest if steady and rest > 0 else float("nan"),
             "warming": self.warming, "banked": self.banked, "interrupted": self.interrupted,
@@ -349,6 +416,37 @@ def decode_batch(paths, prep, size: int) -> tuple[np.ndarray, list]:
     return images, sizes
 
 
+def check_replayed(outputs: StreamOutputs, index: int, name) -> None:
+    """A resumed stream replays its arrivals: arrival ``index`` must have the name of the CSV's row ``index``."""
+    if outputs.names[index] != str(name):
+        raise ValueError(f"state_dir: arrival {index} is {name!r}, but the checkpointed stream scored "
+                         f"{outputs.names[index]!r} there; a resumed stream must replay the same arrivals")
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """Where one stream batch's wall time went, in seconds: ``waiting`` from its first arrival until it was
+    full (or the arrivals ended), then ``decode``, ``step`` (extraction, the method's step and the maps until
+    the scores are on the host), ``outputs`` (CSV rows, map files) and ``checkpoint`` (the part of a save that
+    holds the stream: copying the state off the device; about 0 when none was due, ``checkpointed`` says
+    whether one was). ``index`` counts this process's batches from 0; ``done`` is the image count after it."""
+
+    index: int
+    images: int
+    done: int
+    checkpointed: bool
+    waiting: float
+    decode: float
+    step: float
+    outputs: float
+    checkpoint: float
+
+    @property
+    def seconds(self) -> float:
+        """From the batch's first arrival to its end (checkpoint included)."""
+        return self.waiting + self.decode + self.step + self.outputs + self.checkpoint
+
+
 def run_stream(
     streamer: Streamer,
     arrivals: Iterable[tuple[str, Any]],
@@ -360,16 +458,21 @@ def run_stream(
     on_batch: Callable[[int], None] | None = None,
     decode: Callable | None = None,
     replay: bool = True,
+    on_timing: Callable[[BatchTiming], None] | None = None,
 ) -> tuple[StreamSummary, Any]:
     """Score ``arrivals`` ((name, path) pairs, in arrival order) batch by batch -> (summary, final state).
 
     ``state`` None starts empty. A resumed stream (``done`` > 0, ``outputs`` holding the first ``done`` rows)
     either replays its arrivals from the start (``replay``: a folder or a list, the first ``done`` are skipped
     after checking that their names match the CSV's rows) or continues with whatever arrives next (a live
-    feed); rows are numbered from ``done`` either way. With ``state_dir`` the state is checkpointed every
-    ``checkpoint_every`` batches and at the end. ``decode(items) -> (uint8 (n, S, S, 3), sizes)`` defaults to
-    decoding the paths from disk; Ctrl-C ends the stream after the batch in progress (``interrupted``).
+    feed); rows are numbered from ``done`` either way. With ``state_dir`` the state is checkpointed
+    (``StreamCheckpoints``, written in the background) every ``checkpoint_every`` batches and at the end; the
+    run returns once the last checkpoint is on disk. ``decode(items) -> (uint8 (n, S, S, 3), sizes)`` defaults
+    to decoding the paths from disk; ``on_timing`` gets each batch's ``BatchTiming``; Ctrl-C ends the stream
+    after the batch in progress (``interrupted``).
     """
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every: expected an integer >= 1 batches, got {checkpoint_every!r}")
     scorer = streamer.scorer
     size = scorer.backbone.image_size
     decode = decode or (lambda paths: decode_batch(paths, scorer.prep, size))
@@ -380,10 +483,12 @@ def run_stream(
     timing = {"start": None, "first": 0.0}
     pending: list[tuple[str, Any, float]] = []
 
-    def flush_batch():
+    def flush_batch(checkpoints):
         nonlocal state, done
         names = [p[0] for p in pending]
+        clock = [time.perf_counter()]
         images, sizes = decode([p[1] for p in pending])
+        clock.append(time.perf_counter())
         scores, state_next = streamer.step(state, images, names)
         n = len(pending)
         image_scores = np.asarray(scores.image_scores)[:n]
@@ -391,7 +496,8 @@ def run_stream(
         if outputs.wants_maps:
             maps = np.asarray(scorer.method.maps(scorer.config, scores.patch_scores, (size, size)))[:n]
         warming, banked = np.asarray(scores.warming)[:n], np.asarray(scores.banked)[:n]
-        waited = time.perf_counter() - np.asarray([p[2] for p in pending])
+        clock.append(time.perf_counter())
+        waited = clock[-1] - np.asarray([p[2] for p in pending])
         outputs.write(done, names, image_scores, warming, banked, waited, maps, sizes, images[:n])
         latencies.extend(1e3 * waited)
         state, done = state_next, done + n
@@ -401,37 +507,41 @@ def run_stream(
         counts["banked"] += int(banked.sum())
         if counts["batches"] == 1:
             timing["first"] = time.perf_counter() - timing["start"]
+        clock.append(time.perf_counter())
+        due = checkpoints is not None and counts["batches"] % checkpoint_every == 0
+        if due:
+            checkpoints.save(state, done, signature)
+        clock.append(time.perf_counter())
+        if on_timing is not None:
+            on_timing(BatchTiming(counts["batches"] - 1, n, done, due, clock[0] - pending[0][2],
+                                  *(b - a for a, b in zip(clock, clock[1:]))))
         pending.clear()
-        if state_dir is not None and counts["batches"] % checkpoint_every == 0:
-            save_state(state_dir, state, done, signature)
         if on_batch is not None:
             on_batch(done)
 
     skip = done if replay else 0
     first_batch = 0
     interrupted = False
-    try:
-        for index, (name, item) in enumerate(arrivals):
-            arrived = time.perf_counter()
-            if index < skip:
-                if outputs.names[index] != str(name):
-                    raise ValueError(f"state_dir: arrival {index} is {name!r}, but the checkpointed stream "
-                                     f"scored {outputs.names[index]!r} there; a resumed stream must replay the "
-                                     "same arrivals")
-                continue
-            if timing["start"] is None:
-                timing["start"] = arrived
-            pending.append((str(name), item, arrived))
-            if len(pending) == streamer.batch:
+    with StreamCheckpoints(state_dir) if state_dir is not None else contextlib.nullcontext() as checkpoints:
+        try:
+            for index, (name, item) in enumerate(arrivals):
+                arrived = time.perf_counter()
+                if index < skip:
+                    check_replayed(outputs, index, name)
+                    continue
+                if timing["start"] is None:
+                    timing["start"] = arrived
+                pending.append((str(name), item, arrived))
+                if len(pending) == streamer.batch:
+                    first_batch = first_batch or len(pending)
+                    flush_batch(checkpoints)
+            if pending:
                 first_batch = first_batch or len(pending)
-                flush_batch()
-        if pending:
-            first_batch = first_batch or len(pending)
-            flush_batch()
-    except KeyboardInterrupt:
-        interrupted = True
-    if state_dir is not None and counts["images"] and counts["batches"] % checkpoint_every != 0:
-        save_state(state_dir, state, done, signature)
+                flush_batch(checkpoints)
+        except KeyboardInterrupt:
+            interrupted = True
+        if checkpoints is not None and counts["images"] and counts["batches"] % checkpoint_every != 0:
+            checkpoints.save(state, done, signature)
     seconds = 0.0 if timing["start"] is None else time.perf_counter() - timing["start"]
     summary = StreamSummary(counts["images"], counts["batches"], seconds, timing["first"], first_batch,
                             np.asarray(latencies, np.float64), counts["warming"], counts["banked"], done, interrupted)

@@ -83,8 +83,11 @@ def run_stream_cli(args: argparse.Namespace, method: Method, values: dict) -> in
         maps_at_image_size=args.maps_at_image_size, replay=str(args.data) != "-",
         announce=announce, outputs_options=options)
     stats = results.payload["stream"]
+    after = (f" (first batch {1e3 * summary.first_batch_seconds:.0f} ms, compilation included; after it median "
+             f"{stats['latency_ms_median_after_first_batch']:.1f} ms, "
+             f"p95 {stats['latency_ms_p95_after_first_batch']:.1f} ms)" if summary.batches > 1 else "")
     print(f"{summary.images} images in {summary.batches} batches: latency median {stats['latency_ms_median']:.1f} "
-          f"ms, p95 {stats['latency_ms_p95']:.1f} ms; {stats['images_per_s']:.2f} images/s "
+          f"ms, p95 {stats['latency_ms_p95']:.1f} ms{after}; {stats['images_per_s']:.2f} images/s "
           f"({stats['images_per_s_after_first_batch']:.2f} after the first batch); {summary.warming} warming, "
           f"{summary.banked} banked")
     print(f"wrote {out}: results.json, {csv_path.name}" + (", maps/" if args.save_maps else "")

@@ -28,7 +28,8 @@ from jzad.methods.stream_musc import (
 )
 from jzad.pipeline import Scorer
 from jzad.run import main
-from jzad.stream import StreamOutputs, Streamer, restore_state, run_stream, save_state
+from jzad.stream import (BatchTiming, StreamCheckpoints, StreamOutputs, Streamer, has_checkpoint, restore_state,
+                         run_stream, save_state)
 
 CONFIG = MuScConfig(r_list=(1,), map_size=None)
 
@@ -313,7 +314,102 @@ def test_save_state_keeps_only_the_newest_checkpoint(tmp_path):
     state = streamer.init()
     save_state(tmp_path, state, 3, streamer.signature())
     save_state(tmp_path, state, 5, streamer.signature())
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["000000000005"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["5"] and has_checkpoint(tmp_path) == 5
+
+
+def test_an_async_checkpoint_keeps_the_state_the_next_step_donates(tmp_path):
+    """The save returns before the files are written and the next step is handed the saved buffers to donate
+    (on a GPU it reuses them; on the CPU orbax's zero-copy host views keep them alive until written): the
+    checkpoint on disk must hold the state as it was when the save began, not the next step's."""
+    images, *_ = jdata.make_synthetic_set(6, 0, size=SIZE, seed=4)
+    streamer = tiny_streamer(batch=2)
+    _, state = streamer.step(streamer.init(), images[:2])
+    _, state = streamer.step(state, images[2:4])
+    expected = [np.array(leaf) for leaf in jax.tree.leaves(state)]
+    with StreamCheckpoints(tmp_path / "state") as checkpoints:
+        checkpoints.save(state, 4, streamer.signature())
+        _, after = streamer.step(state, images[4:6])
+    restored, done = restore_state(tmp_path / "state", streamer.init(), streamer.signature())
+    assert done == 4
+    for got, want in zip(jax.tree.leaves(restored), expected):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    assert not all(np.array_equal(np.asarray(a), b) for a, b in zip(jax.tree.leaves(after), expected))
+
+
+def test_run_stream_checkpoints_every_n_batches_and_waits_for_the_last(tmp_path):
+    images, *_ = jdata.make_synthetic_set(5, 0, size=SIZE, seed=5)
+    streamer = tiny_streamer(batch=1)
+    timings = []
+    outputs = StreamOutputs(tmp_path / "out")
+    _, final = run_stream(streamer, [(f"i{k}", k) for k in range(5)], outputs, state_dir=tmp_path / "state",
+                          checkpoint_every=2, decode=array_decode(images), on_timing=timings.append)
+    outputs.close()
+    assert all(isinstance(t, BatchTiming) for t in timings)
+    assert [(t.index, t.images, t.done, t.checkpointed) for t in timings] == [
+        (0, 1, 1, False), (1, 1, 2, True), (2, 1, 3, False), (3, 1, 4, True), (4, 1, 5, False)]
+    assert all(t.seconds >= t.step > 0 for t in timings)
+    assert has_checkpoint(tmp_path / "state") == 5  # the final save is on disk when run_stream returns
+    assert sorted(p.name for p in (tmp_path / "state").iterdir() if p.is_dir()) == ["5"]
+    restored, _ = restore_state(tmp_path / "state", streamer.init(), streamer.signature())
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(final)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    with pytest.raises(ValueError, match="^checkpoint_every: expected an integer >= 1"):
+        run_stream(streamer, [], outputs, state_dir=tmp_path / "state", checkpoint_every=0)
+
+
+def test_a_checkpoint_not_written_by_a_stream_is_refused_in_one_line(tmp_path):
+    import orbax.checkpoint as ocp
+
+    streamer = tiny_streamer(batch=1)
+    foreign = (tmp_path / "foreign").absolute()
+    with ocp.CheckpointManager(foreign, item_names=("state",)) as manager:
+        manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave({"0000": np.zeros(3, np.float32)})))
+    assert has_checkpoint(foreign) == 7
+    with pytest.raises(ValueError, match="^state_dir: the checkpoint .*7 holds no stream signature") as err:
+        restore_state(foreign, streamer.init(), streamer.signature())
+    assert "\n" not in str(err.value)
+    older = tmp_path / "older"
+    (older / "000000000004").mkdir(parents=True)
+    (older / "stream.json").write_text("{}")
+    with pytest.raises(ValueError, match="^state_dir: .*older jzad layout.*remove the folder") as err:
+        has_checkpoint(older)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="^state_dir: no checkpoint in"):
+        restore_state(tmp_path / "empty", streamer.init(), streamer.signature())
+    save_state(tmp_path / "ahead", streamer.init(), 9, streamer.signature())
+    with pytest.raises(ValueError, match="^state_dir: .* after 9 images, newer than this stream's 3"):
+        save_state(tmp_path / "ahead", streamer.init(), 3, streamer.signature())
+
+
+def test_non_finite_features_name_the_real_images_not_the_padding():
+    """The finite check runs on the whole padded batch (one compiled shape for every fill) and reports only the
+    n real rows: a NaN in a padding row is not an image's."""
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class NaNRows(Streamer):
+        def extract(self, images):
+            rows = jnp.asarray([1, 3])
+            return jax.tree.map(lambda a: a.at[rows].set(jnp.nan) if jnp.issubdtype(a.dtype, jnp.inexact) else a,
+                                super().extract(images))
+
+    images, *_ = jdata.make_synthetic_set(3, 0, size=SIZE, seed=8)
+    base = tiny_streamer(batch=4)
+    streamer = NaNRows(base.scorer, base.stream_config, 4)
+    with pytest.raises(ValueError, match=r"^features of 1 image\(s\) are not finite \(NaN or inf\): b$"):
+        streamer.step(streamer.init(), images, ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"^features of 1 image\(s\) are not finite \(NaN or inf\): b$"):
+        streamer.step(streamer.init(), images[:2], ["a", "b"])
+
+
+def test_the_summary_reports_latency_after_the_first_batch_apart():
+    """A short stream's first batch (compilation) alone can be its p95: the report gives both."""
+    from jzad.stream import StreamSummary
+
+    latency = np.asarray([900.0, 950.0, 10.0, 20.0, 30.0, 40.0])
+    report = StreamSummary(6, 3, 1.2, 0.95, 2, latency, 0, 6, 6).report()
+    assert report["latency_ms_p95"] == np.percentile(latency, 95) > 900
+    assert report["latency_ms_median_after_first_batch"] == 25.0
+    assert report["latency_ms_p95_after_first_batch"] == 10.0 + 0.95 * 3 * 10.0  # numpy's linear rule by hand
 
 
 def write_pngs(folder, images, names, mtimes):
@@ -353,7 +449,7 @@ def test_cli_stream_resumes_a_stopped_stream_with_the_same_scores(tmp_path, caps
     assert main(CLI + ["--stream", "--data", str(tmp_path / "in"), "--bank-size", "4", "--stream-batch", "2",
                        "--save-maps", "--out", str(whole)]) == 0
     printed = capsys.readouterr().out
-    assert "latency median" in printed and "p95" in printed
+    assert "latency median" in printed and "p95" in printed and "compilation included; after it median" in printed
     rows = read_csv(whole / "scores_stream.csv")
     assert [r["name"] for r in rows] == names and len(list((whole / "maps" / "stream").glob("*.tiff"))) == 9
 

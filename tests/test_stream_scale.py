@@ -28,6 +28,45 @@ def test_dry_run_records_every_section(tmp_path):
     # With admission the burst (scored above the bank's 90% quantile) never enters the bank; FIFO banks it all.
     assert burst["fifo"]["burst_banked"] == saved["burst"]["burst"] and burst["fifo+admit0.9"]["burst_banked"] == 0
     assert payload["path"] == str(tmp_path / "stream.json")
+    for run in saved["latency"]:  # 7 batches of 8 (the last padded), checkpointed every 100 and at the end
+        assert run["n"] == 50 and len(run["batches"]) == 7 and run["checkpoint_every"] == 100
+        assert run["warm_up"]["batches"] + run["steady"]["batches"] == 7
+        assert run["steady"]["recompiles"] == 0 and run["final_checkpoint_wait_ms"] >= 0
+    assert saved["latency"][0]["warm_up"]["compiles"] > 0  # the first run compiles in its first batch
+
+
+def timing_row(batch, ms, compiles=0, checkpointed=False, cpu=None, writing=False, **parts):
+    row = {"batch": batch, "images": 8, "checkpointed": checkpointed, "ms": ms, "compiles": compiles,
+           "checkpoint_writing": writing,
+           "compile_ms": 0.9 * ms if compiles else 0.0, "compiled": ["step"] if compiles else []}
+    row["cpu_ms"] = ms if cpu is None else cpu  # busy the whole batch unless said otherwise
+    row.update({f"{p}_ms": 0.0 for p in stream_scale.PARTS})
+    row.update({f"{p}_ms": v for p, v in parts.items()})
+    row["step_ms"] = ms - sum(parts.values())  # the rest of the batch
+    return row
+
+
+def test_attribution_reports_warm_up_apart_and_names_each_slow_batch():
+    rows = [timing_row(0, 5000.0, compiles=10), timing_row(1, 900.0, compiles=1)]
+    rows += [timing_row(b, 10.0 + b % 3) for b in range(2, 22)]
+    rows[10] = timing_row(10, 300.0, checkpoint=290.0, checkpointed=True)
+    rows[15] = timing_row(15, 200.0, compiles=2)
+    rows[11] = timing_row(11, 90.0, writing=True)
+    rows[18] = timing_row(18, 50.0, decode=45.0)
+    rows[20] = timing_row(20, 40.0, cpu=12.0)  # slow in wall time only: other processes had the cores
+    got = stream_scale.attribute(rows)
+    assert got["warm_up"]["batches"] == 2 and got["warm_up"]["compiles"] == 11
+    assert got["warm_up"]["ms"] == [5000.0, 900.0]
+    steady = got["steady"]
+    ms = [r["ms"] for r in rows[2:]]
+    assert steady["batches"] == 20 and steady["batch_ms_median"] == np.median(ms)
+    assert steady["batch_ms_p95"] == np.percentile(ms, 95) and steady["recompiles"] == 2
+    assert steady["checkpoints"] == 1 and steady["checkpoint_ms"] == [290.0]
+    assert [(s["batch"], s["cause"]) for s in steady["slower_than_3x_median"]] == [
+        (10, "checkpoint save"), (11, "step, beside the background write of the last checkpoint (it shares the cores)"),
+        (15, "compile (2 x: step)"), (18, "decode"),
+        (20, "step, waiting for a core (CPU time 12 ms, typically 12: the machine's load)")]
+    assert steady["cpu_ms_median"] == np.median([r["cpu_ms"] for r in rows[2:]])
 
 
 def test_streamed_rows_equal_the_streaming_step(tmp_path):

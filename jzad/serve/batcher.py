@@ -147,7 +147,8 @@ class Batcher:
             self.on_checkpoint(path)
 
     async def close(self) -> None:
-        """Refuse new requests, score everything queued, then checkpoint and stop the worker."""
+        """Refuse new requests, score everything queued, then checkpoint, wait until it is on disk and stop the
+        worker."""
         self._closing = True
         self._wake.set()
         while self._queue or not self._idle.is_set():
@@ -160,4 +161,5 @@ class Batcher:
                 pass
         if self.inspector.done != self.inspector.saved:
             await self.checkpoint()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.inspector.close_checkpoints)
         self._executor.shutdown(wait=True)

@@ -4,7 +4,8 @@ and verdicts, the stream state advanced and checkpointed.
 Nothing here is new arithmetic: decoding is ``jzad.data.decode.load_image`` + ``jzad.data.sources.prepare_image``
 (every mode rule of the CLI, 16-bit and palette images included), scoring is ``jzad.stream.Streamer.step`` (the
 method's own streaming functions), maps are the method's ``maps``, overlays ``jzad.eval.heatmaps.overlay`` and
-checkpoints ``jzad.stream.save_state`` / ``restore_state`` with the threshold stored beside the stream state.
+checkpoints ``jzad.stream.StreamCheckpoints`` (orbax, written in the background) with the threshold stored beside
+the stream state.
 The ``Inspector`` is driven from one worker thread (``jzad.serve.batcher``), so its state needs no lock.
 """
 
@@ -29,7 +30,7 @@ from jzad.data.errors import DataError
 from jzad.data.sources import prepare_image
 from jzad.eval.heatmaps import overlay
 from jzad.eval.verdict import SOURCES, Threshold, anomalous, normalised_scores
-from jzad.stream import Streamer, has_checkpoint, restore_state, save_state
+from jzad.stream import StreamCheckpoints, Streamer, has_checkpoint
 
 MAP_ID_HEX = 32
 """Map ids are random hex strings of this length: the only names ``map_path`` resolves."""
@@ -198,8 +199,9 @@ class Inspector:
     The threshold (a ``jzad.eval.verdict.Threshold``) is kept at float32 precision, as the checkpoint stores it;
     a restored checkpoint's threshold replaces the one given.
 
-    With ``state_dir`` the state and the threshold are checkpointed there (``checkpoint``) and a service started
-    on a folder holding a checkpoint continues from it (same method set-up, refused otherwise)."""
+    With ``state_dir`` the state and the threshold are checkpointed there (``checkpoint``, written in the
+    background; ``close_checkpoints`` waits for them) and a service started on a folder holding a checkpoint
+    continues from it (same method set-up, refused otherwise)."""
 
     def __init__(self, streamer: Streamer, threshold: Threshold, maps: MapStore,
                  state_dir: str | os.PathLike | None, overlay_size: int = 256):
@@ -213,13 +215,15 @@ class Inspector:
         self.batches = 0
         self.resumed = 0
         self.state = streamer.init()
-        if self.state_dir is not None and has_checkpoint(self.state_dir) is not None:
+        resume = self.state_dir is not None and has_checkpoint(self.state_dir) is not None
+        self.checkpoints = None if self.state_dir is None else StreamCheckpoints(self.state_dir)
+        if resume:
             self._restore()
         self.saved = self.done
 
     def _restore(self) -> None:
         like = (self.state, jnp.zeros((3,), jnp.float32), jnp.zeros((), jnp.int32))
-        (state, values, source), done = restore_state(self.state_dir, like, self.signature())
+        (state, values, source), done = self.checkpoints.restore(like, self.signature())
         self.state, self.done, self.resumed = state, done, done
         value, lo, hi = (float(v) for v in np.asarray(values))
         self.threshold = Threshold(value, SOURCES[int(source)], lo, hi, self.threshold.quantile)
@@ -229,16 +233,21 @@ class Inspector:
         return {**self.streamer.signature(), "service": "jzad.serve", "checkpoint": "stream state, threshold"}
 
     def checkpoint(self) -> Path | None:
-        """Save the state, the threshold (value, lo, hi, source) and the image count (orbax); None without
-        ``state_dir``."""
+        """Start saving the state, the threshold (value, lo, hi, source) and the image count (orbax, on disk in
+        the background once the arrays are off the device); the step's folder, or None without ``state_dir``."""
         if self.state_dir is None:
             return None
         t = self.threshold
         tree = (self.state, jnp.asarray([t.value, t.lo, t.hi], jnp.float32), jnp.asarray(SOURCES.index(t.source),
                                                                                        jnp.int32))
-        path = save_state(self.state_dir, tree, self.done, self.signature())
+        path = self.checkpoints.save(tree, self.done, self.signature())
         self.saved = self.done
         return path
+
+    def close_checkpoints(self) -> None:
+        """Wait until every started checkpoint is on disk and release the checkpoint manager (at shutdown)."""
+        if self.checkpoints is not None:
+            self.checkpoints.close()
 
     def bucket(self, n: int) -> Streamer:
         """The streamer of the smallest compiled batch that holds n images."""
