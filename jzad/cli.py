@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jzad import data as jdata
-from jzad.data.subsets import SPLITS
+from jzad.data.choices import CLI_DATASETS, SPLITS
 from jzad.methods import OptionError, get_streaming, method_entry, method_names, stream_entry, streaming_names
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=method_names(), default="musc",
                    help="; ".join(method_entry(n).summary for n in method_names()))
     p.add_argument("--data", type=Path, default=None, help="dataset root; omitted = built-in synthetic demo")
-    p.add_argument("--dataset", choices=jdata.CLI_DATASETS, default="mvtec", help="layout of --data")
+    p.add_argument("--dataset", choices=CLI_DATASETS, default="mvtec", help="layout of --data")
     p.add_argument("--category", default="all", help="category name, or 'all' for every category")
     p.add_argument("--loco-subtypes", default=argparse.SUPPRESS, metavar="rule|off|FILE",
                    help="--dataset loco: score juice_bottle and splicing_connectors per sub-type, found by the "

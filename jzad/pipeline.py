@@ -30,7 +30,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jzad.data.sources import prefetch_batches
-from jzad.data.subsets import SPLITS, official_subsets, stratified_subsets
+from jzad.data.choices import SPLITS
+from jzad.data.subsets import official_subsets, stratified_subsets
 from jzad.data.imageset import ImageSet
 from jzad.eval import metrics as jmetrics
 from jzad.features import Backbone, extract

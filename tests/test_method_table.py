@@ -1,5 +1,5 @@
 """The lazy method table (``jzad.methods.table``): ``python -m jzad.run --help`` builds its parser from it without
-importing jax, flax, optax, ott or any method module, and the table equals what the method modules register
+importing jax, flax, optax, ott, numpy or any method module, and the table equals what the method modules register
 (names, the module that registers each, summaries and every option field, parse functions by identity), so
 it cannot drift from them."""
 
@@ -21,7 +21,7 @@ from jzad.methods.table import METHODS, STREAMS
 from jzad.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("jax", "jaxlib", "flax", "optax", "ott", "orbax", "torch", "transformers")
+HEAVY = ("jax", "jaxlib", "flax", "optax", "ott", "orbax", "torch", "transformers", "numpy", "PIL")
 
 HELP_SCRIPT = """
 import json, sys
@@ -68,7 +68,7 @@ def _import_every_method_module() -> None:
         importlib.import_module(module.name)
 
 
-def test_help_imports_no_jax_flax_optax_ott_or_method_module():
+def test_help_imports_no_jax_flax_optax_ott_numpy_or_method_module():
     found = _python(HELP_SCRIPT)
     assert found["code"] == 0
     modules = found["modules"]

@@ -13,9 +13,6 @@ import numpy as np
 
 from jzad.data.imageset import ImageSet
 
-SPLITS = ("official", "balanced")
-"""The ways to split a set into subsets: ``official_subsets`` and ``stratified_subsets`` ("balanced")."""
-
 
 def stratified_subsets(
     image_set: ImageSet, num_subsets: int, seed: int | None = None
