@@ -1,6 +1,8 @@
 """The command line's parser and option checks: the common options, each method's own options (declared by
 the method, ``jzad.methods.Option``) and its stream options; ``check_options`` rejects, before any work, every
-option that does not apply to the chosen method or mode. ``jzad.run`` uses both."""
+option that does not apply to the chosen method or mode. ``jzad.run`` uses both. The parser is built from the
+lazy method table (``jzad.methods.table``) and ``jzad.data.choices``: building it, and ``--help``, import no
+method module, jax or numpy."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import math
 import os
 import shutil
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from jzad import data as jdata
