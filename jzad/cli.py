@@ -1,21 +1,25 @@
 """The command line's parser and option checks: the common options, each method's own options (declared by
 the method, ``jzad.methods.Option``) and its stream options; ``check_options`` rejects, before any work, every
-option that does not apply to the chosen method or mode. ``jzad.run`` uses both."""
+option that does not apply to the chosen method or mode. ``jzad.run`` uses both. The parser is built from the
+lazy method table (``jzad.methods.table``) and ``jzad.data.choices``: building it, and ``--help``, import no
+method module, jax or numpy."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shutil
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from jzad import data as jdata
-from jzad import experiment
-from jzad.methods import Method, OptionError, get_method, get_streaming, method_names, streaming_names
-from jzad.pipeline import SPLITS
+from jzad.data.choices import CLI_DATASETS, SPLITS
+from jzad.methods import OptionError, get_streaming, method_entry, method_names, stream_entry, streaming_names
+
+if TYPE_CHECKING:
+    from jzad.methods import Method
 
 DISTRIBUTED_ENV = {"coordinator": "JZAD_COORDINATOR", "num_processes": "JZAD_NUM_PROCESSES",
                    "process_id": "JZAD_PROCESS_ID"}
@@ -97,13 +101,14 @@ def _option_table(names, declared, what: str) -> dict[str, tuple]:
 
 
 def _method_options() -> dict[str, tuple]:
-    """flag -> (Option, names of the methods that declare it), over every registered method."""
-    return _option_table(method_names(), get_method, "option")
+    """flag -> (Option, names of the methods that declare it), over every registered method (from the lazy
+    table: no method module is imported)."""
+    return _option_table(method_names(), method_entry, "option")
 
 
 def _stream_options() -> dict[str, tuple]:
     """flag -> (Option, names of the methods whose streaming declares it)."""
-    return _option_table(streaming_names(), get_streaming, "stream option")
+    return _option_table(streaming_names(), stream_entry, "stream option")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--method", choices=method_names(), default="musc",
-                   help="; ".join(get_method(n).summary for n in method_names()))
+                   help="; ".join(method_entry(n).summary for n in method_names()))
     p.add_argument("--data", type=Path, default=None, help="dataset root; omitted = built-in synthetic demo")
-    p.add_argument("--dataset", choices=jdata.CLI_DATASETS, default="mvtec", help="layout of --data")
+    p.add_argument("--dataset", choices=CLI_DATASETS, default="mvtec", help="layout of --data")
     p.add_argument("--category", default="all", help="category name, or 'all' for every category")
     p.add_argument("--loco-subtypes", default=argparse.SUPPRESS, metavar="rule|off|FILE",
                    help="--dataset loco: score juice_bottle and splicing_connectors per sub-type, found by the "
@@ -275,6 +280,9 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
             raise OptionError(f"{flag} does not apply to --method {method.name} (a stream option of "
                               f"{', '.join(owners)})")
     if args.stream:
+        if method.name not in streaming_names():
+            raise OptionError(f"--method {method.name} does not stream; methods that do: "
+                              f"{', '.join(sorted(streaming_names()))}")
         streaming = get_streaming(method.name)
         for flag in ("--subsets", "--subset-split", "--shots", "--seeds"):
             if flag.lstrip("-").replace("-", "_") in given:
@@ -293,7 +301,7 @@ def check_options(args: argparse.Namespace, method: Method) -> dict:
             raise OptionError("--checkpoint-every needs --stream-state")
     if args.threshold is not None and args.threshold_from is not None:
         raise OptionError("--threshold and --threshold-from both set the threshold: give one")
-    if args.threshold is not None and not np.isfinite(args.threshold):
+    if args.threshold is not None and not math.isfinite(args.threshold):
         raise OptionError(f"--threshold: expected a finite score, got {args.threshold}")
     if args.threshold_from is not None and not args.threshold_from.is_file():
         raise OptionError(f"--threshold-from: {args.threshold_from} is not a file (expected an earlier run's "
@@ -408,6 +416,8 @@ def check_out(out: Path, overwrite: bool) -> None:
 def load_scorer(args, method: Method, values: dict, shots: int):
     """The backbone the options name at the method's preset, and the method's config
     (``experiment.build_scorer``), its errors worded as the options that caused them."""
+    from jzad import experiment
+
     try:
         scorer = experiment.build_scorer(
             method, values, shots, backbone=args.backbone, weights=args.weights, image_size=args.image_size,

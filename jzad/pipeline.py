@@ -30,6 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jzad.data.sources import prefetch_batches
+from jzad.data.choices import SPLITS
 from jzad.data.subsets import official_subsets, stratified_subsets
 from jzad.data.imageset import ImageSet
 from jzad.eval import metrics as jmetrics
@@ -41,7 +42,6 @@ from jzad.progress import RunProgress
 from jzad.timing import StageClock
 
 METRIC_COLUMNS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pro")
-SPLITS = ("official", "balanced")
 PROFILES = ("fused", "stages")
 FUSED_STAGE = "score"
 MAP_CHUNK = 32

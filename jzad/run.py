@@ -31,15 +31,16 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jzad import data as jdata
-from jzad import experiment
 from jzad.cli import (UserError, build_parser, check_options, check_out, default_backbone, distributed_settings,
                       in_flag_terms, load_scorer, profile_settings, start_distributed)
-from jzad.stream_cli import run_stream_cli
-from jzad.experiment import DEMO_CATEGORY, OutputSpec, Plan, ResultsFile
-from jzad.methods import Method, OptionError, get_method
-from jzad.pipeline import METRIC_COLUMNS
+from jzad.methods import OptionError, get_method
+
+if TYPE_CHECKING:
+    from jzad.experiment import Experiment
+    from jzad.methods import Method
 
 DEMO_SHOTS = 2
 """Reference images of the demo for a method that needs them, when --shots is not given."""
@@ -154,8 +155,12 @@ def run(args: argparse.Namespace) -> int:
     """
     import jax
 
+    from jzad import experiment
     from jzad.eval.datasets import dataset_metrics
+    from jzad.experiment import DEMO_CATEGORY, OutputSpec, Plan, ResultsFile
     from jzad.kernels.multihost import agree, is_writer
+    from jzad.pipeline import METRIC_COLUMNS
+    from jzad.stream_cli import run_stream_cli
 
     method = get_method(args.method)
     processes, writer = jax.process_count(), is_writer()
@@ -236,7 +241,7 @@ def written_files(payload: dict, out: Path) -> list[str]:
     return names
 
 
-def print_tables(done: experiment.Experiment, payload: dict, method: str, seeds: list, columns) -> None:
+def print_tables(done: Experiment, payload: dict, method: str, seeds: list, columns) -> None:
     """The metrics table (mean over seeds; std over seeds when several ran) and the timing table."""
     from jzad.eval import report
 

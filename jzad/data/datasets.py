@@ -53,13 +53,10 @@ from jzad.data.loco import (
 )
 from jzad.data.masks import resize_binary_mask
 from jzad.data.prep import ImagePrep
-from jzad.data.readers import DATASETS, MTD_CATEGORY, list_categories, mtd_protocol_record, read_dataset
+from jzad.data.readers import MTD_CATEGORY, list_categories, mtd_protocol_record, read_dataset
 from jzad.data.sources import FileImages, center_crop, resized_shape
 from jzad.data.spro_truth import SPROTruth
 from jzad.data.subsets import reference_draw
-
-CLI_DATASETS = DATASETS + ("loco",)
-"""The layouts ``--dataset`` accepts."""
 
 SUBTYPE_MODES = ("rule", "off")
 LOCO_MASK_RULE = "half"

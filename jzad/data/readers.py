@@ -59,12 +59,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jzad.data.choices import DATASETS
 from jzad.data.decode import open_image
 from jzad.data.errors import DataError, DataNotFoundError
 from jzad.data.imageset import ImageSet
 from jzad.data.masks import DEFAULT_MASK_THRESHOLDS, decode_mask, mask_values
 
-DATASETS = ("mvtec", "visa", "btad", "mpdd", "mtd", "folder")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 BTAD_CATEGORIES = ("01", "02", "03")

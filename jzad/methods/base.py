@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from jzad.features.types import BackboneRun, FeatureRequest, Features, ImagePrep
+from jzad.methods.options import Option, OptionError, float_pair, int_list, option_fields  # noqa: F401  (re-exported)
 
 FEW_SHOT_MODES = ("never", "optional", "required")
 
@@ -53,27 +54,6 @@ class Scores(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Option:
-    """A command-line option of a method, mapped to a field of its config.
-
-    flag: "--r-list". field: the config field it sets (None: the method's ``configure`` reads it from the
-    option values by dest). parse: str -> value (argparse type). choices: allowed values or None.
-    """
-
-    flag: str
-    field: str | None
-    help: str
-    parse: Callable[[str], Any] = str
-    choices: tuple | None = None
-    metavar: str | None = None
-
-    @property
-    def dest(self) -> str:
-        """The argparse destination name ("--r-list" -> "r_list")."""
-        return self.flag.lstrip("-").replace("-", "_")
-
-
-@dataclass(frozen=True)
 class RunContext:
     """What a method's ``configure`` may depend on: the dataset layout, the model input side, the shots and the
     backbone's tapped blocks (None: the method's own default taps)."""
@@ -82,10 +62,6 @@ class RunContext:
     image_size: int
     shots: int = 0
     taps: tuple | None = None
-
-
-class OptionError(ValueError):
-    """A command-line option that is misplaced or malformed; the message names the option."""
 
 
 def direct(stage: str, fn: Callable, *args, **kwargs):
@@ -280,13 +256,6 @@ def streaming_names() -> tuple[str, ...]:
     return tuple(_STREAMING)
 
 
-def option_fields(options, values: dict) -> dict:
-    """{option.field: value} for every option of ``options`` that sets a config field and whose value (by
-    argparse dest, as ``configure`` receives them) is given and not None. Configure functions read declared
-    fields through this, so a flag whose dest differs from its field still reaches the field."""
-    return {o.field: values[o.dest] for o in options if o.field is not None and values.get(o.dest) is not None}
-
-
 @jax.jit
 def _non_finite_rows(leaves) -> jax.Array:
     """(N,) bool: the images (leading axis) with a NaN or inf in any leaf; one program per set of shapes."""
@@ -314,23 +283,3 @@ def check_finite(features, names=None, what: str = "features", count: int | None
         where = "" if names is not None else "at index "
         raise ValueError(f"{what} of {len(indices)} image(s) are not finite (NaN or inf): {where}"
                          f"{', '.join(shown)}{more}")
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """"1,3,5" -> (1, 3, 5) (argparse type)."""
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from err
-    if not values:
-        raise ValueError(f"expected at least one integer, got {text!r}")
-    return values
-
-
-def float_pair(text: str) -> tuple[float, float]:
-    """"0,0.3" -> (0.0, 0.3) (argparse type)."""
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError as err:
-        raise ValueError(f"expected LO,HI such as 0,0.3, got {text!r}") from err
-    return lo, hi
