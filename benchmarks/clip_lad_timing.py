@@ -119,7 +119,8 @@ class Reference:
         self.ref = reference_torch_clip_lad
         self.cfg, fitted = state.config, state.fitted
         self.weights = {k: torch.from_numpy(v) for k, v in flax_to_openai(backbone.params, backbone.config).items()}
-        self.vision, self.activation, self.size = backbone.config.vision, backbone.config.activation, backbone.image_size
+        self.vision, self.activation = backbone.config.vision, backbone.config.activation
+        self.size = backbone.image_size
         self.t = {k: torch.from_numpy(np.array(v)) for k, v in (
             ("centres", fitted.centres), ("coarse", fitted.prompts.coarse), ("is_object", fitted.prompts.is_object),
             ("fine", fitted.prompts.fine), ("histograms", fitted.histograms), ("mean", fitted.fusion.mean),

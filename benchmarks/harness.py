@@ -377,8 +377,9 @@ class StagePrograms:
     runner, which lowers and compiles each stage on the shapes it is called with. ``memory[stage]`` is the
     ``memory_analysis`` of that stage's largest program (largest temp buffer over the calls of the stage),
     ``compile_s[stage]`` the seconds spent compiling its programs (a call that repeats one compiled before,
-    same function, fixed arguments and shapes, is not compiled again). Array arguments of a stage are its program's inputs;
-    every other argument (config, mesh, static sizes) is fixed, as the stage functions take them."""
+    same function, fixed arguments and shapes, is not compiled again). Array arguments of a stage are its
+    program's inputs; every other argument (config, mesh, static sizes) is fixed, as the stage functions take
+    them."""
 
     def __init__(self) -> None:
         self.memory: dict[str, dict] = {}
@@ -386,6 +387,8 @@ class StagePrograms:
         self._seen: set = set()
 
     def run(self, stage: str, fn, *args, **kwargs):
+        """The stage runner ``Method.body`` calls: compile fn's program for these arguments' shapes (once per
+        distinct program), record its memory, then call fn itself so the body's trace goes on."""
         dynamic = [i for i, arg in enumerate(args) if _is_arrays(arg)]
 
         def call(*arrays):
