@@ -57,6 +57,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import harness, report, roofline  # noqa: E402
+from benchmarks.harness import pipeline_run, stage_summary  # noqa: E402
 from jzad.backbone import CLIP_MEAN, CLIP_STD, ImageEncoder, init_random_encoder  # noqa: E402
 from jzad.backbone.config import CLIPConfig, architecture_name, default_taps, get_architecture  # noqa: E402
 from jzad.data import ArrayImages  # noqa: E402
@@ -75,7 +76,6 @@ from jzad.pipeline import (  # noqa: E402
     with_valid,
 )
 from jzad.timing import StageClock  # noqa: E402
-from benchmarks.harness import pipeline_run, stage_summary  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MUSC_STAGES = ("extract", "lnamd", "msm", "upsample", "rscin")
