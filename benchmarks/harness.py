@@ -1,13 +1,17 @@
 """What every benchmark shares, written once: the environment a result depends on (versions, device, CPU,
 commit, date), load-average sampling over a run, peak memory of a block, timing of a call, the results JSON
-(atomic, finite numbers only) and the argument types of the benchmark command lines.
+(atomic, finite numbers only), the argument types of the benchmark command lines, and the hooks that time and
+inspect the production path.
 
     with LoadSampler() as load, PeakMemory("jax", "cpu") as memory:
         out, seconds = timed(fn, *args)
     write_json(path, {**environment("torch"), "load_average": load.summary(), "memory": memory.as_dict(), ...})
 
 Benchmarks time the production path (``jzad.pipeline`` / ``jzad.experiment``) and record a result with the
-load of the machine it ran on: on a shared CPU the contention is part of what a timing means.
+load of the machine it ran on: on a shared CPU the contention is part of what a timing means. They never call a
+method's stage functions themselves: ``pipeline_run`` times the driver (fused, or stage by stage with
+``Scorer(profile="stages")``), ``RecordingClock`` keeps each stage's outputs of ``Method.staged`` for parity
+against a reference, and ``StagePrograms`` compiles the stages ``Method.body`` calls, for their memory.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
 
@@ -28,10 +33,13 @@ import numpy as np
 
 from benchmarks.report import dumps
 from jzad.cli import positive_int
+from jzad.pipeline import run_category
+from jzad.timing import StageClock
 
-__all__ = ["LoadSampler", "PeakMemory", "commit", "cpu_name", "device_info", "environment", "jsonable",
-           "positive_int", "release_free_heap", "timed", "torch_device_info", "versions", "write_json",
-           "write_text"]
+__all__ = ["LoadSampler", "PeakMemory", "RecordingClock", "StagePrograms", "commit", "compile_program",
+           "cpu_name", "device_info", "environment", "jsonable", "memory_analysis", "pipeline_run",
+           "positive_int", "release_free_heap", "stage_summary", "summarize_runs", "timed", "torch_device_info",
+           "versions", "write_json", "write_text"]
 
 CORE_PACKAGES = ("jax", "jaxlib", "flax", "numpy")
 
@@ -250,3 +258,159 @@ class LoadSampler:
             return None
         return {"min": min(self.samples), "median": statistics.median(self.samples), "max": max(self.samples),
                 "samples": len(self.samples), "cores": os.cpu_count()}
+
+
+# --------------------------------------------------------------------------------------------- production path
+
+
+def summarize_runs(runs: list[dict], n: int, compile_s: dict | None) -> dict:
+    """Per-stage medians over repeated runs ({stage: seconds} each, same stages) of N images:
+    {"stages": {stage: {"compile_s", "median_s", "runs_s", "per_image_ms"}}, "total_median_s", "total_runs_s",
+    "total_per_image_ms"}; compile_s None (a reference with no compile step) records None per stage."""
+    stages = {}
+    for stage in runs[0]:
+        values = [run[stage] for run in runs]
+        median = statistics.median(values)
+        stages[stage] = {
+            "compile_s": None if compile_s is None else compile_s.get(stage, 0.0),
+            "median_s": median,
+            "runs_s": values,
+            "per_image_ms": 1e3 * median / n,
+        }
+    totals = [sum(run.values()) for run in runs]
+    return {"stages": stages, "total_median_s": statistics.median(totals), "total_runs_s": totals,
+            "total_per_image_ms": 1e3 * statistics.median(totals) / n}
+
+
+def pipeline_run(scorer, source, repeats: int, platform_name: str, warmup: bool = True,
+                 references=None, calibration=None, category: str = "benchmark") -> dict:
+    """``jzad.pipeline.run_category`` (fit, decode, extract, the method's scoring, maps, finalize), timed stage
+    by stage on its StageClock: an untimed warm-up run (when ``warmup``), then ``repeats`` timed runs. The
+    scorer's ``profile`` decides what the stages are: "fused" times the method's one program as "score",
+    "stages" times each stage of the same body.
+
+    Returns {"runs": [{stage: seconds}] per timed run, "compile_s": {stage: seconds} of the first run,
+    "result": the last CategoryResult, "memory": the first timed run's peak (``PeakMemory``)}.
+    """
+    compile_s = None
+    if warmup:
+        clock = StageClock()
+        run_category(scorer, source, category, references, clock=clock, calibration=calibration)
+        compile_s = dict(clock.compile_seconds)
+    runs, memory, result = [], None, None
+    for index in range(repeats):
+        clock = StageClock()
+        meter = PeakMemory("jax", platform_name)
+        with meter:
+            result = run_category(scorer, source, category, references, clock=clock, calibration=calibration)
+        if compile_s is None:
+            compile_s = dict(clock.compile_seconds)
+        if index == 0:
+            memory = meter.as_dict()
+        runs.append(dict(clock.run_seconds))
+    return {"runs": runs, "compile_s": compile_s, "result": result, "memory": memory}
+
+
+def stage_summary(timed_runs: dict, stages: tuple[str, ...], n: int) -> dict:
+    """``summarize_runs`` of a ``pipeline_run`` over the named stages (a stage a run did not time counts 0)."""
+    runs = [{s: run.get(s, 0.0) for s in stages} for run in timed_runs["runs"]]
+    return summarize_runs(runs, n, {s: timed_runs["compile_s"].get(s, 0.0) for s in stages})
+
+
+class RecordingClock(StageClock):
+    """A StageClock that also keeps what every timed call returned: ``outputs[stage]`` lists them in call order.
+    Passed to ``Method.staged``, it gives a benchmark the production body's intermediate results to compare with
+    a reference, without calling the method's stage functions itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: dict[str, list] = defaultdict(list)
+
+    def run(self, stage: str, fn, *args, **kwargs):
+        out = super().run(stage, fn, *args, **kwargs)
+        self.outputs[stage].append(out)
+        return out
+
+
+def memory_analysis(compiled) -> dict:
+    """The byte counts of a compiled program's ``memory_analysis()`` ({} where the backend gives none)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    keys = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "peak_memory_in_bytes")
+    return {k: int(getattr(stats, k)) for k in keys if hasattr(stats, k)}
+
+
+def compile_program(fn, *args) -> dict:
+    """AOT-compile fn for args (arrays or ShapeDtypeStructs): {"run", "compile_s", "memory"}."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return {"run": compiled, "compile_s": time.perf_counter() - start, "memory": memory_analysis(compiled)}
+
+
+def _is_arrays(value) -> bool:
+    leaves = jax.tree.leaves(value)
+    return bool(leaves) and all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+def _program_key(stage: str, fn, args: tuple, dynamic: list, kwargs: dict, inputs: list):
+    """What decides a stage's program (function, fixed arguments, input shapes), hashable; None when a fixed
+    argument is not hashable (the program is then compiled on every call)."""
+    fixed = tuple((i, arg) for i, arg in enumerate(args) if i not in dynamic)
+    shapes = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves(inputs))
+    key = (stage, fn, fixed, tuple(sorted(kwargs.items())), jax.tree.structure(inputs), shapes)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+class StagePrograms:
+    """The programs a method's scoring body runs stage by stage, compiled ahead of time without running them:
+    ``of_body`` traces ``Method.body`` abstractly (``jax.eval_shape``) with this object's ``run`` as its stage
+    runner, which lowers and compiles each stage on the shapes it is called with. ``memory[stage]`` is the
+    ``memory_analysis`` of that stage's largest program (largest temp buffer over the calls of the stage),
+    ``compile_s[stage]`` the seconds spent compiling its programs (a call that repeats one compiled before,
+    same function, fixed arguments and shapes, is not compiled again). Array arguments of a stage are its
+    program's inputs; every other argument (config, mesh, static sizes) is fixed, as the stage functions take
+    them."""
+
+    def __init__(self) -> None:
+        self.memory: dict[str, dict] = {}
+        self.compile_s: dict[str, float] = defaultdict(float)
+        self._seen: set = set()
+
+    def run(self, stage: str, fn, *args, **kwargs):
+        """The stage runner ``Method.body`` calls: compile fn's program for these arguments' shapes (once per
+        distinct program), record its memory, then call fn itself so the body's trace goes on."""
+        dynamic = [i for i, arg in enumerate(args) if _is_arrays(arg)]
+
+        def call(*arrays):
+            full = list(args)
+            for index, array in zip(dynamic, arrays):
+                full[index] = array
+            return fn(*full, **kwargs)
+
+        inputs = [_abstract(args[i]) for i in dynamic]
+        key = _program_key(stage, fn, args, dynamic, kwargs, inputs)
+        if key is not None and key in self._seen:
+            return call(*[args[i] for i in dynamic])
+        if key is not None:
+            self._seen.add(key)
+        program = compile_program(call, *inputs)
+        self.compile_s[stage] += program["compile_s"]
+        previous = self.memory.get(stage, {}).get("temp_size_in_bytes", -1)
+        if program["memory"].get("temp_size_in_bytes", 0) > previous:
+            self.memory[stage] = program["memory"]
+        return call(*[args[i] for i in dynamic])
+
+    def of_body(self, method, config, state, queries, mesh) -> "StagePrograms":
+        """Compile every stage ``method.body`` runs on ``queries`` with ``state`` (nothing is executed)."""
+        jax.eval_shape(lambda s, q: method.body(config, s, q, mesh, self.run), state, queries)
+        return self

@@ -6,9 +6,11 @@
 Per-image breakdown by stage for both implementations (MuSc paper Tables 6/13: feature extraction, LNAMD,
 MSM, upsample, RsCIN), on random weights of the backbone's real shapes and random images:
 - JAX: the shared driver users run (``jzad.pipeline.run_category``: decode, extract, LNAMD, MSM, maps,
-  RsCIN over the category) on random uint8 images, stage by stage on its ``StageClock`` (device-synchronised,
-  compile seconds apart): one warm-up run, then ``--repeats`` timed runs; the median is reported. The
-  method's fused scorer (``method.score`` + ``finalize``) is also timed as one compiled program.
+  RsCIN over the category) on random uint8 images, the method's body stage by stage (``Scorer(profile=
+  "stages")``, the command line's ``--profile stages``) on its ``StageClock`` (device-synchronised, compile
+  seconds apart): one warm-up run, then ``--repeats`` timed runs; the median is reported. Unless --no-fused,
+  the same driver runs again as the command line runs it by default (``profile="fused"``: the body as one
+  jitted program, timed as "score"), stored under jax.fused. No stage function is called here directly.
 - Reference (``benchmarks.reference_torch``): transformers CLIP with the same weights, then the per-image
   ``torch.cdist`` MuSc of the original code (cdist's default mm mode unless --cdist-mode says otherwise);
   ``torch.cuda.synchronize`` around every stage on CUDA; a warm-up on a few images; median of repeats.
@@ -18,13 +20,16 @@ MSM, upsample, RsCIN), on random weights of the backbone's real shapes and rando
   Otsu filtering, parity, roofline; the MuSc-vs-FSLC comparison of the FSLC paper's Table 4.
 - Scaling (--scaling): time and peak memory of the scoring stages (LNAMD, MSM, upsample, RsCIN) against N
   for both, on random tokens of the backbone's shape (extraction is per image and does not grow with N);
-  the JAX side runs the pipeline's scoring of a group (``score_features``).
+  the JAX side runs the driver's scoring of a pool (``score_features``: the pool padded as the driver pads it,
+  ``Scorer.score``, ``maps_at``, ``finalize``).
   The reference stops at the first N where it runs out of memory (torch.cuda.OutOfMemoryError /
   MemoryError, recorded); either implementation stops growing N when the last measured run, extrapolated
   quadratically to the next N, would exceed --max-seconds. The table says which and why.
 - Roofline: FLOPs and bytes of every stage from the shapes (``benchmarks.roofline``), measured device
   ceilings (large fp32/bf16 matmuls, a streaming copy), time over floor.
-- Memory: ``memory_analysis()`` of the programs the pipeline runs (compiled apart); measured peak device
+- Memory: ``memory_analysis()`` of the programs the driver runs (compiled apart, not run: the extraction of a
+  batch, each stage program of the method's body through ``harness.StagePrograms``, the fused "score" program,
+  the maps of a chunk and RsCIN), keyed by stage under jax.program_memory; measured peak device
   memory per implementation (GPU: torch.cuda.max_memory_allocated, XLA peak_bytes_in_use; CPU: peak RSS growth
   via /proc VmHWM after malloc_trim). The 1-minute load average is sampled during the run and stored with the device.
 
@@ -37,6 +42,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=K set before Python starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -51,26 +57,29 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import harness, report, roofline  # noqa: E402
+from benchmarks.harness import pipeline_run, stage_summary  # noqa: E402
 from jzad.backbone import CLIP_MEAN, CLIP_STD, ImageEncoder, init_random_encoder  # noqa: E402
 from jzad.backbone.config import CLIPConfig, architecture_name, default_taps, get_architecture  # noqa: E402
 from jzad.data import ArrayImages  # noqa: E402
 from jzad.features import Features, normalize_pixels  # noqa: E402
 from jzad.features.clip import clip_backbone  # noqa: E402
-from jzad.kernels import device_mesh, resize_bilinear  # noqa: E402
+from jzad.kernels import device_mesh  # noqa: E402
 from jzad.methods import get_method  # noqa: E402
-from jzad.methods.musc import (  # noqa: E402
-    MuScConfig,
-    lnamd,
-    max_of_upsampled,
-    mutual_scores,
-    resolve_schedule,
-    rscin,
+from jzad.methods.musc import MuScConfig, resolve_schedule  # noqa: E402
+from jzad.pipeline import (  # noqa: E402
+    MAP_CHUNK,
+    Scorer,
+    bucket_size,
+    extract_source,
+    finalize,
+    maps_at,
+    with_valid,
 )
-from jzad.pipeline import Scorer, extract_source, finalize, maps_at, run_category  # noqa: E402
 from jzad.timing import StageClock  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MUSC_STAGES = ("extract", "lnamd", "msm", "upsample", "rscin")
+FUSED_STAGES = ("extract", "score", "upsample", "rscin")
 SCORING_STAGES = ("lnamd", "msm", "upsample", "rscin")
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 DEFAULT_CDIST_MODE = "use_mm_for_euclid_dist_if_necessary"
@@ -153,25 +162,6 @@ def torch_clip_model(params: dict, config: CLIPConfig, device):
     return model.eval().to(device)
 
 
-# --------------------------------------------------------------------------------------------- clocks, memory
-
-
-def _memory_analysis(compiled) -> dict:
-    stats = compiled.memory_analysis()
-    if stats is None:
-        return {}
-    keys = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "peak_memory_in_bytes")
-    return {k: int(getattr(stats, k)) for k in keys if hasattr(stats, k)}
-
-
-def compile_program(fn, *args) -> dict:
-    """AOT-compile fn for args (arrays or ShapeDtypeStructs): {"run", "compile_s", "memory"}."""
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    return {"run": compiled, "compile_s": time.perf_counter() - start, "memory": _memory_analysis(compiled)}
-
-
 # --------------------------------------------------------------------------------------------- JAX side
 
 
@@ -197,138 +187,114 @@ def image_source(images: np.ndarray) -> ArrayImages:
 
 
 def musc_scorer(spec: BackboneSpec, params: dict, musc: MuScConfig, mesh, batch: int, dtype: str = "float32",
-                attention: str = "einsum") -> Scorer:
+                attention: str = "einsum", profile: str = "stages") -> Scorer:
     """The pipeline's Scorer for MuSc over a CLIP Backbone holding ``params`` (random weights of the spec's
-    shapes), at compute dtype and attention implementation: what ``python -m jzad.run`` builds from a checkpoint."""
+    shapes), at compute dtype and attention implementation: what ``python -m jzad.run`` builds from a checkpoint
+    (``profile`` "fused" is the command line's default, "stages" its ``--profile stages``)."""
     config = spec.config.replace(attention=attention)
     encoder = ImageEncoder(config, params, spec.taps, dtype, origin=f"random:{spec.arch}")
     backbone = clip_backbone(encoder, f"random-{spec.arch}", architecture_name(config))
-    return Scorer(get_method("musc"), musc, backbone, mesh, batch, profile="stages")
+    return Scorer(get_method("musc"), musc, backbone, mesh, batch, profile=profile)
 
 
-def pipeline_run(scorer: Scorer, source, repeats: int, platform_name: str, warmup: bool = True,
-                 references=None, calibration=None, category: str = "benchmark") -> dict:
-    """``jzad.pipeline.run_category`` (decode, extract, the method's stages, maps, finalize), timed stage by
-    stage on its StageClock: an untimed warm-up run (when ``warmup``), then ``repeats`` timed runs.
-
-    Returns {"runs": [{stage: seconds}] per timed run, "compile_s": {stage: seconds} of the first run,
-    "result": the last CategoryResult, "memory": the first timed run's peak (``PeakMemory``)}.
-    """
-    compile_s = None
-    if warmup:
-        clock = StageClock()
-        run_category(scorer, source, category, references, clock=clock, calibration=calibration)
-        compile_s = dict(clock.compile_seconds)
-    runs, memory, result = [], None, None
-    for index in range(repeats):
-        clock = StageClock()
-        meter = harness.PeakMemory("jax", platform_name)
-        with meter:
-            result = run_category(scorer, source, category, references, clock=clock, calibration=calibration)
-        if compile_s is None:
-            compile_s = dict(clock.compile_seconds)
-        if index == 0:
-            memory = meter.as_dict()
-        runs.append(dict(clock.run_seconds))
-    return {"runs": runs, "compile_s": compile_s, "result": result, "memory": memory}
+def driver_pool_size(scorer: Scorer, n: int) -> int:
+    """The rows the driver scores a pool of N images in: ``bucket_size(N)`` when the method pads
+    (``Method.pads_to_buckets``), else N."""
+    return bucket_size(n) if scorer.method.pads_to_buckets(scorer.config) else n
 
 
-def stage_summary(timed: dict, stages: tuple[str, ...], n: int) -> dict:
-    """``_stage_summary`` of a ``pipeline_run`` over the named stages (a stage a run did not time counts 0)."""
-    runs = [{s: run.get(s, 0.0) for s in stages} for run in timed["runs"]]
-    return _stage_summary(runs, n, {s: timed["compile_s"].get(s, 0.0) for s in stages})
+def pooled_as_the_driver(scorer: Scorer, features: Features) -> Features:
+    """A pool's features as the driver scores them: when the method pads, padded with zero rows to
+    ``driver_pool_size`` and the real rows marked (``with_valid``), as ``score_source`` does."""
+    n = features.num_images
+    rows = driver_pool_size(scorer, n)
+    if rows == n:
+        return features
+    padded = jax.tree.map(lambda a: jnp.pad(a, [(0, rows - n)] + [(0, 0)] * (a.ndim - 1)), features)
+    return with_valid(padded, n, rows)
 
 
 def score_features(scorer: Scorer, features: Features, clock: StageClock) -> dict:
-    """The pipeline's scoring of one pooled group on given features: the method's ``staged`` stages, the maps
-    (``jzad.pipeline.maps_at``) and the set-level ``finalize`` (RsCIN), as ``run_category`` runs them after
-    extraction -> host arrays patch_scores (N, h, w), image_scores_raw (N,), image_scores (N,), maps (N, S, S)."""
-    method, config = scorer.method, scorer.config
-    state = method.fit(config, None, scorer.mesh, None)
-    scores, _ = method.staged(config, state, features, scorer.mesh, clock)
-    host = jax.tree.map(np.asarray, scores)
-    maps = maps_at(method, config, host.patch_scores, scorer.backbone.image_size, clock)
+    """The driver's scoring of one pool on given features (what ``run_category`` runs after extraction): the pool
+    padded as the driver pads it, the scorer's ``score`` (fused or the method's ``staged`` body), the maps
+    (``jzad.pipeline.maps_at``) and the set-level ``finalize`` (RsCIN) -> host arrays patch_scores (N, h, w),
+    image_scores_raw (N,), image_scores (N,), maps (N, S, S)."""
+    n = features.num_images
+    state = scorer.method.fit(scorer.config, None, scorer.mesh, None)
+    pool = pooled_as_the_driver(scorer, features)
+    scores, _ = scorer.score(state, pool, clock)
+    host = jax.tree.map(lambda a: np.asarray(a)[:n], scores)
+    rows = pool.num_images if pool is not features else None
+    maps = maps_at(scorer.method, scorer.config, host.patch_scores, scorer.backbone.image_size, clock, rows)
     outputs = {"patch_scores": host.patch_scores, "image_scores_raw": host.image_scores, "keep": host.keep}
     return {"patch_scores": host.patch_scores, "image_scores_raw": host.image_scores, "maps": maps,
             "image_scores": finalize(scorer, outputs, clock)}
 
 
-def pipeline_program_memory(scorer: Scorer, n: int) -> dict:
-    """``memory_analysis`` of the programs the pipeline runs for MuSc over N images: the backbone forward per
-    batch, LNAMD per r, MSM, the max of the upsampled maps and RsCIN (compiled apart, for the report)."""
-    backbone, config, mesh = scorer.backbone, scorer.config, scorer.mesh
-    vision = backbone.config.vision
-    g, c, size = vision.grid_size, vision.width, backbone.image_size
-    f32 = jnp.float32
-    embedding = scorer.request.embedding
-    batch = jax.ShapeDtypeStruct((scorer.batch_size, size, size, 3), jnp.uint8)
-    out = {f"extract_b{scorer.batch_size}":
-           compile_program(lambda p, x: backbone.forward(p, x, embedding), backbone.params, batch)["memory"]}
-    grid = jax.ShapeDtypeStruct((n, g, g, c), f32)
-    for r in config.r_list:
-        out[f"lnamd_r{r}"] = compile_program(lambda x, r=r: lnamd(x, r), grid)["memory"]
-    feats = jax.ShapeDtypeStruct((n, g * g, c), f32)
-    out["msm"] = compile_program(lambda f: mutual_scores(f, config, mesh), feats)["memory"]
-    patch = jax.ShapeDtypeStruct((n, g, g), f32)
-    out["upsample"] = compile_program(lambda x: max_of_upsampled(x, config.map_size), patch)["memory"]
-    if config.windows and backbone.config.embed_dim:
-        scores = jax.ShapeDtypeStruct((n,), f32)
-        embeds = jax.ShapeDtypeStruct((n, backbone.config.embed_dim), f32)
-        out["rscin"] = compile_program(lambda a, e: rscin(a, e, config.windows), scores, embeds)["memory"]
+def driver_program_memory(scorer: Scorer, features: Features) -> dict:
+    """``memory_analysis`` of the programs the driver runs on a pool of ``features`` (unpadded, as extracted):
+    the extraction of one batch (``Scorer.extract_fn``), every stage program of the method's body
+    (``StagePrograms``: what ``--profile stages`` runs), the fused scoring program ("score", what the command line
+    runs), the maps of one chunk and ``finalize`` (RsCIN). Compiled, not run."""
+    method, config, mesh = scorer.method, scorer.config, scorer.mesh
+    size, batch = scorer.backbone.image_size, scorer.batch_size
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
+    out = {f"extract_b{batch}": harness.compile_program(scorer.extract_fn, images)["memory"]}
+    state = method.fit(config, None, mesh, None)
+    pool = pooled_as_the_driver(scorer, features)
+    out.update(harness.StagePrograms().of_body(method, config, state, pool, mesh).memory)
+    out["score"] = harness.compile_program(lambda s, q: method.score(config, s, q, mesh), state, pool)["memory"]
+    scores = jax.eval_shape(lambda s, q: method.score(config, s, q, mesh)[0], state, pool)
+    chunk = min(MAP_CHUNK, pool.num_images)
+    patch = jax.ShapeDtypeStruct((chunk,) + scores.patch_scores.shape[1:], jnp.float32)
+    out["upsample"] = harness.compile_program(lambda p: method.maps(config, p, (size, size)), patch)["memory"]
+    n = features.num_images
+    final = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n,) + a.shape[1:], a.dtype), scores)
+    out[method.finalize_stage] = harness.compile_program(lambda s: method.finalize(config, s), final)["memory"]
     return out
 
 
 def time_jax_musc(spec: BackboneSpec, params: dict, images: np.ndarray, musc: MuScConfig, mesh, batch: int,
                   dtype: str, repeats: int, fused: bool, platform_name: str) -> dict:
     """JAX MuSc end to end through the shared driver on N uint8 images (N, S, S, 3): a warm-up run, then
-    ``repeats`` timed runs of ``run_category``; the features of the set (``extract_source``) for parity.
+    ``repeats`` timed runs of ``run_category`` stage by stage (``profile="stages"``) and, when ``fused``, as the
+    command line runs it (``profile="fused"``); the features of the set (``extract_source``) for parity.
 
-    Returns {"summary", "outputs" (last run), "grids"/"embeds", "memory", "programs", "fused"}.
+    Returns {"summary", "outputs" (last staged run), "grids"/"embeds", "memory", "programs", "fused"}.
     """
     n = images.shape[0]
     scorer = musc_scorer(spec, params, musc, mesh, batch, dtype)
     source = image_source(images)
-    timed = pipeline_run(scorer, source, repeats, platform_name)
-    result = timed["result"]
+    timed_runs = pipeline_run(scorer, source, repeats, platform_name)
+    out = {"summary": stage_summary(timed_runs, MUSC_STAGES, n), "outputs": _category_outputs(timed_runs["result"]),
+           "memory": timed_runs["memory"], "backbone": scorer.backbone, "scorer": scorer}
     features, _ = extract_source(scorer, source, np.arange(n), StageClock())
-    outputs = {"patch_scores": result.patch_scores.reshape(n, -1), "maps": result.maps,
-               "image_scores_raw": result.image_scores_raw, "image_scores": result.image_scores}
-    out = {
-        "summary": stage_summary(timed, MUSC_STAGES, n),
-        "outputs": outputs,
-        "grids": features.layers,
-        "embeds": features.embeds,
-        "memory": timed["memory"],
-        "programs": pipeline_program_memory(scorer, n),
-        "backbone": scorer.backbone,
-        "scorer": scorer,
-    }
+    out["grids"], out["embeds"] = features.layers, features.embeds
+    out["programs"] = driver_program_memory(scorer, features)
     if fused:
-        out["fused"] = _time_fused(scorer, features, repeats)
+        out["fused"] = time_fused(dataclasses.replace(scorer, profile="fused"), source, repeats, platform_name)
     return out
 
 
-def _time_fused(scorer: Scorer, features: Features, repeats: int) -> dict:
-    """The method's fused scorer as one compiled program (``method.score`` then ``finalize``: LNAMD, MSM, max of
-    the upsampled maps, RsCIN) on the pipeline's features."""
-    method, config, mesh = scorer.method, scorer.config, scorer.mesh
-    state = method.fit(config, None, mesh, None)
-    n = features.num_images
+def _category_outputs(result) -> dict:
+    n = len(result.names)
+    return {"patch_scores": result.patch_scores.reshape(n, -1), "maps": result.maps,
+            "image_scores_raw": result.image_scores_raw, "image_scores": result.image_scores}
 
-    def fused(feats):
-        scores, _ = method.score(config, state, feats, mesh)
-        return scores.patch_scores, scores.image_scores, method.finalize(config, scores).image_scores
 
-    program = compile_program(fused, features)
-    jax.block_until_ready(program["run"](features))
-    runs = []
-    for _ in range(repeats):
-        out, seconds = harness.timed(program["run"], features)
-        runs.append(seconds)
-    median = statistics.median(runs)
-    return {"compile_s": program["compile_s"], "median_s": median, "runs_s": runs, "per_image_ms": 1e3 * median / n,
-            "memory": program["memory"], "outputs": {"patch_scores": out[0].reshape(n, -1),
-                                                     "image_scores_raw": out[1], "image_scores": out[2]}}
+def time_fused(scorer: Scorer, source, repeats: int, platform_name: str) -> dict:
+    """MuSc through the driver as the command line runs it (``profile="fused"``: LNAMD, MSM and the max of the
+    upsampled maps as one jitted program, timed as "score"), then the maps and RsCIN: a warm-up run, then
+    ``repeats`` timed runs. ``per_image_ms`` / ``compile_s`` are those of the scoring after extraction
+    (score + upsample + rscin), to set beside the same stages timed one by one."""
+    n = len(source)
+    timed_runs = pipeline_run(scorer, source, repeats, platform_name)
+    summary = stage_summary(timed_runs, FUSED_STAGES, n)
+    scoring = [sum(run.get(s, 0.0) for s in FUSED_STAGES[1:]) for run in timed_runs["runs"]]
+    median = statistics.median(scoring)
+    return {"summary": summary, "median_s": median, "runs_s": scoring, "per_image_ms": 1e3 * median / n,
+            "compile_s": sum(timed_runs["compile_s"].get(s, 0.0) for s in FUSED_STAGES[1:]),
+            "memory": timed_runs["memory"], "outputs": _category_outputs(timed_runs["result"])}
 
 
 # --------------------------------------------------------------------------------------------- reference side
@@ -381,7 +347,7 @@ def time_reference_musc(model, pixels: np.ndarray, spec: BackboneSpec, musc: MuS
             if index == 0:
                 memory = meter.as_dict()
             runs.append(seconds)
-    return {"summary": _stage_summary(runs, n, None), "outputs": result, "memory": memory}
+    return {"summary": harness.summarize_runs(runs, n, None), "outputs": result, "memory": memory}
 
 
 # --------------------------------------------------------------------------------------------- breakdown
@@ -467,8 +433,9 @@ def _next_allowed(seconds: float, n: int, next_n: int, max_seconds: float | None
 
 
 def jax_scaling_entry(scorer: Scorer, tokens: tuple, embeds, repeats: int, platform_name: str) -> dict:
-    """The pipeline's scoring stages (``score_features``) on L x (N, 1 + M, C) tokens: a warm-up pass, then
-    ``repeats`` timed passes -> {"status", "summary", "memory", "msm_program_memory", "schedule"}."""
+    """The driver's scoring stages (``score_features``) on L x (N, 1 + M, C) tokens: a warm-up pass, then
+    ``repeats`` timed passes -> {"status", "summary", "memory", "msm_program_memory" (the MSM program of the
+    method's body, ``StagePrograms``), "schedule", "pool_rows" (N padded as the driver pads)}."""
     n, count, c = tokens[0].shape
     side = int(round((count - 1) ** 0.5))
     features = Features(tuple(t[:, 1:].reshape(n, side, side, c) for t in tokens), embeds)
@@ -483,10 +450,13 @@ def jax_scaling_entry(scorer: Scorer, tokens: tuple, embeds, repeats: int, platf
         memory = meter.as_dict() if rep == 0 else memory
         runs.append({s: clock.run_seconds.get(s, 0.0) for s in SCORING_STAGES})
     compile_s = {s: warm.compile_seconds.get(s, 0.0) for s in SCORING_STAGES}
-    feats = jax.ShapeDtypeStruct((n, count - 1, c), jnp.float32)
-    msm_memory = compile_program(lambda f: mutual_scores(f, scorer.config, scorer.mesh), feats)["memory"]
-    return {"status": "ok", "summary": _stage_summary(runs, n, compile_s), "memory": memory,
-            "msm_program_memory": msm_memory, "schedule": resolve_schedule(scorer.config, n, count - 1)}
+    method, config = scorer.method, scorer.config
+    programs = harness.StagePrograms().of_body(method, config, method.fit(config, None, scorer.mesh, None),
+                                               pooled_as_the_driver(scorer, features), scorer.mesh)
+    rows = driver_pool_size(scorer, n)
+    return {"status": "ok", "summary": harness.summarize_runs(runs, n, compile_s), "memory": memory,
+            "msm_program_memory": programs.memory["msm"], "schedule": resolve_schedule(config, rows, count - 1),
+            "pool_rows": rows}
 
 
 def run_scaling(scorer: Scorer, spec: BackboneSpec, sizes: tuple[int, ...], repeats: int, max_seconds: float | None,
@@ -533,7 +503,7 @@ def run_scaling(scorer: Scorer, spec: BackboneSpec, sizes: tuple[int, ...], repe
                 stopped["reference"] = f"out of memory at N={n}"
             else:
                 runs, memory = outcome
-                row["reference"] = {"status": "ok", "summary": _stage_summary(runs, n, None), "memory": memory}
+                row["reference"] = {"status": "ok", "summary": harness.summarize_runs(runs, n, None), "memory": memory}
             del layers, emb
             if torch_device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -590,56 +560,17 @@ def _fslc_config(sizes: FslcSizes, precision: str, map_size: int):
                       map_size=map_size)
 
 
-def jax_fslc_pass(programs: dict | None, grids: tuple, embeds, config, mesh, grid: int):
-    """One pass of JAX FSLC stage by stage -> (outputs, {stage: seconds}, programs).
-
-    With ``programs`` None each stage is compiled (AOT, on the previous stage's real outputs) and run once
-    as warm-up; the compiled programs are returned for the timed passes.
-    """
-    from jzad.methods import fslc
-
-    n = embeds.shape[0]
-    fns = {
-        "features": lambda layer_grids: fslc.fslc_sets(layer_grids, config)[0],
-        "init": lambda f, e: fslc.fslc_init(f, e, config, mesh),
-        "expand": lambda f, core, images, patches: fslc.fslc_expand(f, core, images, patches, config, mesh),
-        "filter": lambda f, core: fslc.fslc_filter(f, core, config, mesh),
-        "score": lambda f, core, valid: fslc.fslc_score(f, core, valid, config, mesh),
-        "upsample": lambda patch: resize_bilinear(patch.reshape(n, grid, grid), config.map_size, align_corners=True),
-    }
-    fresh = programs is None
-    programs = {} if fresh else programs
-    seconds = {}
-
-    def stage(name, *args):
-        if fresh:
-            programs[name] = compile_program(fns[name], *args)
-        out, seconds[name] = harness.timed(programs[name]["run"], *args)
-        return out
-
-    features = stage("features", grids)
-    init = stage("init", features, embeds)
-    expanded = stage("expand", features, init.coreset, init.image_indices, init.patch_indices)
-    filtered = stage("filter", features, expanded.coreset)
-    scored = stage("score", features, filtered.coreset, filtered.valid)
-    maps = stage("upsample", scored.patch_scores)
-    outputs = {"patch_scores": scored.patch_scores, "image_scores": scored.image_scores, "maps": maps,
-               "coreset_size": int(filtered.size), "expanded_size": int(expanded.coreset.shape[0]),
-               "init_images": np.asarray(init.image_indices)}
-    return outputs, seconds, programs
-
-
 def time_jax_fslc(backbone, grids: tuple, embeds, sizes: FslcSizes, precision: str, mesh, repeats: int) -> dict:
-    """JAX FSLC on the JAX features through the pipeline's scoring (``score_features`` with the registered fslc
-    method; its "lnamd" stage reported as "features"): a warm-up pass, then ``repeats`` timed passes. One pass
-    of the stage functions (``jax_fslc_pass``, untimed) gives the diagnostics (coreset sizes, init images) and
-    the compiled programs' memory."""
+    """JAX FSLC on the JAX features through the driver's scoring (``score_features`` with the registered fslc
+    method stage by stage; its "lnamd" stage reported as "features"): a warm-up pass on a ``RecordingClock``,
+    whose recorded stage outputs give the diagnostics (init images, expanded and filtered coreset sizes), then
+    ``repeats`` timed passes; the memory of the body's stage programs (``StagePrograms``)."""
     config = _fslc_config(sizes, precision, backbone.image_size)
     scorer = Scorer(get_method("fslc"), config, backbone, mesh, profile="stages")
     features = Features(tuple(grids), embeds)
     n = features.num_images
     names = {stage: "lnamd" if stage == "features" else stage for stage in FSLC_STAGES}
-    warm = StageClock()
+    warm = harness.RecordingClock()
     score_features(scorer, features, warm)
     runs = []
     for _ in range(repeats):
@@ -647,11 +578,15 @@ def time_jax_fslc(backbone, grids: tuple, embeds, sizes: FslcSizes, precision: s
         outputs = score_features(scorer, features, clock)
         runs.append({stage: clock.run_seconds.get(name, 0.0) for stage, name in names.items()})
     compile_s = {stage: warm.compile_seconds.get(name, 0.0) for stage, name in names.items()}
-    diagnostics, _, programs = jax_fslc_pass(None, grids, embeds, config, mesh, backbone.config.vision.grid_size)
-    outputs = {**diagnostics, "patch_scores": outputs["patch_scores"].reshape(n, -1),
-               "image_scores": outputs["image_scores"], "maps": outputs["maps"]}
-    return {"summary": _stage_summary(runs, n, compile_s), "outputs": outputs,
-            "program_memory": {name: p["memory"] for name, p in programs.items()}}
+    (init,), (expanded,), (filtered,) = (warm.outputs[stage] for stage in ("init", "expand", "filter"))
+    outputs = {"patch_scores": outputs["patch_scores"].reshape(n, -1), "image_scores": outputs["image_scores"],
+               "maps": outputs["maps"], "coreset_size": int(filtered.size),
+               "expanded_size": int(expanded.coreset.shape[0]), "init_images": np.asarray(init.image_indices)}
+    method = scorer.method
+    programs = harness.StagePrograms().of_body(method, config, method.fit(config, None, mesh, None), features, mesh)
+    return {"summary": harness.summarize_runs(runs, n, compile_s), "outputs": outputs,
+            "program_memory": {stage: programs.memory[name] for stage, name in names.items()
+                               if name in programs.memory}}
 
 
 def reference_fslc_pass(layers: list, embeds, sizes: FslcSizes, map_size: int, cdist_mode: str, device: str):
@@ -676,7 +611,7 @@ def time_reference_fslc(layers: list, embeds, sizes: FslcSizes, map_size: int, c
         for _ in range(repeats):
             result, seconds = reference_fslc_pass(layers, embeds, sizes, map_size, cdist_mode, device)
             runs.append(seconds)
-    return {"summary": _stage_summary(runs, embeds.shape[0], None), "outputs": result}
+    return {"summary": harness.summarize_runs(runs, embeds.shape[0], None), "outputs": result}
 
 
 def fslc_comparison(jax_run: dict, ref_run: dict, spec: BackboneSpec, sizes: FslcSizes, precision: str,
@@ -707,23 +642,6 @@ def fslc_comparison(jax_run: dict, ref_run: dict, spec: BackboneSpec, sizes: Fsl
     return {"status": "ok", "stages": list(FSLC_STAGES), "sizes": sizes.__dict__,
             "expanded_size": a["expanded_size"], "jax": {k: v for k, v in ours.items() if k != "outputs"},
             "reference": {"summary": theirs["summary"]}, "parity": parity, "costs": costs}
-
-
-def _stage_summary(runs: list[dict], n: int, compile_s: dict | None) -> dict:
-    """Per-stage medians over repeats: {"stages": {stage: {...}}, "total_median_s", "total_runs_s"}."""
-    stages = {}
-    for stage in runs[0]:
-        values = [run[stage] for run in runs]
-        median = statistics.median(values)
-        stages[stage] = {
-            "compile_s": None if compile_s is None else compile_s.get(stage, 0.0),
-            "median_s": median,
-            "runs_s": values,
-            "per_image_ms": 1e3 * median / n,
-        }
-    totals = [sum(run.values()) for run in runs]
-    return {"stages": stages, "total_median_s": statistics.median(totals), "total_runs_s": totals,
-            "total_per_image_ms": 1e3 * statistics.median(totals) / n}
 
 
 def _max_abs(a, b) -> float:
@@ -890,7 +808,9 @@ def measure(args: argparse.Namespace, spec: BackboneSpec, argv) -> dict:
             "precision": args.precision, "reference_precision": "fp32", "shards": args.shards,
             "repeats": args.repeats, "batch": args.batch, "r_list": list(musc.r_list),
             "interval": list(musc.interval), "windows": list(musc.windows), "map_size": musc.map_size,
-            "schedule": args.schedule, "schedule_resolved": resolve_schedule(musc, args.n, m),
+            "schedule": args.schedule,
+            "schedule_resolved": resolve_schedule(musc, driver_pool_size(scorer, args.n), m),
+            "pool_rows": driver_pool_size(scorer, args.n),
             "cdist_mode": args.cdist_mode, "seed": args.seed, "weights": "random (init_random_encoder), real shapes",
             "images": "random uint8 (N, S, S, 3); CLIP-normalised inside the jitted forward, the reference gets the "
                       "same normalised pixels", "reference_warmup_images": REFERENCE_WARMUP_IMAGES,

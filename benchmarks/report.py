@@ -155,15 +155,20 @@ def render_run(payload: dict) -> str:
     fused = payload["jax"].get("fused")
     if fused:
         staged = sum(jax_stages[s]["per_image_ms"] for s in ("lnamd", "msm", "upsample", "rscin"))
-        out += ["", f"JAX scoring as one compiled program (score_musc: LNAMD + MSM + max of upsampled maps + "
-                f"RsCIN): {fmt(fused['per_image_ms'])} ms/image (compile {fmt(fused['compile_s'])} s); the same "
-                f"stages timed one by one: {fmt(staged)} ms/image."]
+        if "summary" in fused:
+            what = ("JAX scoring as the command line runs it (the driver's fused profile: LNAMD + MSM + max of the "
+                    "upsampled maps as one jitted program, then the maps and RsCIN)")
+        else:
+            what = "JAX scoring as one compiled program (score_musc: LNAMD + MSM + max of upsampled maps + RsCIN)"
+        out += ["", f"{what}: {fmt(fused['per_image_ms'])} ms/image (compile {fmt(fused['compile_s'])} s); the "
+                f"same stages timed one by one: {fmt(staged)} ms/image."]
     programs = payload["jax"].get("program_memory") or {}
     temp = {name: mem.get("temp_size_in_bytes") for name, mem in programs.items() if mem}
     if temp:
         lnamd_temp = max(v for k, v in temp.items() if k.startswith("lnamd"))
         extract_temp = max(v for k, v in temp.items() if k.startswith("extract"))
-        out += ["", f"JAX compiled temp buffers (memory_analysis): MSM {_mb(temp['msm'])} MiB, LNAMD "
+        fused_temp = f"the fused scoring program {_mb(temp['score'])} MiB, " if "score" in temp else ""
+        out += ["", f"JAX compiled temp buffers (memory_analysis): {fused_temp}MSM {_mb(temp['msm'])} MiB, LNAMD "
                 f"{_mb(lnamd_temp)} MiB, extraction {_mb(extract_temp)} MiB, upsample {_mb(temp['upsample'])} MiB "
                 f"(peak memory above: {payload['jax']['memory']['method']}; reference: "
                 f"{payload['reference']['memory']['method']})."]

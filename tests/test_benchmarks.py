@@ -10,6 +10,7 @@ pytest.importorskip("transformers")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from benchmarks import harness, musc_timing, report, roofline  # noqa: E402
 
@@ -56,7 +57,18 @@ def test_smoke_run_tiny_backbone(tmp_path, capsys):
             assert stages[stage]["per_image_ms"] == pytest.approx(1e3 * stages[stage]["median_s"] / 5)
         assert saved[impl]["summary"]["total_median_s"] == pytest.approx(sum(s["median_s"] for s in stages.values()))
     assert all(saved["reference"]["summary"]["stages"][s]["compile_s"] is None for s in STAGES)
-    assert saved["jax"]["program_memory"]["msm"]["argument_size_in_bytes"] >= 5 * 16 * 64 * 4
+    # the driver pads MuSc's pool of 5 to its bucket of 8 rows; every program is one the driver runs
+    assert saved["config"]["pool_rows"] == 8
+    programs = saved["jax"]["program_memory"]
+    assert set(programs) == {"extract_b4", "lnamd", "msm", "upsample", "score", "rscin"}
+    assert programs["msm"]["argument_size_in_bytes"] >= 8 * 16 * 64 * 4
+    assert programs["score"]["argument_size_in_bytes"] >= 4 * 8 * 16 * 64 * 4
+    assert programs["extract_b4"]["argument_size_in_bytes"] >= 4 * 32 * 32 * 3
+    fused = saved["jax"]["fused"]
+    fused_stages = fused["summary"]["stages"]
+    assert set(fused_stages) == {"extract", "score", "upsample", "rscin"}
+    scoring_s = sum(fused_stages[s]["median_s"] for s in ("score", "upsample", "rscin"))
+    assert fused["per_image_ms"] == pytest.approx(1e3 * scoring_s / 5)
 
     parity = saved["parity"]
     for key in ("patch_scores_max_abs", "image_scores_max_abs", "image_scores_raw_max_abs", "maps_max_abs",
@@ -72,6 +84,8 @@ def test_smoke_run_tiny_backbone(tmp_path, capsys):
 
     first, second = saved["scaling"]
     assert first["n"] == 4 and first["jax"]["status"] == "ok" and first["reference"]["status"] == "ok"
+    assert first["jax"]["pool_rows"] == 8
+    assert first["jax"]["msm_program_memory"]["argument_size_in_bytes"] >= 8 * 16 * 64 * 4
     assert set(first["jax"]["summary"]["stages"]) == {"lnamd", "msm", "upsample", "rscin"}
     for impl in ("jax", "reference"):
         assert second[impl]["status"] == "skipped" and "time budget: N=4" in second[impl]["reason"]
@@ -85,7 +99,9 @@ def test_smoke_run_tiny_backbone(tmp_path, capsys):
         stages = fslc[impl]["summary"]["stages"]
         assert set(stages) == set(fslc_stages) and all(stages[s]["median_s"] > 0 for s in fslc_stages)
     assert set(fslc["roofline"]) == set(fslc_stages) and fslc["parity"]["init_images_equal"]
+    assert set(fslc["jax"]["program_memory"]) == {"features", "init", "expand", "filter", "score"}
     assert "FSLC at N = 5" in stdout and "| jzad (JAX) |" in stdout
+    assert "the driver's fused profile" in stdout and "the fused scoring program" in stdout
 
     for name in ("feature extraction", "LNAMD", "MSM", "upsample", "RsCIN"):
         assert f"| {name} |" in stdout and name in stdout.splitlines()[6]
@@ -181,3 +197,60 @@ def test_parse_backbone():
         musc_timing.parse_backbone("vit-b-16@230")
     with pytest.raises(ValueError, match="unknown architecture"):
         musc_timing.parse_backbone("resnet50@224")
+
+
+def _musc_features(n=6, grid=4, width=16, layers=2, seed=0):
+    from jzad.features import Features
+
+    rng = np.random.default_rng(seed)
+    grids = tuple(jnp.asarray(rng.normal(size=(n, grid, grid, width)), jnp.float32) for _ in range(layers))
+    return Features(grids, jnp.asarray(rng.normal(size=(n, 8)), jnp.float32))
+
+
+def test_recording_clock_keeps_the_body_outputs():
+    from jzad.methods import get_method
+    from jzad.methods.musc import MuScConfig
+
+    method, config = get_method("musc"), MuScConfig(map_size=8)
+    features = _musc_features()
+    state = method.fit(config, None, None, None)
+    clock = harness.RecordingClock()
+    scores, _ = method.staged(config, state, features, None, clock)
+    assert len(clock.outputs["lnamd"]) == len(clock.outputs["msm"]) == 2 * len(config.r_list)
+    # MuSc's patch score is the plain mean of the (layer, r) MSM maps; its raw image score the upsample output
+    mean = np.mean([np.asarray(m) for m in clock.outputs["msm"]], axis=0).reshape(scores.patch_scores.shape)
+    np.testing.assert_allclose(np.asarray(scores.patch_scores), mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(clock.outputs["upsample"][0]), np.asarray(scores.image_scores))
+    assert clock.run_seconds["msm"] > 0 and set(clock.outputs) == {"lnamd", "msm", "upsample"}
+
+
+def test_stage_programs_compile_the_body_without_running_it():
+    from jzad.methods import get_method
+    from jzad.methods.musc import MuScConfig, max_of_upsampled
+
+    method, config = get_method("musc"), MuScConfig(map_size=8)
+    features = _musc_features()
+    calls = []
+
+    class Counting(harness.StagePrograms):
+        def run(self, stage, fn, *args, **kwargs):
+            calls.append((stage, isinstance(args[0], jax.core.Tracer)))  # traced: compiled, never executed
+            return super().run(stage, fn, *args, **kwargs)
+
+    programs = Counting().of_body(method, config, method.fit(config, None, None, None), features, None)
+    assert len(calls) == 2 * 2 * len(config.r_list) + 1 and all(traced for _, traced in calls)
+    assert set(programs.memory) == {"lnamd", "msm", "upsample"}
+    assert programs.memory["msm"]["argument_size_in_bytes"] >= 6 * 16 * 16 * 4
+    patch = jax.ShapeDtypeStruct((6, 4, 4), jnp.float32)
+    direct = harness.memory_analysis(jax.jit(lambda p: max_of_upsampled(p, 8)).lower(patch).compile())
+    assert programs.memory["upsample"] == direct
+
+
+def test_summarize_runs_medians():
+    runs = [{"a": 1.0, "b": 4.0}, {"a": 3.0, "b": 1.0}, {"a": 2.0, "b": 2.0}]
+    summary = harness.summarize_runs(runs, 4, {"a": 0.5})
+    assert summary["stages"]["a"]["median_s"] == 2.0 and summary["stages"]["b"]["median_s"] == 2.0
+    assert summary["stages"]["a"]["per_image_ms"] == 500.0 and summary["stages"]["b"]["compile_s"] == 0.0
+    assert summary["total_runs_s"] == [5.0, 4.0, 4.0] and summary["total_median_s"] == 4.0
+    assert summary["total_per_image_ms"] == 1000.0
+    assert harness.summarize_runs(runs, 4, None)["stages"]["a"]["compile_s"] is None
