@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from jzad.pipeline import SPLITS
 DISTRIBUTED_ENV = {"coordinator": "JZAD_COORDINATOR", "num_processes": "JZAD_NUM_PROCESSES",
                    "process_id": "JZAD_PROCESS_ID"}
 LIBRARY_FLAGS = {"subsets": "--subsets", "shots": "--shots", "subtypes": "--loco-subtypes",
-                 "state_dir": "--stream-state", "threshold_from": "--threshold-from"}
-"""Argument names the library's errors start with -> the flag that sets them."""
+                 "state_dir": "--stream-state", "threshold_from": "--threshold-from", "method": "--method",
+                 "image_size": "--image-size", "taps": "--taps", "activation": "--activation", "mode": "--mode"}
+"""Argument names the library's errors use (first, or as ``name=VALUE``) -> the flag that sets them."""
 RESTRICTED = {
     "--subsets": lambda m: m.pools,
     "--subset-split": lambda m: m.pools,
@@ -34,13 +36,17 @@ class UserError(Exception):
     """A problem with the command line or the inputs: printed as one line, exit status 2."""
 
 
-def in_flag_terms(message: str) -> str:
-    """A library error ("subsets: expected 1..8, got 9") worded with the flag that sets the argument it names
-    first ("--subsets: expected 1..8, got 9"); other messages as they are."""
-    for name, flag in LIBRARY_FLAGS.items():
+def in_flag_terms(message: str, flags: dict[str, str] | None = None) -> str:
+    """A library error worded with the command line's flags: the argument it names first ("subsets: expected
+    1..8, got 9" -> "--subsets: expected 1..8, got 9") and any it names as a keyword argument ("use mode=plus"
+    -> "use --mode plus"). ``flags`` adds names (a method's config fields) to ``LIBRARY_FLAGS``."""
+    table = {**LIBRARY_FLAGS, **(flags or {})}
+    for name, flag in table.items():
         if message.startswith((f"{name}:", f"{name} ")):
-            return flag + message[len(name):]
-    return message
+            message = flag + message[len(name):]
+            break
+    keyword = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, table)) + r")=")
+    return keyword.sub(lambda found: table[found[1]] + " ", message)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -421,8 +427,9 @@ def load_scorer(args, method: Method, values: dict, shots: int):
 
 
 def _backbone_error(args, method: Method, name: str, text: str) -> str:
-    """The one-line message for a backbone that cannot be loaded: an option's own message as it is, else
-    which option (or the method's default backbone) named what could not be loaded, and why."""
+    """The one-line message for a backbone that cannot be loaded: an option's own message (worded as its
+    flag), else which option (or the method's default backbone) named what could not be loaded, and why."""
+    text = in_flag_terms(text)
     if text.startswith("--"):
         return text
     if args.weights is not None:
@@ -434,11 +441,14 @@ def _backbone_error(args, method: Method, name: str, text: str) -> str:
 
 
 def _with_flag(method: Method, text: str) -> str:
-    """A config error ("musc options: r_list: ...") with the config field replaced by its command-line flag."""
-    for option in method.options:
-        if option.field is not None and f"{option.field}:" in text:
-            return text.replace(f"{option.field}:", f"{option.flag}:", 1)
-    return text
+    """A config error ("musc options: r_list: ...", "shots: applies to mode=plus") with the config fields it
+    names replaced by their command-line flags."""
+    fields = {option.field: option.flag for option in method.options if option.field is not None}
+    for field, flag in fields.items():
+        if f"{field}:" in text:
+            text = text.replace(f"{field}:", f"{flag}:", 1)
+            break
+    return in_flag_terms(text, fields)
 
 
 def jax_device_kind() -> str:

@@ -133,7 +133,7 @@ def test_configure_presets_and_errors(tiny):
     assert category_prompts("pushpins") == LOCO_PROMPTS["pushpins"]
     with pytest.raises(OptionError, match="clip_lad options: num_clusters"):
         method.configure({"clusters": 0}, RunContext("loco", SIZE, 1, (1, 2, 3)))
-    with pytest.raises(ValueError, match=r"--taps 1,2,4: NACLIP replaces the last block \(4\)"):
+    with pytest.raises(ValueError, match=r"^taps 1,2,4: NACLIP replaces the last block \(4\)"):
         method.extractor(CLIPLADConfig(image_size=SIZE, taps=(1, 2, 4), cluster_taps=(1, 2),
                                        structural_taps=(1, 2)), backbone)
     with pytest.raises(ValueError, match="resolve them with config.for_category"):

@@ -142,11 +142,11 @@ def load_dino_backbone(
     try:
         chosen = check_taps(wanted, config.depth)
     except ValueError as err:
-        what = "--taps" if taps is not None else "the preset taps"
+        what = "taps" if taps is not None else "the preset taps"
         raise ValueError(f"{what} {list(wanted)} do not fit {text} ({config.depth} blocks): {err}") from err
     size = first_given(image_size, recorded_size, run.image_size, config.image_size)
     patch = config.patch_size
     if isinstance(size, bool) or not isinstance(size, int) or size < patch or size % patch:
-        what = "--image-size" if image_size is not None else "image size"
+        what = "image_size" if image_size is not None else "image size"
         raise ValueError(f"{what} {size!r}: a DINO input side must be a positive multiple of the patch size {patch}")
     return dino_backbone(params, config, text, origin, size, chosen, dtype)

@@ -172,7 +172,7 @@ def load_efficientnet_backbone(
     if with_text:
         raise ValueError(f"{text}: an EfficientNet has no text tower, and the method embeds text prompts")
     if activation is not None:
-        raise ValueError(f"--activation {activation}: applies to ViT backbones, and {text} is an EfficientNet")
+        raise ValueError(f"activation {activation}: applies to ViT backbones, and {text} is an EfficientNet")
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
     if text.startswith(RANDOM_PREFIX):
@@ -191,12 +191,13 @@ def load_efficientnet_backbone(
         if taps is not None:
             raise
         where = "the taps recorded at port time" if recorded_taps is not None else "the method's preset taps"
-        raise ValueError(f"{where} {list(wanted)} do not fit {text} ({err}); pass --taps") from err
+        raise ValueError(f"{where} {list(wanted)} do not fit {text} ({str(err).removeprefix('taps: ')}); give "
+                         "taps=BLOCKS") from err
     coarsest = max(config.tap_stride(t) for t in chosen)
     native = max(coarsest, config.image_size // coarsest * coarsest)
     size = first_given(image_size, recorded_size, run.image_size, native)
     if isinstance(size, bool) or not isinstance(size, int) or size < coarsest or size % coarsest:
-        what = "--image-size" if image_size is not None else "image size"
+        what = "image_size" if image_size is not None else "image size"
         raise ValueError(
             f"{what} {size!r}: an EfficientNet input side must be a positive multiple of the coarsest tap's "
             f"stride {coarsest} (taps {list(chosen)}), so every tap grid is exact"
