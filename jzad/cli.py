@@ -57,20 +57,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists every option)\n")
 
 
-def int_at_least(minimum: int | None, wanted: str):
-    """An argparse type: an integer (>= ``minimum`` unless None); errors say "expected <wanted>"."""
+def number_type(kind, wanted: str, accept=None):
+    """An argparse type: ``kind(text)`` (int or float) for which ``accept(value)`` holds (None: any); errors say
+    "expected <wanted>, got <text>"."""
 
-    def convert(text: str) -> int:
+    def convert(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from err
-        if minimum is not None and value < minimum:
+        if accept is not None and not accept(value):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
         return value
 
     convert.__name__ = wanted
     return convert
+
+
+def int_at_least(minimum: int | None, wanted: str):
+    """An argparse type: an integer (>= ``minimum`` unless None); errors say "expected <wanted>"."""
+    return number_type(int, wanted, None if minimum is None else lambda value: value >= minimum)
 
 
 _int = int_at_least(None, "an integer")

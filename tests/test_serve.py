@@ -18,7 +18,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from jzad import data as jdata  # noqa: E402
 from jzad.eval.verdict import anomalous, normalised_scores, reference_threshold  # noqa: E402
 from jzad.serve.app import build_app  # noqa: E402
-from jzad.serve.cli import build_service  # noqa: E402
+from jzad.serve.cli import build_serve_parser, build_service  # noqa: E402
 from jzad.serve.engine import reference_scores  # noqa: E402
 from jzad.stream import StreamOutputs, Streamer, decode_batch, has_checkpoint, run_stream  # noqa: E402
 
@@ -270,6 +270,23 @@ def test_a_restart_continues_with_the_same_scores_musc(tmp_path, images):
         out, state = streamer.step(state, image[None])
         want.append(float(np.asarray(out.image_scores)[0]))
     np.testing.assert_allclose(whole, want, rtol=1e-6)  # NaN where the stream driver has no score yet either
+
+
+@pytest.mark.parametrize("flag, text, expected", [
+    ("--max-wait-ms", "-1", "expected a number >= 0, got '-1'"),
+    ("--max-wait-ms", "nan", "expected a number >= 0, got 'nan'"),
+    ("--threshold", "inf", "expected a finite number, got 'inf'"),
+    ("--threshold", "x", "expected a finite number, got 'x'"),
+    ("--max-batch", "0", "expected a positive integer, got '0'"),
+    ("--keep-maps", "2.5", "expected a positive integer, got '2.5'"),
+])
+def test_service_number_options_say_what_they_expect(capsys, flag, text, expected):
+    with pytest.raises(SystemExit):
+        build_serve_parser().parse_args(["--method", "musc", flag, text])
+    assert f"argument {flag}: {expected}" in capsys.readouterr().err
+    args = build_serve_parser().parse_args(["--method", "musc", "--max-wait-ms", "0", "--threshold", "-2.5",
+                                            "--max-batch", "3"])
+    assert (args.max_wait_ms, args.threshold, args.max_batch) == (0.0, -2.5, 3)
 
 
 def test_option_errors_name_the_option(tmp_path):
