@@ -56,6 +56,7 @@ from jzad.backbone.efficientnet_port import (
     read_torch_state,
 )
 from jzad.features.backbone import Backbone, normalize_pixels
+from jzad.features.checkpoint import open_family_checkpoint
 from jzad.features.types import BackboneRun, Features, first_given
 from jzad.kernels.resize import bilinear_matrix
 
@@ -131,28 +132,6 @@ def _packaged(text: str):
     return params, config, str(path)
 
 
-def _is_ported(text: str, weights_dir) -> bool:
-    from jzad.weights import MANIFEST, weights_dir as default_dir
-
-    path = Path(text).expanduser()
-    return (path / MANIFEST).is_file() or ("/" not in text and (default_dir(weights_dir) / text / MANIFEST).is_file())
-
-
-def _open(name: str | Path, weights_dir):
-    """(params, config, origin, recorded image size, recorded taps) of a checkpoint: a ported folder or name,
-    a state dict file, else a packaged variant name ("efficientnet-lite0") from its installed pip package."""
-    from jzad.weights import open_checkpoint
-
-    text = str(name)
-    packaged = None if Path(text).expanduser().exists() or _is_ported(text, weights_dir) else _packaged(text)
-    if packaged is not None:
-        return (*packaged, None, None)
-    opened = open_checkpoint(name, weights_dir_override=weights_dir)
-    if opened.family != "efficientnet":
-        raise ValueError(f"{text} is a {opened.family} checkpoint, not an EfficientNet")
-    return opened.params, opened.config, opened.origin, opened.image_size, opened.taps
-
-
 def load_efficientnet_backbone(
     name: str | Path,
     run: BackboneRun = BackboneRun(),
@@ -183,7 +162,8 @@ def load_efficientnet_backbone(
         params, origin = init_efficientnet(config, seed), f"random:{arch}:{seed}"
         recorded_size = recorded_taps = None
     else:
-        params, config, origin, recorded_size, recorded_taps = _open(name, weights_dir)
+        params, config, origin, recorded_size, recorded_taps = open_family_checkpoint(
+            name, weights_dir, "efficientnet", "an EfficientNet", _packaged)
     wanted = first_given(taps, recorded_taps, run.taps, DEFAULT_TAPS)
     try:
         chosen = check_taps(wanted, config)
