@@ -433,17 +433,19 @@ def load_scorer(args, method: Method, values: dict, shots: int):
 
 
 def _backbone_error(args, method: Method, name: str, text: str) -> str:
-    """The one-line message for a backbone that cannot be loaded: an option's own message (worded as its
-    flag), else which option (or the method's default backbone) named what could not be loaded, and why."""
-    text = in_flag_terms(text)
-    if text.startswith("--"):
-        return text
+    """The one-line message for a backbone that cannot be loaded: the message of a given option it names first
+    (worded as its flag), else which option (or the method's default backbone) named what could not be loaded,
+    and why."""
+    named = text.split(":")[0].split(" ")[0]
+    if named in ("image_size", "taps", "activation") and getattr(args, named) is not None:
+        return in_flag_terms(text)
     if args.weights is not None:
-        return f"--weights: cannot load {name!r}: {text}"
-    if args.backbone is not None:
-        return f"--backbone: cannot load {name!r}: {text}"
-    return (f"no --backbone given, and the default backbone of --method {method.name}, {name!r}, cannot be "
-            f"loaded: {text}")
+        where = f"--weights: cannot load {name!r}"
+    elif args.backbone is not None:
+        where = f"--backbone: cannot load {name!r}"
+    else:
+        where = f"no --backbone given, and the default backbone of --method {method.name}, {name!r}, cannot be loaded"
+    return in_flag_terms(f"{where}: {text}")
 
 
 def _with_flag(method: Method, text: str) -> str:

@@ -8,6 +8,7 @@ still a cycle in the design. Library errors name the library's own arguments; on
 (``jzad.cli``, ``jzad.run``, ``jzad.weights.__main__``) word errors as flags.
 """
 
+import argparse
 import ast
 import re
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import jzad
-from jzad.cli import in_flag_terms
+from jzad.cli import _backbone_error, in_flag_terms
 from jzad.run import main
 
 ORDER = ("jzad.paths", "jzad.compile_cache", "jzad.timing", "jzad.kernels", "jzad.data", "jzad.backbone", "jzad.weights", "jzad.features",
@@ -135,6 +136,16 @@ def test_the_command_line_words_library_errors_as_its_flags(tmp_path, capsys):
     assert in_flag_terms("k_shots=2, --shots=3, shots2=4") == "k_shots=2, --shots=3, shots2=4"
     assert in_flag_terms("r_list: expected odd sizes; or r_list=1", {"r_list": "--r-list"}) == (
         "--r-list: expected odd sizes; or --r-list 1")
+    # A backbone error names an option's flag only where the option was given (else the preset chose it).
+    preset = argparse.Namespace(weights=None, backbone="net", image_size=None, taps=None, activation=None)
+    given = argparse.Namespace(**{**vars(preset), "taps": (5,)})
+    method = argparse.Namespace(name="musc")
+    assert _backbone_error(given, method, "net", "taps: net has blocks 1..4, got 5") == (
+        "--taps: net has blocks 1..4, got 5")
+    assert _backbone_error(preset, method, "net", "taps: net has blocks 1..4, got 5") == (
+        "--backbone: cannot load 'net': taps: net has blocks 1..4, got 5")
+    assert _backbone_error(preset, method, "net", "the preset taps [5] do not fit net; give taps=BLOCKS") == (
+        "--backbone: cannot load 'net': the preset taps [5] do not fit net; give --taps BLOCKS")
     # The driver rejects 99 subsets of the demo's 28 images in its own terms ("subsets: ..."); the CLI says
     # which flag asked for them.
     argv = ["--backbone", "random-tiny", "--image-size", "32", "--quiet", "--no-heatmaps", "--subsets", "99",
