@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 DISTRIBUTED_ENV = {"coordinator": "JZAD_COORDINATOR", "num_processes": "JZAD_NUM_PROCESSES",
                    "process_id": "JZAD_PROCESS_ID"}
 LIBRARY_FLAGS = {"subsets": "--subsets", "shots": "--shots", "subtypes": "--loco-subtypes",
-                 "state_dir": "--stream-state", "threshold_from": "--threshold-from"}
-"""Argument names the library's errors start with -> the flag that sets them."""
+                 "state_dir": "--stream-state", "threshold_from": "--threshold-from", "method": "--method",
+                 "image_size": "--image-size", "taps": "--taps", "activation": "--activation", "mode": "--mode"}
+"""Argument names the library's errors use (first, or as ``name=VALUE``) -> the flag that sets them."""
 RESTRICTED = {
     "--subsets": lambda m: m.pools,
     "--subset-split": lambda m: m.pools,
@@ -38,13 +40,17 @@ class UserError(Exception):
     """A problem with the command line or the inputs: printed as one line, exit status 2."""
 
 
-def in_flag_terms(message: str) -> str:
-    """A library error ("subsets: expected 1..8, got 9") worded with the flag that sets the argument it names
-    first ("--subsets: expected 1..8, got 9"); other messages as they are."""
-    for name, flag in LIBRARY_FLAGS.items():
+def in_flag_terms(message: str, flags: dict[str, str] | None = None) -> str:
+    """A library error worded with the command line's flags: the argument it names first ("subsets: expected
+    1..8, got 9" -> "--subsets: expected 1..8, got 9") and any it names as a keyword argument ("use mode=plus"
+    -> "use --mode plus"). ``flags`` adds names (a method's config fields) to ``LIBRARY_FLAGS``."""
+    table = {**LIBRARY_FLAGS, **(flags or {})}
+    for name, flag in table.items():
         if message.startswith((f"{name}:", f"{name} ")):
-            return flag + message[len(name):]
-    return message
+            message = flag + message[len(name):]
+            break
+    keyword = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, table)) + r")=")
+    return keyword.sub(lambda found: table[found[1]] + " ", message)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,20 +61,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists every option)\n")
 
 
-def int_at_least(minimum: int | None, wanted: str):
-    """An argparse type: an integer (>= ``minimum`` unless None); errors say "expected <wanted>"."""
+def number_type(kind, wanted: str, accept=None):
+    """An argparse type: ``kind(text)`` (int or float) for which ``accept(value)`` holds (None: any); errors say
+    "expected <wanted>, got <text>"."""
 
-    def convert(text: str) -> int:
+    def convert(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from err
-        if minimum is not None and value < minimum:
+        if accept is not None and not accept(value):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
         return value
 
     convert.__name__ = wanted
     return convert
+
+
+def int_at_least(minimum: int | None, wanted: str):
+    """An argparse type: an integer (>= ``minimum`` unless None); errors say "expected <wanted>"."""
+    return number_type(int, wanted, None if minimum is None else lambda value: value >= minimum)
 
 
 _int = int_at_least(None, "an integer")
@@ -431,24 +443,30 @@ def load_scorer(args, method: Method, values: dict, shots: int):
 
 
 def _backbone_error(args, method: Method, name: str, text: str) -> str:
-    """The one-line message for a backbone that cannot be loaded: an option's own message as it is, else
-    which option (or the method's default backbone) named what could not be loaded, and why."""
-    if text.startswith("--"):
-        return text
+    """The one-line message for a backbone that cannot be loaded: the message of a given option it names first
+    (worded as its flag), else which option (or the method's default backbone) named what could not be loaded,
+    and why."""
+    named = text.split(":")[0].split(" ")[0]
+    if named in ("image_size", "taps", "activation") and getattr(args, named) is not None:
+        return in_flag_terms(text)
     if args.weights is not None:
-        return f"--weights: cannot load {name!r}: {text}"
-    if args.backbone is not None:
-        return f"--backbone: cannot load {name!r}: {text}"
-    return (f"no --backbone given, and the default backbone of --method {method.name}, {name!r}, cannot be "
-            f"loaded: {text}")
+        where = f"--weights: cannot load {name!r}"
+    elif args.backbone is not None:
+        where = f"--backbone: cannot load {name!r}"
+    else:
+        where = f"no --backbone given, and the default backbone of --method {method.name}, {name!r}, cannot be loaded"
+    return in_flag_terms(f"{where}: {text}")
 
 
 def _with_flag(method: Method, text: str) -> str:
-    """A config error ("musc options: r_list: ...") with the config field replaced by its command-line flag."""
-    for option in method.options:
-        if option.field is not None and f"{option.field}:" in text:
-            return text.replace(f"{option.field}:", f"{option.flag}:", 1)
-    return text
+    """A config error ("musc options: r_list: ...", "shots: applies to mode=plus") with the config fields it
+    names replaced by their command-line flags."""
+    fields = {option.field: option.flag for option in method.options if option.field is not None}
+    for field, flag in fields.items():
+        if f"{field}:" in text:
+            text = text.replace(f"{field}:", f"{flag}:", 1)
+            break
+    return in_flag_terms(text, fields)
 
 
 def jax_device_kind() -> str:

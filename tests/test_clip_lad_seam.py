@@ -192,10 +192,10 @@ def test_configure_presets_and_errors(tiny):
     assert category_prompts("pushpins") == LOCO_PROMPTS["pushpins"]
     with pytest.raises(OptionError, match="clip_lad options: num_clusters"):
         method.configure({"clusters": 0}, RunContext("loco", SIZE, 1, (1, 2, 3)))
-    with pytest.raises(ValueError, match=r"--taps 1,2,4: NACLIP replaces the last block \(4\)"):
+    with pytest.raises(ValueError, match=r"^taps 1,2,4: NACLIP replaces the last block \(4\)"):
         method.extractor(CLIPLADConfig(image_size=SIZE, taps=(1, 2, 4), cluster_taps=(1, 2),
                                        structural_taps=(1, 2)), backbone)
-    with pytest.raises(ValueError, match="needs k >= 1 normal reference images"):
+    with pytest.raises(ValueError, match=r"^references: clip_lad needs normal reference images \(k >= 1\), got none"):
         method.fit(config, None, None, None)
     text_less = load_backbone("random-tiny-text", backbone_run("tiny-text"), image_size=SIZE)
     with pytest.raises(ValueError, match="loaded without its text tower"):

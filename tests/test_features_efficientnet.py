@@ -138,9 +138,9 @@ def test_packaged_weights_by_name():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(name="random-efficientnet-lite9"), "unknown EfficientNet variant 'efficientnet-lite9'"),
     (dict(name="random-efficientnet-tiny", image_size=72), "multiple of the coarsest tap's stride 16"),
-    (dict(name="random-efficientnet-tiny", taps=(99,)), "MBConv blocks 1..10, got 99"),
+    (dict(name="random-efficientnet-tiny", taps=(99,)), "^taps: efficientnet-tiny has MBConv blocks 1..10, got 99"),
     (dict(name="random-efficientnet-tiny", taps=("layer2",)), "unknown tap 'layer2'"),
-    (dict(name="random-efficientnet-tiny", activation="gelu"), "--activation gelu: applies to ViT"),
+    (dict(name="random-efficientnet-tiny", activation="gelu"), "^activation gelu: applies to ViT"),
     (dict(name="random-efficientnet-tiny", with_text=True), "no text tower"),
     (dict(name="random-efficientnet-tiny", dtype="float16"), "dtype must be one of"),
     (dict(name="no-such-net"), "unknown checkpoint 'no-such-net'"),

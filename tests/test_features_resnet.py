@@ -67,7 +67,7 @@ def test_random_names_dispatch_to_the_resnet_family():
 
 
 def test_random_backbone_bad_settings_are_named():
-    with pytest.raises(ValueError, match="--activation gelu: applies to ViT backbones"):
+    with pytest.raises(ValueError, match="^activation gelu: applies to ViT backbones"):
         load_backbone("random-tiny-resnet", activation="gelu")
     with pytest.raises(ValueError, match="multiple of 32"):
         load_backbone("random-tiny-resnet", image_size=40)

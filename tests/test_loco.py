@@ -264,3 +264,38 @@ def test_subtypes_from_a_list(tmp_path):
     pushpins = LocoSet(dataclasses.replace(loco.images, category="pushpins"), loco.mask_files, ())
     with pytest.raises(ValueError, match="loco/pushpins has no sub-types"):
         assign_subtypes(pushpins, tmp_path)
+
+
+def test_subtypes_from_a_root_relative_list(tmp_path):
+    from jzad.data.datasets import loco_subtypes, read_subtype_listing
+
+    cat = tmp_path / "juice_bottle"
+    cat.mkdir()
+    (cat / "defects_config.json").write_text(json.dumps(CONFIG))
+    for k, relative in enumerate(("train/good/000.png", "train/good/001.png")):
+        save(cat / relative, juice_bottle("banana", "banana", k))
+    loco = read_loco(tmp_path, "juice_bottle", "train")
+    listing = tmp_path / "all.txt"
+    listing.write_text("# by hand\njuice_bottle/train/good/000.png orange\n\nsplicing_connectors/t/1.png red  # ok\n"
+                       "juice_bottle/train/good/001.png cherry\n")
+    assert read_subtype_listing(str(listing)) == {
+        "juice_bottle": {"train/good/000.png": "orange", "train/good/001.png": "cherry"},
+        "splicing_connectors": {"t/1.png": "red"}}
+    assignment = loco_subtypes(loco, tmp_path, str(listing))
+    assert assignment.names == ("orange", "cherry") and assignment.rule == f"list file {listing}"
+    # read_subtype_listing is cached by path: each case gets its own file
+    for case, (text, message) in enumerate((
+            ("juice_bottle/a.png banana extra", "line 1: expected '<category>/<path in the category>"),
+            ("a.png banana", "line 1: expected '<category>/<path in the category> <sub-type>'"),
+            ("pushpins/a.png red", "line 1: 'pushpins' has no sub-types"),
+            ("juice_bottle/a.png apple", "line 1: unknown juice_bottle sub-type 'apple'"),
+            ("# x\njuice_bottle/a.png banana\njuice_bottle/./a.png orange",
+             "line 3: juice_bottle/a.png is listed twice"))):
+        bad = tmp_path / f"bad{case}.txt"
+        bad.write_text(text + "\n")
+        with pytest.raises(ValueError, match=message):
+            read_subtype_listing(str(bad))
+    short = tmp_path / "short.txt"
+    short.write_text("juice_bottle/train/good/000.png orange\n")
+    with pytest.raises(ValueError, match="^subtypes .*short.txt: no sub-type listed for juice_bottle/train/good/001"):
+        loco_subtypes(loco, tmp_path, str(short))

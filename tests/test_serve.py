@@ -2,6 +2,7 @@
 jzad.eval.verdict, scores against the stream driver on the same images in the same order, the bounded queue's 503,
 the token, map confinement, and a restart from the checkpoint continuing with the same scores."""
 
+import dataclasses
 import io
 import json
 import threading
@@ -15,9 +16,10 @@ pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
 
 from jzad import data as jdata  # noqa: E402
-from jzad.eval.verdict import anomalous, normalised_scores  # noqa: E402
+from jzad.eval.verdict import anomalous, normalised_scores, reference_threshold  # noqa: E402
 from jzad.serve.app import build_app  # noqa: E402
-from jzad.serve.cli import build_service  # noqa: E402
+from jzad.serve.cli import build_serve_parser, build_service  # noqa: E402
+from jzad.serve.engine import reference_scores  # noqa: E402
 from jzad.stream import StreamOutputs, Streamer, decode_batch, has_checkpoint, run_stream  # noqa: E402
 
 TINY = ["--method", "patchcore", "--demo", "--backbone", "random-tiny-resnet", "--image-size", "64"]
@@ -80,6 +82,20 @@ def test_score_raw_and_multipart_match_the_stream_driver_and_the_verdict(served,
     overlay = client.get(got[0]["map"])
     assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(overlay.content)).size == (64, 64)
+
+
+def test_the_threshold_is_the_quantile_of_each_reference_scored_by_a_stream_fitted_on_the_others(served):
+    service, _ = served
+    streamer = service.inspector.streamer
+    references = np.asarray(streamer.references)
+    by_stream = []
+    for i in range(len(references)):  # the reference: the stream itself, initialised on the other references
+        held_out = dataclasses.replace(streamer, references=np.delete(references, i, axis=0), batch=1)
+        scores, _ = held_out.step(held_out.init(), references[i:i + 1])
+        by_stream.append(float(np.asarray(scores.image_scores)[0]))
+    np.testing.assert_allclose(reference_scores(streamer), by_stream, rtol=1e-5)
+    assert service.inspector.threshold.value == pytest.approx(reference_threshold(by_stream), rel=1e-5)
+    assert service.inspector.threshold.source == "references"
 
 
 @pytest.mark.parametrize("request_kw, status, kind, words", [
@@ -254,6 +270,23 @@ def test_a_restart_continues_with_the_same_scores_musc(tmp_path, images):
         out, state = streamer.step(state, image[None])
         want.append(float(np.asarray(out.image_scores)[0]))
     np.testing.assert_allclose(whole, want, rtol=1e-6)  # NaN where the stream driver has no score yet either
+
+
+@pytest.mark.parametrize("flag, text, expected", [
+    ("--max-wait-ms", "-1", "expected a number >= 0, got '-1'"),
+    ("--max-wait-ms", "nan", "expected a number >= 0, got 'nan'"),
+    ("--threshold", "inf", "expected a finite number, got 'inf'"),
+    ("--threshold", "x", "expected a finite number, got 'x'"),
+    ("--max-batch", "0", "expected a positive integer, got '0'"),
+    ("--keep-maps", "2.5", "expected a positive integer, got '2.5'"),
+])
+def test_service_number_options_say_what_they_expect(capsys, flag, text, expected):
+    with pytest.raises(SystemExit):
+        build_serve_parser().parse_args(["--method", "musc", flag, text])
+    assert f"argument {flag}: {expected}" in capsys.readouterr().err
+    args = build_serve_parser().parse_args(["--method", "musc", "--max-wait-ms", "0", "--threshold", "-2.5",
+                                            "--max-batch", "3"])
+    assert (args.max_wait_ms, args.threshold, args.max_batch) == (0.0, -2.5, 3)
 
 
 def test_option_errors_name_the_option(tmp_path):

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jzad.backbone.posembed import CUBIC_A, bicubic_matrix
+from jzad.backbone.posembed import bicubic_matrix
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -215,29 +215,6 @@ def antialias_bicubic_matrix(in_size: int, out_size: int, scale: float) -> np.nd
     return matrix.astype(np.float32)
 
 
-def _offset_bicubic_matrix(in_size: int, out_size: int, scale: float) -> np.ndarray:
-    """Plain PyTorch bicubic (a = -0.75, align_corners=False) with an explicit input/output step."""
-    f32 = np.float32
-    source = f32(scale) * (np.arange(out_size, dtype=f32) + f32(0.5)) - f32(0.5)
-    floor = np.floor(source)
-    t = np.clip(source - floor, f32(0), f32(1))
-    a = f32(CUBIC_A)
-
-    def near(x):
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-
-    def far(x):
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
-    matrix = np.zeros((out_size, in_size), dtype=f32)
-    rows = np.arange(out_size)
-    for offset in range(4):
-        index = np.clip(floor.astype(np.int64) - 1 + offset, 0, in_size - 1)
-        np.add.at(matrix, (rows, index), weights[:, offset].astype(f32))
-    return matrix
-
-
 def position_matrix(stored: int, out: int, offset: float, antialias: bool) -> np.ndarray:
     """(out, stored) resize matrix of one axis of the position grid, as the checkpoint's code resizes it."""
     if offset:
@@ -246,9 +223,7 @@ def position_matrix(stored: int, out: int, offset: float, antialias: bool) -> np
         scale = stored / out
     if antialias:
         return antialias_bicubic_matrix(stored, out, scale)
-    if not offset:
-        return bicubic_matrix(stored, out)
-    return _offset_bicubic_matrix(stored, out, scale)
+    return bicubic_matrix(stored, out, scale if offset else None)
 
 
 def interpolate_position_embedding(pos, config: DinoConfig, grid_h: int, grid_w: int) -> jax.Array:

@@ -251,12 +251,12 @@ def check_taps(taps, config: EfficientNetConfig) -> tuple[str, ...]:
     for tap in (taps,) if isinstance(taps, (str, int)) else taps:
         if isinstance(tap, int) and not isinstance(tap, bool):
             if not 1 <= tap <= count:
-                raise ValueError(f"--taps: {config.name} has MBConv blocks 1..{count}, got {tap}")
+                raise ValueError(f"taps: {config.name} has MBConv blocks 1..{count}, got {tap}")
             tap = f"blocks.{tap - 1}"
         config.tap_position(tap)
         named.append(tap)
     if not named:
-        raise ValueError(f"--taps: expected at least one tap of {config.name}")
+        raise ValueError(f"taps: expected at least one tap of {config.name}")
     return tuple(named)
 
 

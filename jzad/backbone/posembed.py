@@ -32,16 +32,17 @@ def _cubic_weights(t: np.ndarray, a: float = CUBIC_A) -> np.ndarray:
     return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
 
 
-def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+def bicubic_matrix(in_size: int, out_size: int, scale: float | None = None) -> np.ndarray:
     """(out_size, in_size) float32 matrix M with M @ v = PyTorch's 1-D bicubic resize of v (align_corners=False).
 
-    Source positions and weights are computed in float32, as PyTorch's kernel does, so the two agree to
-    float32 rounding of the sums.
+    ``scale``: the input step per output step, in_size / out_size unless given (PyTorch uses 1 / scale_factor
+    when it is called with a scale factor). Source positions and weights are computed in float32, as PyTorch's
+    kernel does, so the two agree to float32 rounding of the sums.
     """
     if in_size < 1 or out_size < 1:
         raise ValueError(f"sizes must be positive, got in_size={in_size}, out_size={out_size}")
     f32 = np.float32
-    scale = f32(in_size) / f32(out_size)
+    scale = f32(in_size) / f32(out_size) if scale is None else f32(scale)
     source = scale * (np.arange(out_size, dtype=f32) + f32(0.5)) - f32(0.5)
     floor = np.floor(source)
     weights = _cubic_weights(np.clip(source - floor, f32(0), f32(1)), f32(CUBIC_A))

@@ -44,11 +44,13 @@ from jzad.data.loco import (
     LocoSet,
     SubtypeAssignment,
     assign_subtypes,
+    listed_subtypes,
     LocoTruths,
     load_loco_truth,
     loco_categories,
     read_loco,
     select_subtype,
+    subtype_list_entries,
     union_mask,
 )
 from jzad.data.masks import resize_binary_mask
@@ -134,27 +136,21 @@ def check_subtypes(subtypes: str) -> str:
 def read_subtype_listing(path: str) -> dict[str, dict[str, str]]:
     """A root-relative sub-type list file -> {category: {path relative to the category folder: sub-type}}.
     Lines "<category>/<relative path> <sub-type>"; blank lines and '#' comments skipped; errors name the line."""
+    form = "<category>/<path in the category> <sub-type>"
     listing: dict[str, dict[str, str]] = {}
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            parts = text.split()
-            where = f"{path} line {number}"
-            if len(parts) != 2 or "/" not in parts[0]:
-                raise ValueError(f"{where}: expected '<category>/<path in the category> <sub-type>', got {text!r}")
-            category, relative = parts[0].split("/", 1)
-            if category not in SUBTYPE_RULES:
-                raise ValueError(f"{where}: {category!r} has no sub-types; categories with sub-types: "
-                                 f"{tuple(SUBTYPE_RULES)}")
-            names = SUBTYPE_RULES[category].names
-            if parts[1] not in names:
-                raise ValueError(f"{where}: unknown {category} sub-type {parts[1]!r}; expected one of {names}")
-            key = Path(relative).as_posix()
-            if key in listing.setdefault(category, {}):
-                raise ValueError(f"{where}: {category}/{key} is listed twice")
-            listing[category][key] = parts[1]
+    for where, image, name in subtype_list_entries(path, form):
+        category, _, key = image.partition("/")
+        if not key:
+            raise ValueError(f"{where}: expected '{form}', got {image!r} {name!r}")
+        if category not in SUBTYPE_RULES:
+            raise ValueError(f"{where}: {category!r} has no sub-types; categories with sub-types: "
+                             f"{tuple(SUBTYPE_RULES)}")
+        names = SUBTYPE_RULES[category].names
+        if name not in names:
+            raise ValueError(f"{where}: unknown {category} sub-type {name!r}; expected one of {names}")
+        if key in listing.setdefault(category, {}):
+            raise ValueError(f"{where}: {category}/{key} is listed twice")
+        listing[category][key] = name
     return listing
 
 
@@ -169,15 +165,8 @@ def loco_subtypes(loco: LocoSet, root: str | os.PathLike, subtypes: str) -> Subt
     if subtypes == "rule":
         return _rule_subtypes(loco, str(root))
     category = loco.images.category
-    listed = read_subtype_listing(str(subtypes)).get(category, {})
-    base = Path(root) / category
-    out = []
-    for path in loco.images.paths:
-        key = Path(path).relative_to(base).as_posix()
-        if key not in listed:
-            raise ValueError(f"subtypes {subtypes}: no sub-type listed for {category}/{key}")
-        out.append(listed[key])
-    return SubtypeAssignment(tuple(out), (), f"list file {subtypes}", None)
+    listed = {f"{category}/{key}": name for key, name in read_subtype_listing(str(subtypes)).get(category, {}).items()}
+    return listed_subtypes(loco, root, listed, subtypes, f"subtypes {subtypes}")
 
 
 def _loco_name(root: Path, category: str, subtypes: str) -> tuple[str, str | None]:

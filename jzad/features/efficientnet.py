@@ -56,6 +56,7 @@ from jzad.backbone.efficientnet_port import (
     read_torch_state,
 )
 from jzad.features.backbone import Backbone, normalize_pixels
+from jzad.features.checkpoint import open_family_checkpoint
 from jzad.features.types import BackboneRun, Features, first_given
 from jzad.kernels.resize import bilinear_matrix
 
@@ -131,28 +132,6 @@ def _packaged(text: str):
     return params, config, str(path)
 
 
-def _is_ported(text: str, weights_dir) -> bool:
-    from jzad.weights import MANIFEST, weights_dir as default_dir
-
-    path = Path(text).expanduser()
-    return (path / MANIFEST).is_file() or ("/" not in text and (default_dir(weights_dir) / text / MANIFEST).is_file())
-
-
-def _open(name: str | Path, weights_dir):
-    """(params, config, origin, recorded image size, recorded taps) of a checkpoint: a ported folder or name,
-    a state dict file, else a packaged variant name ("efficientnet-lite0") from its installed pip package."""
-    from jzad.weights import open_checkpoint
-
-    text = str(name)
-    packaged = None if Path(text).expanduser().exists() or _is_ported(text, weights_dir) else _packaged(text)
-    if packaged is not None:
-        return (*packaged, None, None)
-    opened = open_checkpoint(name, weights_dir_override=weights_dir)
-    if opened.family != "efficientnet":
-        raise ValueError(f"{text} is a {opened.family} checkpoint, not an EfficientNet")
-    return opened.params, opened.config, opened.origin, opened.image_size, opened.taps
-
-
 def load_efficientnet_backbone(
     name: str | Path,
     run: BackboneRun = BackboneRun(),
@@ -172,7 +151,7 @@ def load_efficientnet_backbone(
     if with_text:
         raise ValueError(f"{text}: an EfficientNet has no text tower, and the method embeds text prompts")
     if activation is not None:
-        raise ValueError(f"--activation {activation}: applies to ViT backbones, and {text} is an EfficientNet")
+        raise ValueError(f"activation {activation}: applies to ViT backbones, and {text} is an EfficientNet")
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
     if text.startswith(RANDOM_PREFIX):
@@ -183,7 +162,8 @@ def load_efficientnet_backbone(
         params, origin = init_efficientnet(config, seed), f"random:{arch}:{seed}"
         recorded_size = recorded_taps = None
     else:
-        params, config, origin, recorded_size, recorded_taps = _open(name, weights_dir)
+        params, config, origin, recorded_size, recorded_taps = open_family_checkpoint(
+            name, weights_dir, "efficientnet", "an EfficientNet", _packaged)
     wanted = first_given(taps, recorded_taps, run.taps, DEFAULT_TAPS)
     try:
         chosen = check_taps(wanted, config)
@@ -191,12 +171,13 @@ def load_efficientnet_backbone(
         if taps is not None:
             raise
         where = "the taps recorded at port time" if recorded_taps is not None else "the method's preset taps"
-        raise ValueError(f"{where} {list(wanted)} do not fit {text} ({err}); pass --taps") from err
+        raise ValueError(f"{where} {list(wanted)} do not fit {text} ({str(err).removeprefix('taps: ')}); give "
+                         "taps=BLOCKS") from err
     coarsest = max(config.tap_stride(t) for t in chosen)
     native = max(coarsest, config.image_size // coarsest * coarsest)
     size = first_given(image_size, recorded_size, run.image_size, native)
     if isinstance(size, bool) or not isinstance(size, int) or size < coarsest or size % coarsest:
-        what = "--image-size" if image_size is not None else "image size"
+        what = "image_size" if image_size is not None else "image size"
         raise ValueError(
             f"{what} {size!r}: an EfficientNet input side must be a positive multiple of the coarsest tap's "
             f"stride {coarsest} (taps {list(chosen)}), so every tap grid is exact"

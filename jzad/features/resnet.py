@@ -56,7 +56,7 @@ def stage_taps(taps, config) -> tuple[str, ...]:
     for tap in (taps,) if isinstance(taps, (str, int)) else taps:
         if isinstance(tap, int) and not isinstance(tap, bool):
             if not 1 <= tap <= len(STAGES):
-                raise ValueError(f"--taps: ResNet stages are 1..{len(STAGES)} ({', '.join(STAGES)}), got {tap}")
+                raise ValueError(f"taps: ResNet stages are 1..{len(STAGES)} ({', '.join(STAGES)}), got {tap}")
             tap = STAGES[tap - 1]
         named.append(tap)
     return check_resnet_taps(tuple(named), config)
@@ -103,7 +103,7 @@ def load_resnet_backbone(
     if with_text:
         raise ValueError(f"{text}: a ResNet has no text tower, and the method embeds text prompts")
     if activation is not None:
-        raise ValueError(f"--activation {activation}: applies to ViT backbones, and {text} is a ResNet")
+        raise ValueError(f"activation {activation}: applies to ViT backbones, and {text} is a ResNet")
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
     recorded_size = recorded_taps = None
@@ -121,7 +121,7 @@ def load_resnet_backbone(
         recorded_size, recorded_taps = opened.image_size, opened.taps
     size = first_given(image_size, recorded_size, run.image_size, DEFAULT_SIZE)
     if isinstance(size, bool) or not isinstance(size, int) or size < RESNET_STRIDE or size % RESNET_STRIDE:
-        what = "--image-size" if image_size is not None else "image size"
+        what = "image_size" if image_size is not None else "image size"
         raise ValueError(f"{what} {size!r}: a ResNet input side must be a positive multiple of {RESNET_STRIDE}")
     chosen = stage_taps(first_given(taps, recorded_taps, run.taps, DEFAULT_TAPS), config)
     return resnet_backbone(params, config, text, origin, size, chosen, dtype)

@@ -247,7 +247,7 @@ def register_streaming(name: str, streaming: Streaming) -> Streaming:
 def get_streaming(name: str) -> Streaming:
     """The streaming functions of method ``name``; ValueError naming the methods that stream otherwise."""
     if name not in _STREAMING:
-        raise ValueError(f"--method {name} does not stream; methods that do: {', '.join(sorted(_STREAMING))}")
+        raise ValueError(f"method {name} does not stream; methods that do: {', '.join(sorted(_STREAMING))}")
     return _STREAMING[name]
 
 

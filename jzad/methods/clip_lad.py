@@ -530,7 +530,7 @@ def clip_lad_extractor(config: CLIPLADConfig, backbone):
     layers = backbone.config.vision.layers
     if any(t >= layers for t in config.taps):
         raise ValueError(
-            f"--taps {','.join(map(str, config.taps))}: NACLIP replaces the last block ({layers}) of {backbone.name}; "
+            f"taps {','.join(map(str, config.taps))}: NACLIP replaces the last block ({layers}) of {backbone.name}; "
             f"tap blocks 1..{layers - 1}, e.g. {','.join(map(str, default_taps(layers)[:-1]))}"
         )
     if backbone.image_size != config.image_size:
@@ -710,7 +710,7 @@ def clip_lad_method_fit(config: CLIPLADConfig, references: Features | None = Non
     one device, so the centres do not depend on the mesh) in ``slot_count(N_c)`` slots, prompts padded to
     ``slot_count`` rows, the references' part histograms and patch memory; fusion comes with calibrate."""
     if references is None:
-        raise ValueError("clip_lad needs k >= 1 normal reference images (few-shot references)")
+        raise ValueError("references: clip_lad needs normal reference images (k >= 1), got none")
     if prepared is None:
         raise ValueError("clip_lad fits with its category's prompt embeddings (the method's prepare step)")
     resolved = config.for_category(prepared.row)

@@ -466,7 +466,7 @@ def musc_fit(config: MuScConfig, references: Features | None = None, mesh: Mesh 
     if config.mode == "zero_shot":
         return MuScState()
     if references is None:
-        raise ValueError(f"MuSc mode {config.mode!r} needs normal reference images (--shots R >= 1)")
+        raise ValueError(f"references: MuSc mode {config.mode!r} needs normal reference images (R >= 1), got none")
     return MuScState(tuple(references.layers))
 
 
@@ -590,12 +590,12 @@ OPTIONS = (
 
 
 def musc_configure(values: dict, context: RunContext) -> MuScConfig:
-    """MuScConfig from option values (dest -> value; missing = default) for a run; checks --mode vs --shots."""
+    """MuScConfig from option values (dest -> value; missing = default) for a run; checks the mode against the shots."""
     mode = values.get("mode") or "zero_shot"
     if mode != "zero_shot" and context.shots < 1:
-        raise OptionError(f"--mode {mode} needs --shots R >= 1 normal reference images")
+        raise OptionError(f"mode {mode}: needs shots=R >= 1 normal reference images")
     if mode == "zero_shot" and context.shots > 0:
-        raise OptionError("--shots applies to --mode few_shot or plus; zero_shot MuSc uses no reference images")
+        raise OptionError("shots: applies to mode=few_shot or plus; zero_shot MuSc uses no reference images")
     windows = values.get("windows")
     if windows is None:
         windows = DATASET_WINDOWS.get(context.dataset, DEFAULT_WINDOWS)

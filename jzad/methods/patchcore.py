@@ -544,7 +544,7 @@ def patchcore_fit(config: PatchCoreConfig, references: Features | None, mesh: Me
     """Memory bank of the reference images' patch features (embed + greedy coreset, seed ``config.seed``)."""
     del prepared
     if references is None:
-        raise ValueError("PatchCore needs normal reference images (--shots K >= 1)")
+        raise ValueError("references: PatchCore needs normal reference images (K >= 1), got none")
     layer2, layer3 = tapped_layers(references)
     return PatchCoreState(fit_patchcore(layer2, layer3, config, config.seed, mesh))
 

@@ -120,7 +120,7 @@ def patchcore_plus_fit(config: PatchCorePlusConfig, references: Features | None,
     """Prototypes from the reference images (PatchCore's coreset); an empty online memory when online."""
     del prepared
     if references is None:
-        raise ValueError("PatchCore+ needs normal reference images (--shots K >= 1)")
+        raise ValueError("references: PatchCore+ needs normal reference images (K >= 1), got none")
     layer2, layer3 = tapped_layers(references)
     bank = fit_patchcore(layer2, layer3, config.patchcore, config.patchcore.seed, mesh)
     if not config.online_images:

@@ -39,7 +39,7 @@ def few_shot_streaming(name: str, stream_score: Callable | None = None) -> Strea
 
     def init(config, stream, features, mesh=None, references=None, prepared=None):
         if references is None and method.few_shot == "required":
-            raise ValueError(f"--method {name} streams against normal reference images: none were given")
+            raise ValueError(f"references: {name} streams against normal reference images, got none")
         return method.fit(config, references, mesh, prepared)
 
     def step(config, stream, state, queries, valid, mesh=None):

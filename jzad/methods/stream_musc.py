@@ -221,7 +221,7 @@ OPTIONS = (
 def musc_stream_configure(values: dict, config: MuScConfig) -> MuScStreamConfig:
     """MuScStreamConfig from option values (dest -> value; missing = default); the bank needs zero-shot MuSc."""
     if config.mode != "zero_shot":
-        raise OptionError(f"--stream: MuSc streams zero-shot (the bank is the pool); --mode {config.mode} does not")
+        raise OptionError(f"mode {config.mode}: MuSc streams zero-shot only (the bank is the pool)")
     fields = option_fields(OPTIONS, values)
     if "capacity" in fields and "warmup" not in fields:
         fields["warmup"] = min(MuScStreamConfig.warmup, fields["capacity"])

@@ -100,7 +100,8 @@ def winclip_plus_fit(config: WinCLIPPlusConfig, references: Features | None = No
     """Text embeddings (prepared) and the prototypes of R reference images: the coreset of their unit patch
     tokens and, per scale, their window embeddings (a coreset of them with refine_memories "all")."""
     if references is None:
-        raise ValueError("WinCLIP+ refines the few-shot memory: it needs normal reference images (--shots K >= 1)")
+        raise ValueError("references: WinCLIP+ refines a few-shot memory of normal reference images (K >= 1), got "
+                         "none")
     if prepared is None:
         raise ValueError("WinCLIP+ needs the text embeddings from winclip_prepare (the method's prepare step)")
     memory = wc.winclip_memory(wc.winclip_view(references))

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import signal
 import sys
 from pathlib import Path
 
-from jzad.cli import UserError, build_parser, check_options, in_flag_terms, load_scorer
+from jzad.cli import UserError, build_parser, check_options, in_flag_terms, load_scorer, number_type, positive_int
 from jzad.eval.verdict import REFERENCE_QUANTILE
 from jzad.methods import OptionError
 from jzad.stream_cli import stream_reference_paths
@@ -23,36 +24,8 @@ RUN_OPTIONS_REFUSED = ("data", "dataset", "out", "overwrite", "save_maps", "maps
 """``jzad.run`` options that mean nothing to the service (they are refused by name)."""
 
 
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from err
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-    return parse
-
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from err
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _finite_float(text):
-    try:
-        value = float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+_non_negative_float = number_type(float, "a number >= 0", lambda value: value >= 0)
+_finite_float = number_type(float, "a finite number", math.isfinite)
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
@@ -79,16 +52,16 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--token", default=None,
                    help=f"require 'Authorization: Bearer TOKEN' on every endpoint (default: ${TOKEN_ENV} if set)")
-    p.add_argument("--max-batch", type=_positive(int), default=8, help="most images scored in one device batch")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="most images scored in one device batch")
     p.add_argument("--max-wait-ms", type=_non_negative_float, default=10.0,
                    help="longest an image waits for others to fill its batch")
-    p.add_argument("--queue-size", type=_positive(int), default=256,
+    p.add_argument("--queue-size", type=positive_int, default=256,
                    help="images that may wait; beyond it requests get 503 with Retry-After")
-    p.add_argument("--max-bytes", type=_positive(int), default=20 * 1024 * 1024, help="largest image file")
-    p.add_argument("--max-images", type=_positive(int), default=64, help="most images in one request")
+    p.add_argument("--max-bytes", type=positive_int, default=20 * 1024 * 1024, help="largest image file")
+    p.add_argument("--max-images", type=positive_int, default=64, help="most images in one request")
     p.add_argument("--store", type=Path, default=Path("jzad-serve"),
                    help="the service's folder: overlays (maps/), the checkpointed state (state/), scratch")
-    p.add_argument("--keep-maps", type=_positive(int), default=1000, help="overlays kept in the store")
+    p.add_argument("--keep-maps", type=positive_int, default=1000, help="overlays kept in the store")
     p.add_argument("--checkpoint-every-s", type=_non_negative_float, default=60.0,
                    help="seconds between state checkpoints (0: only at shutdown); a restart continues from the last")
     p.add_argument("--category", default="object",

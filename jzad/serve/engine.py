@@ -27,9 +27,10 @@ from PIL import Image
 
 from jzad.data.decode import load_image
 from jzad.data.errors import DataError
-from jzad.data.sources import prepare_image
+from jzad.data.sources import ArrayImages, prepare_image
 from jzad.eval.heatmaps import overlay
 from jzad.eval.verdict import SOURCES, Threshold, anomalous, normalised_scores
+from jzad.reference_scores import leave_one_out_scores
 from jzad.stream import StreamCheckpoints, Streamer, has_checkpoint
 
 MAP_ID_HEX = 32
@@ -123,19 +124,15 @@ def normalised_maps(maps: np.ndarray, threshold: Threshold) -> np.ndarray:
 
 
 def reference_scores(streamer: Streamer) -> np.ndarray:
-    """Leave-one-out scores of the reference images: each scored by the stream fitted on the others (the rule
-    ``jzad.eval.verdict.reference_threshold`` takes its quantile of). Needs at least two references."""
+    """Leave-one-out scores of the stream's reference images (``jzad.reference_scores``: each scored by the
+    method fitted on the others), the rule ``jzad.eval.verdict.reference_threshold`` takes its quantile of.
+    Needs at least two references."""
     references = np.asarray(streamer.references)
     if len(references) < 2:
         raise ValueError(f"references: {len(references)} image(s); a threshold from the references needs at "
                          "least 2 (or give a threshold)")
-    scores = []
-    for i in range(len(references)):
-        others = np.delete(references, i, axis=0)
-        held_out = dataclasses.replace(streamer, references=others)
-        out, _ = held_out.step(held_out.init(), references[i:i + 1], [f"reference {i}"])
-        scores.append(float(np.asarray(out.image_scores)[0]))
-    return np.asarray(scores)
+    source = ArrayImages(references, [f"reference {i}" for i in range(len(references))])
+    return leave_one_out_scores(streamer.scorer, source, streamer.category)
 
 
 class MapStore:

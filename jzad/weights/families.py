@@ -92,18 +92,39 @@ class WeightsFamily:
     describe: Callable
 
 
+def _checked_size(image_size, step: int, what: str) -> int | None:
+    """A run size to record: None, or a positive multiple of ``step`` (``what`` says which, for the error)."""
+    if image_size is None:
+        return None
+    image_size = int(image_size)
+    if image_size < step or image_size % step:
+        raise ValueError(f"image_size {image_size} must be a positive multiple of {what} {step}")
+    return image_size
+
+
+def _no_activation(activation, kind: str) -> None:
+    """Only CLIP records an activation: any other family refuses one."""
+    if activation is not None:
+        raise ValueError(f"activation {activation!r}: {kind} backbones have no activation option")
+
+
+def _read_states(path: Path) -> tuple[dict, str | None, list[Path]]:
+    """(state dict, source format, files) of a checkpoint file, or of every weight file of a folder merged."""
+    files = _folder_weight_files(path) if path.is_dir() else [path]
+    state, fmt = {}, None
+    for file in files:
+        part, fmt = read_state_dict(file)
+        state.update(part)
+    return state, fmt, files
+
+
 # ------------------------------------------------------------------------------------------ clip
 
 
 def _clip_run(config: CLIPConfig, image_size, activation, taps):
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if image_size is not None:
-        image_size = int(image_size)
-        if image_size < config.vision.patch_size or image_size % config.vision.patch_size:
-            raise ValueError(
-                f"image_size {image_size} must be a positive multiple of the patch size {config.vision.patch_size}"
-            )
+    image_size = _checked_size(image_size, config.vision.patch_size, "the patch size")
     taps = check_taps(taps, config.vision.layers) if taps is not None else None
     return image_size, activation, taps
 
@@ -133,11 +154,7 @@ def _resnet_read(path: Path, arch=None) -> LoadedCheckpoint:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    files = _folder_weight_files(path) if path.is_dir() else [path]
-    state, fmt = {}, None
-    for file in files:
-        part, fmt = read_state_dict(file)
-        state.update(part)
+    state, fmt, files = _read_states(path)
     try:
         params, config = resnet_from_torch(state, arch)
     except ValueError as err:
@@ -147,12 +164,8 @@ def _resnet_read(path: Path, arch=None) -> LoadedCheckpoint:
 
 
 def _resnet_run(config: ResNetConfig, image_size, activation, taps):
-    if activation is not None:
-        raise ValueError(f"activation {activation!r}: ResNet backbones have no activation option")
-    if image_size is not None:
-        image_size = int(image_size)
-        if image_size < RESNET_STRIDE or image_size % RESNET_STRIDE:
-            raise ValueError(f"image_size {image_size} must be a positive multiple of {RESNET_STRIDE} for a ResNet")
+    _no_activation(activation, "ResNet")
+    image_size = _checked_size(image_size, RESNET_STRIDE, "a ResNet's deepest stride")
     taps = check_resnet_taps(taps, config) if taps is not None else None
     return image_size, activation, taps
 
@@ -182,16 +195,10 @@ def _efficientnet_read(path: Path, arch=None) -> LoadedCheckpoint:
 
 
 def _efficientnet_run(config: EfficientNetConfig, image_size, activation, taps):
-    if activation is not None:
-        raise ValueError(f"activation {activation!r}: EfficientNet backbones have no activation option")
+    _no_activation(activation, "EfficientNet")
     taps = check_efficientnet_taps(taps, config) if taps is not None else None
     coarsest = max(config.tap_stride(t) for t in taps or ("stride16",))
-    if image_size is not None:
-        image_size = int(image_size)
-        if image_size < coarsest or image_size % coarsest:
-            raise ValueError(f"image_size {image_size} must be a positive multiple of the coarsest tap's stride "
-                             f"{coarsest} for this EfficientNet")
-    return image_size, activation, taps
+    return _checked_size(image_size, coarsest, "the coarsest tap's stride"), activation, taps
 
 
 def _efficientnet_describe(config: EfficientNetConfig) -> str:
@@ -212,11 +219,7 @@ def _dino_read(path: Path, arch=None) -> LoadedCheckpoint:
             params, config = dino_from_onnx(path, arch)
             return LoadedCheckpoint(config=config, params=params, source_format="onnx", files=(path,),
                                     tokenizer_dir=None, source_activation=None)
-        files = _folder_weight_files(path) if path.is_dir() else [path]
-        state, fmt = {}, None
-        for file in files:
-            part, fmt = read_state_dict(file)
-            state.update(part)
+        state, fmt, files = _read_states(path)
         heads = hf_config_heads(path) if path.is_dir() else None
         params, config = dino_from_torch(state, arch, heads)
     except ValueError as err:
@@ -226,12 +229,8 @@ def _dino_read(path: Path, arch=None) -> LoadedCheckpoint:
 
 
 def _dino_run(config: DinoConfig, image_size, activation, taps):
-    if activation is not None:
-        raise ValueError(f"activation {activation!r}: DINO / DINOv2 backbones have no activation option")
-    if image_size is not None:
-        image_size = int(image_size)
-        if image_size < config.patch_size or image_size % config.patch_size:
-            raise ValueError(f"image_size {image_size} must be a positive multiple of the patch size {config.patch_size}")
+    _no_activation(activation, "DINO / DINOv2")
+    image_size = _checked_size(image_size, config.patch_size, "the patch size")
     taps = check_dino_taps(taps, config.depth) if taps is not None else None
     return image_size, activation, taps
 
