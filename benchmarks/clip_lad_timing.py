@@ -111,13 +111,13 @@ def time_driver(scorer, state, source, stages: tuple, repeats: int) -> dict:
 class Reference:
     """The PyTorch reference of the per-image stages on the backbone's weights and the driver's fitted state."""
 
-    def __init__(self, backbone, state):
+    def __init__(self, backbone, config, fitted):
         import torch
 
         from benchmarks import reference_torch_clip_lad
 
         self.ref = reference_torch_clip_lad
-        self.cfg, fitted = state.config, state.fitted
+        self.cfg = config
         self.weights = {k: torch.from_numpy(v) for k, v in flax_to_openai(backbone.params, backbone.config).items()}
         self.vision, self.activation = backbone.config.vision, backbone.config.activation
         self.size = backbone.image_size
@@ -248,17 +248,17 @@ def run(arch: str, image_size: int, n: int, shots: int, clusters: int, repeats: 
     staged = time_driver(staged_scorer, state, queries, STAGES, repeats)
     fused = time_driver(scorer, state, queries, FUSED_STAGES, repeats)
     images = queries.images
-    reference = Reference(scorer.backbone, state)
+    reference = Reference(scorer.backbone, scorer.config, state)
     theirs = reference.time(images, repeats)
     dense = np.asarray(scorer.extract_fn(images).extras[DENSE])
     count = len(score_groups(method, n, queries.defect_types, 1)[0])
-    cfg, vision = state.config, scorer.backbone.config.vision
+    cfg, vision = scorer.config, scorer.backbone.config.vision
     rows = stage_rows(staged, theirs["runs"], n)
     side = vision.image_size // vision.patch_size * cfg.upsample
     return {"arch": arch, "image_size": scorer.backbone.image_size, "n": n, "shots": shots, "clusters": clusters,
             "category": category, "held_out": HELD_OUT, "taps": list(cfg.taps), "patches_per_image": side * side,
             "width": vision.width, "embed_dim": scorer.backbone.config.embed_dim,
-            "fine_classes": int(np.sum(state.fitted.prompts.fine_valid)), "fine_level": reference.fine_level,
+            "fine_classes": int(np.sum(state.prompts.fine_valid)), "fine_level": reference.fine_level,
             "image_chunk": cfg.image_chunk, "batch": scorer.batch_size, "torch_threads": torch.get_num_threads(),
             "stages": rows, "fused": fused_rows(fused, n), "per_category": per_category,
             "parity": parity(staged, fused, theirs["outputs"], dense, count),
