@@ -231,21 +231,27 @@ def markdown(payload: dict) -> str:
 
 
 def markdown_one(runs: list[dict]) -> str:
-    """Mean image / pixel AUROC per arm over the (set, shots, draw) cells complete for every arm, and each
-    cell's image AUROC."""
+    """Mean image / pixel AUROC per arm over the (set, shots, draw) cells complete for every arm, then the image
+    AUROC per set and per shot count (means over the other factors)."""
     cells = complete_cells(runs)
+    sets = sorted({c[0] for c in cells})
+    shots = sorted({c[1] for c in cells})
+    draws = sorted({c[2] for c in cells})
     lines = [f"Cells (set, shots, draw) complete for every arm: {len(cells)} of "
-             f"{4 * len(PROTOCOL['shots']) * 3} planned: " + ", ".join(f"{s} {k}-shot draw {d}" for s, k, d in cells),
-             "", "| arm | image AUROC | pixel AUROC | " + " | ".join(f"{s} {k}-shot" for s, k, _ in cells) + " |",
-             "|---|---|---|" + "---|" * len(cells)]
+             f"{4 * len(PROTOCOL['shots']) * 3} planned (draws {', '.join(map(str, draws))}).", "",
+             "| arm | image AUROC | pixel AUROC | " + " | ".join(sets) + " | " +
+             " | ".join(f"{k}-shot" for k in shots) + " |",
+             "|---|---|---|" + "---|" * (len(sets) + len(shots))]
     for arm in ARMS:
         rows = {(r["set"], r["shots"], r["draw"]): r for r in runs if r["arm"] == arm}
         picked = [rows[c] for c in cells]
         if not picked:
             continue
-        lines.append(f"| {arm} | {100 * np.mean([r['image_auroc'] for r in picked]):.1f} | "
+        image = lambda keep: 100 * np.mean([r["image_auroc"] for r in picked if keep(r)])
+        lines.append(f"| {arm} | {image(lambda r: True):.1f} | "
                      f"{100 * np.mean([r['pixel_auroc'] for r in picked]):.1f} | "
-                     + " | ".join(f"{100 * r['image_auroc']:.1f}" for r in picked) + " |")
+                     + " | ".join(f"{image(lambda r, s=s: r['set'] == s):.1f}" for s in sets) + " | "
+                     + " | ".join(f"{image(lambda r, k=k: r['shots'] == k):.1f}" for k in shots) + " |")
     return "\n".join(lines)
 
 
