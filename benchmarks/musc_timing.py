@@ -581,7 +581,8 @@ def time_jax_fslc(backbone, grids: tuple, embeds, sizes: FslcSizes, precision: s
     (init,), (expanded,), (filtered,) = (warm.outputs[stage] for stage in ("init", "expand", "filter"))
     outputs = {"patch_scores": outputs["patch_scores"].reshape(n, -1), "image_scores": outputs["image_scores"],
                "maps": outputs["maps"], "coreset_size": int(filtered.size),
-               "expanded_size": int(expanded.coreset.shape[0]), "init_images": np.asarray(init.image_indices)}
+               "expanded_size": int(expanded.size), "expanded_rows": int(expanded.coreset.shape[0]),
+               "init_images": np.asarray(init.image_indices)}
     method = scorer.method
     programs = harness.StagePrograms().of_body(method, config, method.fit(config, None, mesh, None), features, mesh)
     return {"summary": harness.summarize_runs(runs, n, compile_s), "outputs": outputs,

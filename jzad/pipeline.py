@@ -220,8 +220,10 @@ def fit(scorer: Scorer, references, clock: StageClock, task=None, category: str 
     if method.calibrate is not None:
         if calibration is None:
             raise ValueError(f"method {method.name} needs calibration images ({method.calibration} split)")
-        cal_features, _ = extract_source(scorer, calibration, np.arange(len(calibration)), clock, task)
-        check_finite(cal_features, calibration.names, "calibration features")
+        rows = bucket_size(len(calibration))
+        cal_features, _ = extract_source(scorer, calibration, np.arange(len(calibration)), clock, task, rows=rows)
+        check_finite(cal_features, calibration.names, "calibration features", count=len(calibration))
+        cal_features = with_valid(cal_features, len(calibration), rows)
         state = clock.run("calibrate", method.calibrate, scorer.config, state, cal_features, scorer.mesh)
     if scorer.extraction_sharding is not None:
         state = jax.device_put(state, NamedSharding(scorer.mesh, PartitionSpec()))

@@ -116,6 +116,14 @@ def test_mahalanobis_fusion_against_numpy():
     assert np.isfinite(np.asarray(fused_scores(jnp.zeros((1, 2)), flat))).all()
     with pytest.raises(ValueError, match=r"\(V, 2\) with V >= 2"):
         fit_fusion(jnp.ones((1, 2)))
+    # A validation set padded to a bucket size (rows of any value past the real ones) fits the same statistics.
+    padded = np.concatenate([validation, rng.normal(size=(9, 2)) * 50.0])
+    valid = np.arange(len(padded)) < len(validation)
+    masked = fit_fusion(jnp.asarray(padded, jnp.float32), ridge=1e-3, valid=valid)
+    got_masked = np.asarray(fused_scores(jnp.asarray(queries, jnp.float32), masked))
+    np.testing.assert_allclose(got_masked, want, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"^valid: expected \(32,\) bool"):
+        fit_fusion(jnp.asarray(padded, jnp.float32), valid=valid[:-1])
 
 
 def test_prompt_texts_and_ensemble():

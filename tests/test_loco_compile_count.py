@@ -1,6 +1,6 @@
 """Shapes that compile once, CLIP-LAD on MVTec LOCO: two categories whose per-category constants differ (pushpins:
-N_c 4, fine classes per patch, 5 coarse and 2 fine prompts; juice_bottle: N_c 8, per region, 4 fine prompts) run
-one scoring program. Counted from JAX's own compile events on a synthetic LOCO tree scored through the driver
+N_c 4, fine classes per patch, 5 coarse and 2 fine prompts, 3 validation images; juice_bottle: N_c 8, per region,
+4 fine prompts, 5 validation images) run one scoring program and fit without new programs. Counted from JAX's own compile events on a synthetic LOCO tree scored through the driver
 (``jzad.pipeline``), the fused program the command line runs."""
 
 import jax
@@ -40,7 +40,7 @@ class CompileCounter:
 def loco_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("loco_compile")
     for seed, category in enumerate(CATEGORIES):
-        jdata.write_synthetic_loco(root, category, num_train=3, num_validation=3, num_good=3, num_logical=3,
+        jdata.write_synthetic_loco(root, category, num_train=3, num_validation=3 + 2 * seed, num_good=3, num_logical=3,
                                    num_structural=2, seed=seed)
     return root
 
@@ -71,5 +71,6 @@ def test_second_loco_category_compiles_no_scoring_program(loco_root):
     assert first[1] > 0, compiled  # the first category compiles the scoring program (and the maps)
     assert second[1] == 0, compiled  # the second reuses it
     # Fitting the second category (prompts, k-means in 8 slots, memories, calibration) compiles no new programs
-    # either: the sets have equal sizes and every per-category constant is an array.
+    # either: every per-category constant is an array, and the validation sets (3 and 5 images) are padded to one
+    # bucket size with the padding masked out of Eq. 4's statistics.
     assert second[0] == 0, compiled

@@ -88,7 +88,7 @@ from jzad.methods.base import (
     option_fields,
     register,
 )
-from jzad.features.types import tokens_to_grid
+from jzad.features.types import VALID, tokens_to_grid
 
 FINE_LEVELS = ("patch", "region")
 
@@ -459,15 +459,27 @@ class Fusion(NamedTuple):
     cholesky: jax.Array
 
 
-def fit_fusion(scores: jax.Array, ridge: float = 1e-6) -> Fusion:
-    """Eq. 4's mu and Sigma from (V, 2) validation scores (V >= 2): sample covariance (ddof 1) plus
-    ridge * mean variance (+ 1e-12) on the diagonal, Cholesky-factored."""
+def fit_fusion(scores: jax.Array, ridge: float = 1e-6, valid: jax.Array | None = None) -> Fusion:
+    """Eq. 4's mu and Sigma from (V, 2) validation scores (V >= 2 real rows): sample covariance (ddof 1) plus
+    ridge * mean variance (+ 1e-12) on the diagonal, Cholesky-factored. ``valid`` (V,) bool: the real rows of a
+    set padded to a bucket size (the others carry no weight), so every validation count of a bucket shares one
+    program."""
     if scores.ndim != 2 or scores.shape[1] != 2 or scores.shape[0] < 2:
         raise ValueError(f"scores: expected (V, 2) with V >= 2 validation images, got shape {scores.shape}")
-    x = scores.astype(jnp.float32)
-    mean = jnp.mean(x, axis=0)
-    centred = x - mean
-    cov = jnp.matmul(centred.T, centred, precision=jax.lax.Precision.HIGHEST) / (x.shape[0] - 1)
+    if valid is None:
+        valid = np.ones(scores.shape[0], bool)
+    elif np.ndim(valid) != 1 or np.shape(valid)[0] != scores.shape[0]:
+        raise ValueError(f"valid: expected ({scores.shape[0]},) bool, got shape {np.shape(valid)}")
+    return _fit_fusion(scores.astype(jnp.float32), jnp.asarray(valid, bool), ridge)
+
+
+@jax.jit
+def _fit_fusion(x: jax.Array, valid: jax.Array, ridge) -> Fusion:
+    weight = valid.astype(jnp.float32)[:, None]
+    count = jnp.sum(weight)
+    mean = jnp.sum(x * weight, axis=0) / count
+    centred = (x - mean) * weight
+    cov = jnp.matmul(centred.T, centred, precision=jax.lax.Precision.HIGHEST) / (count - 1)
     cov = cov + (ridge * jnp.trace(cov) / 2.0 + 1e-12) * jnp.eye(2, dtype=jnp.float32)
     return Fusion(mean, jnp.linalg.cholesky(cov))
 
@@ -735,11 +747,16 @@ def clip_lad_method_fit(config: CLIPLADConfig, references: Features | None = Non
 
 def clip_lad_calibrate(config: CLIPLADConfig, state: CLIPLADState, features: Features,
                        mesh: Mesh | None = None) -> CLIPLADState:
-    """Eq. 4's mu and Sigma from the (s_log, s_str) of validation normal images (V >= 2)."""
+    """Eq. 4's mu and Sigma from the (s_log, s_str) of validation normal images (V >= 2); a set padded to a
+    bucket size (``Features.extras[VALID]``) is fitted on its real rows only."""
     mesh = device_mesh(1) if mesh is None else mesh
     _, logical, structural = _stages(scoring_key(config), state, features, mesh, direct)
     scores = jax.device_put(to_host(jnp.stack([logical, structural], axis=1)), jax.local_devices()[0])
-    fusion = jax.tree.map(np.asarray, fit_fusion(scores, config.ridge))
+    valid = features.extras.get(VALID)
+    real = scores.shape[0] if valid is None else int(np.sum(valid))
+    if real < 2:
+        raise ValueError(f"calibration: clip_lad needs V >= 2 validation images, got {real}")
+    fusion = jax.tree.map(np.asarray, fit_fusion(scores, config.ridge, None if valid is None else np.asarray(valid)))
     return state._replace(fusion=fusion)
 
 
