@@ -159,3 +159,14 @@ def test_readme_module_table_lists_the_layers_in_order():
     readme = (ROOT.parent / "README.md").read_text()
     listed = re.findall(r"^\| `(jzad\.[a-z_.]+)` \|", readme, re.M)
     assert listed == list(ORDER)
+
+
+def test_no_function_in_the_library_is_over_100_lines():
+    long = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 100:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long, "split these functions:\n" + "\n".join(long)
