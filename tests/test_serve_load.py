@@ -19,7 +19,8 @@ def test_four_clients_get_the_stream_scores_without_errors(tmp_path):
     assert report["errors"] == 0, report["error_samples"]
     assert report["scored"] == CLIENTS * IMAGES and report["indices_contiguous"]
     assert report["stream_rows"] == CLIENTS * IMAGES and report["stream_same_order"]
-    assert report["max_abs_score_difference_vs_stream"] == 0.0
+    # The service batches arrivals as they come, the stream in fixed batches of 8: float32 rounding may differ.
+    assert report["max_abs_score_difference_vs_stream"] <= 1e-5
     assert report["batch_size_max"] <= 8
     assert report["server_exit_status"] == 0
     assert has_checkpoint(tmp_path / "store" / "state") == CLIENTS * IMAGES  # SIGTERM drained and checkpointed
