@@ -31,30 +31,18 @@ from jzad.eval.report import environment_info  # noqa: E402
 from jzad.experiment import build_scorer, demo_sources  # noqa: E402
 from jzad.methods import get_method  # noqa: E402
 from jzad.pipeline import run_category  # noqa: E402
-from jzad.timing import StageClock  # noqa: E402
-
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+from jzad.timing import CompileLog, StageClock  # noqa: E402
 
 
 def timed_run(scorer, source, subsets: int) -> dict:
     """One category run from a cold jit cache -> wall s, compile s, programs compiled, per-stage seconds."""
-    compiled = {"programs": 0, "seconds": 0.0}
-
-    def listener(name, seconds, **_):
-        if name == BACKEND_COMPILE:
-            compiled["programs"] += 1
-            compiled["seconds"] += seconds
-
     jax.clear_caches()
-    jax.monitoring.register_event_duration_secs_listener(listener)
     clock = StageClock()
-    start = time.perf_counter()
-    try:
+    with CompileLog() as compiled:
+        start = time.perf_counter()
         result = run_category(scorer, source, "bench", subsets=subsets, clock=clock)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "xla_programs": compiled["programs"], "backend_compile_s": compiled["seconds"],
+    return {"wall_s": wall, "xla_programs": compiled.count, "backend_compile_s": compiled.seconds,
             "compile_s_by_stage": dict(clock.compile_seconds), "run_s_by_stage": dict(clock.run_seconds),
             "groups": [len(g) for g in result.groups], "image_auroc": result.metrics.get("image_auroc"),
             "image_scores_head": [float(v) for v in result.image_scores[:4]], "load_avg": os.getloadavg()}

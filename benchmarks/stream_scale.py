@@ -221,40 +221,11 @@ def burst(normals: int, burst_len: int, after: int, bank: int, out: Path, r_list
             "policies": results}
 
 
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-"""jax.monitoring's event for one XLA compilation (its ``fun_name`` names the jitted function)."""
 SLOW = 3.0
 """A steady-state batch slower than SLOW x the steady median is listed with its cause."""
 CONTENDED = 1.5
 """A slow batch whose process CPU time is within CONTENDED x the typical was waiting for a core."""
 PARTS = ("waiting", "decode", "step", "outputs", "checkpoint")
-
-
-class CompileLog:
-    """The XLA compilations (function name, seconds) since the last ``take``, from jax.monitoring."""
-
-    def __init__(self):
-        self.pending: list[tuple[str, float]] = []
-
-    def _listen(self, event: str, seconds: float, **kwargs) -> None:
-        if event == COMPILE_EVENT:
-            self.pending.append((str(kwargs.get("fun_name", "?")), seconds))
-
-    def __enter__(self):
-        import jax
-
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc):
-        import jax
-
-        jax.monitoring.unregister_event_duration_listener(self._listen)
-        return False
-
-    def take(self) -> list[tuple[str, float]]:
-        taken, self.pending = self.pending, []
-        return taken
 
 
 def batch_rows(timings, compiles, cpu_s, writing) -> list[dict]:
@@ -316,6 +287,7 @@ def latency(n: int, batch: int, bank: int, out: Path, checkpoint_every: int, r_l
     with the XLA compilations that ran in it -> per batch rows, warm-up and steady state apart, slow batches
     with their cause, per-image latency (arrival to score), the wait for the last save at the end."""
     from jzad.stream import StreamOutputs, has_checkpoint, run_stream
+    from jzad.timing import CompileLog
 
     source = SyntheticSource(n, base=2 * 10**6)
     runner = streamer(batch, bank, r_list=r_list)

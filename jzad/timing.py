@@ -14,10 +14,12 @@ from typing import Any, Callable
 
 import jax
 
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+"""jax.monitoring's event for one XLA compilation (its ``fun_name`` names the jitted function)."""
 _COMPILE_EVENTS = (
     "/jax/core/compile/jaxpr_trace_duration",
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
-    "/jax/core/compile/backend_compile_duration",
+    BACKEND_COMPILE,
 )
 _compile_seconds = [0.0]
 _listening = [False]
@@ -74,3 +76,36 @@ class StageClock:
     def per_image_ms(self, num_images: int) -> dict[str, float]:
         """Steady-state milliseconds per image for each stage."""
         return {stage: 1e3 * s / max(num_images, 1) for stage, s in self.run_seconds.items()}
+
+
+class CompileLog:
+    """The XLA programs compiled while it is open, as (function name, seconds), from jax.monitoring's
+    backend-compile events: how compile-count tests and benchmarks see what a run compiled."""
+
+    def __init__(self) -> None:
+        self.compiles: list[tuple[str, float]] = []
+
+    def _on_event(self, name: str, seconds: float, **kwargs: Any) -> None:
+        if name == BACKEND_COMPILE:
+            self.compiles.append((str(kwargs.get("fun_name", "?")), seconds))
+
+    def __enter__(self) -> "CompileLog":
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        jax.monitoring.unregister_event_duration_listener(self._on_event)
+        return False
+
+    @property
+    def count(self) -> int:
+        return len(self.compiles)
+
+    @property
+    def seconds(self) -> float:
+        return sum(seconds for _, seconds in self.compiles)
+
+    def take(self) -> list[tuple[str, float]]:
+        """The compilations since the last ``take`` (and forget them)."""
+        taken, self.compiles = self.compiles, []
+        return taken

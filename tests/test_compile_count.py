@@ -4,37 +4,31 @@ and the pad-and-mask path gives the scores of the unpadded pool."""
 
 import jax
 import numpy as np
+import pytest
 
 from jzad.compile_cache import disable_compile_cache
 from jzad.experiment import build_scorer, demo_sources
 from jzad.methods import get_method
 from jzad.methods.musc import MuScConfig, MuScState, mutual_scores
 from jzad.pipeline import bucket_size, run_category, with_valid
+from jzad.timing import CompileLog
 from jzad.features.types import Features
-
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
-
 
 def compiled_programs(fn) -> int:
     """XLA programs compiled while fn() runs, from a cold in-memory jit cache (no persistent cache)."""
-    count = [0]
-
-    def listener(name, seconds, **_):
-        if name == BACKEND_COMPILE:
-            count[0] += 1
-
     jax.clear_caches()
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with CompileLog() as log:
         fn()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    return count[0]
+    return log.count
 
 
-def test_demo_subsets_3_compiles_at_most_two_more_programs_than_subsets_1():
+@pytest.mark.parametrize("name", ["musc", "fslc"])
+def test_demo_subsets_3_compiles_at_most_two_more_programs_than_subsets_1(name):
+    """MuSc and FSLC pad their subsets to one bucket (masked pools): uneven subsets share one program."""
     disable_compile_cache()
-    scorer = build_scorer(get_method("musc"), {}, 0, backbone="random-tiny", image_size=64, demo=True)
+    method = get_method(name)
+    assert method.pads_to_buckets(method.config_type())
+    scorer = build_scorer(method, {}, 0, backbone="random-tiny", image_size=64, demo=True)
     sources = demo_sources(64, 0, 0, 0)
     groups = {}
 
@@ -69,22 +63,3 @@ def test_bucket_sizes_and_masked_pool_equal_the_unpadded_pool():
     # Padding rows out of the pool: the first 4 rows score as the 4-image pool alone.
     np.testing.assert_allclose(np.asarray(mutual_scores(features, MuScConfig(), None, None, valid))[:4],
                                np.asarray(mutual_scores(features[:4], MuScConfig())), rtol=1e-5, atol=1e-6)
-
-
-def test_fslc_demo_subsets_3_compiles_at_most_two_more_programs_than_subsets_1():
-    """FSLC pads its subsets like MuSc (masked init, expansion and filtering): uneven subsets share one program."""
-    disable_compile_cache()
-    method = get_method("fslc")
-    assert method.pads_to_buckets(method.config_type())
-    scorer = build_scorer(method, {}, 0, backbone="random-tiny", image_size=64, demo=True)
-    sources = demo_sources(64, 0, 0, 0)
-    groups = {}
-
-    def run(subsets):
-        result = run_category(scorer, sources.source, "synthetic", subsets=subsets)
-        groups[subsets] = [len(g) for g in result.groups]
-
-    one = compiled_programs(lambda: run(1))
-    three = compiled_programs(lambda: run(3))
-    assert len(set(groups[3])) > 1, groups
-    assert three <= one + 2, (one, three, groups)

@@ -1,7 +1,8 @@
 """Shapes that compile once, CLIP-LAD on MVTec LOCO: two categories whose per-category constants differ (pushpins:
 N_c 4, fine classes per patch, 5 coarse and 2 fine prompts, 3 validation images; juice_bottle: N_c 8, per region,
-4 fine prompts, 5 validation images) run one scoring program and fit without new programs. Counted from JAX's own compile events on a synthetic LOCO tree scored through the driver
-(``jzad.pipeline``), the fused program the command line runs."""
+4 fine prompts, 5 validation images) run one scoring program and fit without new programs. Counted from JAX's own
+compile events on a synthetic LOCO tree scored through the driver (``jzad.pipeline``), the fused program the command
+line runs."""
 
 import jax
 import numpy as np
@@ -12,36 +13,17 @@ from jzad.compile_cache import disable_compile_cache
 from jzad.experiment import build_scorer
 from jzad.methods import get_method
 from jzad.pipeline import fit, score_groups, score_source
-from jzad.timing import StageClock
+from jzad.timing import CompileLog, StageClock
 
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 CATEGORIES = ("pushpins", "juice_bottle")
-
-
-class CompileCounter:
-    """Counts XLA programs compiled while it is open (JAX's monitoring events)."""
-
-    def __init__(self):
-        self.count = 0
-
-    def _listener(self, name, seconds, **_):
-        if name == BACKEND_COMPILE:
-            self.count += 1
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self._listener)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listener)
 
 
 @pytest.fixture(scope="module")
 def loco_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("loco_compile")
     for seed, category in enumerate(CATEGORIES):
-        jdata.write_synthetic_loco(root, category, num_train=3, num_validation=3 + 2 * seed, num_good=3, num_logical=3,
-                                   num_structural=2, seed=seed)
+        jdata.write_synthetic_loco(root, category, num_train=3, num_validation=3 + 2 * seed, num_good=3,
+                                   num_logical=3, num_structural=2, seed=seed)
     return root
 
 
@@ -56,10 +38,10 @@ def test_second_loco_category_compiles_no_scoring_program(loco_root):
         sources = jdata.category_sources("loco", loco_root, category, shots=2, seed=0, calibration="validation",
                                          subtypes="off")
         clock = StageClock()
-        with CompileCounter() as fitting:
+        with CompileLog() as fitting:
             states[category] = fit(scorer, sources.references, clock, None, category, sources.calibration)
         groups = score_groups(method, len(sources.source), sources.source.defect_types, 1)
-        with CompileCounter() as scoring:
+        with CompileLog() as scoring:
             score_source(scorer, states[category], sources.source, groups, clock)
         compiled[category] = (fitting.count, scoring.count)
     first, second = (compiled[c] for c in CATEGORIES)
