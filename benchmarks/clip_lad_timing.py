@@ -181,10 +181,6 @@ class Reference:
         return {"runs": runs, "outputs": outputs}
 
 
-def _max_abs(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
 def parity(staged: dict, fused: dict, theirs: dict, dense: np.ndarray, count: int) -> dict:
     """JAX (the driver's recorded stage outputs of the first group, ``count`` images, and the final outputs of
     both profiles) against the reference's outputs."""
@@ -192,15 +188,15 @@ def parity(staged: dict, fused: dict, theirs: dict, dense: np.ndarray, count: in
     t = {k: v.numpy() for k, v in theirs.items()}
     n, dim = t["dense"].shape[0], dense.shape[-1]
     return {
-        "forward_dense_max_abs": _max_abs(dense.reshape(n, -1, dim), t["dense"][:, 1:]),
+        "forward_dense_max_abs": harness.max_abs(dense.reshape(n, -1, dim), t["dense"][:, 1:]),
         "regions_agree": float((np.asarray(recorded["assign"])[:count] == t["regions"][:count]).mean()),
         "labels_agree": float((np.asarray(recorded["match"])[:count] == t["labels"][:count]).mean()),
-        "logical_max_abs": _max_abs(np.asarray(recorded["histogram"][1])[:count], t["logical"][:count]),
-        "structural_map_max_abs": _max_abs(np.asarray(recorded["memory"][0])[:count], t["patch_maps"][:count]),
-        "fused_max_abs": _max_abs(staged["outputs"]["image_scores"], t["fused"]),
-        "maps_max_abs": _max_abs(staged["outputs"]["maps"], t["maps"]),
-        "fused_profile_image_scores_max_abs": _max_abs(fused["outputs"]["image_scores"], t["fused"]),
-        "fused_profile_maps_max_abs": _max_abs(fused["outputs"]["maps"], t["maps"]),
+        "logical_max_abs": harness.max_abs(np.asarray(recorded["histogram"][1])[:count], t["logical"][:count]),
+        "structural_map_max_abs": harness.max_abs(np.asarray(recorded["memory"][0])[:count], t["patch_maps"][:count]),
+        "fused_max_abs": harness.max_abs(staged["outputs"]["image_scores"], t["fused"]),
+        "maps_max_abs": harness.max_abs(staged["outputs"]["maps"], t["maps"]),
+        "fused_profile_image_scores_max_abs": harness.max_abs(fused["outputs"]["image_scores"], t["fused"]),
+        "fused_profile_maps_max_abs": harness.max_abs(fused["outputs"]["maps"], t["maps"]),
         "parity_images": count,
     }
 

@@ -174,7 +174,7 @@ class Suite:
     @property
     def torch_device(self) -> str:
         """Where the PyTorch reference runs: the GPU when JAX runs on one, else the CPU."""
-        return self.cached("torch_device", mt._default_torch_device)
+        return self.cached("torch_device", harness.default_torch_device)
 
     @property
     def mesh(self):
@@ -372,7 +372,7 @@ def rank_correlation(a, b) -> float | None:
 def score_parity(ours: dict, theirs: dict) -> dict:
     """Max abs differences of patch scores, maps, raw and final image scores, the largest reference patch score
     (the scale) and the rank correlation of the final image scores."""
-    out = {f"{key}_max_abs": mt._max_abs(ours[key], theirs[key])
+    out = {f"{key}_max_abs": harness.max_abs(ours[key], theirs[key])
            for key in ("patch_scores", "maps", "image_scores_raw", "image_scores")}
     out["patch_scores_max_magnitude"] = float(np.max(np.abs(theirs["patch_scores"])))
     out["image_scores_rank_correlation"] = rank_correlation(ours["image_scores"], theirs["image_scores"])
@@ -437,7 +437,7 @@ def reference_run(suite: Suite) -> dict:
                                  args.batch, args.cdist_mode, args.repeats, suite.torch_device)
     outputs = ref["outputs"]
     suite.shared["reference_features"] = (outputs["taps"], outputs["embeds"])
-    theirs = {key: mt._to_numpy(outputs[key]) for key in ("patch_scores", "maps", "image_scores_raw", "image_scores")}
+    theirs = {key: harness.to_numpy(outputs[key]) for key in ("patch_scores", "maps", "image_scores_raw", "image_scores")}
     parity = {precision: score_parity(suite.shared[f"musc_{precision}"], theirs)
               for precision in PRECISIONS if f"musc_{precision}" in suite.shared}
     del theirs, outputs["maps"]
@@ -569,7 +569,7 @@ def fslc_run(suite: Suite) -> dict:
     features (from the musc_reference part) with parity of the scores."""
     args, spec, n = suite.args, suite.spec, suite.args.n
     sizes = _fslc_sizes(suite)
-    config = mt._fslc_config(sizes, "fp32", spec.image_size)
+    config = mt.fslc_config(sizes, "fp32", spec.image_size)
     scorer = Scorer(get_method("fslc"), config, suite.scorer("fp32").backbone, suite.mesh, args.batch,
                     profile="stages")
     timed = mt.pipeline_run(scorer, mt.image_source(suite.images[:n]), args.repeats, suite.platform)
@@ -588,10 +588,10 @@ def fslc_run(suite: Suite) -> dict:
                                  suite.torch_device)
     theirs = ref["outputs"]
     out["reference"] = {"status": "ok", "summary": ref["summary"], "parity": {
-        "patch_scores_max_abs": mt._max_abs(result.patch_scores.reshape(n, -1), mt._to_numpy(theirs["patch_scores"])),
-        "image_scores_max_abs": mt._max_abs(result.image_scores, mt._to_numpy(theirs["image_scores"])),
-        "maps_max_abs": mt._max_abs(result.maps, mt._to_numpy(theirs["maps"])),
-        "image_scores_rank_correlation": rank_correlation(result.image_scores, mt._to_numpy(theirs["image_scores"])),
+        "patch_scores_max_abs": harness.max_abs(result.patch_scores.reshape(n, -1), harness.to_numpy(theirs["patch_scores"])),
+        "image_scores_max_abs": harness.max_abs(result.image_scores, harness.to_numpy(theirs["image_scores"])),
+        "maps_max_abs": harness.max_abs(result.maps, harness.to_numpy(theirs["maps"])),
+        "image_scores_rank_correlation": rank_correlation(result.image_scores, harness.to_numpy(theirs["image_scores"])),
         "coreset_size_reference": int(theirs["coreset"].shape[0])}}
     return out
 
@@ -954,7 +954,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default="vit-l-14-336@518",
                         help="<architecture>@<image size> of the MuSc / FSLC parts (musc_timing's form)")
     parser.add_argument("--n", type=harness.positive_int, default=200, help="images of the MuSc and FSLC parts (>= 2)")
-    parser.add_argument("--scaling", type=mt._int_list, default=(50, 100), help="image counts of the scaling part")
+    parser.add_argument("--scaling", type=harness.image_counts, default=(50, 100), help="image counts of the scaling part")
     parser.add_argument("--batch", type=harness.positive_int, default=8, help="images per backbone forward")
     parser.add_argument("--repeats", type=harness.positive_int, default=1, help="timed runs after the warm-up")
     parser.add_argument("--attention-images", type=harness.positive_int, default=32,

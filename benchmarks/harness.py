@@ -16,6 +16,7 @@ against a reference, and ``StagePrograms`` compiles the stages ``Method.body`` c
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -37,8 +38,8 @@ from jzad.pipeline import run_category
 from jzad.timing import StageClock
 
 __all__ = ["LoadSampler", "PeakMemory", "RecordingClock", "StagePrograms", "commit", "compile_program",
-           "cpu_name", "device_info", "environment", "jsonable", "memory_analysis", "pipeline_run",
-           "positive_int", "release_free_heap", "stage_summary", "summarize_runs", "timed", "torch_device_info",
+           "cpu_name", "default_torch_device", "device_info", "environment", "image_counts", "jsonable", "max_abs", "memory_analysis", "pipeline_run",
+           "positive_int", "release_free_heap", "stage_summary", "summarize_runs", "timed", "to_numpy", "torch_device_info",
            "versions", "write_json", "write_text"]
 
 CORE_PACKAGES = ("jax", "jaxlib", "flax", "numpy")
@@ -49,6 +50,36 @@ def timed(fn, *args):
     start = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     return out, time.perf_counter() - start
+
+
+def max_abs(a, b) -> float:
+    """Largest absolute difference of two arrays (JAX, NumPy or torch), in float64."""
+    return float(np.max(np.abs(np.asarray(to_numpy(a), np.float64) - np.asarray(to_numpy(b), np.float64))))
+
+
+def to_numpy(x) -> np.ndarray:
+    """A NumPy array of a JAX, NumPy or torch array (torch tensors detached, as float32, on the CPU)."""
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def default_torch_device() -> str:
+    """The PyTorch reference's device: CUDA when JAX runs on a GPU and torch sees one, else the CPU."""
+    import torch
+
+    return "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def image_counts(text: str) -> tuple[int, ...]:
+    """argparse type of a scaling run's image counts: "25,50,100" -> (25, 50, 100), sorted, each >= 2."""
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 25,50,100, got {text!r}") from err
+    if not values or values[0] < 2:
+        raise argparse.ArgumentTypeError(f"expected image counts >= 2, got {text!r}")
+    return tuple(values)
 
 
 def versions(*extra: str) -> dict:

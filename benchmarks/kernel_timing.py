@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     }
     out = args.out or RESULTS / f"kernels_{device.platform}.json"
     harness.write_json(out, payload)
-    print(f"| kernel | compile s | median s | note |\n|---|---|---|---|")
+    print("| kernel | compile s | median s | note |\n|---|---|---|---|")
     for name, t in results.items():
         note = f"{t['gflop_per_s']:.0f} GFLOP/s" if "gflop_per_s" in t else ""
         print(f"| {name} | {t['compile_s']:.2f} | {t['median_s']:.3f} | {note} |")

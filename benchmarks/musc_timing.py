@@ -359,18 +359,18 @@ def parity_report(jax_run: dict, ref_run: dict) -> dict:
     ours, theirs = jax_run["outputs"], ref_run["outputs"]
     grids = [np.asarray(g).reshape(g.shape[0], -1, g.shape[-1]) for g in jax_run["grids"]]
     parity = {
-        "taps_max_abs": max(_max_abs(a, _to_numpy(b)[:, 1:]) for a, b in zip(grids, theirs["taps"])),
-        "taps_max_magnitude": max(float(np.max(np.abs(_to_numpy(b)[:, 1:]))) for b in theirs["taps"]),
-        "embeds_max_abs": _max_abs(jax_run["embeds"], _to_numpy(theirs["embeds"])),
-        "patch_scores_max_abs": _max_abs(ours["patch_scores"], _to_numpy(theirs["patch_scores"])),
-        "maps_max_abs": _max_abs(ours["maps"], _to_numpy(theirs["maps"])),
-        "image_scores_raw_max_abs": _max_abs(ours["image_scores_raw"], _to_numpy(theirs["image_scores_raw"])),
-        "image_scores_max_abs": _max_abs(ours["image_scores"], _to_numpy(theirs["image_scores"])),
+        "taps_max_abs": max(harness.max_abs(a, harness.to_numpy(b)[:, 1:]) for a, b in zip(grids, theirs["taps"])),
+        "taps_max_magnitude": max(float(np.max(np.abs(harness.to_numpy(b)[:, 1:]))) for b in theirs["taps"]),
+        "embeds_max_abs": harness.max_abs(jax_run["embeds"], harness.to_numpy(theirs["embeds"])),
+        "patch_scores_max_abs": harness.max_abs(ours["patch_scores"], harness.to_numpy(theirs["patch_scores"])),
+        "maps_max_abs": harness.max_abs(ours["maps"], harness.to_numpy(theirs["maps"])),
+        "image_scores_raw_max_abs": harness.max_abs(ours["image_scores_raw"], harness.to_numpy(theirs["image_scores_raw"])),
+        "image_scores_max_abs": harness.max_abs(ours["image_scores"], harness.to_numpy(theirs["image_scores"])),
     }
     if "fused" in jax_run:
         fused = jax_run["fused"]["outputs"]
-        parity["fused_patch_scores_max_abs"] = _max_abs(fused["patch_scores"], _to_numpy(theirs["patch_scores"]))
-        parity["fused_image_scores_max_abs"] = _max_abs(fused["image_scores"], _to_numpy(theirs["image_scores"]))
+        parity["fused_patch_scores_max_abs"] = harness.max_abs(fused["patch_scores"], harness.to_numpy(theirs["patch_scores"]))
+        parity["fused_image_scores_max_abs"] = harness.max_abs(fused["image_scores"], harness.to_numpy(theirs["image_scores"]))
     return parity
 
 
@@ -421,7 +421,7 @@ def _scaling_tokens(spec: BackboneSpec, n: int, seed: int):
     return jax.block_until_ready(jax.jit(generate)(jax.random.key(seed + n)))
 
 
-def _next_allowed(seconds: float, n: int, next_n: int, max_seconds: float | None) -> str | None:
+def next_allowed(seconds: float, n: int, next_n: int, max_seconds: float | None) -> str | None:
     """None when the next N fits the budget, else the reason (quadratic extrapolation of the last run)."""
     if max_seconds is None:
         return None
@@ -512,7 +512,7 @@ def run_scaling(scorer: Scorer, spec: BackboneSpec, sizes: tuple[int, ...], repe
         if index + 1 < len(sizes):
             for impl in ("jax", "reference"):
                 if stopped[impl] is None and row[impl]["status"] == "ok":
-                    stopped[impl] = _next_allowed(row[impl]["summary"]["total_median_s"], n, sizes[index + 1],
+                    stopped[impl] = next_allowed(row[impl]["summary"]["total_median_s"], n, sizes[index + 1],
                                                   max_seconds)
         del tokens, embeds
         rows.append(row)
@@ -551,7 +551,7 @@ def fslc_sizes(n: int, m: int, init_images: int, init_coreset: int, per_image: i
     return FslcSizes(s, min(init_coreset, s * m), min(per_image, m))
 
 
-def _fslc_config(sizes: FslcSizes, precision: str, map_size: int):
+def fslc_config(sizes: FslcSizes, precision: str, map_size: int):
     from jzad.methods.fslc import FSLCConfig
 
     return FSLCConfig(combine="concat", r_list=(sizes.r,), num_init_images=sizes.init_images,
@@ -565,7 +565,7 @@ def time_jax_fslc(backbone, grids: tuple, embeds, sizes: FslcSizes, precision: s
     method stage by stage; its "lnamd" stage reported as "features"): a warm-up pass on a ``RecordingClock``,
     whose recorded stage outputs give the diagnostics (init images, expanded and filtered coreset sizes), then
     ``repeats`` timed passes; the memory of the body's stage programs (``StagePrograms``)."""
-    config = _fslc_config(sizes, precision, backbone.image_size)
+    config = fslc_config(sizes, precision, backbone.image_size)
     scorer = Scorer(get_method("fslc"), config, backbone, mesh, profile="stages")
     features = Features(tuple(grids), embeds)
     n = features.num_images
@@ -624,12 +624,12 @@ def fslc_comparison(jax_run: dict, ref_run: dict, spec: BackboneSpec, sizes: Fsl
                                  cdist_mode, repeats, device)
     a, b = ours["outputs"], theirs["outputs"]
     parity = {
-        "patch_scores_max_abs": _max_abs(a["patch_scores"], _to_numpy(b["patch_scores"])),
-        "image_scores_max_abs": _max_abs(a["image_scores"], _to_numpy(b["image_scores"])),
-        "maps_max_abs": _max_abs(a["maps"], _to_numpy(b["maps"])),
+        "patch_scores_max_abs": harness.max_abs(a["patch_scores"], harness.to_numpy(b["patch_scores"])),
+        "image_scores_max_abs": harness.max_abs(a["image_scores"], harness.to_numpy(b["image_scores"])),
+        "maps_max_abs": harness.max_abs(a["maps"], harness.to_numpy(b["maps"])),
         "coreset_size_jax": a["coreset_size"],
         "coreset_size_reference": int(b["coreset"].shape[0]),
-        "init_images_equal": bool(np.array_equal(a["init_images"], _to_numpy(b["init_images"]))),
+        "init_images_equal": bool(np.array_equal(a["init_images"], harness.to_numpy(b["init_images"]))),
     }
     m = spec.grid**2
     channels = len(spec.taps) * spec.config.vision.width
@@ -645,36 +645,10 @@ def fslc_comparison(jax_run: dict, ref_run: dict, spec: BackboneSpec, sizes: Fsl
             "reference": {"summary": theirs["summary"]}, "parity": parity, "costs": costs}
 
 
-def _max_abs(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x)
-
-
 # --------------------------------------------------------------------------------------------- metadata
 
 
-def _default_torch_device() -> str:
-    import torch
-
-    return "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
-
-
 # --------------------------------------------------------------------------------------------- main
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 25,50,100, got {text!r}") from err
-    if not values or values[0] < 2:
-        raise argparse.ArgumentTypeError(f"expected image counts >= 2, got {text!r}")
-    return tuple(values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -698,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fslc-init-images", type=harness.positive_int, default=10, help="FSLC S (capped at N - 1)")
     parser.add_argument("--fslc-coreset", type=harness.positive_int, default=1000, help="FSLC M0 (capped at S * M)")
     parser.add_argument("--fslc-per-image", type=harness.positive_int, default=10, help="FSLC patches added per image")
-    parser.add_argument("--scaling", type=_int_list, default=None, help="image counts of the scaling run, 25,50,100")
+    parser.add_argument("--scaling", type=harness.image_counts, default=None, help="image counts of the scaling run, 25,50,100")
     parser.add_argument("--scaling-repeats", type=harness.positive_int, default=1, help="timed passes per scaling N")
     parser.add_argument("--max-seconds", type=float, default=600.0,
                         help="stop growing N once a run (extrapolated to the next N) exceeds this many seconds")
@@ -737,7 +711,7 @@ def measure(args: argparse.Namespace, spec: BackboneSpec, argv) -> dict:
     """Every measurement of one harness run -> the results payload (not yet written)."""
     mesh = device_mesh(args.shards)
     platform_name = jax.devices()[0].platform
-    torch_device = args.torch_device or _default_torch_device()
+    torch_device = args.torch_device or harness.default_torch_device()
     import torch
 
     torch.manual_seed(args.seed)

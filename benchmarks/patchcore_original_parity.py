@@ -70,7 +70,6 @@ def run_oracle(copy: Path, data: Path, category: str, weights: Path, shots, test
 def run_jzad(data: Path, category: str, weights: Path, train_paths, test_paths, bn_stats: str):
     """jzad's PatchCore through the driver on the same images: -> image scores (N,), maps (N, 224, 224)."""
     from jzad import data as jdata
-    from jzad.features import load_backbone
     from jzad.methods import RunContext, get_method
     from jzad.pipeline import Scorer, run_category
 

@@ -64,7 +64,8 @@ def _synchronize(device: torch.device | str | None) -> None:
 
 
 @contextmanager
-def _maybe_stage(timer: StageTimer | None, name: str, device: torch.device):
+def maybe_stage(timer: StageTimer | None, name: str, device: torch.device):
+    """``timer.stage(name, device)``, or nothing when the call is not timed (timer None)."""
     if timer is None:
         yield
     else:
@@ -215,9 +216,9 @@ def musc_patch_scores(
     total = None
     for tokens in layer_tokens:
         for r in r_list:
-            with _maybe_stage(timer, "lnamd", device):
+            with maybe_stage(timer, "lnamd", device):
                 features = lnamd(tokens, r)
-            with _maybe_stage(timer, "msm", device):
+            with maybe_stage(timer, "msm", device):
                 scores = mutual_scores(features, interval, cdist_mode, image_chunk)
             total = scores if total is None else total + scores
     return total / (len(layer_tokens) * len(r_list))
@@ -296,10 +297,10 @@ def musc_reference(
     patch = musc_patch_scores(layer_tokens, r_list, interval, cdist_mode, image_chunk, timer)
     side = patch_grid_side(layer_tokens[0])
     device = patch.device
-    with _maybe_stage(timer, "upsample", device):
+    with maybe_stage(timer, "upsample", device):
         maps = upsample(patch, side, side, image_size)
         raw = maps.flatten(1).max(dim=1).values
-    with _maybe_stage(timer, "rscin", device):
+    with maybe_stage(timer, "rscin", device):
         image_scores = rscin(raw, image_embeds.to(device), windows)
     result = {"patch_scores": patch, "maps": maps, "image_scores_raw": raw, "image_scores": image_scores}
     if timer is not None:
@@ -589,15 +590,15 @@ def fslc_reference(
     _check_ndim("patch_features", patch_features, 3, "(N, M, C)")
     n, m, _ = patch_features.shape
     device = patch_features.device
-    with _maybe_stage(timer, "init", device):
+    with maybe_stage(timer, "init", device):
         init = fslc_init(image_embeds, patch_features, num_images, coreset_size, start_index)
     chosen = set(int(i) for i in init.image_indices)
     remaining = [i for i in range(n) if i not in chosen]
-    with _maybe_stage(timer, "expand", device):
+    with maybe_stage(timer, "expand", device):
         expanded, added = fslc_expand(init.coreset, patch_features, remaining, per_image, cdist_mode)
-    with _maybe_stage(timer, "filter", device):
+    with maybe_stage(timer, "filter", device):
         filtered = fslc_filter(expanded, patch_features, interval_fraction, n_wanted, bins, cdist_mode)
-    with _maybe_stage(timer, "score", device):
+    with maybe_stage(timer, "score", device):
         scored = fslc_score(filtered.coreset, patch_features, b, cdist_mode)
     result = {
         "patch_scores": scored.patch_scores,
@@ -614,7 +615,7 @@ def fslc_reference(
         side = int(round(math.sqrt(m)))
         if side * side != m:
             raise ValueError(f"image_size: maps need a square patch grid, got M={m}")
-        with _maybe_stage(timer, "upsample", device):
+        with maybe_stage(timer, "upsample", device):
             result["maps"] = upsample(scored.patch_scores, side, side, image_size)
     if timer is not None:
         result["stage_seconds"] = dict(timer.seconds)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.reference_torch import StageTimer, _maybe_stage
+from benchmarks.reference_torch import StageTimer, maybe_stage
 from benchmarks.reference_torch_fastref import refine_reference
 from benchmarks.reference_torch_patchcore import maps_reference, memory_bank_reference
 
@@ -139,10 +139,10 @@ def text_embeddings(model: TorchCLIP, normal_ids: torch.Tensor, anomalous_ids: t
 
 def encode(model: TorchCLIP, images: torch.Tensor, grid: int, scales, timer=None, device="cpu"):
     """(image (B, D), windows [(B, n_s, D)], patches (B, g*g, W)) timed as "full_pass" and "window_passes"."""
-    with _maybe_stage(timer, "full_pass", device):
+    with maybe_stage(timer, "full_pass", device):
         tokens = model.embed(images)
         image, patches = model.encode_image(tokens)
-    with _maybe_stage(timer, "window_passes", device):
+    with maybe_stage(timer, "window_passes", device):
         windows = [model.encode_windows(tokens, unfold_masks(grid, s)) for s in scales]
     return image, windows, patches
 
@@ -174,21 +174,21 @@ def winclip_reference(model: TorchCLIP, queries: torch.Tensor, text_ids, referen
                       device: str = "cpu"):
     """WinCLIP: normalised query images (N, 3, S, S), prompt ids (normal (P0, L), anomalous (P1, L)), normalised
     references (R, 3, S, S) or None -> (image scores (N,), maps (N, size, size)) as torch tensors."""
-    with _maybe_stage(timer, "text", device):
+    with maybe_stage(timer, "text", device):
         text = text_embeddings(model, *text_ids)
     memory = None
     if references is not None:
         _, ref_windows, ref_patches = encode(model, references, grid, scales)
         memory = (ref_patches.reshape(-1, ref_patches.shape[-1]), [w.reshape(-1, w.shape[-1]) for w in ref_windows])
     image, windows, patches = encode(model, queries, grid, scales, timer, device)
-    with _maybe_stage(timer, "zero_shot", device):
+    with maybe_stage(timer, "zero_shot", device):
         result = zero_shot(image, windows, text, grid, scales, temperature)
     if memory is not None:
-        with _maybe_stage(timer, "few_shot", device):
+        with maybe_stage(timer, "few_shot", device):
             maps = [visual_association(patches, memory[0]).reshape(-1, grid, grid)]
             maps += window_maps(windows, memory[1], grid, scales)
             result = fuse(result, torch.stack(maps).mean(dim=0))
-    with _maybe_stage(timer, "upsample", device):
+    with maybe_stage(timer, "upsample", device):
         up = F.interpolate(result[1][:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     return result[0], up
 
@@ -202,27 +202,27 @@ def winclip_plus_reference(model: TorchCLIP, queries: torch.Tensor, text_ids, re
     draws: the coreset's (projection or None, start points) per memory (patches first, then each scale's
     windows when refine_windows), as ``jzad.methods.patchcore.coreset_draws`` makes them. refine_kwargs:
     ``reference_torch_fastref.refine_reference``'s keywords (distance "cosine")."""
-    with _maybe_stage(timer, "text", device):
+    with maybe_stage(timer, "text", device):
         text = text_embeddings(model, *text_ids)
     _, ref_windows, ref_patches = encode(model, references, grid, scales)
-    with _maybe_stage(timer, "coreset", device):
+    with maybe_stage(timer, "coreset", device):
         prototypes = memory_bank_reference(_unit(ref_patches.reshape(-1, ref_patches.shape[-1])), ratio, *draws[0])
         memories = [w.reshape(-1, w.shape[-1]) for w in ref_windows]
         if refine_windows:
             memories = [memory_bank_reference(_unit(m), ratio, *d) for m, d in zip(memories, draws[1:])]
     image, windows, patches = encode(model, queries, grid, scales, timer, device)
-    with _maybe_stage(timer, "zero_shot", device):
+    with maybe_stage(timer, "zero_shot", device):
         zero = zero_shot(image, windows, text, grid, scales, temperature)
     if not refine_windows:
-        with _maybe_stage(timer, "few_shot", device):
+        with maybe_stage(timer, "few_shot", device):
             maps = window_maps(windows, memories, grid, scales)
-    with _maybe_stage(timer, "refine", device):
+    with maybe_stage(timer, "refine", device):
         refined = torch.stack([refine_reference(f, prototypes, **refine_kwargs)[0] for f in patches])
         refined = refined.reshape(-1, grid, grid)
         if refine_windows:
             maps = [harmonic_aggregation(torch.stack([refine_reference(f, m, **refine_kwargs)[0] for f in w]), grid,
                                          unfold_masks(grid, s)) for w, m, s in zip(windows, memories, scales)]
         image_scores, fused = fuse(zero, torch.stack([refined] + maps).mean(dim=0))
-    with _maybe_stage(timer, "upsample", device):
+    with maybe_stage(timer, "upsample", device):
         out = maps_reference(fused, size, sigma)
     return image_scores, out, refined

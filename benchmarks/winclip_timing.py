@@ -12,9 +12,10 @@ at 240 px (half with planted defects), --shots normal references.
   per category), extract (the full pass and every window pass in one jitted call; the driver also extracts the
   references there, so per-image = seconds / (queries + shots)), fit (memories; WinCLIP+'s coreset),
   zero_shot, few_shot (memory matching), refine (WinCLIP+: the EM per query and the fusion), upsample (maps to
-  240, WinCLIP+ with the Gaussian). The extract stage is also split by timing its two halves apart on the
-  query batch: the full pass (patch embedding + all blocks + heads) and the window passes (365 short
-  sequences per image).
+  240, WinCLIP+ with the Gaussian). The extract stage is also split on the query batch: the method's
+  extractor (what the driver's extract stage runs) against the backbone's own forward with its image embedding
+  (the full pass: patch embedding + all blocks + head); the window passes (365 short sequences per image) are
+  the difference.
 - Reference (``benchmarks/reference_torch_winclip.py``): a plain torch CLIP with the same weights, anomalib's
   WinCLIP steps, FastRef's refinement one query at a time (``reference_torch_fastref``), per-stage
   ``StageTimer``; one untimed warm-up call on one query first.
@@ -23,7 +24,8 @@ at 240 px (half with planted defects), --shots normal references.
   CLIP with the real 15 x 15 grid (60 px, patch 4; width 384, embed 320) on textured images with small planted
   squares; queries with a global contrast/brightness shift that the references lack (FastRef's setting) or
   none; image and pixel AUROC of the few-shot maps of WinCLIP, WinCLIP+ (patch memory refined) and WinCLIP+
-  (patch and window memories refined), mean over seeds. Random weights: these AUROCs compare the scoring
+  (patch and window memories refined), each a driver run (the few-shot map recovered from the body's recorded
+  stage outputs), mean over seeds. Random weights: these AUROCs compare the scoring
   rules on the same features, not CLIP's accuracy.
 Writes benchmarks/results/winclip_<platform>.json (device, versions, sizes, load average, every number).
 """
@@ -37,7 +39,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 
@@ -56,15 +57,13 @@ from jzad.backbone import (
     init_clip,
     tokenize,
 )
-from jzad.backbone.clip import embed_patches, encode_tokens, encode_windows, vision_head
 from jzad.backbone.port import flax_to_openai
 from jzad.eval.metrics import image_metrics, pixel_metrics
 from jzad.features.clip import clip_backbone
 from jzad.kernels.resize import resize_bilinear
-from jzad.methods import RunContext, get_method
+from jzad.methods import FeatureRequest, RunContext, get_method
 from jzad.methods.patchcore import coreset_draws
-from jzad.methods.winclip import few_shot_map, make_windows, prompt_ensemble, winclip_view
-from jzad.methods.winclip_plus import plus_few_shot_map
+from jzad.methods.winclip import prompt_ensemble
 from jzad.pipeline import Scorer, run_category
 from jzad.timing import StageClock
 
@@ -139,31 +138,21 @@ def driver_runs(method, config, backbone, source, references, repeats: int, batc
     return result, clocks
 
 
-def extract_split(backbone, images: np.ndarray, repeats: int) -> dict:
-    """Seconds per image of the extractor's two halves on the query batch: full pass, window passes."""
-    config, params = backbone.config, backbone.params
-    pixels = (jnp.asarray(images, jnp.float32) / 255.0 - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
-    grid = config.vision.grid_size
-
-    @jax.jit
-    def full(pixels):
-        out = encode_tokens(params, embed_patches(params, pixels, config), config)
-        return vision_head(params, out[:, 0], config), vision_head(params, out[:, 1:], config, False)
-
-    @jax.jit
-    def windows(pixels):
-        tokens = embed_patches(params, pixels, config)
-        return tuple(encode_windows(params, tokens, make_windows(grid, s), config) for s in (2, 3))
-
+def extract_split(method, config, backbone, images: np.ndarray, repeats: int) -> dict:
+    """Seconds per image on the query batch of the method's extractor (the driver's: the full pass and every
+    window pass) and of the backbone's own forward with its image embedding (the full pass alone, as every ViT
+    method runs it); the window passes are their difference."""
+    extract = method.extractor(config, backbone)
     out = {}
-    for name, fn in (("full_pass", full), ("window_passes", windows)):
-        jax.block_until_ready(fn(pixels))
+    for name, fn in (("extract", extract), ("full_pass", lambda x: backbone(x, FeatureRequest(embedding=True)))):
+        jax.block_until_ready(fn(images))
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            jax.block_until_ready(fn(pixels))
+            jax.block_until_ready(fn(images))
             times.append(time.perf_counter() - start)
         out[name] = statistics.median(times) / len(images)
+    out["window_passes"] = out.pop("extract") - out["full_pass"]
     return out
 
 
@@ -207,7 +196,10 @@ def timing(args) -> dict:
                                    ("good",) * len(refs))
     ids = prompt_ids(CATEGORY)
     out = {"jax": {}, "torch": {}, "parity": {}, "load_average": []}
-    out["jax"]["extract_split_ms"] = {k: 1e3 * v for k, v in extract_split(backbone, images, args.repeats).items()}
+    base = get_method("winclip")
+    split = extract_split(base, base.configure({}, RunContext("mvtec", 240, args.shots)), backbone, images,
+                          args.repeats)
+    out["jax"]["extract_split_ms"] = {k: 1e3 * v for k, v in split.items()}
     for name in ("winclip", "winclip_plus"):
         method = get_method(name)
         method_config = method.configure({}, RunContext("mvtec", 240, args.shots))
@@ -267,11 +259,22 @@ def shifted(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(images.astype(np.float32) * 0.6 + 50.0), 0, 255).astype(np.uint8)
 
 
+def few_shot_maps(method, config, backbone, source, references, fused_stage: str) -> np.ndarray:
+    """The few-shot grid maps (N, g, g) of a driver run: the driver fuses them with the zero-shot map as
+    (zero + few) / 2, so they are 2 fused - zero from the body's recorded stage outputs."""
+    clock = harness.RecordingClock()
+    run_category(Scorer(method, config, backbone, None, len(source), profile="stages"), source, CATEGORY,
+                 references, clock=clock)
+    (zero,), (fused,) = clock.outputs["zero_shot"], clock.outputs[fused_stage]
+    n = len(source)
+    return 2.0 * np.asarray(fused[1])[:n] - np.asarray(zero[1])[:n]
+
+
 def window_refinement_study(seeds, shots: int, queries: int) -> dict:
     """Mean image / pixel AUROC over seeds of the few-shot maps of WinCLIP, WinCLIP+ (patch memory refined) and
-    WinCLIP+ (patch and window memories refined) on a random CLIP with the 15 x 15 grid (``study_config``),
-    with and without a global shift of the queries that the references lack. The zero-shot term (random text
-    embeddings here) is common to all three and left out."""
+    WinCLIP+ (patch and window memories refined), each a driver run, on a random CLIP with the 15 x 15 grid
+    (``study_config``), with and without a global shift of the queries that the references lack. The
+    zero-shot term (random text embeddings here) is common to all three and left out (``few_shot_maps``)."""
     config = study_config()
     rows = {}
     for seed in seeds:
@@ -282,24 +285,19 @@ def window_refinement_study(seeds, shots: int, queries: int) -> dict:
         masks = np.concatenate([np.zeros_like(defect_masks), defect_masks])
         labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
         refs = textured(rng, shots)
-        winclip = get_method("winclip")
-        base = winclip.configure({}, RunContext("mvtec", 60, shots))
-        text = winclip.prepare(base, backbone, CATEGORY)
-        extract = winclip.extractor(base, backbone)
-        ref_features = extract(refs)
-        memory = winclip.fit(base, ref_features, None, text).memory
-        plus = get_method("winclip_plus")
+        references = jdata.ArrayImages(refs, [f"r{i}" for i in range(shots)], np.zeros(shots), ("good",) * shots)
+        context = RunContext("mvtec", 60, shots)
+        arms = [("winclip", get_method("winclip"), {}, "few_shot")] + [
+            (f"winclip_plus {mode}", get_method("winclip_plus"), {"refine_memories": mode}, "refine")
+            for mode in ("patches", "all")]
         for shift in (False, True):
             images = np.concatenate([normal, anomalous])
-            features = winclip_view(extract(shifted(images) if shift else images))
-            maps = {"winclip": few_shot_map(features, memory, base)}
-            for mode in ("patches", "all"):
-                plus_config = plus.configure({"refine_memories": mode}, RunContext("mvtec", 60, shots))
-                state = plus.fit(plus_config, ref_features, None, text)
-                maps[f"winclip_plus {mode}"] = plus_few_shot_map(plus_config, features, state.prototypes,
-                                                                 state.windows)
-            for name, grid_maps in maps.items():
-                grid_maps = np.asarray(grid_maps)
+            images = shifted(images) if shift else images
+            source = jdata.ArrayImages(images, [f"q{i}" for i in range(len(images))], labels,
+                                       ("good",) * len(normal) + ("square",) * len(anomalous), masks)
+            for name, method, values, stage in arms:
+                grid_maps = few_shot_maps(method, method.configure(values, context), backbone, source, references,
+                                          stage)
                 image = image_metrics(grid_maps.reshape(len(grid_maps), -1).max(axis=1), labels)["auroc"]
                 pixel = pixel_metrics(np.asarray(resize_bilinear(grid_maps, 60)), masks)["auroc"]
                 rows.setdefault(f"{'shift' if shift else 'no_shift'} | {name}", []).append((image, pixel))

@@ -160,10 +160,10 @@ def test_stage_formulas_hand_computed():
 
 
 def test_scaling_budget_and_out_of_memory_guard():
-    reason = musc_timing._next_allowed(10.0, 50, 100, 30.0)
+    reason = musc_timing.next_allowed(10.0, 50, 100, 30.0)
     assert reason is not None and "predicted 40 s" in reason and "N=50 took 10.0 s" in reason
-    assert musc_timing._next_allowed(10.0, 50, 100, 40.0) is None
-    assert musc_timing._next_allowed(1e9, 50, 100, None) is None
+    assert musc_timing.next_allowed(10.0, 50, 100, 40.0) is None
+    assert musc_timing.next_allowed(1e9, 50, 100, None) is None
 
     def out_of_memory():
         raise MemoryError("cannot allocate 7.5 GiB")

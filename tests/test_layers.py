@@ -13,8 +13,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 import jzad
 from jzad.cli import _backbone_error, in_flag_terms
 from jzad.run import main

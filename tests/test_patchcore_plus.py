@@ -18,7 +18,7 @@ from jzad.eval.metrics import image_metrics
 from jzad.features import load_backbone
 from jzad.kernels import device_mesh
 from jzad.methods import Features, OptionError, RunContext, get_method
-from jzad.methods.patchcore import coreset_draws, patchcore_embed
+from jzad.methods.patchcore import coreset_draws
 from jzad.methods.patchcore_plus import refine_images
 from jzad.methods.refine import refined_patch_scores
 from jzad.run import main

@@ -16,7 +16,7 @@ import pytest
 from jzad import data as jdata
 from jzad.features import backbone_architecture, load_backbone
 from jzad.kernels import device_mesh
-from jzad.methods import FeatureRequest, RunContext, Scores, get_method, method_names
+from jzad.methods import FeatureRequest, RunContext, get_method, method_names
 from jzad.methods.musc import rscin
 from jzad.pipeline import Scorer, run_category, score_groups
 from jzad.timing import StageClock
