@@ -26,7 +26,8 @@ DISTRIBUTED_ENV = {"coordinator": "JZAD_COORDINATOR", "num_processes": "JZAD_NUM
                    "process_id": "JZAD_PROCESS_ID"}
 LIBRARY_FLAGS = {"subsets": "--subsets", "shots": "--shots", "subtypes": "--loco-subtypes",
                  "state_dir": "--stream-state", "threshold_from": "--threshold-from", "method": "--method",
-                 "image_size": "--image-size", "taps": "--taps", "activation": "--activation", "mode": "--mode"}
+                 "image_size": "--image-size", "taps": "--taps", "activation": "--activation", "mode": "--mode",
+                 "allow_missing_masks": "--allow-missing-masks", "dataset": "--dataset"}
 """Argument names the library's errors use (first, or as ``name=VALUE``) -> the flag that sets them."""
 RESTRICTED = {
     "--subsets": lambda m: m.pools,
@@ -43,14 +44,15 @@ class UserError(Exception):
 def in_flag_terms(message: str, flags: dict[str, str] | None = None) -> str:
     """A library error worded with the command line's flags: the argument it names first ("subsets: expected
     1..8, got 9" -> "--subsets: expected 1..8, got 9") and any it names as a keyword argument ("use mode=plus"
-    -> "use --mode plus"). ``flags`` adds names (a method's config fields) to ``LIBRARY_FLAGS``."""
+    -> "use --mode plus"; a switch, "force=True", -> "--force"). ``flags`` adds names (a method's config fields,
+    another command's options) to ``LIBRARY_FLAGS``."""
     table = {**LIBRARY_FLAGS, **(flags or {})}
     for name, flag in table.items():
         if message.startswith((f"{name}:", f"{name} ")):
             message = flag + message[len(name):]
             break
-    keyword = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, table)) + r")=")
-    return keyword.sub(lambda found: table[found[1]] + " ", message)
+    keyword = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, table)) + r")=(True\b)?")
+    return keyword.sub(lambda found: table[found[1]] + ("" if found[2] else " "), message)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,17 +22,22 @@ def default_cache_dir() -> Path:
     return Path(given).expanduser() if given else compilation_cache_dir()
 
 
+class CompileCacheError(ValueError):
+    """The compilation cache folder cannot be made: the command line adds how to run without the cache."""
+
+
 def enable_compile_cache(folder: Path | None = None) -> Path:
     """Turn on JAX's persistent compilation cache in ``folder`` (default: ``default_cache_dir()``), caching
-    every program whatever its compile time; returns the folder. An unusable folder raises ValueError naming it."""
+    every program whatever its compile time; returns the folder. An unusable folder raises CompileCacheError
+    naming it."""
     import jax
 
     folder = Path(folder) if folder is not None else default_cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"compilation cache folder {folder}: cannot create it ({err}); set JZAD_CACHE_DIR or "
-                         "pass --no-compile-cache") from err
+        raise CompileCacheError(f"compilation cache folder {folder}: cannot create it ({err}); set JZAD_CACHE_DIR "
+                                "to a folder this user can write") from err
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", str(folder.absolute()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -301,12 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _, trace_dir = profile_settings(args.profile)
-        from jzad.compile_cache import disable_compile_cache, enable_compile_cache
+        from jzad.compile_cache import CompileCacheError, disable_compile_cache, enable_compile_cache
 
         if args.no_compile_cache:
             disable_compile_cache()
         else:
-            enable_compile_cache()
+            try:
+                enable_compile_cache()
+            except CompileCacheError as err:
+                raise UserError(f"{err}, or pass --no-compile-cache") from err
         settings = distributed_settings(args)
         if settings is not None:
             start_distributed(settings)

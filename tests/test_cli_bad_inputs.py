@@ -401,8 +401,8 @@ def test_a_missing_mask_names_the_cli_option_that_allows_it(tmp_path, capsys):
     mask.unlink()
     assert main(TINY + ["--data", str(root), "--category", "alpha", "--out", str(tmp_path / "a")]) == 2
     message = assert_user_error(capsys, "no ground-truth mask for anomalous image", mask.name,
-                                "pass --allow-missing-masks (python -m jzad.run)")
-    assert message.index("--allow-missing-masks") < message.index("allow_missing_masks=True")
+                                "read it with --allow-missing-masks")
+    assert "allow_missing_masks" not in message
     out = tmp_path / "b"
     assert main(TINY + ["--data", str(root), "--category", "alpha", "--allow-missing-masks", "--out", str(out)]) == 0
     metrics = json.loads((out / "results.json").read_text())["categories"][0]["metrics"]

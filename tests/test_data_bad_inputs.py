@@ -484,7 +484,7 @@ def test_mpdd_resplit(tmp_path: Path) -> None:
     assert read_dataset("mpdd", tmp_path / "mpdd", "connector", split="val").labels == (1,)
     with pytest.raises(ValueError, match=r"unknown split 'validation'.*'train', 'val', 'test'"):
         read_dataset("mpdd", tmp_path / "mpdd", "connector", split="validation")
-    with pytest.raises(DataError, match=r"re-split layout.*--dataset mpdd"):
+    with pytest.raises(DataError, match=r"re-split layout.*dataset=mpdd"):
         read_dataset("mvtec", tmp_path / "mpdd", "connector")
     (cat / "test" / "masks" / "e.png").unlink()
     with pytest.raises(DataNotFoundError, match=r"no mask for image .*e\.png"):

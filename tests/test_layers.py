@@ -1,8 +1,10 @@
 """The package's import layers and error wording.
 
 Each package imports only from itself and the packages below it in ``LAYERS`` (a strict order, so no two
-packages import each other): timing, kernels, data, backbone, weights, features, methods, eval, progress,
-pipeline, reference_scores, stream, experiment, cli, stream_cli, run, serve (the service builds on the command line's option handling). ``data`` reads files into arrays and depends on nothing else in jzad;
+packages import each other): paths, compile_cache, timing, kernels, data, backbone, weights, features, methods,
+eval, progress, pipeline, reference_scores, stream, experiment, cli, weights.__main__ (the weights command line
+sits above the package it drives), stream_cli, run, serve (the service builds on the command line's option
+handling). ``data`` reads files into arrays and depends on nothing else in jzad;
 ``eval`` scores what ``data`` reads. Imports inside functions count too: a lazy import that goes upward is
 still a cycle in the design. Library errors name the library's own arguments; only the command lines
 (``jzad.cli``, ``jzad.run``, ``jzad.weights.__main__``) word errors as flags.
@@ -19,7 +21,7 @@ from jzad.run import main
 
 ORDER = ("jzad.paths", "jzad.compile_cache", "jzad.timing", "jzad.kernels", "jzad.data", "jzad.backbone", "jzad.weights", "jzad.features",
          "jzad.methods", "jzad.eval", "jzad.progress", "jzad.pipeline", "jzad.reference_scores", "jzad.stream", "jzad.experiment",
-         "jzad.cli", "jzad.stream_cli", "jzad.run", "jzad.serve")
+         "jzad.cli", "jzad.weights.__main__", "jzad.stream_cli", "jzad.run", "jzad.serve")
 LAYERS = {name: layer for layer, name in enumerate(ORDER)}
 COMMAND_LINES = ("jzad.cli", "jzad.stream_cli", "jzad.run", "jzad.weights.__main__", "jzad.serve.cli")
 ROOT = Path(jzad.__file__).resolve().parent
@@ -95,17 +97,22 @@ def test_no_two_packages_import_each_other():
     assert LAYERS["jzad.features"] not in edges.get(LAYERS["jzad.data"], set())
 
 
+FLAG = re.compile(r"(?<![\w=-])--[a-z][a-z-]*")
+"""A command-line flag written in a message (not an environment value such as ``XLA_FLAGS=--xla_...``)."""
+
+
 def flag_worded_raises(path: Path) -> list[tuple[int, str]]:
-    """(line, message start) of every ``raise X("--flag ...")`` in a file."""
+    """(line, flag) of every flag a ``raise X("...")`` message names outside a quoted command (`python -m ...`),
+    whether the message is a plain string, an f-string or strings joined across lines."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args:
-            first = node.exc.args[0]
-            if isinstance(first, ast.JoinedStr) and first.values:
-                first = first.values[0]
-            text = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else ""
-            if re.match(r"--[a-z]", text):
-                found.append((node.lineno, text[:40]))
+            message = node.exc.args[0]
+            parts = message.values if isinstance(message, ast.JoinedStr) else [message]
+            text = "".join(part.value if isinstance(part, ast.Constant) and isinstance(part.value, str) else "{}"
+                           for part in parts)
+            text = re.sub(r"`[^`]*`", "", text)
+            found += [(node.lineno, flag) for flag in FLAG.findall(text)]
     return found
 
 
@@ -120,8 +127,10 @@ def test_library_errors_do_not_name_command_line_flags():
 def test_the_flag_checker_sees_f_strings_and_plain_strings(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text('def f(n):\n    raise ValueError(f"--subsets {n}: no")\n\ndef g():\n    raise KeyError("--x")\n'
-                   'def h():\n    raise ValueError("subsets: fine")\n')
-    assert flag_worded_raises(bad) == [(2, "--subsets "), (5, "--x")]
+                   'def h():\n    raise ValueError("subsets: fine")\n'
+                   'def i(w):\n    raise ValueError(f"width {w}: "\n                     "pass --arch")\n'
+                   'def j():\n    raise ValueError("run `python -m jzad.weights port F --name x`; XLA_FLAGS=--xla_n=8")\n')
+    assert flag_worded_raises(bad) == [(2, "--subsets"), (5, "--x"), (9, "--arch")]
 
 
 def test_the_command_line_words_library_errors_as_its_flags(tmp_path, capsys):
@@ -134,6 +143,13 @@ def test_the_command_line_words_library_errors_as_its_flags(tmp_path, capsys):
     assert in_flag_terms("k_shots=2, --shots=3, shots2=4") == "k_shots=2, --shots=3, shots2=4"
     assert in_flag_terms("r_list: expected odd sizes; or r_list=1", {"r_list": "--r-list"}) == (
         "--r-list: expected odd sizes; or --r-list 1")
+    # A switch given as True is the bare flag.
+    assert in_flag_terms("/w/x already exists; save with force=True to replace it", {"force": "--force"}) == (
+        "/w/x already exists; save with --force to replace it")
+    assert in_flag_terms("loco: no test images: score it whole with subtypes=off, or a list file (subtypes=FILE); "
+                         "read it with dataset=mpdd or allow_missing_masks=True") == (
+        "loco: no test images: score it whole with --loco-subtypes off, or a list file (--loco-subtypes FILE); "
+        "read it with --dataset mpdd or --allow-missing-masks")
     # A backbone error names an option's flag only where the option was given (else the preset chose it).
     preset = argparse.Namespace(weights=None, backbone="net", image_size=None, taps=None, activation=None)
     given = argparse.Namespace(**{**vars(preset), "taps": (5,)})

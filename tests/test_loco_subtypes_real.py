@@ -202,7 +202,7 @@ def test_ambiguous_images_are_reported_and_scored_in_no_subtype(real_tree):
     assert list(cherry.source.names) == ["test/good/038.png", "test/logical_anomalies/001.png"]
     # References but no test images: an error naming the sub-type and the two ways out.
     with pytest.raises(jdata.DataError, match=r"sub-type 'juice_bottle-banana' has no test images .*"
-                                              r"--loco-subtypes off.*--loco-subtypes FILE"):
+                                              r"subtypes=off.*subtypes=FILE"):
         jdata.category_sources("loco", root, "juice_bottle-banana", shots=2)
     # A list file decides instead (nothing ambiguous, no rule validation to report).
     listing = root / "subtypes.txt"

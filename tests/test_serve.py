@@ -102,7 +102,7 @@ def test_the_threshold_is_the_quantile_of_each_reference_scored_by_a_stream_fitt
     (dict(content=b"not an image at all", headers={"content-type": "image/png"}), 400, "undecodable", "cannot decode"),
     (dict(content=b"x", headers={"content-type": "text/plain"}), 415, "content_type", "text/plain is not accepted"),
     (dict(content=b"", headers={"content-type": "image/png"}), 400, "empty", "empty upload"),
-    (dict(content=b"\0" * 70000, headers={"content-type": "image/png"}), 413, "too_large", "over the limit of 60000"),
+    (dict(content=b"\0" * 70000, headers={"content-type": "image/png"}), 413, "too_large", "over the service's limit of 60000"),
     (dict(data={"note": "hello"}, files=[("image", ("x.png", b"", "image/png"))]), 400, "bad_multipart",
      "'note' is not a file"),
     (dict(files=[("image", (f"{i}.png", b"1", "image/png")) for i in range(7)]), 400, "bad_multipart",

@@ -180,7 +180,8 @@ def _infer_config(params: dict, facts: dict, heads: int | None, source: str) -> 
         raise ValueError(f"position embeddings hold {tokens} patch rows, not a square grid")
     if heads is None:
         if width not in HEADS_BY_WIDTH:
-            raise ValueError(f"cannot tell the number of heads of a width-{width} model; pass --arch")
+            raise ValueError(f"cannot tell the number of heads of a width-{width} model; name its "
+                             "architecture with arch=NAME")
         heads = HEADS_BY_WIDTH[width]
     mlp = params["blocks"]["mlp"]
     hidden = mlp["w12"]["kernel"].shape[-1] // 2 if facts["swiglu"] else mlp["fc1"]["kernel"].shape[-1]

@@ -180,7 +180,7 @@ def _loco_name(root: Path, category: str, subtypes: str) -> tuple[str, str | Non
     if subtypes == "off" or base not in SUBTYPE_RULES or sub not in SUBTYPE_RULES[base].names:
         known = SUBTYPE_RULES[base].names if base in SUBTYPE_RULES else ()
         raise DataError(f"loco: {category!r} is not a sub-type category (sub-types of {base}: {known}; "
-                        f"--loco-subtypes {subtypes})", root / base)
+                        f"subtypes={subtypes})", root / base)
     return base, sub
 
 
@@ -230,8 +230,8 @@ def _loco_sources(root: Path, category: str, shots: int, seed: int, calibration:
         if not counts[sub]:
             raise DataError(f"loco: sub-type {category!r} has no {split} images ({base} {split} per sub-type: "
                             f"{counts}, {len(assignment.ambiguous)} ambiguous; by {assignment.rule}): score "
-                            f"{base} whole with --loco-subtypes off, or give the sub-types in a list file "
-                            f"(--loco-subtypes FILE)", cat_dir / split)
+                            f"{base} whole with subtypes=off, or give the sub-types in a list file "
+                            f"(subtypes=FILE)", cat_dir / split)
         return select_subtype(loco, assignment.names, sub)
 
     test = read("test")

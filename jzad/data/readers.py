@@ -135,8 +135,7 @@ def _missing_mask_error(image: Path, mask_dir: Path, stem: str) -> DataNotFoundE
     return DataNotFoundError(
         f"no ground-truth mask for anomalous image {image}: expected {mask_dir / (stem + '_mask.png')} "
         f"or {mask_dir / (stem + '.png')} (extensions {', '.join(MASK_EXTENSIONS)} accepted); "
-        "to score it without pixel ground truth, pass --allow-missing-masks (python -m jzad.run) or "
-        "allow_missing_masks=True (read_dataset)",
+        "to score it without pixel ground truth, read it with allow_missing_masks=True",
         image,
     )
 
@@ -221,7 +220,7 @@ def _read_type_folders(
     if _resplit_splits(cat_dir) and not (split_dir / normal).is_dir():
         raise DataError(
             f"{dataset}: {cat_dir} holds <split>/images and <split>/masks folders (MPDD's re-split layout), "
-            f"not {split}/{normal}; read it with --dataset mpdd",
+            f"not {split}/{normal}; read it with dataset=mpdd",
             cat_dir,
         )
     _require_dir(split_dir, f"{dataset} {split} folder of category {category!r}")
@@ -264,8 +263,8 @@ def _read_mpdd_resplit(root: Path, category: str, split: str, allow_missing_mask
                 raise DataNotFoundError(
                     f"mpdd (re-split layout): no mask for image {image}: expected "
                     f"{mask_dir / (image.stem + '.png')} or {mask_dir / (image.stem + '_mask.png')} (an "
-                    "empty mask marks a normal image); to read images without a mask as normal, pass "
-                    "--allow-missing-masks (python -m jzad.run) or allow_missing_masks=True (read_dataset)",
+                    "empty mask marks a normal image); to read images without a mask as normal, read it with "
+                    "allow_missing_masks=True",
                     image,
                 )
             rows.append((str(image), 0, "good", None))
@@ -303,8 +302,8 @@ def _read_visa(root: Path, category: str, split: str, allow_missing_masks: bool,
                 shown = mask if mask is not None else "(empty mask column)"
                 raise DataNotFoundError(
                     f"visa: no ground-truth mask for anomalous image {image}: expected {shown} "
-                    f"as listed in {root / csv_path}; to score it without pixel ground truth, pass "
-                    "--allow-missing-masks (python -m jzad.run) or allow_missing_masks=True (read_dataset)",
+                    f"as listed in {root / csv_path}; to score it without pixel ground truth, read it with "
+                    "allow_missing_masks=True",
                     image,
                 )
             mask = None
@@ -376,8 +375,7 @@ def _mtd_rows(root: Path, cls: str, allow_missing_masks: bool) -> list:
             if not allow_missing_masks:
                 raise DataNotFoundError(
                     f"mtd: no ground-truth mask for anomalous image {image}: expected {mask}; "
-                    "to score it without pixel ground truth, pass --allow-missing-masks (python -m "
-                    "jzad.run) or allow_missing_masks=True (read_dataset)",
+                    "to score it without pixel ground truth, read it with allow_missing_masks=True",
                     image,
                 )
             mask = None

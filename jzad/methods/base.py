@@ -111,8 +111,8 @@ class Method:
     refuses a multi-process run of a method without it. score_units: what its maps hold, for the colour bar
     of heatmaps; distance_scores: its scores are raw feature distances with no fixed scale (PatchCore's squared
     distances such as 6.4e4), so heatmaps show them 0-1 over the category (the raw values stay in the files).
-    pads(config) -> bool: whether the driver may pad a pool with copies of its last image to a bucket size
-    (so pools of nearby sizes share one compiled program), marking the real rows in
+    pads(config) -> bool: whether the driver may pad a pool with zero feature rows to a bucket size (so
+    pools of nearby sizes share one compiled program), marking the real rows in
     ``Features.extras[VALID]``; None: only a non-pooling method pads (its images are scored independently).
     """
 

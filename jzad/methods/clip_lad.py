@@ -80,7 +80,6 @@ from jzad.methods.base import (
     FeatureRequest,
     Features,
     Method,
-    Option,
     OptionError,
     RunContext,
     Scores,
@@ -89,6 +88,7 @@ from jzad.methods.base import (
     register,
 )
 from jzad.features.types import VALID, tokens_to_grid
+from jzad.methods.table import method_row
 
 FINE_LEVELS = ("patch", "region")
 
@@ -788,15 +788,8 @@ def backbone_run(architecture: str | None) -> BackboneRun:
     return BackboneRun(taps=default_taps(config)[:-1])
 
 
-OPTIONS = (
-    Option("--clusters", "num_clusters", "N_c, k-means regions (default: the category's value in LOCO_PROMPTS)",
-           int),
-    Option("--fine-level", "fine_level", "fine prompts per patch or per region (default: the category's)", str,
-           choices=FINE_LEVELS),
-    Option("--sigma", "sigma", "NACLIP neighbourhood width in patches", float),
-    Option("--delta", "delta", "histogram smoothing of the logical score (Eq. 2)", float),
-    Option("--kmeans-iterations", "kmeans_iterations", "Lloyd steps after k-means++", int),
-)
+OPTIONS = method_row("clip_lad").options
+"""The command-line options, as written in ``jzad.methods.table``."""
 
 
 def clip_lad_configure(values: dict, context: RunContext) -> CLIPLADConfig:
@@ -818,7 +811,7 @@ def clip_lad_configure(values: dict, context: RunContext) -> CLIPLADConfig:
 
 METHOD = register(Method(
     name="clip_lad",
-    summary="CLIP-LAD: few-shot logical + structural anomalies (NACLIP, k-means regions, prompts, histograms)",
+    summary=method_row("clip_lad").summary,
     config_type=CLIPLADConfig,
     pools=False,
     few_shot="required",

@@ -63,18 +63,17 @@ from jzad.methods.base import (
     FeatureRequest,
     Features,
     Method,
-    Option,
     OptionError,
     RunContext,
     Scores,
     check_finite,
-    int_list,
     option_fields,
     register,
 )
 from jzad.features.types import VALID, tokens_to_grid
 from jzad.kernels.resize import resize_bilinear
 from jzad.methods.musc import backbone_run, grid_features, musc_maps
+from jzad.methods.table import method_row
 
 COMBINES = ("concat", "per_layer")
 
@@ -770,18 +769,8 @@ def fslc_pads(config: FSLCConfig) -> bool:
     return True
 
 
-OPTIONS = (
-    Option("--r-list", "r_list", "LNAMD aggregation degrees (odd window sizes)", int_list, metavar="3"),
-    Option("--combine", "combine", "concat: (layer, r) features joined (the paper); per_layer: scored apart",
-           str, choices=COMBINES),
-    Option("--init-images", "num_init_images", "S, images picked by k-center on the embeddings", int),
-    Option("--init-coreset", "init_coreset_size", "M_0, initial coreset patches", int),
-    Option("--expand-per-image", "expand_per_image", "patches each remaining image adds to the coreset", int),
-    Option("--filter-fraction", "filter_fraction", "X, fraction of images whose lowest distances are summed",
-           float),
-    Option("--n-wanted", "n_wanted", "final coreset size, or 'otsu'", _n_wanted),
-    Option("--b", "b", "coreset neighbours of the image-score weight (>= 2)", int),
-)
+OPTIONS = method_row("fslc").options
+"""The command-line options, as written in ``jzad.methods.table``."""
 
 
 def fslc_configure(values: dict, context: RunContext) -> FSLCConfig:
@@ -799,7 +788,7 @@ def fslc_configure(values: dict, context: RunContext) -> FSLCConfig:
 METHOD = register(Method(
     name="fslc",
     score_units="L2 distance to the coreset (unit features)",
-    summary="FSLC: zero-shot scoring against a coreset learned from the test set (k-center, expand, filter)",
+    summary=method_row("fslc").summary,
     config_type=FSLCConfig,
     pools=True,
     few_shot="never",

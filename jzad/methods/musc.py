@@ -44,16 +44,14 @@ from jzad.methods.base import (
     FeatureRequest,
     Features,
     Method,
-    Option,
     OptionError,
     RunContext,
     Scores,
     check_finite,
-    float_pair,
-    int_list,
     register,
 )
 from jzad.features.types import VALID, tokens_to_grid
+from jzad.methods.table import method_row
 
 LAYER_NORM_EPS = 1e-5
 MODES = ("zero_shot", "few_shot", "plus")
@@ -576,17 +574,8 @@ def backbone_run(architecture: str | None) -> BackboneRun:
     return BACKBONE_PRESETS.get(architecture or "", DEFAULT_RUN)
 
 
-OPTIONS = (
-    Option("--r-list", "r_list", "LNAMD aggregation degrees (odd window sizes)", int_list, metavar="1,3,5"),
-    Option("--interval", "interval", "MSM rank interval LO,HI of the other images' distances", float_pair,
-           metavar="0,0.3"),
-    Option("--windows", "windows", "RsCIN windows (default 1,8,9 for VisA, 1,2,3 otherwise); 0 = RsCIN off",
-           int_list, metavar="1,2,3"),
-    Option("--mode", "mode", "zero_shot; few_shot (R references join the pool); plus (MuSc+: nearest reference)",
-           str, choices=MODES),
-    Option("--schedule", "schedule", "MSM work order (auto: pairs when its buffer fits, else rows)", str,
-           choices=SCHEDULES),
-)
+OPTIONS = method_row("musc").options
+"""The command-line options, as written in ``jzad.methods.table``."""
 
 
 def musc_configure(values: dict, context: RunContext) -> MuScConfig:
@@ -616,7 +605,7 @@ def musc_pads(config: MuScConfig) -> bool:
 METHOD = register(Method(
     name="musc",
     score_units="mean L2 distance to the other images (unit features)",
-    summary="MuSc: zero-shot mutual scoring of the unlabeled test images (LNAMD, MSM, RsCIN)",
+    summary=method_row("musc").summary,
     config_type=MuScConfig,
     pools=True,
     few_shot="optional",

@@ -73,13 +73,13 @@ from jzad.methods.base import (
     Features,
     ImagePrep,
     Method,
-    Option,
     OptionError,
     RunContext,
     Scores,
     option_fields,
     register,
 )
+from jzad.methods.table import method_row
 
 HIGHEST = jax.lax.Precision.HIGHEST
 BN_STATS = ("original", "checkpoint")
@@ -580,20 +580,8 @@ def patchcore_extractor(config: PatchCoreConfig, backbone):
     return lambda images: backbone(images, FeatureRequest())
 
 
-BN_STATS_OPTION = Option(
-    "--bn-stats", None, "ResNet BatchNorm statistics: original (default; the original PatchCore code's load-time "
-    "train-mode forward of a constant image of the input size moves every BatchNorm's running statistics "
-    "towards it by momentum 0.1, as the published numbers were made) or checkpoint (the stored statistics: the clean eval-mode "
-    "network)", str, choices=BN_STATS)
-"""Shared by PatchCore and PatchCore+ (a flag declared once, read by each method's configure)."""
-
-OPTIONS = (
-    Option("--coreset-ratio", "coreset_ratio", f"share of the reference patches kept in the memory bank (default "
-           f"0.05 with <= {FEW_SHOT_MAX} shots, else 0.1; 1 keeps every patch)", float),
-    Option("--reweight-b", "num_neighbors", "b of the paper's image-score reweighting (anomalib's; 9 in the "
-           "paper); default: the plain max of the original code", int),
-    BN_STATS_OPTION,
-)
+OPTIONS = method_row("patchcore").options
+"""The command-line options, as written in ``jzad.methods.table``."""
 
 
 def default_ratio(shots: int) -> float:
@@ -620,7 +608,7 @@ METHOD = register(Method(
     name="patchcore",
     score_units="squared L2 distance to the memory bank",
     distance_scores=True,
-    summary="PatchCore: nearest distance to a coreset memory bank of the normal reference patches",
+    summary=method_row("patchcore").summary,
     config_type=PatchCoreConfig,
     pools=False,
     few_shot="required",

@@ -47,7 +47,6 @@ from jzad.methods.base import (
     ImagePrep,
     Features,
     Method,
-    Option,
     OptionError,
     RunContext,
     Scores,
@@ -56,7 +55,6 @@ from jzad.methods.base import (
     register,
 )
 from jzad.methods.patchcore import (
-    BN_STATS_OPTION,
     DINO_RUNS,
     PATCHCORE_PRESETS,
     PatchCoreConfig,
@@ -70,16 +68,14 @@ from jzad.methods.patchcore import (
     tapped_layers,
 )
 from jzad.methods.refine import (
-    EM_UPDATES,
     PATCHCORE_PLUS,
-    PLAN_SCALES,
-    SCORES,
     OnlineMemory,
     RefineConfig,
     online_memory,
     refine_online,
     refined_patch_scores,
 )
+from jzad.methods.table import method_row
 
 
 @dataclass(frozen=True)
@@ -250,23 +246,8 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-OPTIONS = (
-    Option("--coreset-ratio", None, "share of the reference patches kept as prototypes (default 0.05, the paper's "
-           "PatchCore+ setting; 1 keeps every patch)", float),
-    Option("--em-update", None, "M-step: gradient (optax steps, Algorithm 1) or closed (the exact minimiser, "
-           "the CVPR version)", str, choices=EM_UPDATES),
-    Option("--em-iterations", None, "N, EM rounds (paper 10; the CVPR closed form uses 2)", int),
-    Option("--lam", None, "lambda, weight of the OT term (paper 0.3); 0 is the W0 projection onto the span of the "
-           "prototypes alone, with no transport term", float),
-    Option("--plan-scale", None, "how the plan enters the M-step loss: row (m T^T, rows sum to 1: the data term "
-           "per position; default) or printed (T as Eq. 5 prints it: the OT term is then ~1/m of the data term "
-           "and the result is the W0 projection)", str, choices=PLAN_SCALES),
-    Option("--score", None, "nearest (Eq. 6: min over the refined prototypes) or residual (||f_j - (W M)_j||^2)",
-           str, choices=SCORES),
-    BN_STATS_OPTION,
-    Option("--online", "online_images", "Online PatchCore+: the refined prototypes of the last K scored images "
-           "join the memory (0: off)", _non_negative_int, metavar="K"),
-)
+OPTIONS = method_row("patchcore_plus").options
+"""The command-line options, as written in ``jzad.methods.table``."""
 
 _REFINE_FIELDS = {"em_update": "em_update", "em_iterations": "iterations", "lam": "lam",
                   "plan_scale": "plan_scale", "score": "score"}
@@ -296,7 +277,7 @@ METHOD = register(Method(
     name="patchcore_plus",
     score_units="squared L2 distance to the refined prototypes",
     distance_scores=True,
-    summary="PatchCore+: PatchCore's coreset prototypes refined per query image by a Sinkhorn-EM (FastRef)",
+    summary=method_row("patchcore_plus").summary,
     config_type=PatchCorePlusConfig,
     pools=False,
     few_shot="required",

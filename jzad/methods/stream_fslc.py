@@ -38,7 +38,6 @@ from jzad.kernels.sharding import device_mesh, replicated
 from jzad.methods.base import (
     FeatureRequest,
     Features,
-    Option,
     OptionError,
     StreamScores,
     Streaming,
@@ -46,6 +45,7 @@ from jzad.methods.base import (
     register_streaming,
 )
 from jzad.methods.fslc import FSLCConfig, _exact_distance, fslc_score, fslc_sets, otsu_split
+from jzad.methods.table import stream_row
 
 
 @dataclass(frozen=True)
@@ -243,13 +243,8 @@ def fslc_stream_step_fn(config, stream, state, queries, valid, mesh=None):
     return fslc_stream_step(config, stream, state, queries, jnp.asarray(valid, bool), mesh)
 
 
-OPTIONS = (
-    Option("--coreset-capacity", "capacity", "rows of the streaming coreset buffer (K)", int),
-    Option("--window", "window", "recent arrivals the streaming filter is computed over (W)", int),
-    Option("--init-per-image", "init_per_image", "patches each of the first S arrivals adds by k-center "
-           "(default M_0 / S)", int),
-    Option("--warmup", "warmup", "arrivals before scores stop being flagged as warming up (default S)", int),
-)
+OPTIONS = stream_row("fslc").options
+"""The command-line options, as written in ``jzad.methods.table``."""
 
 
 def fslc_stream_configure(values: dict, config: FSLCConfig) -> FSLCStreamConfig:

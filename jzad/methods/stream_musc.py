@@ -36,7 +36,6 @@ from jzad.kernels.sharding import device_mesh, replicated
 from jzad.methods.base import (
     FeatureRequest,
     Features,
-    Option,
     OptionError,
     StreamScores,
     Streaming,
@@ -44,6 +43,7 @@ from jzad.methods.base import (
     register_streaming,
 )
 from jzad.methods.musc import MuScConfig, grid_features, masked_mutual_scores, max_of_upsampled, msm_key
+from jzad.methods.table import stream_row
 
 REPLACEMENTS = ("fifo", "reservoir")
 
@@ -208,14 +208,8 @@ def _quantile(text: str) -> float:
     return value
 
 
-OPTIONS = (
-    Option("--bank-size", "capacity", "images the streaming bank holds (B)", int),
-    Option("--bank-policy", "replacement", "which image leaves a full bank: fifo (oldest) or reservoir (uniform "
-           "sample of all admitted)", str, choices=REPLACEMENTS),
-    Option("--admit-quantile", "admit_quantile", "admit an arrival to the bank only when its score is at most "
-           "this quantile of the bank's scores (normal-only admission); default: admit all", _quantile),
-    Option("--warmup", "warmup", "bank images before scores stop being flagged as warming up", int),
-)
+OPTIONS = stream_row("musc").options
+"""The command-line options, as written in ``jzad.methods.table``."""
 
 
 def musc_stream_configure(values: dict, config: MuScConfig) -> MuScStreamConfig:

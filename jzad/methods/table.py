@@ -3,10 +3,11 @@ and its command-line options, and each streaming's module and options, without i
 
 ``jzad.methods`` answers ``method_names()``, ``method_entry(name)`` and the stream counterparts from here, and
 imports a method's module (with jax, flax, optax or ott behind it) only when ``get_method`` asks for that
-method, so building the command line's parser, ``--help`` and option errors cost no method imports. The rows
-repeat what the modules register, in registration order; ``tests/test_method_table.py`` imports every method
-module and checks that the table equals what they register, so it cannot drift: a new method, option or help
-text is one more row or line here as well.
+method, so building the command line's parser, ``--help`` and option errors cost no method imports. The table
+is where a built-in method's summary and options are written, once: each method module registers with its row
+(``method_row``, ``stream_row``), and a parse function that lives in a method module is named here by a
+``DeferredParse``. ``tests/test_method_table.py`` checks that every module registers its row and that every
+choice an option offers is one its method's configure accepts.
 """
 
 from __future__ import annotations
@@ -160,3 +161,19 @@ STREAMS = (
     StreamEntry("winclip_plus", "jzad.methods.stream_fewshot", ()),
 )
 """Every built-in streaming, in registration order (the order of the stream options in --help)."""
+
+
+def method_row(name: str) -> MethodEntry:
+    """The table's row of the built-in method ``name`` (what its module registers: summary and options)."""
+    for entry in METHODS:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"no built-in method {name!r} in jzad.methods.table")
+
+
+def stream_row(name: str) -> StreamEntry:
+    """The table's row of the built-in streaming of method ``name`` (its stream options)."""
+    for entry in STREAMS:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"no built-in streaming {name!r} in jzad.methods.table")

@@ -68,12 +68,12 @@ from jzad.methods.base import (
     Features,
     ImagePrep,
     Method,
-    Option,
     OptionError,
     RunContext,
     Scores,
     register,
 )
+from jzad.methods.table import method_row
 
 NORMAL_STATES = (
     "{}",
@@ -566,10 +566,6 @@ def class_name(text: str) -> str:
     return text
 
 
-CLASS_NAME = Option("--class-name", "class_name", "object word of the text prompts (default: the category "
-                    "folder name verbatim, as anomalib)", class_name, metavar="NAME")
-
-
 def winclip_configure(values: dict, context: RunContext) -> WinCLIPConfig:
     """WinCLIPConfig for a run: maps at the model input size, compute dtype and GEMM precision from
     --precision, the prompts' object word from --class-name."""
@@ -584,11 +580,11 @@ def winclip_configure(values: dict, context: RunContext) -> WinCLIPConfig:
 METHOD = register(Method(
     name="winclip",
     score_units="anomaly score (0-1)",
-    summary="WinCLIP: zero-shot (--shots 0) or few-shot CLIP prompts and window embeddings, as anomalib",
+    summary=method_row("winclip").summary,
     config_type=WinCLIPConfig,
     pools=False,
     few_shot="optional",
-    options=(CLASS_NAME,),
+    options=method_row("winclip").options,
     request=lambda config: FeatureRequest(embedding=True),
     fit=winclip_fit,
     body=winclip_body,

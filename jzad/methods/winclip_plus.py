@@ -43,9 +43,10 @@ from jzad.kernels.blur import gaussian_blur
 from jzad.kernels.distances import l2_normalize
 from jzad.kernels.resize import resize_bilinear
 from jzad.methods import winclip as wc
-from jzad.methods.base import FeatureRequest, Features, Method, Option, OptionError, RunContext, Scores, register
+from jzad.methods.base import FeatureRequest, Features, Method, OptionError, RunContext, Scores, register
 from jzad.methods.patchcore import check_ratio, memory_bank
-from jzad.methods.refine import EM_UPDATES, PLAN_SCALES, WINCLIP_PLUS, RefineConfig, refined_patch_scores
+from jzad.methods.refine import WINCLIP_PLUS, RefineConfig, refined_patch_scores
+from jzad.methods.table import method_row
 
 REFINE_MEMORIES = ("patches", "all")
 DATASET_RATIOS = {"mvtec": 0.5, "visa": 0.3, "mpdd": 0.2}
@@ -222,21 +223,8 @@ def _non_negative(text: str) -> float:
     return value
 
 
-OPTIONS = (
-    Option("--class-name", None, wc.CLASS_NAME.help, wc.class_name, metavar="NAME"),
-    Option("--coreset-ratio", "coreset_ratio", "share of the reference patches kept as prototypes (default: "
-           "WinCLIP+ 0.5 MVTec, 0.3 VisA, 0.2 MPDD, 0.5 other layouts)", _ratio, metavar="ALPHA"),
-    Option("--lam", None, "lambda, the weight of the refinement's optimal-transport term (WinCLIP+ 0.1); 0 is the "
-           "W0 projection onto the span of the prototypes alone, with no transport term", _non_negative),
-    Option("--plan-scale", None, "how the plan enters the M-step loss: row (m T^T, rows sum to 1: the data term "
-           "per position; default) or printed (T as Eq. 5 prints it: the OT term is then ~1/m of the data term "
-           "and the result is the W0 projection)", str, choices=PLAN_SCALES),
-    Option("--em-iterations", None, "EM rounds of the refinement (10)", _positive_int),
-    Option("--em-update", None, "M-step of the refinement: gradient (the paper) or closed (closed form)", str,
-           choices=EM_UPDATES),
-    Option("--refine-memories", "refine_memories", "WinCLIP+ memories refined per query: patches (the paper's "
-           "reading) or all (the window memories too)", str, choices=REFINE_MEMORIES),
-)
+OPTIONS = method_row("winclip_plus").options
+"""The command-line options, as written in ``jzad.methods.table``."""
 
 
 def winclip_plus_configure(values: dict, context: RunContext) -> WinCLIPPlusConfig:
@@ -258,7 +246,7 @@ def winclip_plus_configure(values: dict, context: RunContext) -> WinCLIPPlusConf
 METHOD = register(Method(
     name="winclip_plus",
     score_units="anomaly score (0-1)",
-    summary="WinCLIP+: WinCLIP with its few-shot patch memory refined per query image (FastRef EM)",
+    summary=method_row("winclip_plus").summary,
     config_type=WinCLIPPlusConfig,
     pools=False,
     few_shot="required",

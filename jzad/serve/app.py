@@ -136,13 +136,12 @@ class Service:
 async def _read_body(request: Request, limit: int, what: str) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InputError(f"{what}: {declared} bytes is over the limit of {limit} bytes (--max-bytes)", "too_large",
-                         413)
+        raise InputError(f"{what}: {declared} bytes is over the service's limit of {limit} bytes", "too_large", 413)
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise InputError(f"{what}: over the limit of {limit} bytes (--max-bytes)", "too_large", 413)
+            raise InputError(f"{what}: over the service's limit of {limit} bytes", "too_large", 413)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -156,7 +155,7 @@ async def _uploads(request: Request, settings: ServiceSettings) -> list[tuple[st
         total_limit = settings.max_bytes * settings.max_images + 65536
         if declared is not None and declared.isdigit() and int(declared) > total_limit:
             raise InputError(f"request body of {declared} bytes is over the limit of {total_limit} bytes "
-                             f"({settings.max_images} images of --max-bytes {settings.max_bytes})", "too_large", 413)
+                             f"({settings.max_images} images of at most {settings.max_bytes} bytes)", "too_large", 413)
         try:
             form = await request.form(max_files=settings.max_images, max_fields=settings.max_images,
                                       max_part_size=settings.max_bytes)
@@ -170,8 +169,8 @@ async def _uploads(request: Request, settings: ServiceSettings) -> list[tuple[st
                     raise InputError(f"form field {key!r} is not a file (send images as file parts)", "bad_multipart")
                 data = await value.read()
                 if len(data) > settings.max_bytes:
-                    raise InputError(f"{value.filename or key}: {len(data)} bytes is over the limit of "
-                                     f"{settings.max_bytes} bytes (--max-bytes)", "too_large", 413)
+                    raise InputError(f"{value.filename or key}: {len(data)} bytes is over the service's limit "
+                                     f"of {settings.max_bytes} bytes a file", "too_large", 413)
                 uploads.append((value.filename or key, data))
         finally:
             await form.close()

@@ -11,6 +11,9 @@ import sys
 
 from jzad.backbone.config import ACTIVATIONS
 
+WEIGHTS_FLAGS = {"arch": "--arch", "force": "--force", "weights_dir": "--weights-dir"}
+"""Argument names the porting library's errors use -> this command's flags (``jzad.cli.in_flag_terms``)."""
+
 
 def _port(args) -> int:
     from jzad.weights import get_family, manifest_family, port, read_manifest
@@ -91,11 +94,12 @@ def main(argv=None) -> int:
     listing.add_argument("--weights-dir", help="weights folder (default $JZAD_WEIGHTS_DIR, else the user data folder's jzad/weights)")
     args = parser.parse_args(argv)
     from jzad.backbone.port import MissingDependencyError
+    from jzad.cli import in_flag_terms
 
     try:
         return _port(args) if args.command == "port" else _list(args)
     except (ValueError, FileNotFoundError, FileExistsError, ConnectionError, MissingDependencyError) as err:
-        print(f"python -m jzad.weights: error: {err}", file=sys.stderr)
+        print(f"python -m jzad.weights: error: {in_flag_terms(str(err), WEIGHTS_FLAGS)}", file=sys.stderr)
         return 2
 
 

@@ -112,7 +112,7 @@ def save_ported(
     target = (Path(weights_dir) / name).resolve()
     if target.exists():
         if not force:
-            raise FileExistsError(f"{target} already exists; pass force=True (--force) to replace it")
+            raise FileExistsError(f"{target} already exists; save with force=True to replace it")
         shutil.rmtree(target)
     image_size, activation, taps = family.check_run(config, image_size, activation, taps)
     target.mkdir(parents=True)
