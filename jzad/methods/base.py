@@ -36,7 +36,14 @@ import jax
 import numpy as np
 
 from jzad.features.types import BackboneRun, FeatureRequest, Features, ImagePrep
-from jzad.methods.options import Option, OptionError, float_pair, int_list, option_fields  # noqa: F401  (re-exported)
+from jzad.methods.options import (  # noqa: F401  (re-exported)
+    Option,
+    OptionError,
+    float_pair,
+    int_list,
+    option_errors,
+    option_fields,
+)
 
 FEW_SHOT_MODES = ("never", "optional", "required")
 

@@ -80,10 +80,10 @@ from jzad.methods.base import (
     FeatureRequest,
     Features,
     Method,
-    OptionError,
     RunContext,
     Scores,
     direct,
+    option_errors,
     option_fields,
     register,
 )
@@ -795,18 +795,14 @@ OPTIONS = method_row("clip_lad").options
 def clip_lad_configure(values: dict, context: RunContext) -> CLIPLADConfig:
     """CLIPLADConfig for a run: the backbone's taps (the first two clustered, all in the patch memory), its
     input side, option values; N_c and the fine level default to each category's (None until fit)."""
-    fields = option_fields(OPTIONS, values)
-    if values.get("precision") is not None:
-        fields["precision"] = values["precision"]
+    fields = option_fields(OPTIONS, values, common=("precision",))
     fields.setdefault("num_clusters", None)
     fields.setdefault("fine_level", None)
     if context.taps is not None:
         taps = tuple(int(t) for t in context.taps)
         fields.update(taps=taps, cluster_taps=taps[:2], structural_taps=taps)
-    try:
+    with option_errors("clip_lad options"):
         return CLIPLADConfig(image_size=context.image_size, **fields)
-    except ValueError as err:
-        raise OptionError(f"clip_lad options: {err}") from err
 
 
 METHOD = register(Method(

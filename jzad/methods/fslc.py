@@ -63,10 +63,10 @@ from jzad.methods.base import (
     FeatureRequest,
     Features,
     Method,
-    OptionError,
     RunContext,
     Scores,
     check_finite,
+    option_errors,
     option_fields,
     register,
 )
@@ -776,13 +776,8 @@ OPTIONS = method_row("fslc").options
 def fslc_configure(values: dict, context: RunContext) -> FSLCConfig:
     """FSLCConfig from option values (dest -> value; missing = default)."""
     del context
-    fields = option_fields(OPTIONS, values)
-    if values.get("precision") is not None:
-        fields["precision"] = values["precision"]
-    try:
-        return FSLCConfig(**fields)
-    except ValueError as err:
-        raise OptionError(f"fslc options: {err}") from err
+    with option_errors("fslc options"):
+        return FSLCConfig(**option_fields(OPTIONS, values, common=("precision",)))
 
 
 METHOD = register(Method(

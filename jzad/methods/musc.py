@@ -48,6 +48,7 @@ from jzad.methods.base import (
     RunContext,
     Scores,
     check_finite,
+    option_errors,
     register,
 )
 from jzad.features.types import VALID, tokens_to_grid
@@ -589,11 +590,9 @@ def musc_configure(values: dict, context: RunContext) -> MuScConfig:
     if windows is None:
         windows = DATASET_WINDOWS.get(context.dataset, DEFAULT_WINDOWS)
     fields = {k: values[k] for k in ("r_list", "interval", "schedule", "precision") if values.get(k) is not None}
-    try:
+    with option_errors("musc options"):
         return MuScConfig(mode=mode, windows=tuple(k for k in windows if k > 0), map_size=context.image_size,
                           **fields)
-    except ValueError as err:
-        raise OptionError(f"musc options: {err}") from err
 
 
 def musc_pads(config: MuScConfig) -> bool:

@@ -8,6 +8,7 @@ module declares the same ``Option`` values when it builds its ``Method``.
 from __future__ import annotations
 
 import importlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,11 +55,24 @@ class DeferredParse:
         return self.resolve()(text)
 
 
-def option_fields(options, values: dict) -> dict:
+def option_fields(options, values: dict, common: tuple[str, ...] = ()) -> dict:
     """{option.field: value} for every option of ``options`` that sets a config field and whose value (by
-    argparse dest, as ``configure`` receives them) is given and not None. Configure functions read declared
+    argparse dest, as ``configure`` receives them) is given and not None, plus the given ``common`` values
+    (options every method has, such as "precision", whose dest is the field). Configure functions read declared
     fields through this, so a flag whose dest differs from its field still reaches the field."""
-    return {o.field: values[o.dest] for o in options if o.field is not None and values.get(o.dest) is not None}
+    fields = {o.field: values[o.dest] for o in options if o.field is not None and values.get(o.dest) is not None}
+    fields.update({name: values[name] for name in common if values.get(name) is not None})
+    return fields
+
+
+@contextmanager
+def option_errors(what: str):
+    """Re-raise the ValueError a config's own checks raise inside the block as an OptionError prefixed with
+    ``what`` ("musc options"), so a bad value is reported as a bad option."""
+    try:
+        yield
+    except ValueError as err:
+        raise OptionError(f"{what}: {err}") from err
 
 
 def int_list(text: str) -> tuple[int, ...]:

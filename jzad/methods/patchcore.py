@@ -73,9 +73,9 @@ from jzad.methods.base import (
     Features,
     ImagePrep,
     Method,
-    OptionError,
     RunContext,
     Scores,
+    option_errors,
     option_fields,
     register,
 )
@@ -593,15 +593,9 @@ def default_ratio(shots: int) -> float:
 def patchcore_configure(values: dict, context: RunContext) -> PatchCoreConfig:
     """PatchCoreConfig from option values (dest -> value; missing = default) for a run."""
     fields = {"coreset_ratio": default_ratio(context.shots), "map_size": context.image_size}
-    fields.update(option_fields(OPTIONS, values))
-    if values.get("precision") is not None:
-        fields["precision"] = values["precision"]
-    if values.get("bn_stats") is not None:
-        fields["bn_stats"] = values["bn_stats"]
-    try:
+    fields.update(option_fields(OPTIONS, values, common=("precision", "bn_stats")))
+    with option_errors("patchcore options"):
         return PatchCoreConfig(**fields)
-    except ValueError as err:
-        raise OptionError(f"patchcore options: {err}") from err
 
 
 METHOD = register(Method(

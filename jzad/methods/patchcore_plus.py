@@ -43,17 +43,16 @@ from jax.sharding import Mesh
 from jzad.kernels.sharding import device_mesh, map_row_shards, pad_rows
 from jzad.methods.base import (
     BackboneRun,
-    FeatureRequest,
-    ImagePrep,
     Features,
-    Method,
-    OptionError,
+    ImagePrep,
     RunContext,
     Scores,
     direct,
+    option_errors,
     option_fields,
     register,
 )
+from jzad.methods.patchcore import METHOD as PATCHCORE_METHOD
 from jzad.methods.patchcore import (
     DINO_RUNS,
     PATCHCORE_PRESETS,
@@ -257,7 +256,7 @@ def patchcore_plus_configure(values: dict, context: RunContext) -> PatchCorePlus
     """PatchCorePlusConfig from option values (dest -> value; missing = default) for a run."""
     patchcore = {"map_size": context.image_size}
     refine = {field: values[dest] for dest, field in _REFINE_FIELDS.items() if values.get(dest) is not None}
-    try:
+    with option_errors("patchcore_plus options"):
         if values.get("coreset_ratio") is not None:
             patchcore["coreset_ratio"] = check_ratio(values["coreset_ratio"])
         if values.get("precision") is not None:
@@ -269,31 +268,24 @@ def patchcore_plus_configure(values: dict, context: RunContext) -> PatchCorePlus
             refine=dataclasses.replace(PATCHCORE_PLUS, **refine),
             online_images=option_fields(OPTIONS, values).get("online_images", 0),
         )
-    except ValueError as err:
-        raise OptionError(f"patchcore_plus options: {err}") from err
 
 
-METHOD = register(Method(
+METHOD = register(dataclasses.replace(
+    PATCHCORE_METHOD,
     name="patchcore_plus",
     score_units="squared L2 distance to the refined prototypes",
-    distance_scores=True,
     summary=method_row("patchcore_plus").summary,
     config_type=PatchCorePlusConfig,
-    pools=False,
-    few_shot="required",
     options=OPTIONS,
-    request=lambda config: FeatureRequest(),
     fit=patchcore_plus_fit,
     body=patchcore_plus_body,
     configure=patchcore_plus_configure,
     maps=patchcore_plus_maps,
     backbone_run=backbone_run,
-    default_backbone="wide-resnet50-2",
-    demo_backbone="random-wide-resnet50-2",
-    tiny_backbone="random-tiny-resnet",
     prep=patchcore_plus_prep,
     stages=("embed", "refine", "upsample"),
     pads=lambda config: not config.online_images,
-    multi_process=True,
     extractor=lambda config, backbone: patchcore_extractor(config.patchcore, backbone),
 ))
+"""PatchCore's registration (its backbones, few-shot references, one image at a time) with the refinement's
+config, stages and scoring."""

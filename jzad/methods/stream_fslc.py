@@ -38,9 +38,9 @@ from jzad.kernels.sharding import device_mesh, replicated
 from jzad.methods.base import (
     FeatureRequest,
     Features,
-    OptionError,
     StreamScores,
     Streaming,
+    option_errors,
     option_fields,
     register_streaming,
 )
@@ -250,11 +250,8 @@ OPTIONS = stream_row("fslc").options
 def fslc_stream_configure(values: dict, config: FSLCConfig) -> FSLCStreamConfig:
     """FSLCStreamConfig from option values (dest -> value; missing = default)."""
     del config
-    fields = option_fields(OPTIONS, values)
-    try:
-        return FSLCStreamConfig(**fields)
-    except ValueError as err:
-        raise OptionError(f"fslc stream options: {err}") from err
+    with option_errors("fslc stream options"):
+        return FSLCStreamConfig(**option_fields(OPTIONS, values))
 
 
 STREAMING = register_streaming("fslc", Streaming(

@@ -39,6 +39,7 @@ from jzad.methods.base import (
     OptionError,
     StreamScores,
     Streaming,
+    option_errors,
     option_fields,
     register_streaming,
 )
@@ -219,10 +220,8 @@ def musc_stream_configure(values: dict, config: MuScConfig) -> MuScStreamConfig:
     fields = option_fields(OPTIONS, values)
     if "capacity" in fields and "warmup" not in fields:
         fields["warmup"] = min(MuScStreamConfig.warmup, fields["capacity"])
-    try:
+    with option_errors("musc stream options"):
         return MuScStreamConfig(**fields)
-    except ValueError as err:
-        raise OptionError(f"musc stream options: {err}") from err
 
 
 STREAMING = register_streaming("musc", Streaming(

@@ -68,9 +68,9 @@ from jzad.methods.base import (
     Features,
     ImagePrep,
     Method,
-    OptionError,
     RunContext,
     Scores,
+    option_errors,
     register,
 )
 from jzad.methods.table import method_row
@@ -570,11 +570,9 @@ def winclip_configure(values: dict, context: RunContext) -> WinCLIPConfig:
     """WinCLIPConfig for a run: maps at the model input size, compute dtype and GEMM precision from
     --precision, the prompts' object word from --class-name."""
     precision = values.get("precision", "fp32")
-    try:
+    with option_errors("winclip options"):
         return WinCLIPConfig(map_size=context.image_size, dtype="bfloat16" if precision == "bf16" else "float32",
                              precision=precision, class_name=values.get("class_name"))
-    except ValueError as err:
-        raise OptionError(f"winclip options: {err}") from err
 
 
 METHOD = register(Method(

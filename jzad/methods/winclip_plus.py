@@ -32,6 +32,7 @@ unsharded ones bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -43,7 +44,7 @@ from jzad.kernels.blur import gaussian_blur
 from jzad.kernels.distances import l2_normalize
 from jzad.kernels.resize import resize_bilinear
 from jzad.methods import winclip as wc
-from jzad.methods.base import FeatureRequest, Features, Method, OptionError, RunContext, Scores, register
+from jzad.methods.base import Features, RunContext, Scores, option_errors, register
 from jzad.methods.patchcore import check_ratio, memory_bank
 from jzad.methods.refine import WINCLIP_PLUS, RefineConfig, refined_patch_scores
 from jzad.methods.table import method_row
@@ -234,36 +235,27 @@ def winclip_plus_configure(values: dict, context: RunContext) -> WinCLIPPlusConf
     changes = {name: values[dest] for name, dest in (("lam", "lam"), ("iterations", "em_iterations"),
                                                      ("em_update", "em_update"), ("plan_scale", "plan_scale"))
                if values.get(dest) is not None}
-    try:
+    with option_errors("winclip_plus options"):
         refine = RefineConfig(**{**WINCLIP_PLUS.__dict__, "precision": winclip.precision, **changes})
         ratio = values.get("coreset_ratio") or DATASET_RATIOS.get(context.dataset, DEFAULT_RATIO)
         return WinCLIPPlusConfig(winclip=winclip, refine=refine, coreset_ratio=ratio,
                                  refine_memories=values.get("refine_memories") or "patches")
-    except ValueError as err:
-        raise OptionError(f"winclip_plus options: {err}") from err
 
 
-METHOD = register(Method(
+METHOD = register(dataclasses.replace(
+    wc.METHOD,
     name="winclip_plus",
-    score_units="anomaly score (0-1)",
     summary=method_row("winclip_plus").summary,
     config_type=WinCLIPPlusConfig,
-    pools=False,
     few_shot="required",
     options=OPTIONS,
-    request=lambda config: FeatureRequest(embedding=True),
     fit=winclip_plus_fit,
     body=winclip_plus_body,
     configure=winclip_plus_configure,
     maps=winclip_plus_maps,
-    backbone_run=wc.backbone_run,
-    default_backbone="vit-b-16-plus-240",
-    demo_backbone="random-vit-b-16-plus-240",
     stages=("zero_shot", "few_shot", "refine"),
-    tiny_backbone="random-tiny-text",
-    prep=wc.image_prep,
     prepare=winclip_plus_prepare,
     extractor=winclip_plus_extractor,
-    needs_text=True,
-    multi_process=True,
 ))
+"""WinCLIP's registration (its CLIP backbones, text prompts, image preparation) with the refinement's config,
+stages and scoring; references are required."""

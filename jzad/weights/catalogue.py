@@ -77,13 +77,19 @@ def _entry(name: str, data: dict, path: Path) -> CatalogueEntry:
 def load_catalogue(path: str | Path | None = None) -> dict[str, CatalogueEntry]:
     """name -> CatalogueEntry from a catalogue file (default: the package's ``CATALOGUE``)."""
     path = Path(path) if path is not None else CATALOGUE
-    if not path.is_file():
-        raise FileNotFoundError(f"weights catalogue {path} not found")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"cannot parse weights catalogue {path}: {err}") from err
+    data = read_json(path, "weights catalogue", f"weights catalogue {path} not found")
     return {name: _entry(name, entry, path) for name, entry in data.items()}
+
+
+def read_json(path: Path, what: str, missing: str):
+    """The parsed JSON file at ``path``; FileNotFoundError(``missing``) when there is none, ValueError naming
+    ``what`` and the file when it does not parse."""
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"cannot parse {what} {path}: {err}") from err
 
 
 def catalogue_entry(name: str, catalogue: dict[str, CatalogueEntry] | None = None) -> CatalogueEntry:

@@ -22,6 +22,7 @@ import numpy as np
 import jzad
 from jzad.backbone.port import LoadedCheckpoint
 from jzad.backbone.tokenizer import TOKENIZER_FILES
+from jzad.weights.catalogue import read_json
 from jzad.weights.families import family_of, get_family
 
 MANIFEST = "manifest.json"
@@ -164,12 +165,7 @@ def manifest_family(manifest: dict) -> str:
 def read_manifest(folder: Path) -> dict:
     """The manifest.json of a ported checkpoint folder (FileNotFoundError / ValueError if absent or bad)."""
     path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {folder} is not a ported checkpoint")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"cannot parse {path}: {err}") from err
+    manifest = read_json(path, "manifest", f"{path} not found: {folder} is not a ported checkpoint")
     for key in ("format_version", "config", "params", "activation", "image_size", "taps"):
         if key not in manifest:
             raise ValueError(f"{path} lacks {key!r}")
