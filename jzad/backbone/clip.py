@@ -18,7 +18,7 @@ The image embedding is ln_post(x_L[:, 0]) @ proj, not normalised.
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +26,9 @@ import numpy as np
 from flax import nnx
 
 from jzad.backbone.config import CLIPConfig, TextConfig, VisionConfig, default_taps
-
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from jzad.backbone.nnx_params import (
+    COMPUTE_DTYPES, abstract_params_of, check_compute_dtype, compute_precision, merged_module
+)
 
 
 def activation_fn(name: str):
@@ -116,6 +117,17 @@ class ResidualBlock(nnx.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def residual_blocks(tower: VisionConfig | TextConfig, activation: str, eps: float, causal: bool,
+                    attention: str) -> nnx.List:
+    """The tower's ``layers`` residual blocks (causal in the text tower), as both towers stack them."""
+    return nnx.List(
+        [
+            ResidualBlock(tower.width, tower.heads, tower.mlp_dim, activation, eps, causal, attention)
+            for _ in range(tower.layers)
+        ]
+    )
+
+
 class VisionTransformer(nnx.Module):
     """OpenAI's VisionTransformer: conv1 patches, CLS, position embeddings, ln_pre, blocks, ln_post, proj."""
 
@@ -136,12 +148,7 @@ class VisionTransformer(nnx.Module):
         self.class_embedding = nnx.Param(jnp.zeros((width,)))
         self.positional_embedding = nnx.Param(jnp.zeros((config.num_tokens, width)))
         self.ln_pre = nnx.LayerNorm(width, epsilon=eps, rngs=_RNGS)
-        self.blocks = nnx.List(
-            [
-                ResidualBlock(width, config.heads, config.mlp_dim, activation, eps, False, attention)
-                for _ in range(config.layers)
-            ]
-        )
+        self.blocks = residual_blocks(config, activation, eps, False, attention)
         self.ln_post = nnx.LayerNorm(width, epsilon=eps, rngs=_RNGS)
         self.proj = nnx.data(None if embed_dim is None else nnx.Param(jnp.zeros((width, embed_dim))))
 
@@ -191,12 +198,7 @@ class TextTransformer(nnx.Module):
         self.config = config
         self.token_embedding = nnx.Embed(config.vocab_size, width, embedding_init=_ZEROS, rngs=_RNGS)
         self.positional_embedding = nnx.Param(jnp.zeros((config.context_length, width)))
-        self.blocks = nnx.List(
-            [
-                ResidualBlock(width, config.heads, config.mlp_dim, activation, eps, True, attention)
-                for _ in range(config.layers)
-            ]
-        )
+        self.blocks = residual_blocks(config, activation, eps, True, attention)
         self.ln_final = nnx.LayerNorm(width, epsilon=eps, rngs=_RNGS)
         self.text_projection = nnx.data(None if embed_dim is None else nnx.Param(jnp.zeros((width, embed_dim))))
 
@@ -232,40 +234,20 @@ class CLIP(nnx.Module):
             self.logit_scale = nnx.data(None)
 
 
-@lru_cache(maxsize=64)
-def _split_abstract(config: CLIPConfig):
-    model = nnx.eval_shape(lambda: CLIP(config))
-    return nnx.split(model)
-
-
-@lru_cache(maxsize=64)
-def _split_vision(config: CLIPConfig):
-    eps = config.layer_norm_eps
-    model = nnx.eval_shape(
-        lambda: VisionTransformer(config.vision, config.embed_dim, config.activation, eps, config.attention)
-    )
-    return nnx.split(model)
-
-
-@lru_cache(maxsize=64)
-def _split_text(config: CLIPConfig):
-    eps = config.layer_norm_eps
-    model = nnx.eval_shape(
-        lambda: TextTransformer(config.text, config.embed_dim, config.activation, eps, config.attention)
-    )
-    return nnx.split(model)
-
-
 def abstract_params(config: CLIPConfig) -> dict:
     """The params tree of config as jax.ShapeDtypeStruct leaves (float32), without allocating."""
-    return nnx.to_pure_dict(_split_abstract(config)[1])
+    return abstract_params_of(CLIP, config)
 
 
-def _merge(split, params: dict):
-    graphdef, abstract = split
-    state = jax.tree.map(lambda x: x, abstract)
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)
+def _tower(module_type, tower: VisionConfig | TextConfig, config: CLIPConfig, tower_params: dict, dtype: str):
+    """A tower of config (VisionTransformer or TextTransformer) holding its params in the compute dtype."""
+    return merged_module(tower_params, dtype, module_type, tower, config.embed_dim, config.activation,
+                         config.layer_norm_eps, config.attention)
+
+
+def vision_tower(visual_params: dict, config: CLIPConfig, dtype: str) -> VisionTransformer:
+    """The vision tower of config holding ``params["visual"]`` in the compute dtype."""
+    return _tower(VisionTransformer, config.vision, config, visual_params, dtype)
 
 
 def _init_rule(path: tuple, config: CLIPConfig) -> tuple[str, float]:
@@ -331,24 +313,24 @@ def check_taps(taps, layers: int) -> tuple[int, ...]:
     return taps
 
 
-def _check_dtype(dtype: str) -> str:
-    name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    if name not in COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
-    return name
-
-
-def _cast(tree, dtype):
-    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, tree)
+def check_vision_images(images, vision: VisionConfig, advice: str = ""):
+    """images as an array, checked to be (B, S, S, 3) NHWC at the tower's image size S; advice ends the
+    error message."""
+    if not hasattr(images, "ndim"):
+        images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[1:] != (vision.image_size, vision.image_size, 3):
+        raise ValueError(
+            f"images must be (B, {vision.image_size}, {vision.image_size}, 3) NHWC for this config, got "
+            f"{tuple(images.shape)}{advice}"
+        )
+    return images
 
 
 @partial(jax.jit, static_argnames=("config", "taps", "dtype", "with_embedding"))
 def _encode_image(visual_params, images, *, config, taps, dtype, with_embedding):
-    compute = COMPUTE_DTYPES[dtype]
-    precision = "highest" if dtype == "float32" else "default"
-    with jax.default_matmul_precision(precision):
-        model = _merge(_split_vision(config), _cast(visual_params, compute))
-        outputs, embedding = model(images.astype(compute), taps, with_embedding)
+    with compute_precision(dtype):
+        model = vision_tower(visual_params, config, dtype)
+        outputs, embedding = model(images.astype(COMPUTE_DTYPES[dtype]), taps, with_embedding)
     outputs = tuple(o.astype(jnp.float32) for o in outputs)
     if embedding is not None:
         embedding = embedding.astype(jnp.float32)
@@ -375,25 +357,13 @@ def encode_image(
     """
     vision = config.vision
     taps = check_taps(taps, vision.layers)
-    dtype = _check_dtype(dtype)
-    if not hasattr(images, "ndim"):
-        images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[1:] != (vision.image_size, vision.image_size, 3):
-        raise ValueError(
-            f"images must be (B, {vision.image_size}, {vision.image_size}, 3) NHWC for this config, got "
-            f"{tuple(images.shape)}; resize the position embeddings with with_image_size() for another size"
-        )
+    dtype = check_compute_dtype(dtype)
+    images = check_vision_images(
+        images, vision, "; resize the position embeddings with with_image_size() for another size"
+    )
     return _encode_image(
         params["visual"], images, config=config, taps=taps, dtype=dtype, with_embedding=bool(with_embedding)
     )
-
-
-def _vision(visual_params, config: CLIPConfig, dtype: str):
-    return _merge(_split_vision(config), _cast(visual_params, COMPUTE_DTYPES[dtype]))
-
-
-def _precision(dtype: str):
-    return jax.default_matmul_precision("highest" if dtype == "float32" else "default")
 
 
 def _check_tokens(tokens, config: CLIPConfig, name: str = "tokens"):
@@ -409,8 +379,8 @@ def _check_tokens(tokens, config: CLIPConfig, name: str = "tokens"):
 
 @partial(jax.jit, static_argnames=("config", "dtype"))
 def _embed_patches(visual_params, images, *, config, dtype):
-    with _precision(dtype):
-        model = _vision(visual_params, config, dtype)
+    with compute_precision(dtype):
+        model = vision_tower(visual_params, config, dtype)
         return model.embed(images.astype(COMPUTE_DTYPES[dtype])).astype(jnp.float32)
 
 
@@ -420,22 +390,15 @@ def embed_patches(params: dict, images: jax.Array, config: CLIPConfig, dtype: st
     Row 0 is the class embedding, rows 1.. the patch embeddings row-major over the g x g grid; every row
     has its own position embedding added. ``encode_tokens`` continues from here on any subset of rows.
     """
-    vision = config.vision
-    dtype = _check_dtype(dtype)
-    if not hasattr(images, "ndim"):
-        images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[1:] != (vision.image_size, vision.image_size, 3):
-        raise ValueError(
-            f"images must be (B, {vision.image_size}, {vision.image_size}, 3) NHWC for this config, got "
-            f"{tuple(images.shape)}"
-        )
+    dtype = check_compute_dtype(dtype)
+    images = check_vision_images(images, config.vision)
     return _embed_patches(params["visual"], images, config=config, dtype=dtype)
 
 
 @partial(jax.jit, static_argnames=("config", "dtype"))
 def _encode_tokens(visual_params, tokens, *, config, dtype):
-    with _precision(dtype):
-        model = _vision(visual_params, config, dtype)
+    with compute_precision(dtype):
+        model = vision_tower(visual_params, config, dtype)
         return model.transform(tokens.astype(COMPUTE_DTYPES[dtype]))[0].astype(jnp.float32)
 
 
@@ -448,13 +411,13 @@ def encode_tokens(params: dict, tokens: jax.Array, config: CLIPConfig, dtype: st
     tokens = _check_tokens(tokens, config)
     if tokens.ndim != 3:
         raise ValueError(f"tokens must be (B, T, W), got {tuple(tokens.shape)}")
-    return _encode_tokens(params["visual"], tokens, config=config, dtype=_check_dtype(dtype))
+    return _encode_tokens(params["visual"], tokens, config=config, dtype=check_compute_dtype(dtype))
 
 
 @partial(jax.jit, static_argnames=("config", "project", "dtype"))
 def _vision_head(visual_params, tokens, *, config, project, dtype):
-    with _precision(dtype):
-        model = _vision(visual_params, config, dtype)
+    with compute_precision(dtype):
+        model = vision_tower(visual_params, config, dtype)
         return model.head(tokens.astype(COMPUTE_DTYPES[dtype]), project).astype(jnp.float32)
 
 
@@ -466,7 +429,8 @@ def vision_head(
     project=False gives the ln_post'ed tokens (..., W), e.g. WinCLIP's patch memories.
     """
     tokens = _check_tokens(tokens, config)
-    return _vision_head(params["visual"], tokens, config=config, project=bool(project), dtype=_check_dtype(dtype))
+    dtype = check_compute_dtype(dtype)
+    return _vision_head(params["visual"], tokens, config=config, project=bool(project), dtype=dtype)
 
 
 @partial(jax.jit, static_argnames=("config", "dtype"))
@@ -474,8 +438,8 @@ def _encode_windows(visual_params, tokens, windows, *, config, dtype):
     batch, count, size = tokens.shape[0], windows.shape[0], windows.shape[1]
     rows = jnp.concatenate([jnp.zeros((count, 1), jnp.int32), windows.astype(jnp.int32) + 1], axis=1)
     sequences = jnp.take(tokens, rows.reshape(-1), axis=1).reshape(batch * count, 1 + size, tokens.shape[-1])
-    with _precision(dtype):
-        model = _vision(visual_params, config, dtype)
+    with compute_precision(dtype):
+        model = vision_tower(visual_params, config, dtype)
         out, _ = model.transform(sequences.astype(COMPUTE_DTYPES[dtype]))
         pooled = model.head(out[:, 0])
     return pooled.astype(jnp.float32).reshape(batch, count, -1)
@@ -507,15 +471,13 @@ def encode_windows(
         raise ValueError(
             f"windows holds patch indices outside [0, {grid_tokens}) for a {config.vision.grid_size}^2 grid"
         )
-    return _encode_windows(params["visual"], tokens, windows, config=config, dtype=_check_dtype(dtype))
+    return _encode_windows(params["visual"], tokens, windows, config=config, dtype=check_compute_dtype(dtype))
 
 
 @partial(jax.jit, static_argnames=("config", "dtype"))
 def _encode_text(text_params, ids, *, config, dtype):
-    compute = COMPUTE_DTYPES[dtype]
-    precision = "highest" if dtype == "float32" else "default"
-    with jax.default_matmul_precision(precision):
-        model = _merge(_split_text(config), _cast(text_params, compute))
+    with compute_precision(dtype):
+        model = _tower(TextTransformer, config.text, config, text_params, dtype)
         return model(ids).astype(jnp.float32)
 
 
@@ -538,7 +500,7 @@ def encode_text(
     """
     if config.text is None:
         raise ValueError("this CLIP config has no text tower (vision-only checkpoint)")
-    dtype = _check_dtype(dtype)
+    dtype = check_compute_dtype(dtype)
     if _is_texts(ids):
         from jzad.backbone.tokenizer import clip_tokenizer, tokenize
 

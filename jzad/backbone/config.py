@@ -14,6 +14,25 @@ ATTENTIONS = ("einsum", "xla", "cudnn")
 TEXT_POOLING = ("argmax", "eos")
 
 
+def _check_tower(tower, positive: tuple[str, ...]) -> None:
+    """The checks both towers start with: the named fields are positive ints and heads divide the width."""
+    kind = type(tower).__name__
+    for name in positive:
+        value = getattr(tower, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{kind}.{name} must be a positive int, got {value!r}")
+    if tower.width % tower.heads:
+        raise ValueError(f"{kind}.width={tower.width} is not divisible by heads={tower.heads}")
+
+
+def _settle_mlp_dim(tower) -> None:
+    """Both towers' MLP width: 0 stands for 4 * width; anything else must be a positive int."""
+    if tower.mlp_dim == 0:
+        object.__setattr__(tower, "mlp_dim", 4 * tower.width)
+    if not isinstance(tower.mlp_dim, int) or tower.mlp_dim < 1:
+        raise ValueError(f"{type(tower).__name__}.mlp_dim must be a positive int, got {tower.mlp_dim!r}")
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """Vision tower: a ViT on (image_size, image_size) RGB inputs cut into patch_size patches.
@@ -30,20 +49,12 @@ class VisionConfig:
     mlp_dim: int = 0
 
     def __post_init__(self):
-        for name in ("width", "layers", "heads", "patch_size", "image_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"VisionConfig.{name} must be a positive int, got {value!r}")
-        if self.width % self.heads:
-            raise ValueError(f"VisionConfig.width={self.width} is not divisible by heads={self.heads}")
+        _check_tower(self, ("width", "layers", "heads", "patch_size", "image_size"))
         if self.image_size < self.patch_size:
             raise ValueError(
                 f"VisionConfig.image_size={self.image_size} is smaller than patch_size={self.patch_size}"
             )
-        if self.mlp_dim == 0:
-            object.__setattr__(self, "mlp_dim", 4 * self.width)
-        if not isinstance(self.mlp_dim, int) or self.mlp_dim < 1:
-            raise ValueError(f"VisionConfig.mlp_dim must be a positive int, got {self.mlp_dim!r}")
+        _settle_mlp_dim(self)
 
     @property
     def grid_size(self) -> int:
@@ -75,18 +86,10 @@ class TextConfig:
     eos_token_id: int = 49407
 
     def __post_init__(self):
-        for name in ("width", "layers", "heads", "context_length", "vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"TextConfig.{name} must be a positive int, got {value!r}")
-        if self.width % self.heads:
-            raise ValueError(f"TextConfig.width={self.width} is not divisible by heads={self.heads}")
+        _check_tower(self, ("width", "layers", "heads", "context_length", "vocab_size"))
         if self.pooling not in TEXT_POOLING:
             raise ValueError(f"TextConfig.pooling must be one of {TEXT_POOLING}, got {self.pooling!r}")
-        if self.mlp_dim == 0:
-            object.__setattr__(self, "mlp_dim", 4 * self.width)
-        if not isinstance(self.mlp_dim, int) or self.mlp_dim < 1:
-            raise ValueError(f"TextConfig.mlp_dim must be a positive int, got {self.mlp_dim!r}")
+        _settle_mlp_dim(self)
 
 
 @dataclass(frozen=True)

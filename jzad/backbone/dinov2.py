@@ -45,13 +45,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jzad.backbone.nnx_params import COMPUTE_DTYPES, cast_floats, check_compute_dtype, compute_precision
 from jzad.backbone.posembed import bicubic_matrix
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 """ImageNet mean / std, the normalisation DINO and DINOv2 were trained with (RGB in [0, 1])."""
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 FFN_KINDS = ("mlp", "swiglu")
 
 
@@ -308,16 +308,11 @@ def _tokens(params, pixels, pos, config: DinoConfig):
     return jnp.concatenate(parts + [x], axis=1), (grid_h, grid_w)
 
 
-def _cast(tree, dtype):
-    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, tree)
-
-
 @partial(jax.jit, static_argnames=("config", "taps", "normed", "embedding", "dtype"))
 def _encode(params, pixels, pos, *, config, taps, normed, embedding, dtype):
     compute = COMPUTE_DTYPES[dtype]
-    precision = "highest" if dtype == "float32" else "default"
-    with jax.default_matmul_precision(precision):
-        params = _cast(params, compute)
+    with compute_precision(dtype):
+        params = cast_floats(params, compute)
         x, (grid_h, grid_w) = _tokens(params, pixels.astype(compute), pos.astype(compute), config)
         first = 1 + config.registers
         last = config.depth if embedding else max(taps)
@@ -343,8 +338,7 @@ def encode_dino(params: dict, pixels, config: DinoConfig, taps, normed: bool = T
     Returns (tuple of (B, H/p, W/p, C) float32 grids in taps order, (B, C) embedding or None).
     """
     taps = check_taps(taps, config.depth)
-    if dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
+    dtype = check_compute_dtype(dtype)
     pixels = jnp.asarray(pixels)
     if pixels.ndim != 4 or pixels.shape[-1] != 3:
         raise ValueError(f"pixels must be (B, H, W, 3), got {tuple(pixels.shape)}")

@@ -28,22 +28,23 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from PIL import Image
 
-from jzad.backbone.preprocess import to_rgb_image
+from jzad.backbone.nnx_params import (
+    COMPUTE_DTYPES, abstract_params_of, check_compute_dtype, compute_precision, merged_module
+)
+from jzad.backbone.preprocess import resize_and_normalise
 
 MEAN = (127.0 / 255.0,) * 3
 STD = (128.0 / 255.0,) * 3
 """Per-channel normalisation the Lite weights were trained with, for RGB in [0, 1]: (x - MEAN) / STD."""
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 STRIDE_TAPS = ("stride2", "stride4", "stride8", "stride16", "stride32")
 
 
@@ -439,21 +440,9 @@ class EfficientNet(nnx.Module):
 # ------------------------------------------------------------------------------------------- pure entry points
 
 
-@lru_cache(maxsize=32)
-def _split(config: EfficientNetConfig):
-    return nnx.split(nnx.eval_shape(lambda: EfficientNet(config)))
-
-
 def abstract_params(config: EfficientNetConfig) -> dict:
     """The params tree of config as jax.ShapeDtypeStruct leaves (float32), without allocating."""
-    return nnx.to_pure_dict(_split(config)[1])
-
-
-def _merge(config: EfficientNetConfig, params: dict) -> EfficientNet:
-    graphdef, abstract = _split(config)
-    state = jax.tree.map(lambda x: x, abstract)
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)
+    return abstract_params_of(EfficientNet, config)
 
 
 def init_efficientnet(config: EfficientNetConfig | str, seed: int = 0) -> dict:
@@ -485,13 +474,6 @@ def init_efficientnet(config: EfficientNetConfig | str, seed: int = 0) -> dict:
     return jax.device_put(jax.tree_util.tree_map_with_path(draw, abstract))
 
 
-def _check_dtype(dtype) -> str:
-    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
-    if name not in COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
-    return name
-
-
 def _check_images(images):
     if not hasattr(images, "ndim"):
         images = np.asarray(images, dtype=np.float32)
@@ -500,17 +482,11 @@ def _check_images(images):
     return images
 
 
-def _cast(tree, dtype):
-    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, tree)
-
-
 @partial(jax.jit, static_argnames=("config", "positions", "dtype", "with_logits"))
 def _forward(params, images, *, config, positions, dtype, with_logits):
-    compute = COMPUTE_DTYPES[dtype]
-    precision = "highest" if dtype == "float32" else "default"
-    with jax.default_matmul_precision(precision):
-        model = _merge(config, _cast(params, compute))
-        outputs, logits = model(images.astype(compute), positions, with_logits)
+    with compute_precision(dtype):
+        model = merged_module(params, dtype, EfficientNet, config)
+        outputs, logits = model(images.astype(COMPUTE_DTYPES[dtype]), positions, with_logits)
     outputs = tuple(o.astype(jnp.float32) for o in outputs)
     return outputs, None if logits is None else logits.astype(jnp.float32)
 
@@ -534,7 +510,7 @@ def encode_efficientnet(
         raise ValueError(f"taps must be a non-empty sequence of tap names, got {taps!r}")
     positions = tuple(config.tap_position(name) for name in taps)
     images = _check_images(images)
-    outputs, _ = _forward(params, images, config=config, positions=positions, dtype=_check_dtype(dtype),
+    outputs, _ = _forward(params, images, config=config, positions=positions, dtype=check_compute_dtype(dtype),
                           with_logits=False)
     return outputs
 
@@ -543,7 +519,8 @@ def classify(params: dict, images: jax.Array, config: EfficientNetConfig, dtype:
     """ImageNet logits (B, num_classes) float32 of normalised (B, H, W, 3) images: the full network, global
     average pool over the head features, then the classifier."""
     images = _check_images(images)
-    _, logits = _forward(params, images, config=config, positions=(), dtype=_check_dtype(dtype), with_logits=True)
+    dtype = check_compute_dtype(dtype)
+    _, logits = _forward(params, images, config=config, positions=(), dtype=dtype, with_logits=True)
     return logits
 
 
@@ -553,15 +530,4 @@ def preprocess_efficientnet(images: Sequence, size: int) -> np.ndarray:
     The whole image is resized to (size, size) with PIL's bicubic filter (aspect not kept, no centre crop:
     what jzad's pipelines feed a backbone), scaled to [0, 1] and normalised as the Lite weights expect.
     """
-    if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    if isinstance(images, (Image.Image, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
-        images = [images]
-    if len(images) == 0:
-        raise ValueError("preprocess_efficientnet needs at least one image")
-    mean, std = np.asarray(MEAN, np.float32), np.asarray(STD, np.float32)
-    out = np.empty((len(images), size, size, 3), dtype=np.float32)
-    for index, image in enumerate(images):
-        rgb = to_rgb_image(image, index).resize((int(size), int(size)), resample=Image.Resampling.BICUBIC)
-        out[index] = (np.asarray(rgb, dtype=np.float32) / 255.0 - mean) / std
-    return out
+    return resize_and_normalise(images, size, MEAN, STD, "preprocess_efficientnet")

@@ -20,7 +20,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jzad.backbone.conv_port import get_path, set_path, split_path, to_flax, to_torch
+from jzad.backbone.conv_port import (
+    expected_torch_shapes as table_torch_shapes,
+    table_to_flax,
+    table_to_torch,
+    with_batch_counters,
+)
 from jzad.backbone.efficientnet import CONFIGS, EfficientNetConfig, abstract_params, get_config
 from jzad.backbone.port import check_torch_file, import_torch, torch_load_state
 
@@ -77,12 +82,7 @@ def efficientnet_table(config: EfficientNetConfig) -> list[tuple[str, str, str]]
 
 def expected_torch_shapes(config: EfficientNetConfig) -> dict[str, tuple[int, ...]]:
     """torch key -> tensor shape of a checkpoint of config."""
-    abstract = abstract_params(config)
-    shapes = {}
-    for key, flax_path, transform in efficientnet_table(config):
-        shape = get_path(abstract, split_path(flax_path)).shape
-        shapes[key] = to_torch(np.empty(shape, dtype=np.uint8), transform).shape
-    return shapes
+    return table_torch_shapes(efficientnet_table(config), abstract_params(config))
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -161,21 +161,13 @@ def efficientnet_from_torch(state: Mapping, config: EfficientNetConfig | str | N
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise ValueError(f"state dict does not fit {config.name}: {problems[0]}{more}")
-    params: dict = {}
-    for key, flax_path, transform in efficientnet_table(config):
-        set_path(params, split_path(flax_path), np.ascontiguousarray(to_flax(stripped[key], transform), dtype=np.float32))
-    return jax.device_put(params), config
+    return jax.device_put(table_to_flax(stripped, efficientnet_table(config))), config
 
 
 def efficientnet_to_torch(params: dict, config: EfficientNetConfig) -> dict[str, np.ndarray]:
     """Flax params -> a state dict with the checkpoint's key names and layouts (NumPy float32), BatchNorm's
     num_batches_tracked buffers included as int64 zeros so torch's strict loading accepts it."""
-    state = {}
-    for key, flax_path, transform in efficientnet_table(config):
-        state[key] = np.array(to_torch(np.asarray(get_path(params, split_path(flax_path))), transform), order="C")
-        if key.endswith(".running_var"):
-            state[key[: -len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
-    return state
+    return with_batch_counters(table_to_torch(params, efficientnet_table(config)))
 
 
 def packaged_checkpoint(variant: str = "efficientnet-lite0") -> Path | None:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import jax
 
-from jzad.backbone.clip import _check_dtype, check_taps, encode_image, init_clip
+from jzad.backbone.clip import check_taps, encode_image, init_clip
 from jzad.backbone.config import CLIPConfig, get_architecture
+from jzad.backbone.nnx_params import check_compute_dtype
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,7 +35,7 @@ class ImageEncoder:
 
     def __post_init__(self):
         object.__setattr__(self, "taps", check_taps(self.taps, self.config.vision.layers))
-        object.__setattr__(self, "dtype", _check_dtype(self.dtype))
+        object.__setattr__(self, "dtype", check_compute_dtype(self.dtype))
         pos = self.params["visual"]["positional_embedding"]
         if pos.shape[0] != self.config.vision.num_tokens:
             raise ValueError(

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jzad.backbone.clip import COMPUTE_DTYPES, _cast, _check_dtype, _merge, _split_vision
+from jzad.backbone.clip import check_vision_images, vision_tower
 from jzad.backbone.config import CLIPConfig
+from jzad.backbone.nnx_params import COMPUTE_DTYPES, check_compute_dtype, compute_precision
 
 DEFAULT_SIGMA = 5.0
 
@@ -63,11 +64,10 @@ def naclip_attention(block, x: jax.Array, omega: jax.Array) -> jax.Array:
 @partial(jax.jit, static_argnames=("config", "taps", "sigma", "dtype"))
 def _naclip(visual_params, images, *, config, taps, sigma, dtype):
     compute = COMPUTE_DTYPES[dtype]
-    precision = "highest" if dtype == "float32" else "default"
     layers = config.vision.layers
     omega = jnp.asarray(neighbourhood_bias(config.vision.grid_size, sigma))
-    with jax.default_matmul_precision(precision):
-        model = _merge(_split_vision(config), _cast(visual_params, compute))
+    with compute_precision(dtype):
+        model = vision_tower(visual_params, config, dtype)
         wanted = tuple(sorted(set(taps) | {layers - 1}))
         streams, _ = model(images.astype(compute), wanted, False)
         by_block = dict(zip(wanted, streams))
@@ -105,15 +105,9 @@ def naclip_encode(
         raise ValueError(f"taps must be a sequence of 1-based block indices, got {taps!r}") from err
     if any(t < 1 or t > layers - 1 for t in taps) or len(set(taps)) != len(taps):
         raise ValueError(f"taps must be distinct 1-based block indices in [1, {layers - 1}], got {taps}")
-    dtype = _check_dtype(dtype)
+    dtype = check_compute_dtype(dtype)
     sigma = float(sigma)
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
-    if not hasattr(images, "ndim"):
-        images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[1:] != (vision.image_size, vision.image_size, 3):
-        raise ValueError(
-            f"images must be (B, {vision.image_size}, {vision.image_size}, 3) NHWC for this config, got "
-            f"{tuple(images.shape)}"
-        )
+    images = check_vision_images(images, vision)
     return _naclip(params["visual"], images, config=config, taps=taps, sigma=sigma, dtype=dtype)

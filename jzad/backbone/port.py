@@ -31,6 +31,7 @@ from jzad.backbone.config import (
     architecture_name,
     get_architecture,
 )
+from jzad.backbone.conv_port import expected_torch_shapes, table_to_flax, table_to_torch
 
 # ---------------------------------------------------------------- OpenAI <-> Flax
 
@@ -100,47 +101,10 @@ def openai_flax_table(config: CLIPConfig) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _to_flax(array: np.ndarray, transform: str) -> np.ndarray:
-    if transform == "linear":
-        return array.T
-    if transform == "conv":
-        return array.transpose(2, 3, 1, 0)
-    return array
-
-
-def _to_torch(array: np.ndarray, transform: str) -> np.ndarray:
-    if transform == "linear":
-        return array.T
-    if transform == "conv":
-        return array.transpose(3, 2, 0, 1)
-    return array
-
-
-def _split_path(path: str) -> tuple:
-    return tuple(int(part) if part.isdigit() else part for part in path.split("/"))
-
-
-def _set(tree: dict, path: tuple, value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: dict, path: tuple):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
 def _expected_torch_shapes(config: CLIPConfig) -> dict[str, tuple]:
     from jzad.backbone.clip import abstract_params
 
-    abstract = abstract_params(config)
-    shapes = {}
-    for torch_name, flax_path, transform in openai_flax_table(config):
-        shape = _get(abstract, _split_path(flax_path)).shape
-        shapes[torch_name] = _to_torch(np.empty(shape, dtype=np.uint8), transform).shape
-    return shapes
+    return expected_torch_shapes(openai_flax_table(config), abstract_params(config))
 
 
 def _check_keys(state: dict, expected: list[str], what: str) -> None:
@@ -170,20 +134,12 @@ def openai_to_flax(state: dict, config: CLIPConfig, what: str = "checkpoint") ->
                 f"expects {expected[torch_name]}"
             )
     _check_keys(state, [row[0] for row in table], what)
-    params: dict = {}
-    for torch_name, flax_path, transform in table:
-        array = np.asarray(state[torch_name], dtype=np.float32)
-        _set(params, _split_path(flax_path), np.array(_to_flax(array, transform), order="C"))
-    return params
+    return table_to_flax(state, table)
 
 
 def flax_to_openai(params: dict, config: CLIPConfig) -> dict[str, np.ndarray]:
     """Inverse of ``openai_to_flax``: Flax params tree -> OpenAI-named state dict (float32 numpy)."""
-    state = {}
-    for torch_name, flax_path, transform in openai_flax_table(config):
-        array = np.asarray(_get(params, _split_path(flax_path)), dtype=np.float32)
-        state[torch_name] = np.array(_to_torch(array, transform), order="C")
-    return state
+    return table_to_torch(params, openai_flax_table(config))
 
 
 # ---------------------------------------------------------------- Hugging Face <-> OpenAI
@@ -227,6 +183,25 @@ HF_TEXT_TABLE = (
 )
 
 _HF_VISION_ONLY_PREFIXES = ("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")
+_HF_OPTIONAL = ("visual_projection.weight", "text_projection.weight", "logit_scale")
+"""HF tensors a checkpoint may lack (vision-only models carry no projection or temperature)."""
+
+
+def _hf_rows(layers: dict[str, int], with_text: bool):
+    """The HF tables with their blocks expanded, for both directions: (HF keys, OpenAI key, transform,
+    in_block) per tensor, vision first. HF keys is one key, or the q, k, v triple stacked into an in_proj;
+    transform is "copy" or "transpose"; layers holds the block count of each tower ("vision", "text")."""
+    towers = (("vision", HF_VISION_TABLE), ("text", HF_TEXT_TABLE))
+    for tower, table in towers if with_text else towers[:1]:
+        for hf_name, openai_name, transform in table:
+            if not isinstance(transform, tuple):
+                yield (hf_name,), openai_name, transform, False
+                continue
+            for i in range(layers[tower]):
+                for hf_sub, openai_sub in transform:
+                    subs = hf_sub if isinstance(hf_sub, tuple) else (hf_sub,)
+                    hf_keys = tuple(hf_name.format(i=i) + sub for sub in subs)
+                    yield hf_keys, openai_name.format(i=i) + openai_sub, "copy", True
 
 
 def _layer_count(names, pattern: str) -> int:
@@ -261,32 +236,17 @@ def hf_to_openai(state: dict, what: str = "checkpoint") -> dict:
     }
     out, used = {}, set()
     missing = []
-    for tower, table in (("vision", HF_VISION_TABLE), ("text", HF_TEXT_TABLE)):
-        if tower == "text" and not any(k.startswith("text_model.") for k in names):
+    with_text = any(k.startswith("text_model.") for k in names)
+    for hf_keys, openai_name, transform, _ in _hf_rows(layers, with_text):
+        absent = [k for k in hf_keys if k not in state]
+        if absent:
+            if hf_keys[0] not in _HF_OPTIONAL:
+                missing += absent
             continue
-        for hf_name, openai_name, transform in table:
-            if isinstance(transform, tuple):
-                for i in range(layers[tower]):
-                    for hf_sub, openai_sub in transform:
-                        hf_keys = hf_sub if isinstance(hf_sub, tuple) else (hf_sub,)
-                        keys = [hf_name.format(i=i) + k for k in hf_keys]
-                        absent = [k for k in keys if k not in state]
-                        if absent:
-                            missing += absent
-                            continue
-                        used.update(keys)
-                        arrays = [np.asarray(state[k]) for k in keys]
-                        out[openai_name.format(i=i) + openai_sub] = (
-                            np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
-                        )
-                continue
-            if hf_name not in state:
-                if hf_name not in ("visual_projection.weight", "text_projection.weight", "logit_scale"):
-                    missing.append(hf_name)
-                continue
-            used.add(hf_name)
-            array = np.asarray(state[hf_name])
-            out[openai_name] = array.T if transform == "transpose" else array
+        used.update(hf_keys)
+        arrays = [np.asarray(state[k]) for k in hf_keys]
+        array = np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+        out[openai_name] = array.T if transform == "transpose" else array
     unexpected = [k for k in names if k not in used and not IGNORED_KEYS.match(k)]
     if missing or unexpected:
         raise ValueError(
@@ -306,24 +266,12 @@ def openai_to_hf(state: dict, vision_only_prefix: bool = True) -> dict:
         "text": _layer_count(names, r"^transformer\.resblocks\.(\d+)\."),
     }
     out = {}
-    for tower, table in (("vision", HF_VISION_TABLE), ("text", HF_TEXT_TABLE)):
-        if tower == "text" and "token_embedding.weight" not in state:
+    for hf_keys, openai_name, transform, in_block in _hf_rows(layers, "token_embedding.weight" in state):
+        if not in_block and openai_name not in state:
             continue
-        for hf_name, openai_name, transform in table:
-            if isinstance(transform, tuple):
-                for i in range(layers[tower]):
-                    for hf_sub, openai_sub in transform:
-                        array = np.asarray(state[openai_name.format(i=i) + openai_sub])
-                        if isinstance(hf_sub, tuple):
-                            for key, part in zip(hf_sub, np.split(array, 3, axis=0)):
-                                out[hf_name.format(i=i) + key] = part
-                        else:
-                            out[hf_name.format(i=i) + hf_sub] = array
-                continue
-            if openai_name not in state:
-                continue
-            array = np.asarray(state[openai_name])
-            out[hf_name] = array.T if transform == "transpose" else array
+        array = np.asarray(state[openai_name])
+        array = array.T if transform == "transpose" else array
+        out.update(zip(hf_keys, np.split(array, 3, axis=0) if len(hf_keys) > 1 else (array,)))
     if not vision_only_prefix:
         out = {k.removeprefix("vision_model."): v for k, v in out.items()}
     return {k: np.array(v, order="C") for k, v in out.items()}

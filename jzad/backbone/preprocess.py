@@ -39,14 +39,22 @@ def preprocess_images(images: Sequence, size: int) -> np.ndarray:
     Each image is converted to RGB, resized with PIL's bicubic filter to exactly (size, size), scaled to
     [0, 1] and normalised with the CLIP mean and std per channel.
     """
+    return resize_and_normalise(images, size, CLIP_MEAN, CLIP_STD, "preprocess_images")
+
+
+def resize_and_normalise(images: Sequence, size: int, mean, std, caller: str) -> np.ndarray:
+    """The square-resize preprocessing of CLIP and EfficientNet-Lite (their mean and std differ): one image or a sequence (PIL images or uint8
+    arrays; a 4-D array is a batch) -> (N, size, size, 3) float32, each converted to RGB, resized with PIL's
+    bicubic filter to exactly (size, size), scaled to [0, 1] and normalised with the per-channel mean and
+    std. caller names the public function in the error raised for an empty input."""
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     if isinstance(images, (Image.Image, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
         images = [images]
     if len(images) == 0:
-        raise ValueError("preprocess_images needs at least one image")
-    mean = np.asarray(CLIP_MEAN, dtype=np.float32)
-    std = np.asarray(CLIP_STD, dtype=np.float32)
+        raise ValueError(f"{caller} needs at least one image")
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
     out = np.empty((len(images), size, size, 3), dtype=np.float32)
     for index, image in enumerate(images):
         rgb = to_rgb_image(image, index).resize((int(size), int(size)), resample=Image.Resampling.BICUBIC)

