@@ -97,7 +97,7 @@ def test_smoke_run_tiny_backbone(tmp_path, capsys):
     assert fslc["expanded_size"] == 64 + 1 * 10
     for impl in ("jax", "reference"):
         stages = fslc[impl]["summary"]["stages"]
-        assert set(stages) == set(fslc_stages) and all(stages[s]["median_s"] > 0 for s in fslc_stages)
+        assert set(stages) == set(fslc_stages)
     assert set(fslc["roofline"]) == set(fslc_stages) and fslc["parity"]["init_images_equal"]
     assert set(fslc["jax"]["program_memory"]) == {"features", "init", "expand", "filter", "score"}
     assert "FSLC at N = 5" in stdout and "| jzad (JAX) |" in stdout
@@ -221,7 +221,7 @@ def test_recording_clock_keeps_the_body_outputs():
     mean = np.mean([np.asarray(m) for m in clock.outputs["msm"]], axis=0).reshape(scores.patch_scores.shape)
     np.testing.assert_allclose(np.asarray(scores.patch_scores), mean, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(np.asarray(clock.outputs["upsample"][0]), np.asarray(scores.image_scores))
-    assert clock.run_seconds["msm"] > 0 and set(clock.outputs) == {"lnamd", "msm", "upsample"}
+    assert set(clock.outputs) == {"lnamd", "msm", "upsample"}
 
 
 def test_stage_programs_compile_the_body_without_running_it():

@@ -26,7 +26,6 @@ def test_tiny_run_times_the_driver_and_matches_the_reference(tmp_path, capsys):
         assert len(row["jax_runs_s"]) == len(row["torch_runs_s"]) == 2
         assert row["jax_ms_per_image"] == pytest.approx(1e3 * statistics.median(row["jax_runs_s"]) / 6)
         assert row["torch_ms_per_image"] == pytest.approx(1e3 * statistics.median(row["torch_runs_s"]) / 6)
-    assert case["stages"]["extract"]["jax_runs_s"][0] > 0
     assert tuple(case["fused"]["stages"]) == ("extract", "score", "upsample")
     assert set(case["per_category"]["run_s"]) == {"prepare", "extract", "fit", "calibrate"}
 

@@ -2,11 +2,12 @@
 one bucket) compiles at most 2 more XLA programs than with --subsets 1, counted from JAX's own compile events;
 and the pad-and-mask path gives the scores of the unpadded pool."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
 
-from jzad.compile_cache import disable_compile_cache
 from jzad.experiment import build_scorer, demo_sources
 from jzad.methods import get_method
 from jzad.methods.musc import MuScConfig, MuScState, mutual_scores
@@ -15,17 +16,19 @@ from jzad.timing import CompileLog
 from jzad.features.types import Features
 
 def compiled_programs(fn) -> int:
-    """XLA programs compiled while fn() runs, from a cold in-memory jit cache (no persistent cache)."""
+    """XLA programs compiled while fn() runs, from an empty in-memory jit cache: the test runs in a cold process
+    (``cold_process``: persistent cache off), so clearing here touches no other test."""
     jax.clear_caches()
     with CompileLog() as log:
         fn()
     return log.count
 
 
+@pytest.mark.slow
+@pytest.mark.cold_process
 @pytest.mark.parametrize("name", ["musc", "fslc"])
 def test_demo_subsets_3_compiles_at_most_two_more_programs_than_subsets_1(name):
     """MuSc and FSLC pad their subsets to one bucket (masked pools): uneven subsets share one program."""
-    disable_compile_cache()
     method = get_method(name)
     assert method.pads_to_buckets(method.config_type())
     scorer = build_scorer(method, {}, 0, backbone="random-tiny", image_size=64, demo=True)
@@ -63,3 +66,11 @@ def test_bucket_sizes_and_masked_pool_equal_the_unpadded_pool():
     # Padding rows out of the pool: the first 4 rows score as the 4-image pool alone.
     np.testing.assert_allclose(np.asarray(mutual_scores(features, MuScConfig(), None, None, valid))[:4],
                                np.asarray(mutual_scores(features[:4], MuScConfig())), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cold_process
+def test_a_cold_process_test_runs_in_a_process_of_its_own_without_the_persistent_cache(request):
+    """What the compile-count tests rely on (and what keeps their cache clearing away from the other tests):
+    a ``cold_process`` test's body runs in a new process, named by its node id, with the persistent cache off."""
+    assert os.environ.get("JZAD_TEST_COLD_PROCESS") == request.node.nodeid
+    assert not jax.config.jax_enable_compilation_cache

@@ -38,7 +38,6 @@ def test_dry_run_completes_and_matches_the_reference(tmp_path, capsys):
     assert list(parts) == [part.name for part in gpu_suite.PARTS]
     for name in CORE_PARTS:
         assert parts[name]["status"] == "ok", (name, parts[name])
-        assert parts[name]["wall_s"] >= 0 and parts[name]["estimate_s"] >= 0
     for run in gpu_suite.METHOD_RUNS:
         entry = parts[run.method]
         if run.method in method_names():

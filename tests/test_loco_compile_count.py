@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from jzad import data as jdata
-from jzad.compile_cache import disable_compile_cache
 from jzad.experiment import build_scorer
 from jzad.methods import get_method
 from jzad.pipeline import fit, score_groups, score_source
@@ -27,9 +26,9 @@ def loco_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
+@pytest.mark.cold_process
 def test_second_loco_category_compiles_no_scoring_program(loco_root):
-    disable_compile_cache()
-    jax.clear_caches()
     method = get_method("clip_lad")
     scorer = build_scorer(method, {}, 2, backbone="random-tiny-text", image_size=32, dataset="loco")
     compiled = {}

@@ -1,4 +1,5 @@
-"""The scale and streaming benchmark's dry run (N = 50, in-process): every section runs and records what the
+"""The scale and streaming benchmark's dry run (N = 50, in one cold process: its latency section clears JAX's
+caches to compile as a fresh process would): every section runs and records what the
 full run records, and the streamed scores equal the streaming functions called directly."""
 
 import csv
@@ -11,6 +12,7 @@ from benchmarks import stream_scale
 
 
 @pytest.mark.slow
+@pytest.mark.cold_process
 def test_dry_run_records_every_section(tmp_path):
     payload = stream_scale.main(["--dry-run", "--out", str(tmp_path / "stream.json")])
     saved = json.loads((tmp_path / "stream.json").read_text())
