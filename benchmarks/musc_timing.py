@@ -65,7 +65,7 @@ from jzad.features import Features, normalize_pixels  # noqa: E402
 from jzad.features.clip import clip_backbone  # noqa: E402
 from jzad.kernels import device_mesh  # noqa: E402
 from jzad.methods import get_method  # noqa: E402
-from jzad.methods.musc import MuScConfig, resolve_schedule  # noqa: E402
+from jzad.methods.musc import MuScConfig, resolve_schedule, rscin  # noqa: E402
 from jzad.pipeline import (  # noqa: E402
     MAP_CHUNK,
     Scorer,
@@ -353,9 +353,30 @@ def time_reference_musc(model, pixels: np.ndarray, spec: BackboneSpec, musc: MuS
 # --------------------------------------------------------------------------------------------- breakdown
 
 
-def parity_report(jax_run: dict, ref_run: dict) -> dict:
+def float64_rscin(scores, embeds, windows: tuple[int, ...]) -> np.ndarray:
+    """RsCIN in float64 NumPy, the arbiter of both sides' float32 RsCIN: min-max normalised scores, cosine
+    similarities, per window each row's k largest (self included, ties to the lower index) normalised to sum 1
+    and applied to the scores, mean over the windows."""
+    s = np.asarray(scores, np.float64)
+    span = s.max() - s.min()
+    s = (s - s.min()) / span if span > 0 else np.zeros_like(s)
+    f = np.asarray(embeds, np.float64)
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    similarity = f @ f.T
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    smoothed = []
+    for k in windows:
+        top = order[:, :min(k, len(s))]
+        kept = np.take_along_axis(similarity, top, axis=1)
+        smoothed.append(np.sum(kept / kept.sum(axis=1, keepdims=True) * s[top], axis=1))
+    return np.mean(smoothed, axis=0)
+
+
+def parity_report(jax_run: dict, ref_run: dict, windows: tuple[int, ...]) -> dict:
     """Max abs differences JAX - reference of the taps' patch tokens, embeddings, patch scores, maps, raw and
-    final image scores."""
+    final image scores. RsCIN picks each image's nearest images by embedding similarity, and on random weights
+    and images those similarities near-tie (gaps of 1e-8): a float32 rounding can reorder them. So both sides'
+    RsCIN are also set against float64 NumPy on the same inputs (the reference's raw scores and embeddings)."""
     ours, theirs = jax_run["outputs"], ref_run["outputs"]
     grids = [np.asarray(g).reshape(g.shape[0], -1, g.shape[-1]) for g in jax_run["grids"]]
     parity = {
@@ -367,6 +388,11 @@ def parity_report(jax_run: dict, ref_run: dict) -> dict:
         "image_scores_raw_max_abs": harness.max_abs(ours["image_scores_raw"], harness.to_numpy(theirs["image_scores_raw"])),
         "image_scores_max_abs": harness.max_abs(ours["image_scores"], harness.to_numpy(theirs["image_scores"])),
     }
+    raw, ref_embeds = harness.to_numpy(theirs["image_scores_raw"]), harness.to_numpy(theirs["embeds"])
+    exact = float64_rscin(raw, ref_embeds, windows)
+    parity["rscin_jzad_vs_float64_max_abs"] = harness.max_abs(rscin(jnp.asarray(raw), jnp.asarray(ref_embeds),
+                                                                    windows), exact)
+    parity["rscin_reference_vs_float64_max_abs"] = harness.max_abs(harness.to_numpy(theirs["image_scores"]), exact)
     if "fused" in jax_run:
         fused = jax_run["fused"]["outputs"]
         parity["fused_patch_scores_max_abs"] = harness.max_abs(fused["patch_scores"], harness.to_numpy(theirs["patch_scores"]))
@@ -725,7 +751,7 @@ def measure(args: argparse.Namespace, spec: BackboneSpec, argv) -> dict:
                             args.repeats, not args.no_fused, platform_name)
     ref_run = time_reference_musc(model, reference_pixels(images), spec, musc, args.batch, args.cdist_mode,
                                   args.repeats, torch_device)
-    parity = parity_report(jax_run, ref_run)
+    parity = parity_report(jax_run, ref_run, musc.windows)
     if args.no_fslc:
         fslc = {"status": "not run", "reason": "--no-fslc"}
     elif not fslc_available():

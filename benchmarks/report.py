@@ -26,6 +26,18 @@ def dumps(payload: dict) -> str:
     return json.dumps(payload, indent=2, allow_nan=False)
 
 
+def rscin_parity(parity: dict) -> str:
+    """Both sides' RsCIN against float64 NumPy on the same inputs, which tells a near-tied neighbour reordered
+    by float32 rounding from an arithmetic difference; empty for results files written before they were
+    recorded."""
+    if "rscin_jzad_vs_float64_max_abs" not in parity:
+        return ""
+    return (f"; RsCIN on the reference's inputs against float64 NumPy: jzad "
+            f"{parity['rscin_jzad_vs_float64_max_abs']:.2g}, reference {parity['rscin_reference_vs_float64_max_abs']:.2g}: "
+            f"RsCIN picks each image's nearest images by similarities that near-tie on random weights, where float32 "
+            f"rounding can reorder them")
+
+
 def fmt(value: float | None) -> str:
     """A number with about three significant digits, "n/a" for None."""
     if value is None:
@@ -174,7 +186,7 @@ def render_run(payload: dict) -> str:
                 f"{payload['reference']['memory']['method']})."]
     out += ["", f"Parity (max abs difference, JAX vs reference, each on its own features): patch scores "
             f"{parity['patch_scores_max_abs']:.2g}, image scores {parity['image_scores_max_abs']:.2g} "
-            f"(before RsCIN {parity['image_scores_raw_max_abs']:.2g}), maps {parity['maps_max_abs']:.2g}, "
+            f"(before RsCIN {parity['image_scores_raw_max_abs']:.2g}{rscin_parity(parity)}), maps {parity['maps_max_abs']:.2g}, "
             f"taps {parity['taps_max_abs']:.2g} (largest |tap| {parity['taps_max_magnitude']:.3g}), "
             f"embeddings {parity['embeds_max_abs']:.2g}."]
     ceilings = payload["ceilings"]

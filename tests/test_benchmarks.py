@@ -75,6 +75,7 @@ def test_smoke_run_tiny_backbone(tmp_path, capsys):
                 "fused_patch_scores_max_abs", "fused_image_scores_max_abs"):
         assert parity[key] <= 1e-4, (key, parity[key])
     assert parity["taps_max_abs"] <= 1e-4 * max(1.0, parity["taps_max_magnitude"])
+    assert parity["rscin_jzad_vs_float64_max_abs"] <= 1e-6
 
     roof = saved["roofline"]
     assert set(roof) == set(STAGES)
@@ -254,3 +255,4 @@ def test_summarize_runs_medians():
     assert summary["total_runs_s"] == [5.0, 4.0, 4.0] and summary["total_median_s"] == 4.0
     assert summary["total_per_image_ms"] == 1000.0
     assert harness.summarize_runs(runs, 4, None)["stages"]["a"]["compile_s"] is None
+

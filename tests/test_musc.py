@@ -13,6 +13,7 @@ from jzad.methods.musc import (
     score_musc,
 )
 from jzad.features.types import tokens_to_grid
+from benchmarks.musc_timing import float64_rscin
 from jzad.kernels.resize import resize_bilinear
 
 
@@ -60,20 +61,6 @@ def np_mutual_scores(features, lo=0.0, hi=0.3, references=None, plus=False):
             stop = max(int(np.floor(hi * count)), start + 1)
         out[i] = per_image[:, start:stop].mean(1)
     return out
-
-
-def np_rscin(scores, embeds, windows):
-    s = (scores - scores.min()) / (scores.max() - scores.min())
-    f = embeds / np.linalg.norm(embeds, axis=1, keepdims=True)
-    w = f @ f.T
-    results = []
-    for k in windows:
-        p = np.zeros_like(w)
-        for i in range(len(s)):
-            top = np.argsort(-w[i], kind="stable")[:k]
-            p[i, top] = w[i, top] / w[i, top].sum()
-        results.append(p @ s)
-    return np.mean(results, 0)
 
 
 def np_upsample_align_corners(x, size):
@@ -173,7 +160,7 @@ def test_rscin_matches_numpy(windows):
     rng = np.random.default_rng(6)
     scores = rng.random(10).astype(np.float32)
     embeds = rng.normal(size=(10, 12)).astype(np.float32)
-    np.testing.assert_allclose(rscin(scores, embeds, windows), np_rscin(scores, embeds, windows), atol=1e-6)
+    np.testing.assert_allclose(rscin(scores, embeds, windows), float64_rscin(scores, embeds, windows), atol=1e-6)
 
 
 @pytest.mark.parametrize("block", [1, 3, 4, 64])
@@ -182,7 +169,7 @@ def test_rscin_in_row_blocks_matches_numpy(block):
     scores = rng.random(11).astype(np.float32)
     embeds = rng.normal(size=(11, 6)).astype(np.float32)
     got = rscin(scores, embeds, (1, 8, 9), block=block)
-    np.testing.assert_allclose(got, np_rscin(scores, embeds, (1, 8, 9)), atol=1e-6)
+    np.testing.assert_allclose(got, float64_rscin(scores, embeds, (1, 8, 9)), atol=1e-6)
 
 
 def test_rscin_window_one_is_normalised_scores_and_constant_scores_are_finite():
@@ -213,7 +200,7 @@ def test_score_musc_end_to_end_matches_numpy_and_has_no_retrace():
     np.testing.assert_allclose(result.patch_scores, expected, atol=1e-5)
     raw = np_upsample_align_corners(expected, 9).max(axis=(1, 2))
     np.testing.assert_allclose(result.image_scores_raw, raw, atol=1e-5)
-    np.testing.assert_allclose(result.image_scores, np_rscin(raw, embeds, (1, 2, 3)), atol=1e-5)
+    np.testing.assert_allclose(result.image_scores, float64_rscin(raw, embeds, (1, 2, 3)), atol=1e-5)
     from jzad.methods.base import _fused
 
     before = _fused._cache_size()
