@@ -191,10 +191,11 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path, images):
     service, _ = build_service([*TINY, "--store", str(tmp_path), "--max-batch", "1", "--queue-size", "1",
                                 "--max-wait-ms", "0", "--threshold", "1"])
     with TestClient(build_app(service)) as client:
-        gate = threading.Event()
+        gate, scoring = threading.Event(), threading.Event()
         score = service.inspector.score
 
         def slow(items, arrived):
+            scoring.set()
             gate.wait(30)
             return score(items, arrived)
 
@@ -202,8 +203,11 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path, images):
         answers = []
         workers = [threading.Thread(target=lambda: answers.append(client.post(
             "/score", content=png(images[0]), headers={"content-type": "image/png"}))) for _ in range(2)]
-        for w in workers:
-            w.start()
+        # The first request is being scored (held at the gate) before the second arrives, so the second is the
+        # one image waiting: the queue is full, whatever the threads' timing.
+        workers[0].start()
+        assert scoring.wait(30)
+        workers[1].start()
         deadline = time.monotonic() + 30
         while service.batcher.depth < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
