@@ -33,8 +33,8 @@ def rscin_parity(parity: dict) -> str:
     if "rscin_jzad_vs_float64_max_abs" not in parity:
         return ""
     return (f"; RsCIN on the reference's inputs against float64 NumPy: jzad "
-            f"{parity['rscin_jzad_vs_float64_max_abs']:.2g}, reference {parity['rscin_reference_vs_float64_max_abs']:.2g}: "
-            f"RsCIN picks each image's nearest images by similarities that near-tie on random weights, where float32 "
+            f"{parity['rscin_jzad_vs_float64_max_abs']:.2g}, reference "
+            f"{parity['rscin_reference_vs_float64_max_abs']:.2g}: RsCIN picks each image's nearest images by similarities that near-tie on random weights, where float32 "
             f"rounding can reorder them")
 
 
@@ -186,7 +186,8 @@ def render_run(payload: dict) -> str:
                 f"{payload['reference']['memory']['method']})."]
     out += ["", f"Parity (max abs difference, JAX vs reference, each on its own features): patch scores "
             f"{parity['patch_scores_max_abs']:.2g}, image scores {parity['image_scores_max_abs']:.2g} "
-            f"(before RsCIN {parity['image_scores_raw_max_abs']:.2g}{rscin_parity(parity)}), maps {parity['maps_max_abs']:.2g}, "
+            f"(before RsCIN {parity['image_scores_raw_max_abs']:.2g}{rscin_parity(parity)}), "
+            f"maps {parity['maps_max_abs']:.2g}, "
             f"taps {parity['taps_max_abs']:.2g} (largest |tap| {parity['taps_max_magnitude']:.3g}), "
             f"embeddings {parity['embeds_max_abs']:.2g}."]
     ceilings = payload["ceilings"]

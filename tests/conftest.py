@@ -33,5 +33,6 @@ def pytest_pyfunc_call(pyfuncitem):
     env = {**os.environ, COLD_PROCESS: pyfuncitem.nodeid, "JAX_ENABLE_COMPILATION_CACHE": "false"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=0", pyfuncitem.nodeid]
     done = subprocess.run(command, cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{pyfuncitem.nodeid} failed in a cold process:\n{done.stdout[-6000:]}{done.stderr[-2000:]}"
+    assert done.returncode == 0, (f"{pyfuncitem.nodeid} failed in a cold process:\n{done.stdout[-6000:]}"
+                                  f"{done.stderr[-2000:]}")
     return True

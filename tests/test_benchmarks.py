@@ -255,4 +255,3 @@ def test_summarize_runs_medians():
     assert summary["total_runs_s"] == [5.0, 4.0, 4.0] and summary["total_median_s"] == 4.0
     assert summary["total_per_image_ms"] == 1000.0
     assert harness.summarize_runs(runs, 4, None)["stages"]["a"]["compile_s"] is None
-

@@ -43,8 +43,8 @@ def preprocess_images(images: Sequence, size: int) -> np.ndarray:
 
 
 def resize_and_normalise(images: Sequence, size: int, mean, std, caller: str) -> np.ndarray:
-    """The square-resize preprocessing of CLIP and EfficientNet-Lite (their mean and std differ): one image or a sequence (PIL images or uint8
-    arrays; a 4-D array is a batch) -> (N, size, size, 3) float32, each converted to RGB, resized with PIL's
+    """The square-resize preprocessing of CLIP and EfficientNet-Lite (their mean and std differ): one image or a
+    sequence (PIL images or uint8 arrays; a 4-D array is a batch) -> (N, size, size, 3) float32, each converted to RGB, resized with PIL's
     bicubic filter to exactly (size, size), scaled to [0, 1] and normalised with the per-channel mean and
     std. caller names the public function in the error raised for an empty input."""
     if not isinstance(size, (int, np.integer)) or size < 1:

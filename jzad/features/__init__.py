@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Callable
 
 from jzad.features.backbone import Backbone, extract, normalize_pixels
-from jzad.features.types import RANDOM_PREFIX, BackboneRequest, BackboneRun, FeatureRequest, Features, ImagePrep
+from jzad.features.types import (
+    RANDOM_PREFIX, BackboneRequest, BackboneRun, FeatureRequest, Features, ImagePrep, random_architecture
+)
 
 _LAZY = {"check_image_size": "clip", "load_clip": "clip", "load_image_encoder": "clip"}
 
@@ -115,9 +117,9 @@ def _random_family(arch: str) -> BackboneFamily:
 
 def backbone_family(name: str | Path, weights_dir: str | Path | None = None) -> BackboneFamily:
     """The family that loads name: "random-<arch>" by its architecture, anything else by its checkpoint."""
-    text = str(name)
-    if text.startswith(RANDOM_PREFIX):
-        return _random_family(text[len(RANDOM_PREFIX):])
+    arch = random_architecture(name)
+    if arch is not None:
+        return _random_family(arch)
     from jzad.weights import checkpoint_family
 
     return BACKBONE_FAMILIES[checkpoint_family(name, weights_dir)]
@@ -127,10 +129,10 @@ def backbone_architecture(name: str | Path) -> str | None:
     """The architecture a method's preset is chosen by: that of a "random-<arch>" name, of a ported folder or
     name (its manifest) or of a catalogue entry; None for other names and raw checkpoint files (the method's
     default run applies)."""
-    text = str(name)
-    if text.startswith(RANDOM_PREFIX):
-        arch = text[len(RANDOM_PREFIX):]
+    arch = random_architecture(name)
+    if arch is not None:
         return _random_family(arch).architecture(arch)
+    text = str(name)
     from jzad.weights import MANIFEST, load_catalogue, read_manifest, weights_dir
 
     path = Path(text).expanduser()

@@ -13,10 +13,16 @@ if TYPE_CHECKING:
 from jzad.data.prep import PREP_KINDS, ImagePrep
 
 __all__ = ["PREP_KINDS", "RANDOM_PREFIX", "VALID", "BackboneRequest", "BackboneRun", "FeatureRequest", "Features",
-           "ImagePrep", "first_given", "tokens_to_grid"]
+           "ImagePrep", "first_given", "random_architecture", "tokens_to_grid"]
 
 RANDOM_PREFIX = "random-"
 """A backbone name "random-<arch>" asks for random weights of that architecture's real shapes."""
+
+
+def random_architecture(name) -> str | None:
+    """The <arch> of a backbone name "random-<arch>", else None (the name is a checkpoint)."""
+    text = str(name)
+    return text[len(RANDOM_PREFIX):] if text.startswith(RANDOM_PREFIX) else None
 
 VALID = "valid"
 """The ``Features.extras`` key of a (N,) bool mask of real images in a set padded to a bucket size."""
@@ -92,7 +98,7 @@ class BackboneRequest:
     @property
     def random_architecture(self) -> str | None:
         """The <arch> of a "random-<arch>" name, else None (the name is a checkpoint)."""
-        return self.text[len(RANDOM_PREFIX):] if self.text.startswith(RANDOM_PREFIX) else None
+        return random_architecture(self.name)
 
     @property
     def size_word(self) -> str:
